@@ -1,0 +1,1 @@
+"""Field-protocol drivers. Each knows its wire and the data model, nothing of MQTT or storage."""

@@ -1,0 +1,166 @@
+"""The configuration tree. Every section forbids unknown keys; every field says what it is for."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from pydantic import Field, SecretStr
+
+from drivers.registry import AnyBus, AnyDevice, family_of
+from gateway.types import Duration, Identifier, StrictModel
+
+
+class SiteConfig(StrictModel):
+    id: Identifier = Field(description="This gateway's id; the MQTT topic root and the birth message carry it.")
+    name: str = Field(default="", description="Community or building name, for people.")
+
+
+class TlsConfig(StrictModel):
+    ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker's certificate.")
+    cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(default=None, description="Private key of cert_file (keep it 0600).")
+    verify_hostname: bool = Field(default=True, description="Check the broker's name against its certificate.")
+
+
+class MqttConfig(StrictModel):
+    enabled: bool = Field(default=True, description="false: keep everything in the outbox, send nothing.")
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535, description="Default 1883, or 8883 with [mqtt.tls].")
+    client_id: str | None = Field(default=None, max_length=128, description="Default: gateway-<site.id>.")
+    username: str | None = None
+    password: SecretStr | None = Field(default=None, description="Prefer password_file; both may not be set.")
+    password_file: Path | None = Field(default=None, description="File holding the password (first line).")
+    topic_prefix: str = Field(
+        default="community", pattern=r"^[^#+\s]+(/[^#+\s]+)*$",
+        description="Topics are <topic_prefix>/<site.id>/...; no wildcards.",
+    )
+    keepalive: Duration = Field(default=30.0, ge=5, le=3600)
+    tls: TlsConfig | None = Field(default=None, description="Present = connect with TLS.")
+    reconnect_min: Duration = Field(default=1.0, gt=0, le=60, description="First reconnect delay.")
+    reconnect_max: Duration = Field(default=60.0, gt=0, le=3600, description="Cap of the doubling delay.")
+    batch: int = Field(default=500, ge=1, le=10000, description="Messages in flight per replay batch.")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+
+class StoreConfig(StrictModel):
+    data_dir: Path = Field(default=Path("/var/lib/gateway"), description="Where the SQLite store lives.")
+    max_mb: float = Field(
+        default=512, ge=1, le=1_000_000, description="Disk cap; telemetry is dropped oldest-first above it."
+    )
+    readings_retention: Duration = Field(
+        default=86400.0, ge=0, description="How long recent readings stay for the CLI."
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        default="full",
+        description="full: every commit survives power loss (fsync); normal: survives a crash, not power loss.",
+    )
+
+
+class LogConfig(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: key=value on a terminal, JSON lines otherwise (journald)."
+    )
+
+
+class GatewayConfig(StrictModel):
+    site: SiteConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    buses: list[AnyBus] = Field(default_factory=list, description="Physical endpoints: TCP hosts, serial ports.")
+    devices: list[AnyDevice] = Field(default_factory=list, description="Field devices, each on one bus.")
+
+    def bus(self, bus_id: str) -> AnyBus:
+        return next(b for b in self.buses if b.id == bus_id)
+
+    def device(self, device_id: str) -> AnyDevice:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+
+class Problem(NamedTuple):
+    loc: tuple[str | int, ...]
+    message: str
+    value: Any = None
+
+
+def cross_check(cfg: GatewayConfig) -> list[Problem]:
+    """Facts that span sections, checked after every section is valid on its own."""
+    problems: list[Problem] = []
+
+    def duplicates(ids: list[str], loc: tuple[str | int, ...], what: str) -> None:
+        seen = Counter(ids)
+        for index, ident in enumerate(ids):
+            if seen[ident] > 1 and ids.index(ident) != index:
+                problems.append(Problem((*loc, index, "id"), f"duplicate {what} id {ident!r}", ident))
+
+    duplicates([b.id for b in cfg.buses], ("buses",), "bus")
+    duplicates([d.id for d in cfg.devices], ("devices",), "device")
+    buses = {b.id: b for b in cfg.buses}
+    units: dict[tuple[str, int], str] = {}
+    for index, device in enumerate(cfg.devices):
+        duplicates(device.point_ids(), ("devices", index, "points"), f"point (device {device.id!r})")
+        bus = buses.get(device.bus)
+        if bus is None:
+            known = ", ".join(sorted(buses)) or "none defined"
+            problems.append(Problem(("devices", index, "bus"), f"no bus {device.bus!r} (buses: {known})", device.bus))
+            continue
+        if family_of(bus.driver) != device.driver:
+            problems.append(Problem(("devices", index, "bus"), f"bus {bus.id!r} is {bus.driver}", device.bus))
+        key = (bus.id, device.unit)
+        if key in units:
+            problems.append(Problem(
+                ("devices", index, "unit"), f"unit {device.unit} on bus {bus.id!r} is already device {units[key]!r}",
+                device.unit,
+            ))
+        units.setdefault(key, device.id)
+
+    mqtt = cfg.mqtt
+    if mqtt.password is not None and mqtt.password_file is not None:
+        problems.append(Problem(("mqtt", "password"), "set password or password_file, not both"))
+    files: list[tuple[tuple[str | int, ...], Path | None]] = [(("mqtt", "password_file"), mqtt.password_file)]
+    if mqtt.tls:
+        files += [(("mqtt", "tls", key), getattr(mqtt.tls, key)) for key in ("ca_file", "cert_file", "key_file")]
+        if (mqtt.tls.cert_file is None) != (mqtt.tls.key_file is None):
+            problems.append(Problem(("mqtt", "tls"), "mutual TLS needs both cert_file and key_file"))
+    for loc, path in files:
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+                reason = getattr(exc, "strerror", None) or exc
+                problems.append(Problem(loc, f"cannot read {path}: {reason}", str(path)))
+    return problems
+
+
+def json_schema() -> str:
+    schema = GatewayConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Community gateway configuration"
+    return json.dumps(schema, indent=2, ensure_ascii=False)
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make file paths in the raw document relative to the config file, not the working directory."""
+    def fix(section: dict[str, Any] | None, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            path = Path(os.path.expanduser(section[key]))
+            section[key] = str(path if path.is_absolute() else base / path)
+
+    mqtt = data.get("mqtt")
+    fix(mqtt, "password_file")
+    if isinstance(mqtt, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            fix(mqtt.get("tls"), key)
+    fix(data.get("store"), "data_dir")

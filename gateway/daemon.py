@@ -1,0 +1,151 @@
+"""The running gateway: wires config, drivers, store, recorder, uplink and supervisor together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from drivers.base import Driver
+from drivers.registry import DRIVERS
+from gateway import __version__, systemd
+from gateway.config.schema import GatewayConfig
+from gateway.model import Event, Priority
+from gateway.recorder import AsyncStore, Recorder
+from gateway.store import Store
+from gateway.supervisor import DevicePoller, Supervisor
+from gateway.uplink import Uplink
+
+log = structlog.get_logger("gateway.daemon")
+
+DB_NAME = "gateway.db"
+
+
+def open_store(cfg: GatewayConfig, *, read_only: bool = False) -> Store:
+    return Store(
+        cfg.store.data_dir / DB_NAME,
+        max_bytes=int(cfg.store.max_mb * 2**20),
+        synchronous=cfg.store.synchronous,
+        readings_retention=cfg.store.readings_retention,
+        read_only=read_only,
+    )
+
+
+def build_drivers(cfg: GatewayConfig) -> dict[str, Driver]:
+    """One driver per bus that has enabled devices; device id -> its bus's driver."""
+    by_device: dict[str, Driver] = {}
+    for bus in cfg.buses:
+        devices = [d for d in cfg.devices if d.bus == bus.id and d.enabled]
+        if not devices:
+            continue
+        driver = DRIVERS[bus.driver](bus, devices)
+        for device in devices:
+            by_device[device.id] = driver
+    return by_device
+
+
+class Daemon:
+    def __init__(self, cfg: GatewayConfig, *, config_hash: str = "") -> None:
+        self.cfg = cfg
+        self.config_hash = config_hash
+        self.store = AsyncStore(open_store(cfg))
+        self.recorder = Recorder(self.store)
+        self.supervisor = Supervisor(self.recorder)
+        self.drivers = build_drivers(cfg)
+        self.pollers = {
+            d.id: DevicePoller(self.drivers[d.id], d, self.recorder) for d in cfg.devices if d.id in self.drivers
+        }
+        self.uplink: Uplink | None = None
+        if cfg.mqtt.enabled:
+            self.uplink = Uplink(
+                cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
+                config_hash=config_hash, on_state=self.recorder.meta,
+            )
+        self.started = time.time()
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        self.supervisor.spawn("recorder", self.recorder.run)
+        if self.uplink:
+            self.supervisor.spawn("uplink", self.uplink.run)
+        else:
+            self.recorder.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
+        for device_id, poller in self.pollers.items():
+            self.supervisor.spawn(f"device:{device_id}", poller.run)
+        self.supervisor.spawn("heartbeat", self._heartbeat)
+        self.recorder.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,
+                                  {"version": __version__, "config": self.config_hash,
+                                   "devices": len(self.pollers)}))
+        log.info("gateway running", site=self.cfg.site.id, devices=len(self.pollers), version=__version__,
+                 store=str(self.cfg.store.data_dir / DB_NAME))
+        systemd.notify("READY=1")
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _heartbeat(self) -> None:
+        """Liveness for `gateway status` and the systemd watchdog; pings only while the loop turns."""
+        watchdog = systemd.watchdog_interval()
+        period = min(watchdog or 5.0, 5.0)
+        while True:
+            self.recorder.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": time.time(),
+                                          "version": __version__, "config": self.config_hash, "state": "running"})
+            if watchdog:
+                systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+    async def shutdown(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("gateway stopping")
+        pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith("device:") or n == "heartbeat"]
+        for task in pollers:
+            task.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
+        self.recorder.event(Event("gateway.stopped", self.cfg.site.id, Priority.EVENT, {}))
+        self.recorder.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": time.time(),
+                                      "version": __version__, "config": self.config_hash, "state": "stopped"})
+        await self.recorder.flush()
+        if self.uplink:  # a last chance to deliver what is queued, then a clean "offline"
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._drained()
+        await self.supervisor.stop()
+        await self.recorder.flush()
+        for driver in set(self.drivers.values()):
+            with contextlib.suppress(Exception):
+                await driver.close()
+        self.store.close()
+        log.info("gateway stopped")
+
+    async def _drained(self) -> None:
+        while sum((await self.store.run(self.store.store.outbox_depth)).values()):
+            if not self.uplink or self.uplink.status.state != "connected":
+                return
+            await asyncio.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def data_path(cfg: GatewayConfig) -> Path:
+    return cfg.store.data_dir / DB_NAME

@@ -1,0 +1,313 @@
+"""The local SQLite store: the outbox, the event log, recent readings and device state.
+
+Everything bound upstream is written here first and deleted only after the broker's PUBACK, so a
+dead uplink, a SIGKILL or a power cut (with ``synchronous=full``) loses nothing that was committed.
+The store is synchronous on purpose: one connection, driven from one writer thread by
+``AsyncStore``, keeps SQLite's locking trivial and the tests free of event loops.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.model import Event, Priority, Quality, Reading
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    prio     INTEGER NOT NULL,
+    topic    TEXT NOT NULL,
+    payload  BLOB NOT NULL,
+    created  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_prio ON outbox (prio, seq);
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    id       TEXT NOT NULL UNIQUE,
+    ts       REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    payload  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS latest (
+    device   TEXT NOT NULL,
+    point    TEXT NOT NULL,
+    value    TEXT,
+    unit     TEXT,
+    quality  TEXT NOT NULL,
+    ts       REAL NOT NULL,
+    PRIMARY KEY (device, point)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    device   TEXT NOT NULL,
+    ts       REAL NOT NULL,
+    points   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_device ON samples (device, ts);
+CREATE TABLE IF NOT EXISTS devices (
+    id        TEXT PRIMARY KEY,
+    state     TEXT NOT NULL,
+    since     REAL NOT NULL,
+    last_poll REAL,
+    last_ok   REAL,
+    error     TEXT,
+    polls     INTEGER NOT NULL DEFAULT 0,
+    failures  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    seq: int
+    priority: Priority
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message waiting to be committed to the outbox; ``topic`` is relative to the site's root."""
+
+    priority: Priority
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    id: str
+    state: str
+    since: float
+    last_poll: float | None = None
+    last_ok: float | None = None
+    error: str | None = None
+    polls: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one writer flush commits in a single transaction."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    snapshots: list[tuple[str, float, list[Reading]]] = field(default_factory=list)
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta)
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 512 * 2**20,
+        synchronous: str = "full",
+        readings_retention: float = 86400.0,
+        events_retention: float = 90 * 86400.0,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.readings_retention = readings_retention
+        self.events_retention = events_retention
+        if read_only:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            self.db.execute("PRAGMA query_only = ON")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db.execute("PRAGMA journal_size_limit = 16777216")
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        now = time.time()
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO outbox (prio, topic, payload, created) VALUES (?, ?, ?, ?)",
+                [(int(m.priority), m.topic, m.payload, now) for m in batch.outgoing],
+            )
+            self.db.executemany(
+                "INSERT OR IGNORE INTO events (id, ts, kind, source, priority, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (e.id, e.ts, e.kind, e.source, e.priority.label, json.dumps(e.payload, ensure_ascii=False))
+                    for e in batch.events
+                ],
+            )
+            latest: dict[tuple[str, str], Reading] = {}
+            for _, _, readings in batch.snapshots:
+                for r in readings:
+                    latest[(r.device, r.point)] = r
+            self.db.executemany(
+                "INSERT INTO samples (device, ts, points) VALUES (?, ?, ?)",
+                [(device, ts, _points_json(readings)) for device, ts, readings in batch.snapshots],
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO latest (device, point, value, unit, quality, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.device, r.point, json.dumps(r.value), r.unit, r.quality.value, r.ts) for r in latest.values()],
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO devices (id, state, since, last_poll, last_ok, error, polls, failures)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (d.id, d.state, d.since, d.last_poll, d.last_ok, d.error, d.polls, d.failures)
+                    for d in batch.devices.values()
+                ],
+            )
+            for key, value in batch.meta.items():
+                self.set_meta(key, value)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def bump(self, name: str, by: int = 1) -> None:
+        self.db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, by, by),
+        )
+
+    # -- the outbox ----------------------------------------------------------------------------
+
+    def next_batch(self, limit: int) -> list[OutboxMessage]:
+        """Oldest first within a class, alarms before events before telemetry."""
+        rows = self.db.execute(
+            "SELECT seq, prio, topic, payload FROM outbox ORDER BY prio, seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [OutboxMessage(seq, Priority(prio), topic, bytes(payload)) for seq, prio, topic, payload in rows]
+
+    def acknowledge(self, seqs: Sequence[int]) -> None:
+        """Delete messages the broker has acknowledged (PUBACK received)."""
+        if not seqs:
+            return
+        with self.transaction():
+            self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self.bump("uplink.delivered", len(seqs))
+
+    def outbox_depth(self) -> dict[str, int]:
+        depth = {p.label: 0 for p in Priority}
+        for prio, count in self.db.execute("SELECT prio, COUNT(*) FROM outbox GROUP BY prio"):
+            depth[Priority(prio).label] = count
+        return depth
+
+    # -- disk cap and retention ----------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def enforce_cap(self, chunk: int = 500) -> int:
+        """Drop telemetry oldest-first until under the cap; alarms and events are never dropped.
+
+        Returns how many telemetry messages were dropped (0 when within the cap).
+        """
+        dropped = 0
+        while self.used_bytes() > self.max_bytes:
+            with self.transaction():
+                # Recent-readings history goes first: it is only a convenience for the CLI.
+                gone = self.db.execute(
+                    "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples ORDER BY ts LIMIT ?)", (chunk,)
+                ).rowcount
+                if gone:
+                    continue
+                # Drop just enough of the oldest telemetry to cover the excess (payload + row overhead).
+                excess = self.used_bytes() - self.max_bytes
+                gone = self.db.execute(
+                    "DELETE FROM outbox WHERE prio = ?1 AND seq <= COALESCE("
+                    " (SELECT seq FROM (SELECT seq, SUM(length(payload) + 48) OVER (ORDER BY seq) AS run"
+                    "  FROM outbox WHERE prio = ?1) WHERE run >= ?2 ORDER BY seq LIMIT 1),"
+                    " (SELECT MAX(seq) FROM outbox WHERE prio = ?1))",
+                    (int(Priority.TELEMETRY), excess),
+                ).rowcount
+                if not gone:
+                    break  # only alarms and events are left: keep them and let the disk fill
+                dropped += gone
+                self.bump("store.telemetry_dropped", gone)
+        return dropped
+
+    def prune(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.transaction():
+            self.db.execute("DELETE FROM samples WHERE ts < ?", (now - self.readings_retention,))
+            self.db.execute("DELETE FROM events WHERE ts < ?", (now - self.events_retention,))
+
+    # -- reading, for the CLI ------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT name, value FROM counters"))
+
+    def meta(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM meta")}
+
+    def devices(self) -> list[DeviceState]:
+        rows = self.db.execute(
+            "SELECT id, state, since, last_poll, last_ok, error, polls, failures FROM devices ORDER BY id"
+        )
+        return [DeviceState(*row) for row in rows]
+
+    def latest(self, device: str | None = None) -> list[Reading]:
+        query = "SELECT device, point, value, unit, quality, ts FROM latest"
+        rows = self.db.execute(query + " WHERE device = ?", (device,)) if device else self.db.execute(query)
+        return [Reading(d, p, json.loads(v), u, Quality(q), ts) for d, p, v, u, q, ts in rows]
+
+    def events_after(self, after_seq: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        rows = self.db.execute(
+            "SELECT seq, id, ts, kind, source, priority, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [
+            (seq, {"id": id_, "ts": ts, "kind": kind, "source": source, "priority": prio, "data": json.loads(data)})
+            for seq, id_, ts, kind, source, prio, data in rows
+        ]
+
+    def last_event_seq(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def integrity_ok(self) -> bool:
+        return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def _points_json(readings: Iterable[Reading]) -> str:
+    return json.dumps({r.point: r.as_payload() for r in readings}, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,67 @@
+"""Config building blocks shared by the core and the drivers (no I/O, no project imports)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
+
+
+def parse_duration(value: Any) -> float:
+    """Parse "250ms", "10s", "5m", "1h30m" or a bare number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"10s\" or \"5m\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("empty duration")
+        pos, seconds = 0, 0.0
+        while pos < len(text):
+            match = _DURATION.match(text, pos)
+            if not match or match.end() == pos:
+                raise ValueError(f"invalid duration {value!r}: write it like \"500ms\", \"10s\", \"5m\" or \"1h30m\"")
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+    else:
+        raise ValueError("expected a duration such as \"10s\" or \"5m\"")
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise ValueError("duration must be a finite number of seconds >= 0")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: \"500ms\", \"10s\", \"5m\", \"1h30m\", or seconds as a number.",
+        }
+    ),
+]
+
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, title="Identifier")]
+"""Ids end up in MQTT topics and CLI arguments: no spaces, slashes, '+' or '#'."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors (typos must fail, not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)

@@ -1,0 +1,139 @@
+"""The MQTT uplink: drains the outbox to the broker, at least once, in order, alarms first.
+
+Durability lives in the outbox, not here (STYLE §1): a message leaves the outbox only after the
+broker's PUBACK, and while the broker is away nothing is buffered in memory. Each batch is chosen
+afresh by priority, so an alarm raised during a long replay goes out in the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiomqtt
+import structlog
+
+from gateway import upstream
+from gateway.config.schema import MqttConfig
+from gateway.recorder import AsyncStore
+from gateway.store import OutboxMessage
+
+log = structlog.get_logger("gateway.uplink")
+
+
+@dataclass(slots=True)
+class UplinkState:
+    state: str = "starting"  # connected | disconnected | disabled
+    since: float = 0.0
+    last_error: str | None = None
+    delivered: int = 0
+
+
+class Uplink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        site_id: str,
+        store: AsyncStore,
+        committed: asyncio.Event,
+        *,
+        config_hash: str = "",
+        on_state: Callable[[str, dict[str, object]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.root = f"{config.topic_prefix}/{site_id}"
+        self.status_topic = f"{self.root}/status"
+        self.client_id = config.client_id or f"gateway-{site_id}"
+        self.store = store
+        self.committed = committed
+        self.config_hash = config_hash
+        self.started = time.time()
+        self.status = UplinkState(since=self.started)
+        self._on_state = on_state
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        if state != self.status.state:
+            self.status.state, self.status.since = state, time.time()
+        self.status.last_error = error
+        if self._on_state:
+            self._on_state("uplink", {"state": state, "since": self.status.since, "error": error})
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.config
+        password = cfg.password.get_secret_value() if cfg.password else None
+        if cfg.password_file:
+            password = cfg.password_file.read_text().splitlines()[0] if cfg.password_file.stat().st_size else ""
+        tls_context = None
+        if cfg.tls:
+            tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
+            tls_context.check_hostname = cfg.tls.verify_hostname
+            if cfg.tls.cert_file and cfg.tls.key_file:
+                tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+        will = aiomqtt.Will(self.status_topic, upstream.status("offline"), qos=1, retain=True)
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.effective_port,
+            identifier=self.client_id,
+            username=cfg.username,
+            password=password,
+            will=will,
+            keepalive=int(cfg.keepalive),
+            tls_context=tls_context,
+            timeout=10,
+            max_inflight_messages=cfg.batch,
+            clean_session=True,
+        )
+
+    async def run(self) -> None:
+        """Connect, pump, and on any failure back off (capped, jittered) and go again. Never returns."""
+        delay = self.config.reconnect_min
+        while True:
+            try:
+                async with self._client() as client:
+                    await client.publish(
+                        self.status_topic,
+                        upstream.status("online", self.config_hash, self.started),
+                        qos=1,
+                        retain=True,
+                    )
+                    self._set_state("connected")
+                    log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
+                    delay = self.config.reconnect_min
+                    try:
+                        await self._pump(client)
+                    except asyncio.CancelledError:
+                        # Shutting down: say goodbye so the platform sees "offline" at once, not
+                        # after the keepalive runs out. Unacked messages stay in the outbox.
+                        with contextlib.suppress(Exception):
+                            async with asyncio.timeout(2):
+                                await client.publish(self.status_topic, upstream.status("offline"), qos=1, retain=True)
+                        self._set_state("disconnected", "shutdown")
+                        raise
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+                self._set_state("disconnected", str(exc) or type(exc).__name__)
+                log.warning("uplink down", error=str(exc), retry_in=round(delay, 2))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.config.reconnect_max)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        while True:
+            self.committed.clear()
+            batch: list[OutboxMessage] = await self.store.run(self.store.store.next_batch, self.config.batch)
+            if not batch:
+                await self.committed.wait()
+                continue
+            results = await asyncio.gather(
+                *(client.publish(f"{self.root}/{m.topic}", m.payload, qos=1) for m in batch),
+                return_exceptions=True,
+            )
+            acked = [m.seq for m, result in zip(batch, results, strict=True) if result is None]
+            await self.store.run(self.store.store.acknowledge, acked)
+            self.status.delivered += len(acked)
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None:
+                raise failure if isinstance(failure, aiomqtt.MqttError) else aiomqtt.MqttError(str(failure))

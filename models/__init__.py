@@ -1,0 +1,1 @@
+"""On-device inference with ONNX Runtime and the model manifest."""

@@ -1,0 +1,1 @@
+"""Local rules and alarm management (pure logic: events in, actions out)."""

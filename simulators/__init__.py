@@ -1,0 +1,1 @@
+"""Field devices simulated over their real protocols, for tests and the demo."""

@@ -1,0 +1,161 @@
+"""Shared fixtures: a real Mosquitto broker, a subscriber that records what reaches it, configs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> int:
+    """First of n consecutive free TCP ports on 127.0.0.1 (simulators serve port, port+1, ...)."""
+    for _ in range(200):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
+class Broker:
+    """A Mosquitto process the test can stop and start again on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_inflight_messages 0\nmax_queued_messages 0\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if not Path(MOSQUITTO).exists():
+        pytest.fail("mosquitto is not installed: run scripts/setup.sh (it installs it)")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Collector:
+    """Subscribes to everything under the site's root and keeps every message, decoded."""
+
+    def __init__(self, port: int, topic: str = "#") -> None:
+        self.port = port
+        self.topic = topic
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.port, identifier=f"collector-{id(self)}",
+                                          clean_session=False) as client:
+                    await client.subscribe(self.topic, qos=1)
+                    self._ready.set()
+                    async for message in client.messages:
+                        self.messages.append((str(message.topic), json.loads(bytes(message.payload))))  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        async with asyncio.timeout(10):
+            await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def of_type(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(t, m) for t, m in self.messages if m.get("type") == kind]
+
+    async def wait_for(self, predicate: Any, within: float = 15.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():  # noqa: ASYNC110 (the predicate reads state another task fills)
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def collector(broker: Broker) -> AsyncIterator[Collector]:
+    c = Collector(broker.port)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+def write_config(path: Path, *, site: str = "test-site", data_dir: Path, mqtt_port: int | None,
+                 buses: list[dict[str, Any]], devices: list[dict[str, Any]], extra: str = "") -> Path:
+    """A config file built as an engineer would write it (TOML text, not a dict handed to pydantic)."""
+    lines = [f'[site]\nid = "{site}"\n', f'[store]\ndata_dir = "{data_dir}"\n{extra}']
+    if mqtt_port is None:
+        lines.append("[mqtt]\nenabled = false\n")
+    else:
+        lines.append(f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min = "200ms"\n'
+                     f'reconnect_max = "1s"\n')
+    for bus in buses:
+        lines.append("[[buses]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in bus.items()))
+    for device in devices:
+        points = device.get("points", [])
+        lines.append("[[devices]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in device.items() if k != "points"))
+        for point in points:
+            lines.append("[[devices.points]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in point.items()))
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)

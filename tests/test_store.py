@@ -1,0 +1,97 @@
+"""The outbox on its own: order, priority, acknowledgement, disk cap, retention."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from gateway import upstream
+from gateway.model import Event, Priority, Quality, Reading
+from gateway.store import Batch, Outgoing, Store
+
+
+def _reading(device: str, i: int) -> Reading:
+    return Reading(device, "p", float(i), "V", Quality.GOOD, 1000.0 + i)
+
+
+def test_alarms_before_events_before_telemetry_and_order_within_class(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db")
+    batch = Batch()
+    for i in range(5):
+        batch.outgoing.append(upstream.telemetry("m1", 1000.0 + i, [_reading("m1", i)]))
+        batch.outgoing.append(upstream.event(Event("device.offline", f"d{i}", Priority.EVENT)))
+        batch.outgoing.append(upstream.event(Event("fire", f"z{i}", Priority.ALARM)))
+    store.commit(batch)
+    sent = store.next_batch(100)
+    assert [m.priority for m in sent] == [Priority.ALARM] * 5 + [Priority.EVENT] * 5 + [Priority.TELEMETRY] * 5
+    assert [json.loads(m.payload)["source"] for m in sent[:5]] == [f"z{i}" for i in range(5)]
+    values = [json.loads(m.payload)["points"]["p"]["v"] for m in sent[10:]]
+    assert values == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_acknowledged_messages_leave_and_the_rest_stay_in_order(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db")
+    store.commit(Batch(outgoing=[upstream.telemetry("m1", i, [_reading("m1", i)]) for i in range(10)]))
+    first = store.next_batch(4)
+    store.acknowledge([m.seq for m in first[:3]])  # the 4th was never acked (connection dropped)
+    again = store.next_batch(100)
+    assert [json.loads(m.payload)["points"]["p"]["v"] for m in again] == [float(i) for i in range(3, 10)]
+    assert again[0].payload == first[3].payload  # a redelivery carries the same message id
+    assert store.counters()["uplink.delivered"] == 3
+
+
+def test_outbox_survives_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db")
+    store.commit(Batch(outgoing=[upstream.event(Event("fire", "z1", Priority.ALARM))]))
+    store.close()
+    reopened = Store(tmp_path / "g.db")
+    assert reopened.outbox_depth() == {"alarm": 1, "event": 0, "telemetry": 0}
+    assert reopened.integrity_ok()
+
+
+def test_disk_cap_drops_oldest_telemetry_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", max_bytes=1 * 2**20)
+    big = [Reading("m1", f"p{j}", 1.0 * j, "kWh", Quality.GOOD, 0.0) for j in range(40)]
+    for round_ in range(30):
+        batch = Batch()
+        for i in range(100):
+            batch.outgoing.append(upstream.telemetry("m1", round_ * 100 + i, big))
+        batch.outgoing.append(upstream.event(Event("fire", f"zone-{round_}", Priority.ALARM)))
+        store.commit(batch)
+        store.enforce_cap()
+    assert store.used_bytes() <= 1 * 2**20
+    dropped = store.counters()["store.telemetry_dropped"]
+    depth = store.outbox_depth()
+    assert depth["alarm"] == 30  # every alarm kept
+    assert dropped > 0 and depth["telemetry"] + dropped == 3000
+    remaining = [json.loads(m.payload)["ts"] for m in store.next_batch(10_000) if m.priority is Priority.TELEMETRY]
+    assert remaining == sorted(remaining) and remaining[-1] == 2999  # the newest kept, the oldest gone
+
+
+def test_cap_never_drops_alarms_even_when_they_alone_exceed_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", max_bytes=1 * 2**20)
+    payload = b"x" * 4000
+    store.commit(Batch(outgoing=[Outgoing(Priority.ALARM, "alarm/fire", payload) for _ in range(600)]))
+    assert store.enforce_cap() == 0
+    assert store.outbox_depth()["alarm"] == 600
+
+
+def test_retention_prunes_samples_and_keeps_latest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", readings_retention=60)
+    store.commit(Batch(snapshots=[("m1", 1000.0, [_reading("m1", 1)]), ("m1", 1100.0, [_reading("m1", 2)])]))
+    store.prune(now=1130.0)
+    assert store.db.execute("SELECT ts FROM samples").fetchall() == [(1100.0,)]
+    assert [r.value for r in store.latest("m1")] == [2.0]
+
+
+def test_read_only_store_cannot_write(tmp_path: Path) -> None:
+    Store(tmp_path / "g.db").close()
+    ro = Store(tmp_path / "g.db", read_only=True)
+    try:
+        ro.db.execute("DELETE FROM outbox")
+    except Exception as exc:  # sqlite3.OperationalError: attempt to write a readonly database
+        assert "readonly" in str(exc).lower()
+    else:
+        raise AssertionError("a read-only store accepted a write")
+    assert os.path.exists(tmp_path / "g.db")
