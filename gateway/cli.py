@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logs.configure(cfg.log.level, cfg.log.format)
 
-    async def main() -> None:
+    async def main() -> None:  # the daemon installs its own SIGTERM handling once the loop runs
         await Daemon(cfg, config_hash=config_hash(args.config)).run()
 
     asyncio.run(main())

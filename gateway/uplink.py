@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import ssl
 import time
@@ -24,6 +25,8 @@ from gateway.recorder import AsyncStore
 from gateway.store import OutboxMessage
 
 log = structlog.get_logger("gateway.uplink")
+_MQTT_LOG = logging.getLogger("gateway.mqtt")
+_MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter; our own log says what matters, with context
 
 
 @dataclass(slots=True)
@@ -75,7 +78,7 @@ class Uplink:
             if cfg.tls.cert_file and cfg.tls.key_file:
                 tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
         will = aiomqtt.Will(self.status_topic, upstream.status("offline"), qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.effective_port,
             identifier=self.client_id,
@@ -87,7 +90,11 @@ class Uplink:
             timeout=10,
             max_inflight_messages=cfg.batch,
             clean_session=True,
+            logger=_MQTT_LOG,
         )
+        # A replay batch keeps `batch` publishes pending by design; that is not a warning.
+        client.pending_calls_threshold = cfg.batch + 10
+        return client
 
     async def run(self) -> None:
         """Connect, pump, and on any failure back off (capped, jittered) and go again. Never returns."""
@@ -115,8 +122,10 @@ class Uplink:
                         self._set_state("disconnected", "shutdown")
                         raise
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+                first = self.status.state != "disconnected"
                 self._set_state("disconnected", str(exc) or type(exc).__name__)
-                log.warning("uplink down", error=str(exc), retry_in=round(delay, 2))
+                # The first failure is news; the hundredth retry of an outage is not.
+                (log.warning if first else log.debug)("uplink down", error=str(exc), retry_in=round(delay, 2))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.config.reconnect_max)
 

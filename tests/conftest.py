@@ -50,8 +50,11 @@ class Broker:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
+        # Persistence lets a subscriber's session (and the QoS 1 messages queued for it) survive a
+        # graceful broker restart, so a test can tell "the gateway never sent it" from "nobody listened".
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nautosave_interval 0\n"
             "max_inflight_messages 0\nmax_queued_messages 0\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,10 +69,14 @@ class Broker:
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 
-    def stop(self) -> None:
+    def stop(self, *, kill: bool = False) -> None:
+        """Graceful by default (sessions saved); kill=True is a crash (in-flight state lost)."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=10)
         self.proc = None
 
 

@@ -45,6 +45,17 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 logging.getLogger("pymodbus").propagate = False
 
 
+def _reraise_cancellation() -> None:
+    """pymodbus 3.11 turns a CancelledError into ModbusIOException; give shutdown its cancel back.
+
+    Our own asyncio.timeout has already uncancelled the task by the time we get here, so a task
+    still marked as cancelling was cancelled from outside (shutdown, supervisor).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _span(index: int, point: ModbusPoint) -> Span:
     width = 1 if point.table in (Table.COIL, Table.DISCRETE) else register_count(point.type)
     return Span(index, point.table, point.address, width)
@@ -135,6 +146,7 @@ class ModbusDriver(Driver):
                 raise DeviceTimeout(f"unit {device.unit}: no reply within {timeout:g}s") from exc
             except ModbusIOException as exc:
                 self._client.close()
+                _reraise_cancellation()
                 raise DeviceTimeout(f"unit {device.unit}: {exc}") from exc
             except ConnectionException as exc:
                 self._client.close()
