@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up on a fresh Debian / Raspberry Pi OS box: system packages (when missing), a virtualenv in
+# .venv and the gateway package in it. Idempotent; safe to run again.
+#   scripts/setup.sh          what the demo and a production install need
+#   scripts/setup.sh --test   plus what the test suite needs (socat, pytest, ruff, mypy, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+packages=()
+have mosquitto || packages+=(mosquitto)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+[ "$want_test" = 1 ] && { have socat || packages+=(socat); }
+
+if [ ${#packages[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
+    fi
+    if [ "$sudo" = "none" ]; then
+        echo "setup: cannot install ${packages[*]} (not root, no sudo); continuing without them" >&2
+    else
+        echo "setup: installing ${packages[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        if ! $sudo apt-get install -y -qq "${packages[@]}" </dev/null >/dev/null 2>&1; then
+            $sudo apt-get update -qq </dev/null >/dev/null 2>&1 || true
+            $sudo apt-get install -y -qq "${packages[@]}" </dev/null >/dev/null 2>&1 \
+                || echo "setup: could not install ${packages[*]}; continuing without them" >&2
+        fi
+    fi
+fi
+
+python3 - <<'PY' || { echo "setup: Python 3.11 or newer is needed" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+extra=""
+[ "$want_test" = 1 ] && extra="[test]"
+.venv/bin/python -m pip install --disable-pip-version-check -q -e ".${extra}"
+echo "setup: ready (.venv/bin/gateway)" >&2
