@@ -167,7 +167,17 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    """Six significant digits hide float32 noise, but never the integer digits of a counter.
+
+    Plain ``.6g`` shows an energy register of 1234567.8 kWh as ``1.23457e+06``: the technician
+    comparing it with the meter's display sees neither the same number nor the same notation.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        whole = len(str(int(abs(value))))
+        return f"{value:.{max(6, whole + 3)}g}"
+    return str(value)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -267,10 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1)
     p.set_defaults(fn=cmd_simulate)
     bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
-    p = bench.add_parser("modbus", help="poll throughput against simulated meters")
+    p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--no-cold-start", dest="cold_start", action="store_false", help="skip the cold-start figure")
+    p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figure")
+    p.add_argument("--rss-devices", type=int, default=100)
+    p.add_argument("--rss-points", type=int, default=20)
+    p.add_argument("--rss-seconds", type=float, default=10)
     p.set_defaults(fn=cmd_bench)
     p = bench.add_parser("uplink", help="outbox replay rate and live-alarm latency to a local broker")
     p.add_argument("--events", type=int, default=50000)

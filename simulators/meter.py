@@ -7,7 +7,6 @@ accept a connection but never answer (``BlackHoleServer``).
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
@@ -16,13 +15,19 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
-from pymodbus.server import ModbusTcpServer
+from pymodbus.datastore import ModbusDeviceContext, ModbusServerContext
 
 from drivers.modbus.codec import BIT_TABLES, DataType, Order, Table, decode, encode, register_count
+from simulators.endpoints import (
+    Endpoints,
+    ModbusEndpoints,
+    bound_port,
+    port_range,
+    quiet_pymodbus,
+    sequential_block,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +90,6 @@ def _table_sizes() -> dict[Table, int]:
     return sizes
 
 
-def _quiet_pymodbus() -> None:
-    """Keep pymodbus from printing: a simulator that logs every client hiccup buries the demo.
-
-    Only takes effect while nobody configured the "pymodbus" logger; pymodbus's own
-    ``pymodbus_apply_logging_config()`` sets a level on its child logger and still works.
-    """
-    logger = logging.getLogger("pymodbus")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.CRITICAL)
-
-
-def _block(values: list[int] | list[bool]) -> ModbusSequentialDataBlock:
-    return ModbusSequentialDataBlock(1, values)  # type: ignore[no-untyped-call]
-
-
 def _load_curve(hour: float) -> float:
     """Fraction of rated load in a residential building: a night base, morning and evening peaks."""
     morning = 0.35 * math.exp(-(((hour - 7.5) / 1.5) ** 2))
@@ -132,14 +120,12 @@ class MeterSimulator:
         self._frozen = False
 
         sizes = _table_sizes()
-        # pymodbus's device context adds 1 to every wire address before it reaches a block, so
-        # blocks start at 1. They are sized to the map: reads past it get ILLEGAL ADDRESS, as
-        # from a real meter.
+        # Blocks are sized to the map: reads past it get ILLEGAL ADDRESS, as from a real meter.
         self.context = ModbusDeviceContext(
-            hr=_block([0] * sizes[Table.HOLDING]),
-            ir=_block([0] * sizes[Table.INPUT]),
-            co=_block([False] * sizes[Table.COIL]),
-            di=_block([False] * sizes[Table.DISCRETE]),
+            hr=sequential_block([0] * sizes[Table.HOLDING]),
+            ir=sequential_block([0] * sizes[Table.INPUT]),
+            co=sequential_block([False] * sizes[Table.COIL]),
+            di=sequential_block([False] * sizes[Table.DISCRETE]),
         )
         self.set_point("serial_number", 24_000_000 + seed % 10_000_000)
         self.set_point("firmware", FIRMWARE)
@@ -217,109 +203,19 @@ class MeterSimulator:
         self.set_point("energy_import", energy)
 
 
-def _bound_port(server: object, host: str, asked: int) -> int:
-    sockets = getattr(server, "sockets", None) or []
-    ports = {sock.getsockname()[1] for sock in sockets}
-    if len(ports) != 1:
-        raise OSError(f"{host}:{asked} bound {len(sockets)} sockets on ports {sorted(ports)}; "
-                      "with port 0 use a host with a single address")
-    return int(ports.pop())
-
-
-class _Endpoints(abc.ABC):
-    """A row of TCP listeners on consecutive ports that tests can take down and bring back."""
-
-    def __init__(self, host: str, ports: list[int]) -> None:
-        self.host = host
-        self.ports = ports
-
-    @abc.abstractmethod
-    async def _start(self, index: int) -> int:
-        """Listen for endpoint ``index`` on ``self.ports[index]``; return the bound port."""
-
-    @abc.abstractmethod
-    async def _stop(self, index: int) -> None: ...
-
-    @abc.abstractmethod
-    def is_running(self, index: int) -> bool: ...
-
-    async def start_one(self, index: int) -> None:
-        """Bring an endpoint back on the port it had; a no-op if it is up."""
-        if not self.is_running(index):
-            self.ports[index] = await self._start(index)
-
-    async def stop_one(self, index: int) -> None:
-        """Close the listener and drop its connections, so connects are refused."""
-        if self.is_running(index):
-            await self._stop(index)
-
-    async def _start_all(self) -> None:
-        try:
-            for index in range(len(self.ports)):
-                await self.start_one(index)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        for index in range(len(self.ports)):
-            await self.stop_one(index)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-
-def _ports(port: int, count: int) -> list[int]:
-    if count < 1:
-        raise ValueError("count must be >= 1")
-    if port == 0:
-        return [0] * count
-    if not 1 <= port <= 65536 - count:
-        raise ValueError(f"ports {port}..{port + count - 1} are not all valid TCP ports")
-    return [port + i for i in range(count)]
-
-
-class MeterServer(_Endpoints):
+class MeterServer(ModbusEndpoints):
     """Meters each on their own pymodbus TCP server, as meters with their own IP are wired."""
 
     def __init__(self, host: str, ports: list[int], meters: list[MeterSimulator],
                  tick_interval: float) -> None:
-        super().__init__(host, ports)
-        self.meters = meters
-        self.tick_interval = tick_interval
-        self._contexts = [
+        contexts = [
             ModbusServerContext(devices={m.unit_id: m.context}, single=False)  # type: ignore[no-untyped-call]
             for m in meters
         ]
-        self._servers: list[ModbusTcpServer | None] = [None] * len(meters)
+        super().__init__(host, ports, contexts)
+        self.meters = meters
+        self.tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
-
-    def is_running(self, index: int) -> bool:
-        return self._servers[index] is not None
-
-    async def _start(self, index: int) -> int:
-        server = ModbusTcpServer(self._contexts[index], address=(self.host, self.ports[index]))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus logs the OSError and raises this instead
-            raise OSError(f"cannot listen on {self.host}:{self.ports[index]} (in use?)") from exc
-        self._servers[index] = server
-        try:
-            return _bound_port(server.transport, self.host, self.ports[index])
-        except OSError:
-            await self._stop(index)
-            raise
-
-    async def _stop(self, index: int) -> None:
-        server, self._servers[index] = self._servers[index], None
-        if server is not None:
-            # shutdown() closes the listening socket and every client connection at once.
-            await server.shutdown()  # type: ignore[no-untyped-call]
 
     def _start_ticking(self) -> None:
         self._ticker = asyncio.create_task(self._tick_forever(), name="meter-simulator-tick")
@@ -356,16 +252,16 @@ async def serve_meters(
 
     Meter ``i`` gets seed ``seed + i`` so their readings differ but repeat from run to run.
     """
-    ports = _ports(port, count)
+    ports = port_range(port, count)
     units = list(unit_ids) if unit_ids is not None else [1] * count
     if len(units) != count:
         raise ValueError(f"{len(units)} unit ids for {count} meters")
     if tick_interval <= 0:
         raise ValueError("tick_interval must be > 0")
-    _quiet_pymodbus()
+    quiet_pymodbus()
     meters = [MeterSimulator(seed + i, unit) for i, unit in enumerate(units)]
     server = MeterServer(host, ports, meters, tick_interval)
-    await server._start_all()
+    await server.start_all()
     server._start_ticking()
     return server
 
@@ -389,7 +285,7 @@ class _Sink(asyncio.Protocol):
             self._owner._connections[self._index].discard(self._transport)
 
 
-class BlackHoleServer(_Endpoints):
+class BlackHoleServer(Endpoints):
     """Endpoints that accept connections and never answer: a hung device or a dead RS-485 leg
     behind a converter, where only the request timeout can tell."""
 
@@ -408,7 +304,7 @@ class BlackHoleServer(_Endpoints):
         )
         self._servers[index] = server
         try:
-            return _bound_port(server, self.host, self.ports[index])
+            return bound_port(server, self.host, self.ports[index])
         except OSError:
             await self._stop(index)
             raise
@@ -425,8 +321,8 @@ class BlackHoleServer(_Endpoints):
 
 async def serve_black_holes(host: str, port: int, count: int = 1) -> BlackHoleServer:
     """Start ``count`` silent endpoints on ``port``, ``port + 1``, ... (0 picks free ports)."""
-    server = BlackHoleServer(host, _ports(port, count))
-    await server._start_all()
+    server = BlackHoleServer(host, port_range(port, count))
+    await server.start_all()
     return server
 
 

@@ -1,7 +1,9 @@
-"""Modbus TCP on pymodbus: coalesced reads, typed failures, no retries hidden inside the library.
+"""Modbus on pymodbus (TCP, RTU on a serial port, RTU tunnelled over TCP), one driver per bus.
 
-Retries and reconnection belong to the supervisor, which knows the poll deadline; pymodbus's own
-retry and reconnect loops are switched off so a dead device costs one timeout, not several.
+Every transaction asks the bus scheduler for the wire, so a write or a life-safety poll never
+waits behind a queue of ordinary polls, and one device's retries cannot monopolise a shared
+line. pymodbus's own retry and reconnect loops are off: the poller, which knows the deadline and
+runs the breaker, decides what a failure means.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
 
 from drivers.base import (
     BadResponse,
@@ -25,24 +29,23 @@ from drivers.base import (
     ExceptionResponse,
     WriteRefused,
 )
-from drivers.modbus.codec import (
-    Block,
-    DataType,
-    Span,
-    Table,
-    decode,
-    encode,
-    plan_reads,
-    register_count,
-    slice_for,
-)
-from drivers.modbus.config import ModbusDevice, ModbusPoint, ModbusTcpBus
+from drivers.modbus.codec import Block, DataType, Span, Table, decode, encode, plan_reads, register_count, slice_for
+from drivers.modbus.config import ModbusDevice, ModbusPoint, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.scheduler import BusScheduler, Urgency
 from gateway.model import Quality, Reading, Value
 
 # pymodbus logs through the stdlib logger "pymodbus"; we report failures ourselves, with context,
 # so its own messages would only be noise on stdout (and on the CLI's --json output).
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 logging.getLogger("pymodbus").propagate = False
+
+AnyModbusBus = ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus
+_READ = {
+    Table.HOLDING: "read_holding_registers",
+    Table.INPUT: "read_input_registers",
+    Table.COIL: "read_coils",
+    Table.DISCRETE: "read_discrete_inputs",
+}
 
 
 def _reraise_cancellation() -> None:
@@ -61,10 +64,43 @@ def _span(index: int, point: ModbusPoint) -> Span:
     return Span(index, point.table, point.address, width)
 
 
+def float32_shortest(value: float) -> float:
+    """The shortest decimal that is still the same float32: 231.5, not 231.5000030517578.
+
+    A float32 widened to a Python float carries binary noise that a technician reads as a wrong
+    digit. Rounding to a fixed 7 significant digits would lose real data (the float32 16777218
+    would print as 16777220), so take the fewest of 6 to 9 significant digits that still
+    round-trip to the same float32. Values with fewer digits come out short anyway ("%g").
+    """
+    try:
+        exact: float = struct.unpack(">f", struct.pack(">f", value))[0]
+    except OverflowError:  # not a float32 at all: leave it alone
+        return value
+    if not math.isfinite(exact):
+        return exact
+    for digits in range(6, 9):
+        short = float(f"{exact:.{digits}g}")
+        if struct.unpack(">f", struct.pack(">f", short))[0] == exact:
+            return short
+    return float(f"{exact:.9g}")  # 9 significant digits always identify a float32
+
+
 def scaled(raw: int | float | bool, point: ModbusPoint) -> Value:
-    if isinstance(raw, bool) or (point.scale == 1.0 and point.offset == 0.0):
+    if isinstance(raw, bool):
+        return raw
+    if point.type is DataType.FLOAT32 and isinstance(raw, float):
+        raw = float32_shortest(raw)  # before scaling, which would smear the noise into more digits
+    if point.scale == 1.0 and point.offset == 0.0:
         return raw
     return raw * point.scale + point.offset
+
+
+
+def named(value: Value, point: ModbusPoint) -> Value:
+    """Enumerated points read as their state names; an undocumented code stays visible as such."""
+    if point.states is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return point.states.get(int(value), f"unknown_{int(value)}")
 
 
 class DevicePlan:
@@ -95,6 +131,8 @@ class DevicePlan:
                 quality = Quality.GOOD
                 if isinstance(value, float) and not math.isfinite(value):
                     value, quality = None, Quality.BAD
+                else:
+                    value = named(value, point)
             except ValueError:
                 value, quality = None, Quality.BAD
             readings.append(Reading(self.device.id, point.id, value, point.unit, quality, ts))
@@ -107,65 +145,107 @@ class DevicePlan:
         ]
 
 
+class _Line:
+    """One pymodbus client and what it heard during the current transaction."""
+
+    def __init__(self, make: Callable[[Callable[[bool, bytes], bytes]], Any]) -> None:
+        self.heard = 0
+        self.client = make(self._trace)
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.heard += len(data)
+        return data
+
+
 class ModbusDriver(Driver):
     bus_type = ModbusTcpBus
     device_type = ModbusDevice
 
-    def __init__(self, bus: ModbusTcpBus, devices: Sequence[ModbusDevice]) -> None:
+    def __init__(self, bus: AnyModbusBus, devices: Sequence[ModbusDevice]) -> None:
         super().__init__(bus, devices)
-        self.bus: ModbusTcpBus = bus
+        self.bus: AnyModbusBus = bus
         self.plans = {d.id: DevicePlan(d) for d in devices}
-        self._client = AsyncModbusTcpClient(
-            bus.host, port=bus.port, timeout=bus.timeout, retries=0, reconnect_delay=0, name=bus.id
-        )
-        self._lock = asyncio.Lock()  # one transaction at a time on the wire; fairness comes with the bus scheduler
+        tcp = type(bus) is ModbusTcpBus
+        concurrency = bus.max_in_flight if isinstance(bus, ModbusTcpBus) and tcp else 1
+        gap = bus.frame_gap if isinstance(bus, ModbusRtuBus) else bus.gap
+        self.scheduler = BusScheduler(concurrency=concurrency, gap=gap)
+        self._idle = [_Line(self._client_factory()) for _ in range(concurrency)]
+        # A late TCP reply could be taken for the next request's; a fresh connection rules that
+        # out. On RTU, pymodbus drops what arrived between transactions and the gap lets it land.
+        self._reconnect_after_timeout = tcp
+
+    def _client_factory(self) -> Callable[[Callable[[bool, bytes], bytes]], Any]:
+        bus = self.bus
+        common: dict[str, Any] = {"timeout": bus.timeout, "retries": 0, "reconnect_delay": 0, "name": bus.id}
+        if isinstance(bus, ModbusRtuBus):
+            return lambda trace: AsyncModbusSerialClient(
+                bus.port, framer=FramerType.RTU, baudrate=bus.baudrate, bytesize=bus.bytesize,
+                parity=bus.parity, stopbits=bus.stopbits, trace_packet=trace, **common,
+            )
+        framer = FramerType.RTU if isinstance(bus, ModbusRtuOverTcpBus) else FramerType.SOCKET
+        return lambda trace: AsyncModbusTcpClient(bus.host, port=bus.port, framer=framer, trace_packet=trace, **common)
+
+    @property
+    def endpoint(self) -> str:
+        return self.bus.port if isinstance(self.bus, ModbusRtuBus) else f"{self.bus.host}:{self.bus.port}"
 
     async def connect(self) -> None:
-        if self._client.connected:
+        for line in self._idle:
+            await self._connect(line)
+
+    async def _connect(self, line: _Line) -> None:
+        if line.client.connected:
             return
         try:
             async with asyncio.timeout(self.bus.timeout + 0.5):
-                ok = await self._client.connect()
+                ok = await line.client.connect()
         except (TimeoutError, OSError) as exc:
-            raise DeviceUnreachable(f"{self.bus.host}:{self.bus.port}: {exc or 'connect timed out'}") from exc
+            raise DeviceUnreachable(f"{self.endpoint}: {exc or 'connect timed out'}") from exc
         if not ok:
-            raise DeviceUnreachable(f"{self.bus.host}:{self.bus.port}: connection refused or timed out")
+            raise DeviceUnreachable(f"{self.endpoint}: cannot open (refused, missing or busy)")
 
     async def close(self) -> None:
-        self._client.close()
+        for line in self._idle:
+            line.client.close()
 
-    async def _call(self, device: ModbusDevice, method: str, *args: Any, **kwargs: Any) -> Any:
-        timeout = device.timeout or self.bus.timeout
-        async with self._lock:
-            await self.connect()
+    def urgency(self, device: ModbusDevice, *, write: bool = False) -> Urgency:
+        if device.priority == "life_safety":
+            return Urgency.LIFE_SAFETY
+        return Urgency.WRITE if write else Urgency.POLL
+
+    async def _call(self, device: ModbusDevice, urgency: Urgency, method: str, *args: Any, **kwargs: Any) -> Any:
+        limit = device.timeout or self.bus.timeout
+        async with self.scheduler.slot(urgency):
+            line = self._idle.pop()
             try:
-                async with asyncio.timeout(timeout + 0.25):
-                    response = await getattr(self._client, method)(*args, device_id=device.unit, **kwargs)
-            except TimeoutError as exc:
-                self._client.close()  # a late reply must not be taken for the next request's
-                raise DeviceTimeout(f"unit {device.unit}: no reply within {timeout:g}s") from exc
-            except ModbusIOException as exc:
-                self._client.close()
-                _reraise_cancellation()
-                raise DeviceTimeout(f"unit {device.unit}: {exc}") from exc
-            except ConnectionException as exc:
-                self._client.close()
-                raise DeviceUnreachable(f"unit {device.unit}: {exc}") from exc
-            except ModbusException as exc:
-                raise BadResponse(f"unit {device.unit}: {exc}") from exc
+                await self._connect(line)
+                line.heard = 0
+                try:
+                    async with asyncio.timeout(limit + 0.25):
+                        response = await getattr(line.client, method)(*args, device_id=device.unit, **kwargs)
+                except (TimeoutError, ModbusIOException) as exc:
+                    _reraise_cancellation()
+                    if self._reconnect_after_timeout:
+                        line.client.close()
+                    if line.heard:
+                        raise BadResponse(f"unit {device.unit}: {line.heard} bytes but no valid reply "
+                                          "(bad CRC, wrong unit id or truncated)") from exc
+                    raise DeviceTimeout(f"unit {device.unit}: no reply within {limit:g}s") from exc
+                except ConnectionException as exc:
+                    line.client.close()
+                    raise DeviceUnreachable(f"unit {device.unit}: {exc}") from exc
+                except ModbusException as exc:
+                    raise BadResponse(f"unit {device.unit}: {exc}") from exc
+            finally:
+                self._idle.append(line)
         if response.isError():
             code = getattr(response, "exception_code", 0)
             raise ExceptionResponse(code, f"unit {device.unit}: exception code {code}")
         return response
 
-    async def read_block(self, device: ModbusDevice, block: Block) -> Sequence[Any]:
-        method = {
-            Table.HOLDING: "read_holding_registers",
-            Table.INPUT: "read_input_registers",
-            Table.COIL: "read_coils",
-            Table.DISCRETE: "read_discrete_inputs",
-        }[block.table]
-        response = await self._call(device, method, block.start, count=block.count)
+    async def read_block(self, device: ModbusDevice, block: Block, urgency: Urgency) -> Sequence[Any]:
+        response = await self._call(device, urgency, _READ[block.table], block.start, count=block.count)
         data = response.bits if block.table in (Table.COIL, Table.DISCRETE) else response.registers
         if len(data) < block.count:
             raise BadResponse(f"unit {device.unit}: asked {block.count}, got {len(data)}")
@@ -173,12 +253,13 @@ class ModbusDriver(Driver):
 
     async def read(self, device: str) -> list[Reading]:
         plan = self.plans[device]
+        urgency = self.urgency(plan.device)
         readings: list[Reading] = []
         answered = False
         last_error: DriverError | None = None
         for block in plan.blocks:
             try:
-                data = await self.read_block(plan.device, block)
+                data = await self.read_block(plan.device, block, urgency)
             except (DeviceTimeout, DeviceUnreachable):
                 raise  # the device is gone: no point asking for the next block
             except (ExceptionResponse, BadResponse) as exc:
@@ -192,23 +273,45 @@ class ModbusDriver(Driver):
             raise last_error
         return readings
 
+    async def probe(self, device: str) -> bool:
+        """One register (or bit) of the first block, at the lowest urgency: is anybody home?"""
+        plan = self.plans[device]
+        if not plan.blocks:
+            return True
+        first = plan.blocks[0]
+        try:
+            await self._call(plan.device, Urgency.PROBE, _READ[first.table], first.start, count=1)
+        except ExceptionResponse:
+            return True  # it answered, if only to complain
+        except DriverError:
+            return False
+        return True
+
+    async def read_point(self, device: str, point: str) -> Reading:
+        plan = self.plans[device]
+        spec = plan.by_id[point]
+        span = _span(0, spec)
+        block = Block(spec.table, spec.address, span.count, (span,))
+        urgency = self.urgency(plan.device, write=True)
+        data = await self.read_block(plan.device, block, urgency)
+        return plan.decode_block(block, data, time.time())[0]
+
     async def write(self, device: str, point: str, value: Value) -> None:
         plan = self.plans[device]
         spec = plan.by_id.get(point)
         if spec is None:
             raise WriteRefused(f"{device} has no point {point!r}")
-        if spec.table in (Table.INPUT, Table.DISCRETE):
-            raise WriteRefused(f"{device}.{point} is a read-only {spec.table.value} point")
+        urgency = self.urgency(plan.device, write=True)
         if spec.table is Table.COIL:
-            await self._call(plan.device, "write_coil", spec.address, bool(value))
+            await self._call(plan.device, urgency, "write_coil", spec.address, bool(value))
             return
-        if spec.type is DataType.BOOL or value is None or isinstance(value, str):
-            raise WriteRefused(f"{device}.{point}: cannot write {value!r} to a {spec.type.value} register")
-        raw = (float(value) - spec.offset) / spec.scale
+        if spec.table is not Table.HOLDING or spec.type is DataType.BOOL or not isinstance(value, int | float):
+            raise WriteRefused(f"{device}.{point}: cannot write {value!r} to a {spec.table.value} {spec.type.value}")
+        raw: float = (float(value) - spec.offset) / spec.scale
         if spec.type not in (DataType.FLOAT32, DataType.FLOAT64):
             raw = round(raw)
         try:
             registers = encode(raw, spec.type, spec.word_order, spec.byte_order)
         except ValueError as exc:
             raise WriteRefused(f"{device}.{point}: {exc}") from exc
-        await self._call(plan.device, "write_registers", spec.address, registers)
+        await self._call(plan.device, urgency, "write_registers", spec.address, registers)
