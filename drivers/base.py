@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -45,6 +46,18 @@ class WriteRefused(Exception):
     """A write that must not go to the wire: unknown or read-only point, value out of limits."""
 
 
+@dataclass(frozen=True, slots=True)
+class WriteSpec:
+    """What a write to one point may carry, independent of the protocol."""
+
+    kind: Literal["bool", "number"]
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[float, ...] | None = None
+    states: dict[int, str] | None = None
+    resolution: float = 0.0  # smallest step the device stores (read-back is compared within half of it)
+
+
 class BusConfig(StrictModel):
     id: Identifier = Field(description="Unique id of this bus, referenced by devices' `bus` key.")
     driver: str
@@ -56,10 +69,32 @@ class DeviceConfig(StrictModel):
     bus: Identifier = Field(description="Id of the [[buses]] entry this device is reached through.")
     name: str | None = Field(default=None, description="Human name, e.g. \"Tower A main meter\".")
     interval: Duration = Field(default=10.0, ge=0.05, le=86400, description="Poll period.")
+    priority: Literal["life_safety", "normal"] = Field(
+        default="normal", description="life_safety: polled ahead of everything else on a shared bus.",
+    )
+    breaker_failures: int = Field(
+        default=3, ge=1, le=100,
+        description="Failed polls in a row before the device is declared offline and only probed.",
+    )
+    probe_max: Duration = Field(
+        default=300.0, ge=1, le=86400, description="Longest wait between probes of an offline device.",
+    )
     enabled: bool = True
 
     def point_ids(self) -> list[str]:
         return []
+
+    def change_events(self) -> dict[str, str]:
+        """Point id -> "event" or "alarm" for points whose every change is published."""
+        return {}
+
+    def write_spec(self, point: str) -> WriteSpec | None:
+        """None when the point does not exist or is not writable."""
+        return None
+
+    def is_normal(self, point: str, value: Value) -> bool:
+        """Whether a value is a watched point's resting state (no event for it at start-up)."""
+        return value in (None, False, 0, 0.0, "")
 
 
 class Driver(abc.ABC):
@@ -83,7 +118,15 @@ class Driver(abc.ABC):
         """Poll every point of one device; points that could not be read come back with bad quality."""
 
     @abc.abstractmethod
-    async def write(self, device: str, point: str, value: Value) -> None: ...
+    async def write(self, device: str, point: str, value: Value) -> None:
+        """Put a value already checked against the point's WriteSpec on the wire, ahead of polls."""
+
+    async def read_point(self, device: str, point: str) -> Reading:
+        """Read one point now (for write read-back); a full read by default."""
+        for reading in await self.read(device):
+            if reading.point == point:
+                return reading
+        raise KeyError(point)
 
     async def probe(self, device: str) -> bool:
         """Cheap liveness check used while a device is offline; a full read by default."""

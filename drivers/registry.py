@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from drivers.base import Driver
-from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.modbus.driver import ModbusDriver
 
 DRIVERS: dict[str, type[Driver]] = {
     "modbus_tcp": ModbusDriver,
+    "modbus_rtu": ModbusDriver,
+    "modbus_rtu_tcp": ModbusDriver,
 }
 """Bus driver name -> driver class. The driver's ``device_type`` says which devices it carries."""
 
-# One family each for now. When a second family arrives (BACnet), these become discriminated
-# unions: buses on their `driver` key, devices on the family of the bus they name.
-AnyBus = ModbusTcpBus
+AnyBus = Annotated[ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus, Field(discriminator="driver")]
+# One device family so far. When a second arrives (BACnet), devices become a union chosen by the
+# family of the bus they name (see family_of).
 AnyDevice = ModbusDevice
 
 

@@ -14,7 +14,9 @@ import structlog
 from drivers.base import Driver
 from drivers.registry import DRIVERS
 from gateway import __version__, systemd
+from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
+from gateway.control import SOCKET_NAME, ControlServer
 from gateway.model import Event, Priority
 from gateway.recorder import AsyncStore, Recorder
 from gateway.store import Store
@@ -66,6 +68,8 @@ class Daemon:
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
                 config_hash=config_hash, on_state=self.recorder.meta,
             )
+        self.commands = CommandHandler(cfg, self.drivers, self.recorder)
+        self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.started = time.time()
         self._stop = asyncio.Event()
 
@@ -74,6 +78,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+        await self.control.start()  # before any task runs, so READY=1 is the first thing systemd hears
         self.supervisor.spawn("recorder", self.recorder.run)
         if self.uplink:
             self.supervisor.spawn("uplink", self.uplink.run)
@@ -110,6 +115,7 @@ class Daemon:
     async def shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         log.info("gateway stopping")
+        await self.control.close()
         pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith("device:") or n == "heartbeat"]
         for task in pollers:
             task.cancel()
@@ -149,3 +155,7 @@ def pid_alive(pid: int) -> bool:
 
 def data_path(cfg: GatewayConfig) -> Path:
     return cfg.store.data_dir / DB_NAME
+
+
+def control_path(cfg: GatewayConfig) -> Path:
+    return cfg.store.data_dir / SOCKET_NAME

@@ -73,6 +73,12 @@ class Recorder:
         self._pending.devices[state.id] = state
         self._wake.set()
 
+    def audit(self, action: str, data: dict[str, Any]) -> None:
+        """Who did what to which device: kept locally for good, and urgent enough to commit now."""
+        self._pending.audit.append((time.time(), action, data))
+        self._urgent = True
+        self._wake.set()
+
     def meta(self, key: str, value: Any) -> None:
         self._pending.meta[key] = value
         self._wake.set()

@@ -63,7 +63,14 @@ CREATE TABLE IF NOT EXISTS devices (
     last_ok   REAL,
     error     TEXT,
     polls     INTEGER NOT NULL DEFAULT 0,
-    failures  INTEGER NOT NULL DEFAULT 0
+    failures  INTEGER NOT NULL DEFAULT 0,
+    errors    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts       REAL NOT NULL,
+    action   TEXT NOT NULL,
+    data     TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +104,7 @@ class DeviceState:
     error: str | None = None
     polls: int = 0
     failures: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -108,9 +116,10 @@ class Batch:
     snapshots: list[tuple[str, float, list[Reading]]] = field(default_factory=list)
     devices: dict[str, DeviceState] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    audit: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta)
+        return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta or self.audit)
 
 
 class Store:
@@ -188,15 +197,20 @@ class Store:
                 [(r.device, r.point, json.dumps(r.value), r.unit, r.quality.value, r.ts) for r in latest.values()],
             )
             self.db.executemany(
-                "INSERT OR REPLACE INTO devices (id, state, since, last_poll, last_ok, error, polls, failures)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO devices (id, state, since, last_poll, last_ok, error, polls, failures, errors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (d.id, d.state, d.since, d.last_poll, d.last_ok, d.error, d.polls, d.failures)
+                    (d.id, d.state, d.since, d.last_poll, d.last_ok, d.error, d.polls, d.failures,
+                     json.dumps(d.errors))
                     for d in batch.devices.values()
                 ],
             )
             for key, value in batch.meta.items():
                 self.set_meta(key, value)
+            self.db.executemany(
+                "INSERT INTO audit (ts, action, data) VALUES (?, ?, ?)",
+                [(ts, action, json.dumps(data, ensure_ascii=False, default=str)) for ts, action, data in batch.audit],
+            )
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
@@ -283,9 +297,12 @@ class Store:
 
     def devices(self) -> list[DeviceState]:
         rows = self.db.execute(
-            "SELECT id, state, since, last_poll, last_ok, error, polls, failures FROM devices ORDER BY id"
+            "SELECT id, state, since, last_poll, last_ok, error, polls, failures, errors FROM devices ORDER BY id"
         )
-        return [DeviceState(*row) for row in rows]
+        return [
+            DeviceState(id_, state, since, last_poll, last_ok, error, polls, failures, json.loads(errors))
+            for id_, state, since, last_poll, last_ok, error, polls, failures, errors in rows
+        ]
 
     def latest(self, device: str | None = None) -> list[Reading]:
         query = "SELECT device, point, value, unit, quality, ts FROM latest"
@@ -301,6 +318,10 @@ class Store:
             (seq, {"id": id_, "ts": ts, "kind": kind, "source": source, "priority": prio, "data": json.loads(data)})
             for seq, id_, ts, kind, source, prio, data in rows
         ]
+
+    def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT ts, action, data FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [{"ts": ts, "action": action, **json.loads(data)} for ts, action, data in reversed(rows)]
 
     def last_event_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])

@@ -13,11 +13,13 @@ import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
 
 import structlog
 
 from drivers.base import DeviceConfig, Driver, DriverError
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.model import Event, Priority, Quality, Reading, Value
 from gateway.recorder import Recorder
 from gateway.store import DeviceState
 
@@ -64,15 +66,25 @@ class Supervisor:
 
 
 class DevicePoller:
-    """One device's poll loop: deadline-scheduled, online/offline with events, points ``bad`` when down."""
+    """One device's poll loop: deadline-scheduled, with a circuit breaker and change events.
 
-    def __init__(self, driver: Driver, device: DeviceConfig, recorder: Recorder, *, offline_after: int = 2) -> None:
+    After ``breaker_failures`` failed polls in a row the device is declared offline (an event,
+    its points ``bad``) and the breaker opens: from then on it is only probed, cheaply and at the
+    lowest bus priority, on a doubling backoff up to ``probe_max``, so a dead unit stops spending
+    the bus's time. A successful probe closes the breaker and the device is online again.
+    """
+
+    def __init__(self, driver: Driver, device: DeviceConfig, recorder: Recorder) -> None:
         self.driver = driver
         self.device = device
         self.recorder = recorder
-        self.offline_after = offline_after
         self.state = DeviceState(device.id, "unknown", time.time())
-        self._consecutive_failures = 0
+        self.errors: dict[str, int] = {}
+        self.breaker_open = False
+        self._failures_in_a_row = 0
+        self._probe_wait = max(device.interval, 1.0)
+        self._last: dict[str, Value] = {}
+        self._watched = device.change_events()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -81,6 +93,12 @@ class DevicePoller:
         due = loop.time() + random.uniform(0, min(interval, 2.0))
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
+            if self.breaker_open:
+                if not await self.probe_once():
+                    due = loop.time() + self._probe_wait * random.uniform(0.9, 1.1)
+                    self._probe_wait = min(self._probe_wait * 2, self.device.probe_max)
+                    continue
+                due = loop.time()
             await self.poll_once()
             due += interval
             if due < loop.time():  # overran (slow device): skip missed slots rather than burst
@@ -95,28 +113,84 @@ class DevicePoller:
         else:
             self._succeeded(readings, now)
 
+    async def probe_once(self) -> bool:
+        try:
+            alive = await self.driver.probe(self.device.id)
+        except DriverError as exc:
+            self._count(exc)
+            alive = False
+        if alive:
+            self.breaker_open = False
+            self._failures_in_a_row = 0
+            self._probe_wait = max(self.device.interval, 1.0)
+        return alive
+
+    def _count(self, exc: DriverError) -> str:
+        kind = error_kind(exc)
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        return kind
+
     def _succeeded(self, readings: list[Reading], now: float) -> None:
-        self._consecutive_failures = 0
+        self._failures_in_a_row = 0
         s = self.state
         if s.state != "online":
             if s.state == "offline":
                 self.recorder.event(Event("device.online", self.device.id, Priority.EVENT,
                                           {"offline_for": round(now - s.since, 1)}))
                 log.info("device online", device=self.device.id)
-            s = DeviceState(s.id, "online", now, polls=s.polls, failures=s.failures)
-        self.state = DeviceState(s.id, s.state, s.since, now, now, None, s.polls + 1, s.failures)
+            s = replace(s, state="online", since=now)
+        self.state = replace(s, last_poll=now, last_ok=now, error=None, polls=s.polls + 1,
+                             errors=dict(self.errors))
+        self._changes(readings)
         self.recorder.snapshot(self.device.id, readings, now)
         self.recorder.device_state(self.state)
 
     def _failed(self, exc: DriverError, now: float) -> None:
-        self._consecutive_failures += 1
+        self._failures_in_a_row += 1
+        kind = self._count(exc)
         s = self.state
         error = f"{type(exc).__name__}: {exc}"
-        if s.state != "offline" and self._consecutive_failures >= self.offline_after:
-            log.warning("device offline", device=self.device.id, error=error)
-            self.recorder.event(Event("device.offline", self.device.id, Priority.EVENT, {"error": error}))
-            bad = [Reading(self.device.id, p, None, None, Quality.BAD, now) for p in self.device.point_ids()]
-            self.recorder.snapshot(self.device.id, bad, now)
-            s = DeviceState(s.id, "offline", now, polls=s.polls, failures=s.failures, last_ok=s.last_ok)
-        self.state = DeviceState(s.id, s.state, s.since, now, s.last_ok, error, s.polls + 1, s.failures + 1)
+        if not self.breaker_open and self._failures_in_a_row >= self.device.breaker_failures:
+            self.breaker_open = True
+            if s.state != "offline":
+                log.warning("device offline", device=self.device.id, error=error)
+                self.recorder.event(Event("device.offline", self.device.id, Priority.EVENT,
+                                          {"error": error, "kind": kind, "failures": self._failures_in_a_row}))
+                bad = [Reading(self.device.id, p, None, None, Quality.BAD, now) for p in self.device.point_ids()]
+                self.recorder.snapshot(self.device.id, bad, now)
+                self._last.clear()
+                s = replace(s, state="offline", since=now)
+        self.state = replace(s, last_poll=now, error=error, polls=s.polls + 1, failures=s.failures + 1,
+                             errors=dict(self.errors))
         self.recorder.device_state(self.state)
+
+    def _changes(self, readings: list[Reading]) -> None:
+        """point.changed events for watched points; at start-up only for a value away from normal."""
+        for r in readings:
+            urgency = self._watched.get(r.point)
+            if urgency is None or r.quality is not Quality.GOOD:
+                continue
+            previous = self._last.get(r.point, _UNSEEN)
+            self._last[r.point] = r.value
+            if previous == r.value or (previous is _UNSEEN and self.device.is_normal(r.point, r.value)):
+                continue
+            priority = Priority.ALARM if urgency == "alarm" else Priority.EVENT
+            data: dict[str, Any] = {"point": r.point, "value": r.value}
+            if previous is not _UNSEEN:
+                data["previous"] = previous
+            if r.unit:
+                data["unit"] = r.unit
+            self.recorder.event(Event("point.changed", self.device.id, priority, data))
+
+
+_UNSEEN: Any = object()
+
+
+def error_kind(exc: DriverError) -> str:
+    """A short, stable name for counters: timeout, unreachable, exception, garbage."""
+    return {
+        "DeviceTimeout": "timeout",
+        "DeviceUnreachable": "unreachable",
+        "ExceptionResponse": "exception",
+        "BadResponse": "garbage",
+    }.get(type(exc).__name__, type(exc).__name__)

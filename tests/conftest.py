@@ -156,7 +156,8 @@ def write_config(path: Path, *, site: str = "test-site", data_dir: Path, mqtt_po
         lines.append("[[devices]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in device.items() if k != "points"))
         for point in points:
             lines.append("[[devices.points]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in point.items()))
-    path.write_text("\n".join(lines))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 

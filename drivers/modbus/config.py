@@ -2,21 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from drivers.base import BusConfig, DeviceConfig
+from drivers.base import BusConfig, DeviceConfig, WriteSpec
+from drivers.modbus import profiles
 from drivers.modbus.codec import DataType, Order, Table, register_count
+from drivers.modbus.profiles import apply_profile
+from gateway.model import Value
 from gateway.types import Duration, Identifier, StrictModel
 
 
 class ModbusTcpBus(BusConfig):
-    """A Modbus TCP endpoint (a meter's own IP, or a TCP-to-RS485 converter shared by many unit ids)."""
+    """A Modbus TCP endpoint: a meter's own IP, or a TCP-to-RS485 converter shared by many unit ids."""
 
     driver: Literal["modbus_tcp"]
     host: str = Field(min_length=1, description="IP address or host name.")
     port: int = Field(default=502, ge=1, le=65535)
+    max_in_flight: int = Field(
+        default=1, ge=1, le=16,
+        description="Transactions at once (one connection each). Converters to RS-485 want 1.",
+    )
+    gap: Duration = Field(default=0.0, ge=0, le=5, description="Quiet time between transactions.")
+
+
+class ModbusRtuOverTcpBus(ModbusTcpBus):
+    """Raw RTU frames tunnelled through a transparent serial server (no MBAP header)."""
+
+    driver: Literal["modbus_rtu_tcp"]  # type: ignore[assignment]
+    gap: Duration = Field(default=0.005, ge=0, le=5, description="Quiet time between transactions.")
+
+
+class ModbusRtuBus(BusConfig):
+    """An RS-485 line on a local serial port: one transaction at a time, a quiet gap between frames."""
+
+    driver: Literal["modbus_rtu"]
+    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0.")
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N(one), E(ven) or O(dd).")
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    gap: Duration | None = Field(
+        default=None, ge=0, le=5,
+        description="Quiet time between frames; default 3.5 character times (at least 1.75 ms).",
+    )
+
+    @property
+    def char_time(self) -> float:
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def frame_gap(self) -> float:
+        return self.gap if self.gap is not None else max(3.5 * self.char_time, 0.00175)
 
 
 class ModbusPoint(StrictModel):
@@ -30,6 +69,16 @@ class ModbusPoint(StrictModel):
     scale: float = Field(default=1.0, allow_inf_nan=False, description="value = raw * scale + offset.")
     offset: float = Field(default=0.0, allow_inf_nan=False)
     unit: str | None = Field(default=None, max_length=16, description="Engineering unit, e.g. \"V\", \"kWh\".")
+    states: dict[int, str] | None = Field(
+        default=None, description="Names for enumerated values, e.g. { 0 = \"closed\", 2 = \"open\" }.",
+    )
+    on_change: Literal["event", "alarm"] | None = Field(
+        default=None, description="Publish a point.changed event (or alarm) whenever the value changes.",
+    )
+    writable: bool = Field(default=False, description="May be written (CLI, rules, platform commands).")
+    min: float | None = Field(default=None, allow_inf_nan=False, description="Lowest value a write may set.")
+    max: float | None = Field(default=None, allow_inf_nan=False, description="Highest value a write may set.")
+    allowed: list[float] | None = Field(default=None, description="The only values a write may set.")
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:
@@ -41,6 +90,14 @@ class ModbusPoint(StrictModel):
         width = 1 if bit_table else register_count(self.type)
         if self.address + width > 65536:
             raise ValueError(f"address {self.address} + {width} registers runs past 65535")
+        if self.writable and self.table in (Table.INPUT, Table.DISCRETE):
+            raise ValueError(f"{self.table.value} points are read-only on the wire; they cannot be writable")
+        if self.writable and self.type is DataType.BOOL and self.table is Table.HOLDING:
+            raise ValueError("writing single bits of a register is not supported; write the whole register")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
         return self
 
 
@@ -49,14 +106,51 @@ class ModbusDevice(DeviceConfig):
 
     driver: Literal["modbus"] = "modbus"
     unit: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
-    timeout: Duration | None = Field(default=None, description="Overrides the bus timeout for this unit.")
+    timeout: Duration | None = Field(default=None, gt=0, le=60, description="Overrides the bus timeout.")
+    profile: str | None = Field(
+        default=None, description="A shipped register map (`gateway profiles list`); points below override it.",
+    )
+    exclude: list[str] = Field(default_factory=list, description="Profile points not to poll.")
     max_registers: int = Field(default=125, ge=1, le=125, description="Largest register read (protocol max 125).")
     max_bits: int = Field(default=2000, ge=1, le=2000, description="Largest coil/discrete read.")
     max_gap: int = Field(
         default=16, ge=0, le=124,
         description="Unused registers a read may span to join two points (0 = never bridge a gap).",
     )
-    points: list[ModbusPoint] = Field(default_factory=list, description="Register map.")
+    points: list[ModbusPoint] = Field(default_factory=list, description="Register map (or overrides of the profile).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_profile(cls, data: Any) -> Any:
+        return apply_profile(data)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str | None) -> str | None:
+        if name is not None and name not in profiles.available():
+            raise ValueError(f"unknown profile {name!r} (profiles: {', '.join(profiles.available())})")
+        return name
 
     def point_ids(self) -> list[str]:
         return [p.id for p in self.points]
+
+    def change_events(self) -> dict[str, str]:
+        return {p.id: p.on_change for p in self.points if p.on_change}
+
+    def write_spec(self, point: str) -> WriteSpec | None:
+        p = next((p for p in self.points if p.id == point), None)
+        if p is None or not p.writable:
+            return None
+        if p.type is DataType.BOOL:
+            return WriteSpec("bool")
+        integer = p.type not in (DataType.FLOAT32, DataType.FLOAT64)
+        return WriteSpec(
+            "number", p.min, p.max, tuple(p.allowed) if p.allowed else None, p.states,
+            resolution=abs(p.scale) if integer else 0.0,
+        )
+
+    def is_normal(self, point: str, value: Value) -> bool:
+        spec = next((p for p in self.points if p.id == point), None)
+        if spec is not None and spec.states and value == spec.states.get(0):
+            return True  # the state numbered 0 is the resting state by convention ("normal", "closed")
+        return super().is_normal(point, value)

@@ -40,6 +40,10 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 logging.getLogger("pymodbus").propagate = False
 
 AnyModbusBus = ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus
+_FUNCTION = {
+    "read_coils": 1, "read_discrete_inputs": 2, "read_holding_registers": 3, "read_input_registers": 4,
+    "write_coil": 5, "write_registers": 16,
+}
 _READ = {
     Table.HOLDING: "read_holding_registers",
     Table.INPUT: "read_input_registers",
@@ -239,6 +243,11 @@ class ModbusDriver(Driver):
                     raise BadResponse(f"unit {device.unit}: {exc}") from exc
             finally:
                 self._idle.append(line)
+        if getattr(response, "function_code", 0) & 0x7F != _FUNCTION[method]:
+            # On RTU a late reply to an earlier request can arrive during this one (pymodbus only
+            # checks the unit id): never let it pass for the answer to a different question.
+            raise BadResponse(f"unit {device.unit}: reply to function {response.function_code}, "
+                              f"asked {_FUNCTION[method]}")
         if response.isError():
             code = getattr(response, "exception_code", 0)
             raise ExceptionResponse(code, f"unit {device.unit}: exception code {code}")
@@ -246,8 +255,11 @@ class ModbusDriver(Driver):
 
     async def read_block(self, device: ModbusDevice, block: Block, urgency: Urgency) -> Sequence[Any]:
         response = await self._call(device, urgency, _READ[block.table], block.start, count=block.count)
-        data = response.bits if block.table in (Table.COIL, Table.DISCRETE) else response.registers
-        if len(data) < block.count:
+        bits = block.table in (Table.COIL, Table.DISCRETE)
+        data = response.bits if bits else response.registers
+        # Bits come padded to a whole byte; registers must match exactly (a longer reply answers
+        # another request).
+        if len(data) < block.count or (not bits and len(data) != block.count) or len(data) >= block.count + 8:
             raise BadResponse(f"unit {device.unit}: asked {block.count}, got {len(data)}")
         return list(data)
 

@@ -1,0 +1,102 @@
+"""The bus scheduler: who may use a shared wire next.
+
+An RS-485 line (or a TCP-to-RS-485 converter) carries one transaction at a time, needs a quiet gap
+between frames, and is shared by devices of very different importance. Every transaction asks the
+scheduler for a slot at its priority: life-safety polls first, then writes, then ordinary polls,
+then probes of devices believed dead. Within a priority, first come first served, so no device
+can starve another of its class. What keeps a dead device from eating the bus is the breaker in
+the poller; what keeps it from eating the bus *between* its failures is that each of its
+transactions waits in this queue like everyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+
+class Urgency(enum.IntEnum):
+    LIFE_SAFETY = 0  # fire panels, elevators: their polls go before anything else
+    WRITE = 1  # a person or a rule is waiting for it
+    POLL = 2
+    PROBE = 3  # is that dead device back yet? Only when the bus has nothing better to do
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    transactions: int = 0
+    busy_seconds: float = 0.0
+    waited: dict[Urgency, list[float]] = field(default_factory=lambda: {u: [] for u in Urgency})
+    max_samples: int = 2000
+
+    def record_wait(self, urgency: Urgency, seconds: float) -> None:
+        samples = self.waited[urgency]
+        samples.append(seconds)
+        if len(samples) > self.max_samples:
+            del samples[: len(samples) - self.max_samples]
+
+
+class BusScheduler:
+    def __init__(self, *, concurrency: int = 1, gap: float = 0.0) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.concurrency = concurrency
+        self.gap = gap
+        self.stats = SchedulerStats()
+        self._busy = 0
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._last_end = 0.0
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for *_, fut in self._queue if not fut.done())
+
+    @asynccontextmanager
+    async def slot(self, urgency: Urgency = Urgency.POLL) -> AsyncIterator[None]:
+        """Hold the wire for one transaction (request and reply)."""
+        asked = time.monotonic()
+        await self._acquire(urgency)
+        try:
+            wait = self._last_end + self.gap - time.monotonic()
+            if wait > 0:  # the inter-frame gap after the previous transaction
+                await asyncio.sleep(wait)
+            started = time.monotonic()
+            self.stats.record_wait(urgency, started - asked)
+            try:
+                yield
+            finally:
+                self.stats.transactions += 1
+                self.stats.busy_seconds += time.monotonic() - started
+        finally:
+            self._release()
+
+    async def _acquire(self, urgency: Urgency) -> None:
+        if self._busy < self.concurrency and not self.waiting:
+            self._busy += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, (int(urgency), next(self._order), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # the slot was handed to us just as we were cancelled: pass it on
+            else:
+                fut.cancel()  # leave it in the heap; _release skips cancelled entries
+            raise
+
+    def _release(self) -> None:
+        self._last_end = time.monotonic()
+        while self._queue:
+            _, _, fut = heapq.heappop(self._queue)
+            if not fut.done():
+                fut.set_result(None)  # the slot passes straight to the next in line
+                return
+        self._busy -= 1

@@ -1,0 +1,101 @@
+"""`gateway`: the technician's command line. Every command has --json with a stable shape."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
+from gateway.cli.site import (
+    cmd_bench,
+    cmd_check,
+    cmd_demo,
+    cmd_events,
+    cmd_run,
+    cmd_schema,
+    cmd_simulate,
+    cmd_status,
+)
+
+DEFAULT_CONFIG = "/etc/gateway/config.toml"
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Community edge gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help_: str, *, config: bool = True,
+                json_: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if config:
+            p.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help="config file (TOML)")
+        if json_:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("run", cmd_run, "run the gateway daemon", json_=False)
+    command("check", cmd_check, "validate a config file; exit 2 on problems", json_=False)
+    cfg = sub.add_parser("config", help="config helpers").add_subparsers(dest="sub", required=True)
+    schema = cfg.add_parser("schema", help="print the config JSON Schema (for editors)")
+    schema.set_defaults(fn=cmd_schema)
+    command("status", cmd_status, "devices, uplink and outbox at a glance")
+    p = command("read", cmd_read, "read a device live, bypassing the store")
+    p.add_argument("device")
+    p.add_argument("point", nargs="?")
+    p = command("write", cmd_write, "write a point (checked, queued ahead of polls, read back, audited)")
+    p.add_argument("device")
+    p.add_argument("point")
+    p.add_argument("value", help="a number, true/false, or a state name such as \"open\"")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the read-back check")
+    p = command("audit", cmd_audit, "who wrote what, when, and how it went")
+    p.add_argument("-n", "--last", type=int, default=50)
+    profiles = sub.add_parser("profiles", help="shipped device register maps").add_subparsers(
+        dest="sub", required=True)
+    p = profiles.add_parser("list", help="list the profiles")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_profiles, name=None)
+    p = profiles.add_parser("show", help="print one profile (TOML, or --json)")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_profiles)
+    p = command("events", cmd_events, "show the event log")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
+    p = command("demo", cmd_demo, "simulated meters -> daemon -> local broker, live on screen",
+                config=False, json_=False)
+    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
+    p.add_argument("--meters", type=int, default=3)
+    sim = sub.add_parser("simulate", help="run simulated field devices").add_subparsers(dest="sub", required=True)
+    p = sim.add_parser("meter", help="3-phase power meters on Modbus TCP, one port each")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5020)
+    p.add_argument("--count", type=int, default=1)
+    p.set_defaults(fn=cmd_simulate)
+    bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
+    p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
+    p.add_argument("--devices", type=int, default=20)
+    p.add_argument("--points", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--no-cold-start", dest="cold_start", action="store_false", help="skip the cold-start figure")
+    p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figure")
+    p.add_argument("--rss-devices", type=int, default=100)
+    p.add_argument("--rss-points", type=int, default=20)
+    p.add_argument("--rss-seconds", type=float, default=10)
+    p.set_defaults(fn=cmd_bench)
+    p = bench.add_parser("uplink", help="outbox replay rate and live-alarm latency to a local broker")
+    p.add_argument("--events", type=int, default=50000)
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.fn(args)
+    return result

@@ -1,0 +1,147 @@
+"""Site-level commands: run the daemon, check the config, status, events, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.cli.common import ago, load, print_json, table
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config import check_file
+
+    return check_file(args.config, sys.stdout)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.schema import json_schema
+
+    print(json_schema())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.config.loader import config_hash
+    from gateway.daemon import Daemon
+
+    cfg = load(args)
+    logs.configure(cfg.log.level, cfg.log.format)
+
+    async def main() -> None:  # the daemon installs its own SIGTERM handling once the loop runs
+        await Daemon(cfg, config_hash=config_hash(args.config)).run()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.daemon import data_path, open_store, pid_alive
+
+    cfg = load(args)
+    if not data_path(cfg).exists():
+        print(f"no store at {data_path(cfg)}: the gateway has not run yet", file=sys.stderr)
+        return 1
+    store = open_store(cfg, read_only=True)
+    now = time.time()
+    meta = store.meta()
+    daemon = meta.get("daemon", {})
+    running = daemon.get("state") == "running" and pid_alive(int(daemon.get("pid", 0))) \
+        and now - float(daemon.get("heartbeat", 0)) < 30
+    report = {
+        "site": cfg.site.id,
+        "daemon": {**daemon, "running": running},
+        "uplink": meta.get("uplink", {"state": "unknown"}),
+        "outbox": store.outbox_depth(),
+        "counters": store.counters(),
+        "devices": [
+            {"id": d.id, "state": d.state, "since": d.since, "last_poll": d.last_poll, "last_ok": d.last_ok,
+             "error": d.error, "polls": d.polls, "failures": d.failures}
+            for d in store.devices()
+        ],
+    }
+    if args.json:
+        print_json(report)
+        return 0
+    state = "running" if running else "NOT RUNNING"
+    print(f"site {cfg.site.id}: daemon {state} (pid {daemon.get('pid', '-')}, version {daemon.get('version', '-')},"
+          f" up since {ago(daemon.get('started'), now)})")
+    up = report["uplink"]
+    print(f"uplink {up.get('state')} since {ago(up.get('since'), now)}"
+          + (f" - {up['error']}" if up.get("error") else ""))
+    depth = report["outbox"]
+    print("outbox " + ", ".join(f"{k} {v}" for k, v in depth.items()))
+    dropped = report["counters"].get("store.telemetry_dropped", 0)
+    if dropped:
+        print(f"telemetry dropped for disk cap: {dropped}")
+    print()
+    rows = [
+        (d["id"], d["state"], ago(d["since"], now), ago(d["last_poll"], now), d["polls"], d["failures"],
+         (d["error"] or "")[:60])
+        for d in report["devices"]
+    ]
+    print(table(rows, ["device", "state", "since", "last poll", "polls", "failures", "last error"]))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from gateway.daemon import data_path, open_store
+
+    cfg = load(args)
+    if not data_path(cfg).exists():
+        print(f"no store at {data_path(cfg)}", file=sys.stderr)
+        return 1
+    store = open_store(cfg, read_only=True)
+    last = max(0, store.last_event_seq() - args.last) if args.last else 0
+
+    def show(batch: list[tuple[int, dict[str, Any]]]) -> None:
+        for _, ev in batch:
+            if args.json:
+                print(json.dumps(ev, ensure_ascii=False), flush=True)
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["ts"]))
+                data = " ".join(f"{k}={v}" for k, v in ev["data"].items() if k != "trace")
+                print(f"{stamp}  {ev['priority']:<9} {ev['kind']:<24} {ev['source']:<16} {data}", flush=True)
+
+    try:
+        while True:
+            batch = store.events_after(last)
+            show(batch)
+            if batch:
+                last = batch[-1][0]
+            if not args.follow:
+                return 0
+            if not batch:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.meter import run_meters
+
+    print(f"serving {args.count} simulated meter(s) on {args.host}:{args.port}..{args.port + args.count - 1}",
+          file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_meters(args.host, args.port, args.count))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(duration=args.duration, meters=args.meters)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway import bench
+
+    runner: Callable[[argparse.Namespace], int] = getattr(bench, f"bench_{args.what}")
+    return runner(args)

@@ -1,0 +1,166 @@
+"""Commands into the running gateway: one schema and one handler, whoever sends them.
+
+The technician's CLI (over the local control socket) uses this today; rules and platform commands
+over MQTT will use the same entry point, so a write is checked, queued ahead of polls on its bus,
+read back and audited the same way whoever asked for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers.base import Driver, DriverError, WriteRefused, WriteSpec
+from gateway.config.schema import GatewayConfig
+from gateway.model import Event, Priority, Value
+from gateway.recorder import Recorder
+from gateway.types import IDENTIFIER_PATTERN
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WriteCommand(_Command):
+    cmd: Literal["write"]
+    device: str = Field(pattern=IDENTIFIER_PATTERN)
+    point: str = Field(pattern=IDENTIFIER_PATTERN)
+    value: bool | int | float | str = Field(union_mode="left_to_right")
+    actor: str = Field(default="unknown", max_length=128)
+    verify: bool = True
+
+
+class ReadCommand(_Command):
+    cmd: Literal["read"]
+    device: str = Field(pattern=IDENTIFIER_PATTERN)
+    point: str | None = Field(default=None, pattern=IDENTIFIER_PATTERN)
+
+
+Command = Annotated[WriteCommand | ReadCommand, Field(discriminator="cmd")]
+
+
+class CommandError(Exception):
+    """A command refused before it reached a device (bad shape, unknown target, limits)."""
+
+
+def parse_command(data: Any) -> WriteCommand | ReadCommand:
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(Command).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = f"bad command: {where}: {first['msg']}" if where else f"bad command: {first['msg']}"
+        raise CommandError(message) from None
+
+
+_TRUE = {"1", "true", "on", "yes", "closed", "close"}
+_FALSE = {"0", "false", "off", "no", "open"}
+
+
+def coerce(spec: WriteSpec, value: bool | int | float | str, where: str) -> bool | float:
+    """Turn what a person typed (or a platform sent) into a value the point accepts, or refuse."""
+    if spec.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise WriteRefused(f"{where} is on/off: write true or false (got {value!r})")
+    if isinstance(value, str) and spec.states:
+        by_name = {name: code for code, name in spec.states.items()}
+        if value in by_name:
+            value = by_name[value]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        names = f" or one of {', '.join(spec.states.values())}" if spec.states else ""
+        raise WriteRefused(f"{where} takes a number{names} (got {value!r})") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise WriteRefused(f"{where} takes a finite number (got {value!r})")
+    if spec.states and int(number) not in spec.states:
+        raise WriteRefused(f"{where}: {value!r} is not one of its states {spec.states}")
+    if spec.allowed is not None and number not in spec.allowed:
+        allowed = ", ".join(f"{a:g}" for a in spec.allowed)
+        raise WriteRefused(f"{where}: {number:g} is not an allowed value ({allowed})")
+    if spec.min is not None and number < spec.min:
+        raise WriteRefused(f"{where}: {number:g} is below its minimum {spec.min:g}")
+    if spec.max is not None and number > spec.max:
+        raise WriteRefused(f"{where}: {number:g} is above its maximum {spec.max:g}")
+    return number
+
+
+def _same(spec: WriteSpec, written: bool | float, read: Value) -> bool:
+    if spec.kind == "bool" or isinstance(read, bool):
+        return bool(read) == bool(written)
+    if spec.states and isinstance(read, str):
+        return spec.states.get(int(written)) == read
+    if not isinstance(read, int | float):
+        return False
+    return abs(float(read) - float(written)) <= spec.resolution / 2 + 1e-6 * max(1.0, abs(float(written)))
+
+
+class CommandHandler:
+    def __init__(self, cfg: GatewayConfig, drivers: dict[str, Driver], recorder: Recorder) -> None:
+        self.cfg = cfg
+        self.drivers = drivers
+        self.recorder = recorder
+
+    async def execute(self, command: WriteCommand | ReadCommand) -> dict[str, Any]:
+        if command.device not in self.drivers:
+            raise CommandError(f"no device {command.device!r} (or it is disabled)")
+        if isinstance(command, ReadCommand):
+            return await self._read(command)
+        return await self._write(command)
+
+    async def _read(self, command: ReadCommand) -> dict[str, Any]:
+        device = self.cfg.device(command.device)
+        if command.point is not None and command.point not in device.point_ids():
+            raise CommandError(f"device {command.device!r} has no point {command.point!r}")
+        readings = await self.drivers[command.device].read(command.device)
+        return {"readings": [
+            {"device": r.device, "point": r.point, "value": r.value, "unit": r.unit, "quality": r.quality.value,
+             "ts": r.ts}
+            for r in readings if command.point in (None, r.point)
+        ]}
+
+    async def _write(self, command: WriteCommand) -> dict[str, Any]:
+        device = self.cfg.device(command.device)
+        where = f"{command.device}.{command.point}"
+        audit: dict[str, Any] = {"device": command.device, "point": command.point, "value": command.value,
+                                 "actor": command.actor}
+        try:
+            if command.point not in device.point_ids():
+                raise WriteRefused(f"device {command.device!r} has no point {command.point!r}")
+            spec = device.write_spec(command.point)
+            if spec is None:
+                raise WriteRefused(f"{where} is read-only")
+            value = coerce(spec, command.value, where)
+            driver = self.drivers[command.device]
+            started = time.monotonic()
+            await driver.write(command.device, command.point, value)
+            audit["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+            result = "written"
+            if command.verify:
+                reading = await driver.read_point(command.device, command.point)
+                audit["read_back"] = reading.value
+                result = "verified" if _same(spec, value, reading.value) else "mismatch"
+        except WriteRefused as exc:
+            self._audit(audit, "refused", str(exc))
+            raise CommandError(str(exc)) from None
+        except DriverError as exc:
+            self._audit(audit, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self._audit(audit, result, None)
+        return {"result": result, **{k: v for k, v in audit.items() if k in ("read_back", "latency_ms")}}
+
+    def _audit(self, audit: dict[str, Any], result: str, error: str | None) -> None:
+        data = {**audit, "result": result}
+        if error:
+            data["error"] = error
+        self.recorder.audit("write", data)
+        self.recorder.event(Event("device.write", audit["device"], Priority.EVENT, data))

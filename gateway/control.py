@@ -1,0 +1,95 @@
+"""The daemon's local control socket: JSON lines over a Unix socket in the data directory.
+
+Only the machine's own users reach it, and only those the file mode lets in (the gateway's
+group). The peer's uid comes from the kernel (SO_PEERCRED), so the audit trail names the real
+account, whatever the client claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from drivers.base import DriverError
+from gateway.commands import CommandError, CommandHandler, WriteCommand, parse_command
+
+log = structlog.get_logger("gateway.control")
+SOCKET_NAME = "control.sock"
+MAX_REQUEST = 64 * 1024
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    sock = writer.get_extra_info("socket")
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return f"local:{pwd.getpwuid(uid).pw_name}"
+    except (OSError, KeyError, AttributeError, struct.error):
+        return "local:unknown"
+
+
+class ControlServer:
+    def __init__(self, path: Path, handler: CommandHandler) -> None:
+        self.path = path
+        self.handler = handler
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket from a killed run
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST)
+        os.chmod(self.path, 0o660)
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            reply = await self._answer(line, _peer(writer))
+            writer.write(json.dumps(reply, ensure_ascii=False, default=str).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, line: bytes, peer: str) -> dict[str, Any]:
+        try:
+            data = json.loads(line)
+            command = parse_command(data)
+            if isinstance(command, WriteCommand):
+                command = command.model_copy(update={"actor": f"{peer} ({command.actor})"})
+            return {"ok": True, **await self.handler.execute(command)}
+        except (ValueError, CommandError) as exc:
+            return {"ok": False, "error": str(exc)}
+        except DriverError as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+async def request(path: Path, command: dict[str, Any]) -> dict[str, Any]:
+    """Send one command to the running daemon; ConnectionError when it is not running."""
+    async with asyncio.timeout(30):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_REQUEST)
+        try:
+            writer.write(json.dumps(command, ensure_ascii=False).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    if not line:
+        raise ConnectionError("the daemon closed the connection without answering")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
