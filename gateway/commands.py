@@ -28,7 +28,7 @@ class WriteCommand(_Command):
     cmd: Literal["write"]
     device: str = Field(pattern=IDENTIFIER_PATTERN)
     point: str = Field(pattern=IDENTIFIER_PATTERN)
-    value: bool | int | float | str = Field(union_mode="left_to_right")
+    value: bool | int | float | str  # "smart" union: JSON true stays bool, 1 stays int
     actor: str = Field(default="unknown", max_length=128)
     verify: bool = True
 

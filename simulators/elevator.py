@@ -158,6 +158,27 @@ async def serve_elevators(host: str, port: int, count: int = 1, *, seeds: Sequen
     return server
 
 
+async def run_elevators(host: str, port: int, count: int, *, rtu: bool = False, baudrate: int = 9600) -> None:
+    """`gateway simulate elevator`: serve until cancelled, saying where to point the gateway."""
+    import sys
+
+    if rtu:
+        from simulators.rtu import RtuLine, Unit
+
+        cars = [ElevatorSimulator(seed=i + 1) for i in range(count)]
+        async with RtuLine({i + 1: Unit(c.context) for i, c in enumerate(cars)}, baudrate=baudrate) as line:
+            print(f"elevators as units 1..{count} on an RS-485 line at {baudrate} baud; point a modbus_rtu bus"
+                  f" at port = \"{line.port}\"", file=sys.stderr, flush=True)
+            await tick_cars(cars)
+        return
+    server = await serve_elevators(host, port, count)
+    print(f"elevators on {host}:{server.ports[0]}..{server.ports[-1]} (unit 1 each)", file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
+
+
 async def tick_cars(cars: Sequence[ElevatorSimulator], period: float = 0.25) -> None:
     """For cars served on an RTU line: advance them until cancelled."""
     while True:

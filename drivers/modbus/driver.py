@@ -302,7 +302,7 @@ class ModbusDriver(Driver):
     async def read_point(self, device: str, point: str) -> Reading:
         plan = self.plans[device]
         spec = plan.by_id[point]
-        span = _span(0, spec)
+        span = _span(plan.points.index(spec), spec)
         block = Block(spec.table, spec.address, span.count, (span,))
         urgency = self.urgency(plan.device, write=True)
         data = await self.read_block(plan.device, block, urgency)

@@ -127,10 +127,16 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.meter import run_meters
 
-    print(f"serving {args.count} simulated meter(s) on {args.host}:{args.port}..{args.port + args.count - 1}",
-          file=sys.stderr)
+    if args.sub == "elevator":
+        from simulators.elevator import run_elevators
+
+        runner = run_elevators(args.host, args.port, args.count, rtu=args.rtu, baudrate=args.baud)
+    else:
+        print(f"serving {args.count} simulated meter(s) on {args.host}:{args.port}..{args.port + args.count - 1}",
+              file=sys.stderr)
+        runner = run_meters(args.host, args.port, args.count)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_meters(args.host, args.port, args.count))
+        asyncio.run(runner)
     return 0
 
 
