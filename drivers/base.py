@@ -8,13 +8,14 @@ readings and events it returns.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import Field
 
-from gateway.model import Reading, Value
+from gateway.model import Event, Reading, Value
 from gateway.types import Duration, Identifier, StrictModel
 
 
@@ -97,8 +98,21 @@ class DeviceConfig(StrictModel):
         return value in (None, False, 0, 0.0, "")
 
 
+class Sink(Protocol):
+    """Where a streaming driver hands what it hears; the daemon implements it (store, rules, uplink)."""
+
+    def readings(self, device: str, readings: list[Reading]) -> None: ...
+
+    def event(self, event: Event) -> None: ...
+
+
 class Driver(abc.ABC):
-    """One bus and its devices. Methods raise DriverError subclasses for field failures only."""
+    """One bus and its devices. Methods raise DriverError subclasses for field failures only.
+
+    Polled drivers implement ``read``; the core's poller calls it on schedule. Drivers that are
+    told things unasked (a fire panel printing events, BACnet change-of-value notifications)
+    also implement ``stream``, which the supervisor runs (and restarts) for the bus's lifetime.
+    """
 
     bus_type: ClassVar[type[BusConfig]]
     device_type: ClassVar[type[DeviceConfig]]
@@ -127,6 +141,14 @@ class Driver(abc.ABC):
             if reading.point == point:
                 return reading
         raise KeyError(point)
+
+    def polls(self, device: str) -> bool:
+        """Whether the core should poll this device (False for purely streaming devices)."""
+        return True
+
+    async def stream(self, sink: Sink) -> None:
+        """Receive unsolicited data until cancelled; only for drivers that have any."""
+        await asyncio.Event().wait()
 
     async def probe(self, device: str) -> bool:
         """Cheap liveness check used while a device is offline; a full read by default."""

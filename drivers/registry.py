@@ -23,7 +23,11 @@ AnyBus = Annotated[ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus, Field(disc
 AnyDevice = ModbusDevice
 
 
-def family_of(driver: str) -> str:
+DEFAULT_FAMILY = "modbus"
+
+
+def family_of(driver: object) -> str:
     """Device family a bus driver carries ("modbus_tcp" and "modbus_rtu" both carry "modbus")."""
-    default = DRIVERS[driver].device_type.model_fields["driver"].default
-    return str(default)
+    if not isinstance(driver, str) or driver not in DRIVERS:
+        return DEFAULT_FAMILY
+    return str(DRIVERS[driver].device_type.model_fields["driver"].default)

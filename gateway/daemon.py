@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from gateway import __version__, systemd
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
-from gateway.model import Event, Priority
+from gateway.model import Event, Priority, Reading
 from gateway.recorder import AsyncStore, Recorder
 from gateway.store import Store
 from gateway.supervisor import DevicePoller, Supervisor
@@ -60,7 +61,8 @@ class Daemon:
         self.supervisor = Supervisor(self.recorder)
         self.drivers = build_drivers(cfg)
         self.pollers = {
-            d.id: DevicePoller(self.drivers[d.id], d, self.recorder) for d in cfg.devices if d.id in self.drivers
+            d.id: DevicePoller(self.drivers[d.id], d, self.recorder)
+            for d in cfg.devices if d.id in self.drivers and self.drivers[d.id].polls(d.id)
         }
         self.uplink: Uplink | None = None
         if cfg.mqtt.enabled:
@@ -68,6 +70,7 @@ class Daemon:
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
                 config_hash=config_hash, on_state=self.recorder.meta,
             )
+        self.sink = RecorderSink(self.recorder)
         self.commands = CommandHandler(cfg, self.drivers, self.recorder)
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.started = time.time()
@@ -86,6 +89,8 @@ class Daemon:
             self.recorder.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
         for device_id, poller in self.pollers.items():
             self.supervisor.spawn(f"device:{device_id}", poller.run)
+        for driver in {id(d): d for d in self.drivers.values()}.values():
+            self.supervisor.spawn(f"bus:{driver.bus.id}", functools.partial(driver.stream, self.sink))
         self.supervisor.spawn("heartbeat", self._heartbeat)
         self.recorder.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,
                                   {"version": __version__, "config": self.config_hash,
@@ -116,7 +121,7 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("gateway stopping")
         await self.control.close()
-        pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith("device:") or n == "heartbeat"]
+        pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith(("device:", "bus:", "heartbeat"))]
         for task in pollers:
             task.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)
@@ -141,6 +146,20 @@ class Daemon:
             if not self.uplink or self.uplink.status.state != "connected":
                 return
             await asyncio.sleep(0.05)
+
+
+class RecorderSink:
+    """What streaming drivers hear goes the same way as what pollers read."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def readings(self, device: str, readings: list[Reading]) -> None:
+        if readings:
+            self.recorder.snapshot(device, readings, max(r.ts for r in readings))
+
+    def event(self, event: Event) -> None:
+        self.recorder.event(event)
 
 
 def pid_alive(pid: int) -> bool:

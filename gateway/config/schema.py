@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from drivers.registry import AnyBus, AnyDevice, family_of
 from gateway.types import Duration, Identifier, StrictModel
@@ -71,12 +71,39 @@ class LogConfig(StrictModel):
 
 
 class GatewayConfig(StrictModel):
+    """The whole file. Devices take their family (modbus, bacnet, ...) from the bus they name."""
+
     site: SiteConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     buses: list[AnyBus] = Field(default_factory=list, description="Physical endpoints: TCP hosts, serial ports.")
     devices: list[AnyDevice] = Field(default_factory=list, description="Field devices, each on one bus.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_families(cls, data: Any) -> Any:
+        """Tag each device with its bus's family so the device union knows which schema applies.
+
+        A device naming a missing bus gets the default family, so that its other keys are still
+        checked and the missing bus is reported on its own line by cross_check.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+            return data
+        buses = data.get("buses")
+        drivers = {
+            b["id"]: b.get("driver") for b in (buses if isinstance(buses, list) else [])
+            if isinstance(b, dict) and isinstance(b.get("id"), str)
+        }
+
+        def family(device: dict[str, Any]) -> str:
+            bus = device.get("bus")
+            return family_of(drivers.get(bus) if isinstance(bus, str) else None)
+
+        devices = [
+            {**d, "driver": family(d)} if isinstance(d, dict) and "driver" not in d else d for d in data["devices"]
+        ]
+        return {**data, "devices": devices}
 
     def bus(self, bus_id: str) -> AnyBus:
         return next(b for b in self.buses if b.id == bus_id)
