@@ -105,6 +105,9 @@ class Sink(Protocol):
 
     def event(self, event: Event) -> None: ...
 
+    def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
+        """Keep what a line-oriented device said, byte for byte, with what we made of it."""
+
 
 class Driver(abc.ABC):
     """One bus and its devices. Methods raise DriverError subclasses for field failures only.

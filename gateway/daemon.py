@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -160,6 +161,9 @@ class RecorderSink:
 
     def event(self, event: Event) -> None:
         self.recorder.event(event)
+
+    def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
+        self.recorder.raw(device, ts, data, parsed)
 
 
 def pid_alive(pid: int) -> bool:

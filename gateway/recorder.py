@@ -73,6 +73,10 @@ class Recorder:
         self._pending.devices[state.id] = state
         self._wake.set()
 
+    def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
+        self._pending.raw_lines.append((device, ts, data, parsed))
+        self._wake.set()
+
     def audit(self, action: str, data: dict[str, Any]) -> None:
         """Who did what to which device: kept locally for good, and urgent enough to commit now."""
         self._pending.audit.append((time.time(), action, data))

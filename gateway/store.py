@@ -72,6 +72,14 @@ CREATE TABLE IF NOT EXISTS audit (
     action   TEXT NOT NULL,
     data     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS raw_lines (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    device   TEXT NOT NULL,
+    ts       REAL NOT NULL,
+    data     BLOB NOT NULL,
+    parsed   TEXT
+);
+CREATE INDEX IF NOT EXISTS raw_lines_by_device ON raw_lines (device, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -117,9 +125,11 @@ class Batch:
     devices: dict[str, DeviceState] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     audit: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    raw_lines: list[tuple[str, float, bytes, dict[str, Any] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta or self.audit)
+        return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta or self.audit
+                    or self.raw_lines)
 
 
 class Store:
@@ -208,6 +218,11 @@ class Store:
             for key, value in batch.meta.items():
                 self.set_meta(key, value)
             self.db.executemany(
+                "INSERT INTO raw_lines (device, ts, data, parsed) VALUES (?, ?, ?, ?)",
+                [(device, ts, data, None if parsed is None else json.dumps(parsed, ensure_ascii=False, default=str))
+                 for device, ts, data, parsed in batch.raw_lines],
+            )
+            self.db.executemany(
                 "INSERT INTO audit (ts, action, data) VALUES (?, ?, ?)",
                 [(ts, action, json.dumps(data, ensure_ascii=False, default=str)) for ts, action, data in batch.audit],
             )
@@ -286,6 +301,7 @@ class Store:
         with self.transaction():
             self.db.execute("DELETE FROM samples WHERE ts < ?", (now - self.readings_retention,))
             self.db.execute("DELETE FROM events WHERE ts < ?", (now - self.events_retention,))
+            self.db.execute("DELETE FROM raw_lines WHERE ts < ?", (now - self.events_retention,))
 
     # -- reading, for the CLI ------------------------------------------------------------------
 
@@ -322,6 +338,14 @@ class Store:
     def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT ts, action, data FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [{"ts": ts, "action": action, **json.loads(data)} for ts, action, data in reversed(rows)]
+
+    def raw_lines(self, device: str, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT seq, ts, data, parsed FROM raw_lines WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (device, after_seq, limit),
+        )
+        return [{"seq": seq, "ts": ts, "data": bytes(data), "parsed": None if parsed is None else json.loads(parsed)}
+                for seq, ts, data, parsed in rows]
 
     def last_event_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])

@@ -144,13 +144,14 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
             continue
         if family_of(bus.driver) != device.driver:
             problems.append(Problem(("devices", index, "bus"), f"bus {bus.id!r} is {bus.driver}", device.bus))
-        key = (bus.id, device.unit)
-        if key in units:
-            problems.append(Problem(
-                ("devices", index, "unit"), f"unit {device.unit} on bus {bus.id!r} is already device {units[key]!r}",
-                device.unit,
-            ))
-        units.setdefault(key, device.id)
+        unit = getattr(device, "unit", None)  # a Modbus unit id; other families address devices otherwise
+        if unit is not None:
+            key = (bus.id, unit)
+            if key in units:
+                problems.append(Problem(
+                    ("devices", index, "unit"), f"unit {unit} on bus {bus.id!r} is already device {units[key]!r}", unit,
+                ))
+            units.setdefault(key, device.id)
 
     mqtt = cfg.mqtt
     if mqtt.password is not None and mqtt.password_file is not None:
