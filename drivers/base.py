@@ -57,6 +57,7 @@ class WriteSpec:
     allowed: tuple[float, ...] | None = None
     states: dict[int, str] | None = None
     resolution: float = 0.0  # smallest step the device stores (read-back is compared within half of it)
+    relinquish: bool = False  # a write of "null" withdraws the command (BACnet priority arrays)
 
 
 class BusConfig(StrictModel):
@@ -80,7 +81,7 @@ class DeviceConfig(StrictModel):
     probe_max: Duration = Field(
         default=300.0, ge=1, le=86400, description="Longest wait between probes of an offline device.",
     )
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="false: configured but not polled.")
 
     def point_ids(self) -> list[str]:
         return []
@@ -144,6 +145,10 @@ class Driver(abc.ABC):
             if reading.point == point:
                 return reading
         raise KeyError(point)
+
+    async def poll(self, device: str) -> list[Reading]:
+        """What the poller stores each period: a full read, unless some values arrive unasked (COV)."""
+        return await self.read(device)
 
     def polls(self, device: str) -> bool:
         """Whether the core should poll this device (False for purely streaming devices)."""

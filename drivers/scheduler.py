@@ -4,8 +4,10 @@ An RS-485 line (or a TCP-to-RS-485 converter) carries one transaction at a time,
 between frames, and is shared by devices of very different importance. Every transaction asks the
 scheduler for a slot at its priority: life-safety polls first, then writes, then ordinary polls,
 then probes of devices believed dead. Within a priority, first come first served, so no device
-can starve another of its class. What keeps a dead device from eating the bus is the breaker in
-the poller; what keeps it from eating the bus *between* its failures is that each of its
+can starve another of its class, and nobody waits forever: a request older than ``max_wait`` goes
+next (after life-safety), so the probe that would notice a dead device coming back still gets the
+wire on a line saturated with polls. What keeps a dead device from eating the bus is the breaker
+in the poller; what keeps it from eating the bus *between* its failures is that each of its
 transactions waits in this queue like everyone else's.
 """
 
@@ -43,20 +45,21 @@ class SchedulerStats:
 
 
 class BusScheduler:
-    def __init__(self, *, concurrency: int = 1, gap: float = 0.0) -> None:
+    def __init__(self, *, concurrency: int = 1, gap: float = 0.0, max_wait: float = 2.0) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.concurrency = concurrency
         self.gap = gap
+        self.max_wait = max_wait
         self.stats = SchedulerStats()
         self._busy = 0
-        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._queue: list[tuple[int, int, float, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._last_end = 0.0
 
     @property
     def waiting(self) -> int:
-        return sum(1 for *_, fut in self._queue if not fut.done())
+        return sum(1 for entry in self._queue if not entry[3].done())
 
     @asynccontextmanager
     async def slot(self, urgency: Urgency = Urgency.POLL) -> AsyncIterator[None]:
@@ -82,7 +85,7 @@ class BusScheduler:
             self._busy += 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, (int(urgency), next(self._order), fut))
+        heapq.heappush(self._queue, (int(urgency), next(self._order), time.monotonic(), fut))
         try:
             await fut
         except asyncio.CancelledError:
@@ -93,10 +96,18 @@ class BusScheduler:
             raise
 
     def _release(self) -> None:
-        self._last_end = time.monotonic()
-        while self._queue:
-            _, _, fut = heapq.heappop(self._queue)
-            if not fut.done():
-                fut.set_result(None)  # the slot passes straight to the next in line
-                return
-        self._busy -= 1
+        self._last_end = now = time.monotonic()
+        while self._queue and self._queue[0][3].done():
+            heapq.heappop(self._queue)  # cancelled, or already served out of turn
+        if not self._queue:
+            self._busy -= 1
+            return
+        head = self._queue[0]
+        chosen = head
+        if head[0] != Urgency.LIFE_SAFETY:
+            overdue = [e for e in self._queue if not e[3].done() and now - e[2] > self.max_wait]
+            if overdue:
+                chosen = min(overdue, key=lambda e: e[1])  # the longest-waiting goes next
+        if chosen is head:
+            heapq.heappop(self._queue)
+        chosen[3].set_result(None)  # the slot passes straight to the chosen waiter

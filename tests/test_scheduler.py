@@ -120,3 +120,40 @@ def test_any_mix_of_waiters_and_cancellations_never_deadlocks(plan: list[tuple[U
     served = asyncio.run(scenario())
     expected = sorted(u for u, cancel in plan if not cancel)
     assert served == expected  # queued together: strictly by urgency, nothing lost, nothing extra
+
+
+async def test_a_probe_is_not_starved_by_a_saturated_line() -> None:
+    bus = BusScheduler(max_wait=0.2)
+    stop = asyncio.Event()
+    served: list[str] = []
+
+    async def poller(name: str) -> None:
+        while not stop.is_set():
+            async with bus.slot(Urgency.POLL):
+                await asyncio.sleep(0.01)
+
+    async def probe() -> None:
+        async with bus.slot(Urgency.PROBE):
+            served.append("probe")
+
+    pollers = [asyncio.create_task(poller(f"p{i}")) for i in range(5)]
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    async with asyncio.timeout(2):
+        await probe()
+    waited = asyncio.get_running_loop().time() - started
+    stop.set()
+    await asyncio.gather(*pollers)
+    assert served == ["probe"] and 0.2 <= waited < 0.5  # served once overdue, not before and not never
+
+
+async def test_life_safety_still_beats_an_overdue_request() -> None:
+    bus = BusScheduler(max_wait=0.0)
+    log: list[str] = []
+    holder = asyncio.create_task(_use(bus, "holder", Urgency.POLL, log, hold=0.05))
+    await asyncio.sleep(0.01)
+    old = asyncio.create_task(_use(bus, "old-probe", Urgency.PROBE, log))
+    await asyncio.sleep(0.01)
+    fire = asyncio.create_task(_use(bus, "fire", Urgency.LIFE_SAFETY, log))
+    await asyncio.gather(holder, old, fire)
+    assert log == ["holder", "fire", "old-probe"]

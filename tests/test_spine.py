@@ -31,8 +31,13 @@ async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
-        async with asyncio.timeout(15):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=15)
+        if not done:
+            for other in asyncio.all_tasks():  # say where shutdown is stuck, then fail
+                other.print_stack(limit=8)
+            task.cancel()
+            raise AssertionError("the daemon did not shut down within 15 s")
+        task.result()
 
 
 def meter_config(tmp: Path, ports: list[int], mqtt_port: int | None, *, interval: str = "200ms",

@@ -19,7 +19,7 @@ class ModbusTcpBus(BusConfig):
 
     driver: Literal["modbus_tcp"]
     host: str = Field(min_length=1, description="IP address or host name.")
-    port: int = Field(default=502, ge=1, le=65535)
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port (502 is Modbus's own).")
     max_in_flight: int = Field(
         default=1, ge=1, le=16,
         description="Transactions at once (one connection each). Converters to RS-485 want 1.",
@@ -67,7 +67,7 @@ class ModbusPoint(StrictModel):
     byte_order: Order = Field(default=Order.BIG, description="Order of the two bytes inside each register.")
     bit: int | None = Field(default=None, ge=0, le=15, description="For type=bool on a register: which bit.")
     scale: float = Field(default=1.0, allow_inf_nan=False, description="value = raw * scale + offset.")
-    offset: float = Field(default=0.0, allow_inf_nan=False)
+    offset: float = Field(default=0.0, allow_inf_nan=False, description="Added after scaling.")
     unit: str | None = Field(default=None, max_length=16, description="Engineering unit, e.g. \"V\", \"kWh\".")
     states: dict[int, str] | None = Field(
         default=None, description="Names for enumerated values, e.g. { 0 = \"closed\", 2 = \"open\" }.",

@@ -204,6 +204,7 @@ class ModbusDriver(Driver):
         try:
             async with asyncio.timeout(self.bus.timeout + 0.5):
                 ok = await line.client.connect()
+            _reraise_cancellation()  # pymodbus's connect() can swallow a cancel and return False
         except (TimeoutError, OSError) as exc:
             raise DeviceUnreachable(f"{self.endpoint}: {exc or 'connect timed out'}") from exc
         if not ok:
@@ -235,7 +236,7 @@ class ModbusDriver(Driver):
                     if line.heard:
                         raise BadResponse(f"unit {device.unit}: {line.heard} bytes but no valid reply "
                                           "(bad CRC, wrong unit id or truncated)") from exc
-                    raise DeviceTimeout(f"unit {device.unit}: no reply within {limit:g}s") from exc
+                    raise DeviceTimeout(f"unit {device.unit}: no reply within {limit:g}s") from None
                 except ConnectionException as exc:
                     line.client.close()
                     raise DeviceUnreachable(f"unit {device.unit}: {exc}") from exc

@@ -146,8 +146,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, meters=args.meters)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from gateway import bench
+BENCHES = {
+    "modbus": "gateway.bench",
+    "uplink": "gateway.bench_uplink",
+    "bus": "gateway.bench_bus",
+    "firepanel": "gateway.bench_firepanel",
+    "bacnet": "gateway.bench_bacnet",
+    "rules": "gateway.bench_rules",
+}
 
-    runner: Callable[[argparse.Namespace], int] = getattr(bench, f"bench_{args.what}")
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(BENCHES[args.what])
+    runner: Callable[[argparse.Namespace], int] = getattr(module, f"bench_{args.what}")
     return runner(args)

@@ -28,10 +28,10 @@ class TlsConfig(StrictModel):
 
 class MqttConfig(StrictModel):
     enabled: bool = Field(default=True, description="false: keep everything in the outbox, send nothing.")
-    host: str = Field(default="127.0.0.1", min_length=1)
+    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
     port: int | None = Field(default=None, ge=1, le=65535, description="Default 1883, or 8883 with [mqtt.tls].")
     client_id: str | None = Field(default=None, max_length=128, description="Default: gateway-<site.id>.")
-    username: str | None = None
+    username: str | None = Field(default=None, description="Broker user name.")
     password: SecretStr | None = Field(default=None, description="Prefer password_file; both may not be set.")
     password_file: Path | None = Field(default=None, description="File holding the password (first line).")
     topic_prefix: str = Field(
@@ -42,7 +42,10 @@ class MqttConfig(StrictModel):
     tls: TlsConfig | None = Field(default=None, description="Present = connect with TLS.")
     reconnect_min: Duration = Field(default=1.0, gt=0, le=60, description="First reconnect delay.")
     reconnect_max: Duration = Field(default=60.0, gt=0, le=3600, description="Cap of the doubling delay.")
-    batch: int = Field(default=500, ge=1, le=10000, description="Messages in flight per replay batch.")
+    batch: int = Field(
+        default=200, ge=1, le=10000,
+        description="Messages taken from the outbox per round; new alarms are looked for between rounds.",
+    )
 
     @property
     def effective_port(self) -> int:
@@ -64,7 +67,9 @@ class StoreConfig(StrictModel):
 
 
 class LogConfig(StrictModel):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level logged."
+    )
     format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: key=value on a terminal, JSON lines otherwise (journald)."
     )
@@ -73,10 +78,10 @@ class LogConfig(StrictModel):
 class GatewayConfig(StrictModel):
     """The whole file. Devices take their family (modbus, bacnet, ...) from the bus they name."""
 
-    site: SiteConfig
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
+    site: SiteConfig = Field(description="Who this gateway is.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The uplink to the community platform.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The local SQLite store and outbox.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     buses: list[AnyBus] = Field(default_factory=list, description="Physical endpoints: TCP hosts, serial ports.")
     devices: list[AnyDevice] = Field(default_factory=list, description="Field devices, each on one bus.")
 
@@ -135,6 +140,8 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
     duplicates([d.id for d in cfg.devices], ("devices",), "device")
     buses = {b.id: b for b in cfg.buses}
     units: dict[tuple[str, int], str] = {}
+    instances: dict[tuple[str, int], str] = {}
+    per_bus: dict[str, list[str]] = {}
     for index, device in enumerate(cfg.devices):
         duplicates(device.point_ids(), ("devices", index, "points"), f"point (device {device.id!r})")
         bus = buses.get(device.bus)
@@ -152,6 +159,28 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
                     ("devices", index, "unit"), f"unit {unit} on bus {bus.id!r} is already device {units[key]!r}", unit,
                 ))
             units.setdefault(key, device.id)
+        instance = getattr(device, "device_instance", None)  # BACnet: one device instance per network
+        if instance is not None:
+            key = (bus.id, instance)
+            if key in instances:
+                problems.append(Problem(("devices", index, "device_instance"),
+                                        f"device {instance} on bus {bus.id!r} is already {instances[key]!r}", instance))
+            instances.setdefault(key, device.id)
+        limit = getattr(bus, "max_devices", None)  # a fire panel's serial line carries one panel
+        if limit is not None and device.enabled:
+            carried = per_bus.setdefault(bus.id, [])
+            if len(carried) >= limit:
+                problems.append(Problem(("devices", index, "bus"), f"bus {bus.id!r} ({bus.driver}) carries "
+                                        f"{limit} device and {carried[0]!r} is already on it", device.bus))
+            carried.append(device.id)
+    ports: dict[str, str] = {}
+    for index, bus in enumerate(cfg.buses):
+        port = getattr(bus, "port", None)
+        if isinstance(port, str):  # a local serial device (TCP buses have a port number)
+            if port in ports:
+                problems.append(Problem(("buses", index, "port"),
+                                        f"serial port {port!r} is already bus {ports[port]!r}", port))
+            ports.setdefault(port, bus.id)
 
     mqtt = cfg.mqtt
     if mqtt.password is not None and mqtt.password_file is not None:
