@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field
 
 from drivers.base import Driver
+from drivers.firepanel.config import FirePanel, SerialLineBus
+from drivers.firepanel.driver import FirePanelDriver
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.modbus.driver import ModbusDriver
 
@@ -14,13 +16,15 @@ DRIVERS: dict[str, type[Driver]] = {
     "modbus_tcp": ModbusDriver,
     "modbus_rtu": ModbusDriver,
     "modbus_rtu_tcp": ModbusDriver,
+    "serial_lines": FirePanelDriver,
 }
 """Bus driver name -> driver class. The driver's ``device_type`` says which devices it carries."""
 
-AnyBus = Annotated[ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus, Field(discriminator="driver")]
-# One device family so far. When a second arrives (BACnet), devices become a union chosen by the
-# family of the bus they name (see family_of).
-AnyDevice = ModbusDevice
+AnyBus = Annotated[
+    ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus | SerialLineBus, Field(discriminator="driver")
+]
+# Devices are a union chosen by the family of the bus they name (see family_of).
+AnyDevice = Annotated[ModbusDevice | FirePanel, Field(discriminator="driver")]
 
 
 DEFAULT_FAMILY = "modbus"

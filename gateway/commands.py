@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,7 +28,7 @@ class WriteCommand(_Command):
     cmd: Literal["write"]
     device: str = Field(pattern=IDENTIFIER_PATTERN)
     point: str = Field(pattern=IDENTIFIER_PATTERN)
-    value: bool | int | float | str  # "smart" union: JSON true stays bool, 1 stays int
+    value: bool | int | float | str | None  # "smart" union: JSON true stays bool, 1 stays int; null relinquishes
     actor: str = Field(default="unknown", max_length=128)
     verify: bool = True
 
@@ -39,14 +39,39 @@ class ReadCommand(_Command):
     point: str | None = Field(default=None, pattern=IDENTIFIER_PATTERN)
 
 
-Command = Annotated[WriteCommand | ReadCommand, Field(discriminator="cmd")]
+class AlarmCommand(_Command):
+    """acknowledge / reset / shelve / unshelve / out_of_service / in_service one alarm."""
+
+    cmd: Literal["alarm"]
+    action: Literal["acknowledge", "reset", "shelve", "unshelve", "out_of_service", "in_service"]
+    key: str = Field(min_length=1, max_length=300)
+    actor: str = Field(default="unknown", max_length=128)
+    note: str = Field(default="", max_length=500)
+    until: float | None = Field(default=None, description="Shelve until (epoch seconds).")
+
+
+class AlarmsCommand(_Command):
+    cmd: Literal["alarms"]
+    all: bool = False
+
+
+AnyCommand = WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand
+Command = Annotated[AnyCommand, Field(discriminator="cmd")]
+
+
+class AlarmDesk(Protocol):
+    """Where alarm commands go (gateway.automation.Automation); a Protocol so commands import no rules."""
+
+    def command(self, action: str, key: str, who: str, *, note: str = "", until: float | None = None) -> list[str]: ...
+
+    def listing(self, everything: bool = False) -> list[dict[str, Any]]: ...
 
 
 class CommandError(Exception):
     """A command refused before it reached a device (bad shape, unknown target, limits)."""
 
 
-def parse_command(data: Any) -> WriteCommand | ReadCommand:
+def parse_command(data: Any) -> AnyCommand:
     from pydantic import TypeAdapter
 
     try:
@@ -60,10 +85,19 @@ def parse_command(data: Any) -> WriteCommand | ReadCommand:
 
 _TRUE = {"1", "true", "on", "yes", "closed", "close"}
 _FALSE = {"0", "false", "off", "no", "open"}
+RELINQUISH = frozenset({"null", "relinquish"})
 
 
-def coerce(spec: WriteSpec, value: bool | int | float | str, where: str) -> bool | float:
-    """Turn what a person typed (or a platform sent) into a value the point accepts, or refuse."""
+def coerce(spec: WriteSpec, value: bool | int | float | str | None, where: str) -> bool | float | None:
+    """Turn what a person typed (or a platform sent) into a value the point accepts, or refuse.
+
+    None (typed "null" or "relinquish") withdraws a command from a priority array, where the
+    point has one: the device falls back to the next priority or its relinquish default.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in RELINQUISH):
+        if spec.relinquish:
+            return None
+        raise WriteRefused(f"{where} has no command to relinquish: write a value")
     if spec.kind == "bool":
         if isinstance(value, bool):
             return value
@@ -109,13 +143,30 @@ class CommandHandler:
         self.cfg = cfg
         self.drivers = drivers
         self.recorder = recorder
+        self.alarms: AlarmDesk | None = None
 
-    async def execute(self, command: WriteCommand | ReadCommand) -> dict[str, Any]:
+    async def execute(self, command: AnyCommand) -> dict[str, Any]:
+        if isinstance(command, AlarmCommand | AlarmsCommand):
+            return self._alarm(command)
         if command.device not in self.drivers:
             raise CommandError(f"no device {command.device!r} (or it is disabled)")
         if isinstance(command, ReadCommand):
             return await self._read(command)
         return await self._write(command)
+
+    def _alarm(self, command: AlarmCommand | AlarmsCommand) -> dict[str, Any]:
+        from rules.alarms import AlarmError
+
+        if self.alarms is None:
+            raise CommandError("no rules are configured, so there are no alarms")
+        if isinstance(command, AlarmsCommand):
+            return {"alarms": self.alarms.listing(command.all)}
+        try:
+            done = self.alarms.command(command.action, command.key, command.actor, note=command.note,
+                                       until=command.until)
+        except AlarmError as exc:
+            raise CommandError(str(exc)) from None
+        return {"transitions": done}
 
     async def _read(self, command: ReadCommand) -> dict[str, Any]:
         device = self.cfg.device(command.device)
@@ -147,8 +198,9 @@ class CommandHandler:
             result = "written"
             if command.verify:
                 reading = await driver.read_point(command.device, command.point)
-                audit["read_back"] = reading.value
-                result = "verified" if _same(spec, value, reading.value) else "mismatch"
+                audit["read_back"] = reading.value  # after a relinquish: what the point fell back to
+                if value is not None:
+                    result = "verified" if _same(spec, value, reading.value) else "mismatch"
         except WriteRefused as exc:
             self._audit(audit, "refused", str(exc))
             raise CommandError(str(exc)) from None

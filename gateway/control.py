@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from drivers.base import DriverError
-from gateway.commands import CommandError, CommandHandler, WriteCommand, parse_command
+from gateway.commands import AlarmCommand, CommandError, CommandHandler, WriteCommand, parse_command
 
 log = structlog.get_logger("gateway.control")
 SOCKET_NAME = "control.sock"
@@ -70,7 +70,7 @@ class ControlServer:
         try:
             data = json.loads(line)
             command = parse_command(data)
-            if isinstance(command, WriteCommand):
+            if isinstance(command, WriteCommand | AlarmCommand):
                 command = command.model_copy(update={"actor": f"{peer} ({command.actor})"})
             return {"ok": True, **await self.handler.execute(command)}
         except (ValueError, CommandError) as exc:

@@ -16,6 +16,7 @@ import structlog
 from drivers.base import Driver
 from drivers.registry import DRIVERS
 from gateway import __version__, systemd
+from gateway.automation import Automation
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
@@ -71,9 +72,13 @@ class Daemon:
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
                 config_hash=config_hash, on_state=self.recorder.meta,
             )
-        self.sink = RecorderSink(self.recorder)
+        self.sink = RecorderSink(self.recorder, self.pollers)
         self.commands = CommandHandler(cfg, self.drivers, self.recorder)
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
+        self.automation: Automation | None = None
+        if cfg.rules:
+            self.automation = Automation(cfg, self.recorder, self.commands, self.store.store.alarm_states())
+            self.commands.alarms = self.automation
         self.started = time.time()
         self._stop = asyncio.Event()
 
@@ -93,6 +98,8 @@ class Daemon:
         for driver in {id(d): d for d in self.drivers.values()}.values():
             self.supervisor.spawn(f"bus:{driver.bus.id}", functools.partial(driver.stream, self.sink))
         self.supervisor.spawn("heartbeat", self._heartbeat)
+        if self.automation:
+            self.supervisor.spawn("rules", self.automation.run)
         self.recorder.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,
                                   {"version": __version__, "config": self.config_hash,
                                    "devices": len(self.pollers)}))
@@ -135,6 +142,8 @@ class Daemon:
                 async with asyncio.timeout(2.0):
                     await self._drained()
         await self.supervisor.stop()
+        if self.automation:
+            await self.automation.close()
         await self.recorder.flush()
         for driver in set(self.drivers.values()):
             with contextlib.suppress(Exception):
@@ -152,11 +161,15 @@ class Daemon:
 class RecorderSink:
     """What streaming drivers hear goes the same way as what pollers read."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, pollers: dict[str, DevicePoller] | None = None) -> None:
         self.recorder = recorder
+        self.pollers = pollers if pollers is not None else {}
 
     def readings(self, device: str, readings: list[Reading]) -> None:
-        if readings:
+        poller = self.pollers.get(device)
+        if poller is not None:  # a polled device told something unasked: its poller's change events apply
+            poller.pushed(readings)
+        elif readings:
             self.recorder.snapshot(device, readings, max(r.ts for r in readings))
 
     def event(self, event: Event) -> None:

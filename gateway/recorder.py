@@ -51,6 +51,7 @@ class Recorder:
         self._wake = asyncio.Event()
         self._urgent = False
         self._listeners: list[Callable[[Event], None]] = []
+        self._snapshot_listeners: list[Callable[[str, list[Reading]], None]] = []
 
     # -- called by poll tasks (never block) ------------------------------------------------------
 
@@ -58,6 +59,8 @@ class Recorder:
         ts = time.time() if ts is None else ts
         self._pending.snapshots.append((device, ts, readings))
         self._pending.outgoing.append(upstream.telemetry(device, ts, readings))
+        for listener in self._snapshot_listeners:
+            listener(device, readings)
         self._wake.set()
 
     def event(self, ev: Event) -> None:
@@ -89,6 +92,15 @@ class Recorder:
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
+
+    def on_snapshot(self, listener: Callable[[str, list[Reading]], None]) -> None:
+        self._snapshot_listeners.append(listener)
+
+    def alarm_state(self, key: str, record: dict[str, Any]) -> None:
+        """An alarm's whole state, persisted with the transition that changed it (same transaction)."""
+        self._pending.alarms[key] = record
+        self._urgent = True
+        self._wake.set()
 
     # -- the writer task -------------------------------------------------------------------------
 

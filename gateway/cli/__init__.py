@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.cli.alarms import add_commands as add_alarm_commands
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
 from gateway.cli.site import (
     cmd_bench,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profiles)
+    add_alarm_commands(sub, DEFAULT_CONFIG)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
@@ -85,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtu", action="store_true", help="serve units 1..COUNT on a pty pair (a simulated RS-485 line)")
     p.add_argument("--baud", type=int, default=9600)
     p.set_defaults(fn=cmd_simulate)
+    p = sim.add_parser("firepanel", help="a fire panel printing event lines on a pty pair (GBK for gst_cn)")
+    p.add_argument("--format", default="gst_cn", help="shipped format: gst_cn, notifier_en")
+    p.add_argument("--script", type=Path,
+                   help="lines to print, with @sleep N, @silent N, @send TEMPLATE k=v, @hex BYTES")
+    p.add_argument("--random", type=float, default=0.0, metavar="RATE", help="random events, RATE per second")
+    p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeat lines (0 = none)")
+    p.add_argument("--silent-after", type=float, default=None, help="go silent after N seconds")
+    p.add_argument("--silent-for", type=float, default=60.0, help="how long the silence lasts")
+    p.add_argument("--terminator", choices=["crlf", "lf", "cr"], default="crlf")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(fn=cmd_simulate)
     bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
     p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
     p.add_argument("--devices", type=int, default=20)
@@ -103,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the one-at-a-time baseline")
     p.add_argument("--limit", type=float, help="seconds per run at most")
     p.add_argument("--dir", help="where to put the store (default: a temp dir)")
+    p.set_defaults(fn=cmd_bench)
+    p = bench.add_parser("firepanel", help="fire panel line -> MQTT latency while Modbus devices poll")
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--points", type=int, default=20)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--lines", type=int, default=200)
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--format", default="gst_cn")
     p.set_defaults(fn=cmd_bench)
     p = bench.add_parser("bus", help="one shared RS-485 line: dead units, write latency; TCP points/s")
     p.add_argument("--devices", type=int, default=10, help="units on the simulated RS-485 line (2..247)")

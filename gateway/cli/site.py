@@ -127,7 +127,13 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.meter import run_meters
 
-    if args.sub == "elevator":
+    if args.sub == "firepanel":
+        from simulators.firepanel import run_firepanel
+
+        runner = run_firepanel(args.format, script=args.script, random_rate=args.random, heartbeat=args.heartbeat,
+                               silent_after=args.silent_after, silent_for=args.silent_for,
+                               terminator=args.terminator, baudrate=args.baud, seed=args.seed)
+    elif args.sub == "elevator":
         from simulators.elevator import run_elevators
 
         runner = run_elevators(args.host, args.port, args.count, rtu=args.rtu, baudrate=args.baud)

@@ -55,9 +55,33 @@ class ConfigError(Exception):
         super().__init__("\n".join(problem.format() for problem in problems))
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Read, parse, validate and cross-check; raise ConfigError listing every problem, sorted by line."""
-    name, path = str(path), Path(path)
+INCLUDABLE = ("rules", "alarm_classes", "notifiers")
+"""Sections a file named by `include` may hold: rule packs live apart from the site's wiring."""
+
+
+class Sources:
+    """Which file, and which entry of it, each merged list entry came from (for error lines)."""
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.main = SourceMap(text)
+        self.origins: dict[str, list[tuple[str, SourceMap, int]]] = {}
+
+    def add(self, section: str, name: str, source: SourceMap, count: int, main_count: int) -> None:
+        entries = self.origins.setdefault(section, [(self.name, self.main, i) for i in range(main_count)])
+        entries += [(name, source, i) for i in range(count)]
+
+    def place(self, loc: KeyPath) -> tuple[str, int | None, str]:
+        entries = self.origins.get(str(loc[0])) if loc else None
+        if entries and len(loc) > 1 and isinstance(loc[1], int) and loc[1] < len(entries):
+            name, source, index = entries[loc[1]]
+            local = (loc[0], index, *loc[2:])
+            return name, source.line(local), _dotted(local)
+        return self.name, self.main.line(loc), _dotted(loc)
+
+
+def _read(path: Path) -> tuple[str, str, dict[str, Any]]:
+    name = str(path)
     try:
         raw = path.read_bytes()
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
@@ -68,21 +92,58 @@ def load_config(path: str | Path) -> GatewayConfig:
         line = raw.count(b"\n", 0, exc.start) + 1
         bad = raw[exc.start:exc.start + 1].hex()
         raise _error(name, line, f"not UTF-8 text (byte 0x{bad})") from None
-    data = _parse(name, text)
+    return name, text, _parse(name, text)
+
+
+def _include(path: Path, data: dict[str, Any], sources: Sources) -> None:
+    """Merge the rule files named by `include = ["rules.d/*.toml"]` (relative to this file)."""
+    patterns = data.pop("include", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise _error(sources.name, sources.main.line(("include",)), "include: a list of file patterns")
+    problems: list[ConfigProblem] = []
+    for pattern in patterns:
+        matches = sorted(path.parent.glob(pattern)) if not Path(pattern).is_absolute() else sorted(
+            Path(pattern).parent.glob(Path(pattern).name))
+        if not matches:
+            problems.append(ConfigProblem(sources.name, sources.main.line(("include",)), "include",
+                                          f"no file matches {pattern!r}"))
+        for file in matches:
+            try:
+                name, text, extra = _read(file)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            source = SourceMap(text)
+            for key, value in extra.items():
+                if key not in INCLUDABLE or not isinstance(value, list):
+                    problems.append(ConfigProblem(name, source.line((key,)), key,
+                                                  f"an included file may only hold {', '.join(INCLUDABLE)} lists"))
+                    continue
+                here = data.setdefault(key, [])
+                if not isinstance(here, list):
+                    continue  # the schema reports the main file's wrong type
+                sources.add(key, name, source, len(value), len(here))
+                here += value
+    if problems:
+        raise ConfigError(_sorted(problems))
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, parse, validate and cross-check; raise ConfigError listing every problem, sorted by line."""
+    path = Path(path)
+    name, text, data = _read(path)
+    sources = Sources(name, text)
+    _include(path, data, sources)
     try:
         resolve_paths(data, path.parent)
     except ValueError as exc:  # os.path.expanduser on a name it cannot look up
         raise _error(name, None, f"cannot resolve a file path: {exc}") from None
-
-    source = SourceMap(text)
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_from_pydantic(name, source, error) for error in exc.errors(include_url=False)]
+        problems = [_from_pydantic(sources, error) for error in exc.errors(include_url=False)]
         raise ConfigError(_sorted(problems)) from None
-    problems = [
-        ConfigProblem(name, source.line(p.loc), _dotted(p.loc), p.message, p.value) for p in cross_check(cfg)
-    ]
+    problems = [ConfigProblem(*sources.place(p.loc), p.message, p.value) for p in cross_check(cfg)]
     if problems:
         raise ConfigError(_sorted(problems))
     return cfg
@@ -140,7 +201,7 @@ def _parse(name: str, text: str) -> dict[str, Any]:
 # -- pydantic errors --------------------------------------------------------------------------------
 
 
-def _from_pydantic(name: str, source: SourceMap, error: ErrorDetails) -> ConfigProblem:
+def _from_pydantic(sources: Sources, error: ErrorDetails) -> ConfigProblem:
     kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden" and loc:
@@ -167,7 +228,7 @@ def _from_pydantic(name: str, source: SourceMap, error: ErrorDetails) -> ConfigP
         if _worth_showing(kind, message, value):
             message += f" (got {_show(value)})"
     shown = None if kind == "missing" else value
-    return ConfigProblem(name, source.line(path), _dotted(path), message, shown)
+    return ConfigProblem(*sources.place(path), message, shown)
 
 
 def _human(kind: str, message: str, ctx: dict[str, Any]) -> str:
@@ -312,4 +373,4 @@ def _error(name: str, line: int | None, message: str) -> ConfigError:
 
 def _sorted(problems: list[ConfigProblem]) -> list[ConfigProblem]:
     """By line; problems about the whole file (no line) come first."""
-    return sorted(problems, key=lambda problem: problem.line or 0)
+    return sorted(problems, key=lambda problem: (problem.file, problem.line or 0))

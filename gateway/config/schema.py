@@ -7,16 +7,31 @@ import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from drivers.registry import AnyBus, AnyDevice, family_of
 from gateway.types import Duration, Identifier, StrictModel
+from rules.config import AlarmClassConfig, NotifierConfig, Rule, alarm_classes, references
 
 
 class SiteConfig(StrictModel):
     id: Identifier = Field(description="This gateway's id; the MQTT topic root and the birth message carry it.")
     name: str = Field(default="", description="Community or building name, for people.")
+    timezone: str | None = Field(
+        default=None, description="IANA zone for rule schedules, e.g. \"Asia/Shanghai\"; default: the system's.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {name!r} (e.g. \"Asia/Shanghai\")") from None
+        return name
 
 
 class TlsConfig(StrictModel):
@@ -84,6 +99,16 @@ class GatewayConfig(StrictModel):
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     buses: list[AnyBus] = Field(default_factory=list, description="Physical endpoints: TCP hosts, serial ports.")
     devices: list[AnyDevice] = Field(default_factory=list, description="Field devices, each on one bus.")
+    include: list[str] = Field(
+        default_factory=list,
+        description="Rule files to merge (rules, alarm_classes, notifiers), e.g. [\"rules.d/*.toml\"].",
+    )
+    alarm_classes: list[AlarmClassConfig] = Field(
+        default_factory=list,
+        description="Escalation deadlines and who is told; overrides the built-in classes by name.",
+    )
+    rules: list[Rule] = Field(default_factory=list, description="Local rules: conditions in, alarms and actions out.")
+    notifiers: list[NotifierConfig] = Field(default_factory=list, description="Webhooks on the LAN for rule actions.")
 
     @model_validator(mode="before")
     @classmethod
@@ -182,6 +207,7 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
                                         f"serial port {port!r} is already bus {ports[port]!r}", port))
             ports.setdefault(port, bus.id)
 
+    problems += _check_rules(cfg)
     mqtt = cfg.mqtt
     if mqtt.password is not None and mqtt.password_file is not None:
         problems.append(Problem(("mqtt", "password"), "set password or password_file, not both"))
@@ -198,6 +224,36 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
             except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
                 reason = getattr(exc, "strerror", None) or exc
                 problems.append(Problem(loc, f"cannot read {path}: {reason}", str(path)))
+    return problems
+
+
+def _check_rules(cfg: GatewayConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    points = {f"{d.id}.{p}": d for d in cfg.devices for p in d.point_ids()}
+    devices = {d.id for d in cfg.devices}
+    classes = alarm_classes(cfg.alarm_classes)
+    notifiers = {n.id for n in cfg.notifiers}
+    seen: set[str] = set()
+    for index, rule in enumerate(cfg.rules):
+        loc: tuple[str | int, ...] = ("rules", index)
+        if rule.id in seen:
+            problems.append(Problem((*loc, "id"), f"duplicate rule id {rule.id!r}", rule.id))
+        seen.add(rule.id)
+        if rule.alarm is not None and rule.alarm.class_ not in classes:
+            problems.append(Problem((*loc, "alarm", "class"),
+                                    f"no alarm class {rule.alarm.class_!r} (classes: {', '.join(sorted(classes))})",
+                                    rule.alarm.class_))
+        for where, kind, name in references(rule):
+            if kind == "device" and name not in devices:
+                problems.append(Problem((*loc, *where), f"no device {name!r}", name))
+            elif kind in ("point", "writable") and name not in points:
+                problems.append(Problem((*loc, *where), f"no point {name!r} (write it as \"device.point\")", name))
+            elif kind == "writable" and points[name].write_spec(name.split(".", 1)[1]) is None:
+                problems.append(Problem((*loc, *where), f"{name} is not writable (set writable = true)", name))
+        for i, action in enumerate(rule.actions):
+            target = getattr(action, "notify", None)
+            if target is not None and target not in notifiers:
+                problems.append(Problem((*loc, "actions", i, "notify"), f"no notifier {target!r}", target))
     return problems
 
 

@@ -1,0 +1,1 @@
+"""Fire alarm control panels that print one text line per event on a serial port."""

@@ -1,0 +1,213 @@
+"""Config schema of serial text-line ports, fire panels on them, and the panels' line patterns."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from typing import ClassVar, Literal, Self
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from drivers.base import BusConfig, DeviceConfig
+from drivers.firepanel import formats
+from gateway.types import Duration, StrictModel
+
+Encoding = Literal["utf-8", "gbk", "gb2312", "gb18030", "latin-1"]
+LineEvent = Literal[
+    "fire", "prealarm", "supervisory", "fault", "fault_clear", "disable", "enable", "activation",
+    "silence", "reset", "heartbeat", "ignore",
+]
+GROUPS = ("zone", "loop", "address", "device", "description", "time", "state")
+"""Named groups a pattern may capture; anything else is a typo caught at config time."""
+LOCATED: frozenset[str] = frozenset({"fire", "prealarm", "supervisory", "disable", "enable", "activation"})
+"""Events about one place: their pattern must capture where (``zone`` or ``address``)."""
+STATE_POINTS = (
+    "comm_ok", "fire_zones_active", "fire_zones", "prealarms_active", "supervisory_active", "faults_active",
+    "disabled_active", "silenced",
+)
+
+
+class SerialLineBus(BusConfig):
+    """A serial port on which one device prints text lines unasked, e.g. a fire panel's printer port."""
+
+    driver: Literal["serial_lines"]
+    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0.")
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N(one), E(ven) or O(dd).")
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    encoding: Encoding | None = Field(
+        default=None,
+        description="Text encoding of the lines; default: the panel format's (gst_cn: gbk). gb2312 is read as "
+                    "GBK, its superset, since panels labelled GB2312 print GBK-only characters in place names.",
+    )
+    terminator: Literal["\n", "\r\n", "\r"] = Field(
+        default="\n", description="End of a line. \"\\n\" also ends CR LF lines (the CR is ignored); use \"\\r\" "
+                                  "for panels that end lines with a bare carriage return.",
+    )
+    max_line: int = Field(
+        default=1024, ge=16, le=4096,
+        description="Longest line in bytes (printers print 80-132 columns); a longer one is cut into pieces, "
+                    "each kept and parsed. Bounded so a hostile line cannot stall matching.",
+    )
+    timeout: Duration = Field(
+        default=2.0, gt=0, le=60,
+        description="A line left unfinished this long (no terminator, no further byte) is taken as complete.",
+    )
+
+    max_devices: ClassVar[int] = 1
+    """One panel per port: nothing on the line says which of two talkers a line came from."""
+
+
+class LinePattern(StrictModel):
+    """One regular expression that turns a line into an event, with named groups for its fields."""
+
+    event: LineEvent = Field(description="What a matching line means.")
+    regex: str = Field(
+        min_length=1,
+        description="Python regular expression, searched in the decoded line (trimmed). Named groups: "
+                    + ", ".join(GROUPS) + " (time = the panel's own clock, kept as printed).",
+    )
+    sample: str | None = Field(default=None, description="A line this pattern must match (checked by `gateway check`).")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str, info: ValidationInfo) -> str:
+        compiled = compile_pattern(regex)
+        unknown = [g for g in compiled.groupindex if g not in GROUPS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], GROUPS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (groups: {', '.join(GROUPS)})"
+            raise ValueError(f"unknown group name {unknown[0]!r}{hint}")
+        event = info.data.get("event")
+        if event in LOCATED and not {"zone", "address"} & set(compiled.groupindex):
+            raise ValueError(f"a {event!r} pattern must capture where: a named group (?P<zone>...) or (?P<address>...)")
+        if compiled.search("") is not None:
+            raise ValueError("matches an empty line, so it would match every line")
+        return regex
+
+    @field_validator("sample")
+    @classmethod
+    def _matches_sample(cls, sample: str | None, info: ValidationInfo) -> str | None:
+        regex = info.data.get("regex")
+        if sample is not None and regex is not None and compile_pattern(regex).search(sample.strip()) is None:
+            raise ValueError("the regex does not match this sample line")
+        return sample
+
+
+@functools.cache
+def compile_pattern(regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise ValueError(f"invalid regular expression: {exc.msg}{where}") from None
+    except (RecursionError, OverflowError, MemoryError) as exc:  # absurd nesting or repeat counts
+        raise ValueError(f"invalid regular expression: {type(exc).__name__}") from None
+
+
+class FormatInfo(StrictModel):
+    description: str
+    encoding: Encoding
+    alarm_words: list[str] = Field(default_factory=list)
+
+
+class SimulatorStyle(StrictModel):
+    device: str
+    description: str
+    time_format: str
+
+
+class Template(StrictModel):
+    """How the simulator prints one event; its optional keys are defaults for the fields."""
+
+    event: LineEvent
+    text: str
+    device: str | None = None
+    description: str | None = None
+
+
+class FormatSpec(StrictModel):
+    """A shipped pattern set: drivers/firepanel/formats/<name>.toml."""
+
+    format: FormatInfo
+    patterns: list[LinePattern] = Field(min_length=1)
+    simulator: SimulatorStyle
+    templates: dict[str, Template] = Field(default_factory=dict)
+
+
+@functools.cache
+def load_format(name: str) -> FormatSpec:
+    try:
+        return FormatSpec.model_validate(formats.load_raw(name))
+    except ValidationError as exc:  # a shipped file is broken: say which file and where
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"shipped format {name!r} is broken (formats/{name}.toml {where}: {first['msg']})") from None
+
+
+class FirePanel(DeviceConfig):
+    """A fire alarm control panel reporting over a serial line, one text line per event."""
+
+    driver: Literal["firepanel"] = "firepanel"
+    priority: Literal["life_safety", "normal"] = Field(
+        default="life_safety", description="A fire panel is life safety (kept for symmetry with polled devices).",
+    )
+    format: str | None = Field(
+        default=None,
+        description="A shipped pattern set: " + ", ".join(formats.available()) + ". Its patterns come after "
+                    "the device's own `patterns`.",
+    )
+    patterns: list[LinePattern] = Field(
+        default_factory=list, description="Patterns tried before the format's: additions and overrides, in order.",
+    )
+    heartbeat: Duration = Field(
+        default=120.0, ge=0, le=86400,
+        description="Silence longer than this raises panel.comm_lost (an alarm); set it to 2-3 times the "
+                    "panel's status-line period. 0 turns supervision off, for panels that print nothing when quiet.",
+    )
+    alarm_words: list[str] | None = Field(
+        default=None, description="An unparsed line containing one of these is raised as an alarm; default: the "
+                                  "format's (e.g. 火警, FIRE).",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, name: str | None) -> str | None:
+        if name is not None:
+            if name not in formats.available():
+                close = difflib.get_close_matches(name, formats.available(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown format {name!r} (formats: {', '.join(formats.available())}){hint}")
+            load_format(name)
+        return name
+
+    @model_validator(mode="after")
+    def _has_patterns(self) -> Self:
+        if self.format is None and not self.patterns:
+            raise ValueError(f"give a `format` ({', '.join(formats.available())}) or your own `patterns`")
+        return self
+
+    def spec(self) -> FormatSpec | None:
+        return load_format(self.format) if self.format else None
+
+    def all_patterns(self) -> list[tuple[str, LinePattern]]:
+        """(label, pattern) in the order they are tried: the device's own, then the format's."""
+        own = [(f"patterns.{i}", p) for i, p in enumerate(self.patterns)]
+        spec = self.spec()
+        shipped = [(f"{self.format}.{i}", p) for i, p in enumerate(spec.patterns)] if spec else []
+        return own + shipped
+
+    def encoding(self, bus: SerialLineBus) -> str:
+        spec = self.spec()
+        chosen = bus.encoding or (spec.format.encoding if spec else "utf-8")
+        return "gbk" if chosen == "gb2312" else chosen
+
+    def words(self) -> list[str]:
+        spec = self.spec()
+        return self.alarm_words if self.alarm_words is not None else (spec.format.alarm_words if spec else [])
+
+    def point_ids(self) -> list[str]:
+        return list(STATE_POINTS)
+
