@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import Field
 
 from gateway.model import Event, Reading, Value
-from gateway.types import Duration, Identifier, StrictModel
+from gateway.types import Duration, Identifier, ReportPolicy, StrictModel
 
 
 class DriverError(Exception):
@@ -82,6 +82,12 @@ class DeviceConfig(StrictModel):
         default=300.0, ge=1, le=86400, description="Longest wait between probes of an offline device.",
     )
     enabled: bool = Field(default=True, description="false: configured but not polled.")
+    report: ReportPolicy = Field(
+        default_factory=ReportPolicy, description="What goes upstream: every poll, on change, periodic, aggregate.",
+    )
+    report_points: dict[str, ReportPolicy] = Field(
+        default_factory=dict, description="Per-point policies where they differ from `report`.",
+    )
 
     def point_ids(self) -> list[str]:
         return []

@@ -60,6 +60,8 @@ class Daemon:
         self.config_hash = config_hash
         self.store = AsyncStore(open_store(cfg))
         self.recorder = Recorder(self.store)
+        for device in cfg.devices:
+            self.recorder.reporter.configure(device.id, device.report, device.report_points)
         self.supervisor = Supervisor(self.recorder)
         self.drivers = build_drivers(cfg)
         self.pollers = {

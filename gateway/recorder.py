@@ -20,6 +20,7 @@ import structlog
 from gateway import upstream
 from gateway.model import Event, Priority, Reading
 from gateway.store import Batch, DeviceState, Store
+from rules.report import Reporter
 
 log = structlog.get_logger("gateway.recorder")
 T = TypeVar("T")
@@ -41,10 +42,12 @@ class AsyncStore:
 
 
 class Recorder:
-    def __init__(self, store: AsyncStore, *, flush_interval: float = 0.05, cap_check_interval: float = 5.0) -> None:
+    def __init__(self, store: AsyncStore, *, flush_interval: float = 0.05, cap_check_interval: float = 5.0,
+                 reporter: Reporter | None = None) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.cap_check_interval = cap_check_interval
+        self.reporter = reporter or Reporter()
         self.committed = asyncio.Event()
         """Set after every commit that added outbox messages; the uplink waits on it."""
         self._pending = Batch()
@@ -58,7 +61,9 @@ class Recorder:
     def snapshot(self, device: str, readings: list[Reading], ts: float | None = None) -> None:
         ts = time.time() if ts is None else ts
         self._pending.snapshots.append((device, ts, readings))
-        self._pending.outgoing.append(upstream.telemetry(device, ts, readings))
+        upward = self.reporter.offer(device, readings, ts)
+        if upward:
+            self._pending.outgoing.append(upstream.telemetry(device, ts, upward))
         for listener in self._snapshot_listeners:
             listener(device, readings)
         self._wake.set()
@@ -115,6 +120,8 @@ class Recorder:
                             self._wake.clear()
                             await self._wake.wait()
             await self.flush()
+            for summary in self.reporter.due(time.time()):
+                self._pending.outgoing.append(upstream.summary(summary))
             now = time.monotonic()
             if now - last_cap_check >= self.cap_check_interval:
                 last_cap_check = now

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -65,3 +65,20 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors (typos must fail, not be ignored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+Function = Literal["min", "max", "mean", "last", "count"]
+ALL_FUNCTIONS: tuple[Function, ...] = ("min", "max", "mean", "last", "count")
+
+
+class ReportPolicy(StrictModel):
+    """What of a device's telemetry goes upstream, and when (rules/report.py applies it)."""
+
+    mode: Literal["every", "change", "periodic", "aggregate"] = Field(
+        default="every", description="every poll | on change | periodic snapshot | windowed aggregates",
+    )
+    deadband: float = Field(default=0.0, ge=0, description="change: ignore moves smaller than this.")
+    max_interval: Duration = Field(default=900.0, gt=0, description="change: report at least this often.")
+    every: Duration = Field(default=60.0, gt=0, description="periodic: one snapshot per period.")
+    window: Duration = Field(default=300.0, gt=0, description="aggregate: window length.")
+    functions: list[Function] = Field(default_factory=lambda: list(ALL_FUNCTIONS))

@@ -16,6 +16,7 @@ from typing import Any
 from gateway import __version__
 from gateway.model import PAYLOAD_VERSION, Event, Priority, Reading, new_id
 from gateway.store import Outgoing
+from rules.report import Summary
 
 
 def _dump(data: dict[str, Any]) -> bytes:
@@ -47,6 +48,15 @@ def event(ev: Event) -> Outgoing:
     }
     folder = "alarm" if ev.priority is Priority.ALARM else "event"
     return Outgoing(ev.priority, f"{folder}/{ev.kind}", _dump(payload))
+
+
+def summary(s: Summary) -> Outgoing:
+    """Windowed aggregates of a device's points (report mode "aggregate")."""
+    payload = {
+        "v": PAYLOAD_VERSION, "id": new_id(), "type": "summary", "device": s.device,
+        "start": round(s.start, 3), "end": round(s.end, 3), "points": s.points,
+    }
+    return Outgoing(Priority.TELEMETRY, f"summary/{s.device}", _dump(payload))
 
 
 def status(state: str, config_hash: str = "", started: float | None = None) -> bytes:
