@@ -24,20 +24,11 @@ from gateway.config.schema import GatewayConfig
 from gateway.model import Event, Priority, Reading
 from gateway.recorder import Recorder
 from rules.alarms import AlarmBook, AlarmError
-from rules.config import NotifierConfig, NotifyAction, PublishAction, WriteAction, alarm_classes
+from rules.config import NotifierConfig, NotifyAction, PublishAction, WriteAction, build_classes
 from rules.engine import Cleared, Engine, Fired, Output
-from rules.escalation import AlarmClass, Transition
+from rules.escalation import Transition
 
 log = structlog.get_logger("gateway.automation")
-
-
-def build_classes(cfg: GatewayConfig) -> dict[str, AlarmClass]:
-    return {
-        name: AlarmClass(name=name, priority=c.upstream_priority, latching=c.latching,
-                         escalate_after=tuple(c.escalate_after), tiers=tuple(c.tiers),
-                         chatter_limit=c.chatter_limit, chatter_window=c.chatter_window)
-        for name, c in alarm_classes(cfg.alarm_classes).items()
-    }
 
 
 class Automation:
@@ -46,7 +37,7 @@ class Automation:
         self.cfg = cfg
         self.recorder = recorder
         self.commands = commands
-        self.classes = build_classes(cfg)
+        self.classes = build_classes(cfg.alarm_classes)
         tz = ZoneInfo(cfg.site.timezone) if cfg.site.timezone else None
         now = time.time()
         self.engine = Engine(cfg.rules, started=now, tz=tz)
@@ -56,6 +47,13 @@ class Automation:
                 self.book.restore_one(record, self.classes)
         self.engine.restore_active([a.key for a in self.book.active()])
         self.notifiers = {n.id: n for n in cfg.notifiers}
+        # Flood control: a bus whose every device is offline is one root-cause alarm, not N.
+        self.bus_of = {d.id: d.bus for d in cfg.devices if d.enabled}
+        self.devices_on: dict[str, set[str]] = {}
+        for device, bus in self.bus_of.items():
+            self.devices_on.setdefault(bus, set()).add(device)
+        self.offline: set[str] = set()
+        self.suppressed: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self.latency: list[float] = []  # event in -> first transition out, seconds (for the benchmark)
@@ -76,6 +74,8 @@ class Automation:
             return  # our own trail: rules react to conditions, not to their own alarms
         started = time.perf_counter()
         now = time.time()
+        if event.kind in ("device.offline", "device.online"):
+            self._root_cause(event, now)
         if self._apply(self.engine.event(event, now), now):
             self.latency.append(time.perf_counter() - started)
             del self.latency[:-5000]
@@ -103,6 +103,10 @@ class Automation:
         for output in outputs:
             if isinstance(output, Fired):
                 rule = output.rule
+                bus = self._down_bus_explaining(rule)
+                if bus is not None:  # its bus is down: already announced by the root-cause alarm
+                    self.suppressed[bus] = self.suppressed.get(bus, 0) + 1
+                    continue
                 if rule.alarm is not None:
                     cls = self.classes[rule.alarm.class_]
                     made += self._transitions(self.book.raise_alarm(
@@ -115,6 +119,39 @@ class Automation:
         if outputs:
             self._wake.set()
         return made
+
+    def _root_cause(self, event: Event, now: float) -> None:
+        device, bus = event.source, self.bus_of.get(event.source)
+        if bus is None or len(self.devices_on[bus]) < 2:
+            return
+        was_down = self.devices_on[bus] <= self.offline
+        (self.offline.add if event.kind == "device.offline" else self.offline.discard)(device)
+        down = self.devices_on[bus] <= self.offline
+        key, cls = f"bus/{bus}/down", self.classes["equipment"]
+        if down and not was_down:
+            self.suppressed[bus] = 0
+            self._transitions(self.book.raise_alarm(
+                key, cls, now, source=bus, severity="major",
+                message=f"bus {bus} down: all {len(self.devices_on[bus])} devices offline",
+                data={"bus": bus, "devices": sorted(self.devices_on[bus])}))
+        elif was_down and not down:
+            self._transitions(self.book.clear(key, now))
+            self.recorder.event(Event("flood.summary", bus, Priority.EVENT,
+                                      {"bus": bus, "suppressed_alarms": self.suppressed.pop(bus, 0),
+                                       "devices": sorted(self.devices_on[bus])}))
+
+    def _down_bus_explaining(self, rule: Any) -> str | None:
+        """The down bus that explains this rule firing, if it is only about devices on that bus."""
+        from rules.config import references
+
+        refs = references(rule)
+        if not refs or any(kind != "device" for _, kind, _ in refs):
+            return None
+        buses = {self.bus_of.get(name) for _, _, name in refs}
+        if len(buses) != 1:
+            return None
+        bus = buses.pop()
+        return bus if bus is not None and self.devices_on[bus] <= self.offline else None
 
     def _transitions(self, transitions: list[Transition]) -> int:
         for t in transitions:

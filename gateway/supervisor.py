@@ -9,6 +9,7 @@ mode of ThingsBoard gateway #2132). Field failures are not crashes: they move a 
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 import traceback
@@ -24,6 +25,8 @@ from gateway.recorder import Recorder
 from gateway.store import DeviceState
 
 log = structlog.get_logger("gateway.supervisor")
+CHATTER_LIMIT = 10
+"""point.changed events per point per minute before the point counts as chattering."""
 
 
 def raise_if_cancelled() -> None:
@@ -96,6 +99,8 @@ class DevicePoller:
         self._probe_wait = max(device.interval, 1.0)
         self._last: dict[str, Value] = {}
         self._watched = device.change_events()
+        self._recent: dict[str, collections.deque[float]] = {}
+        self._held: dict[str, tuple[float, int]] = {}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,7 +190,17 @@ class DevicePoller:
         self.recorder.device_state(self.state)
 
     def _changes(self, readings: list[Reading]) -> None:
-        """point.changed events for watched points; at start-up only for a value away from normal."""
+        """point.changed events for watched points; at start-up only for a value away from normal.
+
+        A point that changes more than CHATTER_LIMIT times a minute is rate-limited: further changes
+        are counted, and one point.chatter event says how many were held back.
+        """
+        now = time.monotonic()
+        for point, (since, held) in list(self._held.items()):
+            if now - since >= 60.0:
+                del self._held[point]
+                self.recorder.event(Event("point.chatter", self.device.id, Priority.EVENT,
+                                          {"point": point, "suppressed": held, "window_s": 60}))
         for r in readings:
             urgency = self._watched.get(r.point)
             if urgency is None or r.quality is not Quality.GOOD:
@@ -195,6 +210,12 @@ class DevicePoller:
             if previous == r.value or (previous is _UNSEEN and self.device.is_normal(r.point, r.value)):
                 continue
             priority = Priority.ALARM if urgency == "alarm" else Priority.EVENT
+            recent = self._recent.setdefault(r.point, collections.deque(maxlen=CHATTER_LIMIT))
+            if priority is Priority.EVENT and len(recent) == CHATTER_LIMIT and now - recent[0] < 60.0:
+                since, held = self._held.get(r.point, (now, 0))
+                self._held[r.point] = (since, held + 1)
+                continue  # alarms are never held back: only routine change events
+            recent.append(now)
             data: dict[str, Any] = {"point": r.point, "value": r.value}
             if previous is not _UNSEEN:
                 data["previous"] = previous
