@@ -19,6 +19,8 @@ from gateway.cli.site import (
     cmd_simulate,
     cmd_status,
 )
+from gateway.cli.vision import add_bench as add_vision_bench
+from gateway.cli.vision import add_commands as add_vision_commands
 
 DEFAULT_CONFIG = "/etc/gateway/config.toml"
 
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profiles)
     add_alarm_commands(sub, DEFAULT_CONFIG)
+    add_vision_commands(sub)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_simulate)
     bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
+    add_vision_bench(bench)
     p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--points", type=int, default=100)

