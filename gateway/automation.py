@@ -29,6 +29,8 @@ from rules.engine import Cleared, Engine, Fired, Output
 from rules.escalation import Transition
 
 log = structlog.get_logger("gateway.automation")
+MAX_CHAIN = 8
+"""How deep rules may trigger rules through published events within one input."""
 
 
 class Automation:
@@ -56,6 +58,7 @@ class Automation:
         self.suppressed: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._depth = 0
         self.latency: list[float] = []  # event in -> first transition out, seconds (for the benchmark)
         recorder.on_event(self._on_event)
         recorder.on_snapshot(self._on_snapshot)
@@ -72,6 +75,16 @@ class Automation:
     def _on_event(self, event: Event) -> None:
         if event.kind.startswith("alarm."):
             return  # our own trail: rules react to conditions, not to their own alarms
+        if self._depth >= MAX_CHAIN:  # rules publishing events that fire rules: stop a runaway chain
+            log.error("rule chain too deep; event not evaluated", kind=event.kind, source=event.source)
+            return
+        self._depth += 1
+        try:
+            self._evaluate_event(event)
+        finally:
+            self._depth -= 1
+
+    def _evaluate_event(self, event: Event) -> None:
         started = time.perf_counter()
         now = time.time()
         if event.kind in ("device.offline", "device.online"):

@@ -359,6 +359,19 @@ class Store:
         return [{"seq": seq, "ts": ts, "data": bytes(data), "parsed": None if parsed is None else json.loads(parsed)}
                 for seq, ts, data, parsed in rows]
 
+    def samples_since(self, since: float = 0.0) -> Iterator[tuple[str, float, dict[str, Any]]]:
+        """Stored snapshots from ``since`` on, oldest first: (device, ts, {point: {"v", "q", "u"?}})."""
+        rows = self.db.execute("SELECT device, ts, points FROM samples WHERE ts >= ? ORDER BY ts, rowid", (since,))
+        for device, ts, points in rows:
+            yield device, ts, json.loads(points)
+
+    def events_since(self, since: float = 0.0) -> Iterator[dict[str, Any]]:
+        """Logged events from ``since`` on, oldest first, shaped as ``events_after`` gives them."""
+        rows = self.db.execute(
+            "SELECT id, ts, kind, source, priority, payload FROM events WHERE ts >= ? ORDER BY ts, seq", (since,))
+        for id_, ts, kind, source, prio, data in rows:
+            yield {"id": id_, "ts": ts, "kind": kind, "source": source, "priority": prio, "data": json.loads(data)}
+
     def last_event_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 

@@ -15,6 +15,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.model import Priority
 from gateway.types import Duration, Identifier, StrictModel
+from rules.escalation import AlarmClass
 
 POINT_REF = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}\.[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 PointRef = Annotated[str, Field(pattern=POINT_REF, description="\"device.point\"")]
@@ -268,6 +269,16 @@ def alarm_classes(declared: list[AlarmClassConfig]) -> dict[str, AlarmClassConfi
     classes = {name: AlarmClassConfig(name=name, **spec) for name, spec in BUILTIN_CLASSES.items()}
     classes.update({cls.name: cls for cls in declared})
     return classes
+
+
+def build_classes(declared: list[AlarmClassConfig]) -> dict[str, AlarmClass]:
+    """The alarm book's policies: the built-in classes, overridden by the site's ``[[alarm_classes]]``."""
+    return {
+        name: AlarmClass(name=name, priority=c.upstream_priority, latching=c.latching,
+                         escalate_after=tuple(c.escalate_after), tiers=tuple(c.tiers),
+                         chatter_limit=c.chatter_limit, chatter_window=c.chatter_window)
+        for name, c in alarm_classes(declared).items()
+    }
 
 
 def references(rule: Rule) -> list[tuple[tuple[str | int, ...], str, str]]:

@@ -46,6 +46,7 @@ class _State:
     clocked: bool
     true_since: float | None = None
     active: set[str] = field(default_factory=set)  # keys currently fired
+    last_trigger: Reading | Event | None = None  # what last made it true: a `for` fires on a tick
 
 
 class Engine:
@@ -135,16 +136,19 @@ class Engine:
         if not holds:
             state.true_since = None
             return out
+        if trigger is not None:
+            state.last_trigger = trigger
         if state.true_since is None:
             state.true_since = now
-        if now - state.true_since < rule.for_:
+        if now < state.true_since + rule.for_:  # the same sum next_wakeup() reports: a tick then fires
             return out
-        key = self._instance(rule, trigger)
+        cause = trigger if trigger is not None else state.last_trigger
+        key = self._instance(rule, cause)
         if key not in state.active:
             state.active.add(key)
-            context = self._context(state, trigger)
+            context = self._context(state, cause)
             message = _render(rule.alarm.message if rule.alarm else rule.description, context, self.world)
-            out.append(Fired(rule, key, message or rule.id, _source(trigger, rule), context))
+            out.append(Fired(rule, key, message or rule.id, _source(cause, rule), context))
         # A momentary event (no window, no clear_when) is over as soon as it has been handled: the
         # alarm it raised returns to normal and stays visible until acknowledged.
         if isinstance(trigger, Event) and state.clear_when is None and not self._still_true(state):

@@ -782,3 +782,13 @@ def test_any_text_gives_only_config_errors(scratch: Path, data: str | bytes) -> 
 def test_locate_never_raises(text: str, loc: list[str | int]) -> None:
     line = locate(text, loc)
     assert line is None or 1 <= line <= text.count("\n") + 1
+
+
+def test_a_rule_publishing_what_it_listens_for_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.toml"
+    path.write_text('[site]\nid = "s"\n\n[[rules]]\nid = "ping"\nwhen = { event = "ops.ping" }\n'
+                    'actions = [ { publish = "ops.ping" } ]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (f"{path}:7: rules.0.actions.0.publish: publishes 'ops.ping', which its own"
+                                 " `when` listens for: a loop")

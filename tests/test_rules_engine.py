@@ -193,3 +193,10 @@ def test_message_template_uses_readings_and_context() -> None:
 def test_bad_conditions_are_config_errors(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         TypeAdapter(Rule).validate_python({"id": "r", "when": bad, "alarm": {"class": "c"}})
+
+
+def test_value_is_filled_in_when_a_for_rule_fires_on_a_tick() -> None:
+    e = engine(rule({"point": "m.p", "above": 200}, message="Voltage {value} V", **{"for": "10s"}))
+    feed(e, 0, 241.5)
+    (fired,) = e.tick(T0 + 10)
+    assert isinstance(fired, Fired) and fired.message == "Voltage 241.5 V" and fired.source == "m"

@@ -9,6 +9,8 @@ from pathlib import Path
 from gateway import __version__
 from gateway.cli.alarms import add_commands as add_alarm_commands
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
+from gateway.cli.rules import add_commands as add_rule_commands
+from gateway.cli.rules import add_export_arguments
 from gateway.cli.site import (
     cmd_bench,
     cmd_check,
@@ -69,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profiles)
     add_alarm_commands(sub, DEFAULT_CONFIG)
+    add_rule_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
+    add_export_arguments(p)
     p = command("demo", cmd_demo, "simulated meters -> daemon -> local broker, live on screen",
                 config=False, json_=False)
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
@@ -130,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--format", default="gst_cn")
+    p.set_defaults(fn=cmd_bench)
+    p = bench.add_parser("rules", help="rule evaluations/s (1,000 rules, one core); event -> alarm latency")
+    p.add_argument("--rules", type=int, default=1000)
+    p.add_argument("--devices", type=int, default=200, help="devices feeding the pure-engine figure")
+    p.add_argument("--points", type=int, default=20)
+    p.add_argument("--seconds", type=float, default=60, help="simulated seconds of input for the engine figure")
+    p.add_argument("--daemon-devices", type=int, default=20, help="Modbus TCP simulators polled by the daemon")
+    p.add_argument("--alarms", type=int, default=300, help="fire alarms injected into the daemon")
+    p.add_argument("--rate", type=float, default=50.0, help="alarms per second")
+    p.add_argument("--no-daemon", dest="daemon", action="store_false", help="only the pure-engine figure")
     p.set_defaults(fn=cmd_bench)
     p = bench.add_parser("bus", help="one shared RS-485 line: dead units, write latency; TCP points/s")
     p.add_argument("--devices", type=int, default=10, help="units on the simulated RS-485 line (2..247)")

@@ -99,6 +99,10 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(f"no store at {data_path(cfg)}", file=sys.stderr)
         return 1
     store = open_store(cfg, read_only=True)
+    if getattr(args, "export", None) is not None:
+        from gateway.cli.rules import export_events
+
+        return export_events(store, args)
     last = max(0, store.last_event_seq() - args.last) if args.last else 0
 
     def show(batch: list[tuple[int, dict[str, Any]]]) -> None:

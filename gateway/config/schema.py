@@ -250,11 +250,28 @@ def _check_rules(cfg: GatewayConfig) -> list[Problem]:
                 problems.append(Problem((*loc, *where), f"no point {name!r} (write it as \"device.point\")", name))
             elif kind == "writable" and points[name].write_spec(name.split(".", 1)[1]) is None:
                 problems.append(Problem((*loc, *where), f"{name} is not writable (set writable = true)", name))
+        listens = {k for _, k, _ in _event_kinds(rule.when)}
         for i, action in enumerate(rule.actions):
+            published = getattr(action, "publish", None)
+            if published is not None and any(published == k or (k.endswith("*") and published.startswith(k[:-1]))
+                                             for k in listens):
+                problems.append(Problem((*loc, "actions", i, "publish"),
+                                        f"publishes {published!r}, which its own `when` listens for: a loop",
+                                        published))
             target = getattr(action, "notify", None)
             if target is not None and target not in notifiers:
                 problems.append(Problem((*loc, "actions", i, "notify"), f"no notifier {target!r}", target))
     return problems
+
+
+def _event_kinds(cond: Any) -> list[tuple[None, str, None]]:
+    kind = getattr(cond, "event", None)
+    out = [(None, kind, None)] if isinstance(kind, str) else []
+    for child in (getattr(cond, "all", None) or []) + (getattr(cond, "any", None) or []):
+        out += _event_kinds(child)
+    if getattr(cond, "not_", None) is not None:
+        out += _event_kinds(cond.not_)
+    return out
 
 
 def json_schema() -> str:
