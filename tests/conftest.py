@@ -140,6 +140,22 @@ async def collector(broker: Broker) -> AsyncIterator[Collector]:
     await c.stop()
 
 
+@contextlib.asynccontextmanager
+async def running(daemon: Any) -> AsyncIterator[Any]:
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        done, _ = await asyncio.wait({task}, timeout=15)
+        if not done:
+            for other in asyncio.all_tasks():  # say where shutdown is stuck, then fail
+                other.print_stack(limit=8)
+            task.cancel()
+            raise AssertionError("the daemon did not shut down within 15 s")
+        task.result()
+
+
 def write_config(path: Path, *, site: str = "test-site", data_dir: Path, mqtt_port: int | None,
                  buses: list[dict[str, Any]], devices: list[dict[str, Any]], extra: str = "") -> Path:
     """A config file built as an engineer would write it (TOML text, not a dict handed to pydantic)."""

@@ -7,18 +7,17 @@ CLI only ever sees the store on disk, the config file and the field devices, as 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import Broker, free_ports, write_config
+from conftest import Broker, free_ports, running, write_config
 
 from gateway import __version__
 from gateway.config import load_config
@@ -67,17 +66,6 @@ def config_for(tmp: Path, ports: list[int], mqtt_port: int | None, *, interval: 
     devices = [dict(id=f"meter-{i}", bus=f"bus-{i}", interval=interval, points=POINTS) for i in range(len(ports))]
     return write_config(tmp / "gateway.toml", data_dir=tmp / "data", mqtt_port=mqtt_port, buses=buses,
                         devices=devices)
-
-
-@contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        async with asyncio.timeout(15):
-            await task
 
 
 async def until(predicate: Callable[[], bool], within: float = 15.0) -> None:

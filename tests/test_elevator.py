@@ -7,8 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from conftest import Broker, Collector, write_config
-from test_spine import running
+from conftest import Broker, Collector, running, write_config
 
 from gateway.commands import WriteCommand
 from gateway.config import load_config

@@ -10,13 +10,12 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import Broker, Collector, free_ports, write_config
+from conftest import Broker, Collector, free_ports, running, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,17 +60,6 @@ def panel_config(tmp: Path, port: str, mqtt_port: int | None, *, fmt: str = "gst
         buses=[{"id": "fire-port", "driver": "serial_lines", "port": port, **(bus or {})}, *more_buses],
         devices=[{"id": "panel", "bus": "fire-port", "format": fmt, "heartbeat": heartbeat}, *more_devices],
     )
-
-
-@contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        async with asyncio.timeout(15):
-            await task
 
 
 async def until(predicate: Any, within: float = 10.0) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import write_config
+from conftest import running, write_config
 from test_rtu_bus import POINTS, bank
-from test_spine import running
 
 from gateway.config import load_config
 from gateway.daemon import Daemon

@@ -7,11 +7,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from conftest import free_ports, write_config
+from conftest import free_ports, running, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymodbus.datastore import ModbusDeviceContext
-from test_spine import running
 
 from drivers.base import DriverError
 from drivers.modbus.codec import Block, Span, Table

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import Broker, Collector, write_config
-from test_spine import running
+from conftest import Broker, Collector, running, write_config
 
 from gateway.config import load_config
 from gateway.daemon import Daemon

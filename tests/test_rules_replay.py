@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_ports, write_config
+from conftest import free_ports, running, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_spine import running
 
 from gateway.cli.rules import add_commands, add_export_arguments, recording_lines
 from gateway.config import load_config

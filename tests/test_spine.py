@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sqlite3
@@ -11,33 +10,16 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, Collector, free_port, free_ports, write_config
+from conftest import Broker, Collector, free_port, free_ports, running, write_config
 
 from gateway.config import load_config
 from gateway.daemon import Daemon
 from gateway.model import Event, Priority
 from simulators.meter import METER_POINTS, serve_black_holes, serve_meters
-
-
-@contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        done, _ = await asyncio.wait({task}, timeout=15)
-        if not done:
-            for other in asyncio.all_tasks():  # say where shutdown is stuck, then fail
-                other.print_stack(limit=8)
-            task.cancel()
-            raise AssertionError("the daemon did not shut down within 15 s")
-        task.result()
 
 
 def meter_config(tmp: Path, ports: list[int], mqtt_port: int | None, *, interval: str = "200ms",

@@ -8,14 +8,12 @@ codec bug that encode and decode share (both swapping the wrong way) still fails
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, Collector, write_config
+from conftest import Broker, Collector, running, write_config
 
 from drivers.modbus.codec import DataType, Order, Table, encode
 from drivers.modbus.driver import float32_shortest
@@ -203,17 +201,6 @@ def build(bank: RegisterBank) -> Bench:
     # Past the bank's end and beyond max_gap from the rest: a read of its own, answered with an exception.
     b.add(dict(id="missing", table="holding", address=SIZE + 10, type="uint16", unit="Hz"), None, "Hz", "bad")
     return b
-
-
-@contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        async with asyncio.timeout(15):
-            await task
 
 
 async def test_every_type_and_layout_reaches_the_subscriber(tmp_path: Path, broker: Broker,

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import jsonschema
-from conftest import Broker, Collector, free_ports
-from test_spine import meter_config, running
+from conftest import Broker, Collector, free_ports, running
+from test_spine import meter_config
 
 from gateway.config import load_config
 from gateway.daemon import Daemon

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
+from conftest import running, write_config
 from test_rtu_bus import POINTS, bank
-from test_spine import running
 
 from gateway.commands import CommandError, WriteCommand
 from gateway.config import load_config
