@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from drivers.base import Driver
-from drivers.registry import DRIVERS
+from drivers.registry import driver_class
 from gateway import __version__, systemd
 from gateway.automation import Automation
 from gateway.commands import CommandHandler
@@ -48,7 +48,7 @@ def build_drivers(cfg: GatewayConfig) -> dict[str, Driver]:
         devices = [d for d in cfg.devices if d.bus == bus.id and d.enabled]
         if not devices:
             continue
-        driver = DRIVERS[bus.driver](bus, devices)
+        driver = driver_class(bus.driver)(bus, devices)
         for device in devices:
             by_device[device.id] = driver
     return by_device

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.cli.alarms import add_commands as add_alarm_commands
+from gateway.cli.bacnet import add_bench as add_bacnet_bench
+from gateway.cli.bacnet import add_commands as add_bacnet_commands
+from gateway.cli.bacnet import add_simulate as add_bacnet_simulate
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alarm_commands(sub, DEFAULT_CONFIG)
     add_rule_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
+    add_bacnet_commands(sub)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
@@ -106,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, default=9600)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_simulate)
+    add_bacnet_simulate(sim)
     bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
     add_vision_bench(bench)
+    add_bacnet_bench(bench)
     p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--points", type=int, default=100)

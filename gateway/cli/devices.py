@@ -30,11 +30,11 @@ def _via_daemon(cfg: Any, command: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _readings_direct(cfg: Any, device: Any) -> list[dict[str, Any]]:
-    from drivers.registry import DRIVERS
+    from drivers.registry import driver_class
 
     async def read() -> list[dict[str, Any]]:
         bus = cfg.bus(device.bus)
-        driver = DRIVERS[bus.driver](bus, [device])
+        driver = driver_class(bus.driver)(bus, [device])
         try:
             readings = await driver.read(device.id)
         finally:

@@ -1,0 +1,1 @@
+"""BACnet/IP: configured devices and points, ReadPropertyMultiple, change-of-value, prioritised writes."""
