@@ -422,21 +422,30 @@ def daemon_memory(work: Path, opts: Options) -> DaemonFigures:
     return DaemonFigures(rss, peak, cpu, _count_samples(data / DB_NAME))
 
 
+
+@contextlib.contextmanager
+def workdir(prefix: str, level: str = "warning", base: str | None = None) -> Iterator[Path]:
+    """A scratch directory, with the gateway's logs quietened to `level` on stderr; both undone after."""
+    saved = structlog.get_config()
+    logs.configure(level, "console", stream=sys.stderr)
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=base) as tmp:
+            yield Path(tmp)
+    finally:
+        structlog.configure(**saved)
+
+
 def bench_modbus(args: argparse.Namespace) -> int:
     opts = Options.from_args(args)
     if opts.devices < 1 or opts.points < 1 or opts.seconds <= 0 or opts.rss_devices < 1 or opts.rss_points < 1:
         print("bench: --devices, --points and --seconds must be positive", file=sys.stderr)
         return 2
-    saved_logging = structlog.get_config()
-    logs.configure("warning", "console", stream=sys.stderr)  # a device going offline is news; polls are not
     try:
-        with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-            return _bench(opts, Path(tmp))
+        with workdir("gateway-bench-") as work:  # a device going offline is news; polls are not
+            return _bench(opts, work)
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        structlog.configure(**saved_logging)
 
 
 def _bench(opts: Options, work: Path) -> int:

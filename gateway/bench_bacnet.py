@@ -16,18 +16,14 @@ import math
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import structlog
-
 from drivers.bacnet.driver import BacnetDriver
 from drivers.base import Driver
-from gateway import logs
-from gateway.bench import READY_TIMEOUT, _await_line, _CountingRecorder, _num, _stop, _table, cpu_seconds
+from gateway.bench import READY_TIMEOUT, _await_line, _CountingRecorder, _num, _stop, _table, cpu_seconds, workdir
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
 from gateway.daemon import build_drivers, open_store
@@ -200,16 +196,12 @@ def bench_bacnet(args: argparse.Namespace) -> int:
     if opts.devices < 1 or opts.points < 1 or opts.seconds <= 0:
         print("bench: --devices, --points and --seconds must be positive", file=sys.stderr)
         return 2
-    saved_logging = structlog.get_config()
-    logs.configure("warning", "console", stream=sys.stderr)
     try:
-        with tempfile.TemporaryDirectory(prefix="gateway-bench-bacnet-") as tmp:
-            return _bench(opts, Path(tmp))
+        with workdir("gateway-bench-bacnet-") as work:
+            return _bench(opts, work)
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        structlog.configure(**saved_logging)
 
 
 def _bench(opts: Options, work: Path) -> int:

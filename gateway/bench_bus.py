@@ -25,7 +25,6 @@ import math
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -33,15 +32,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
 from pymodbus.datastore import ModbusDeviceContext
 
 from drivers.base import Driver, DriverError
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusTcpBus
 from drivers.modbus.driver import ModbusDriver
 from drivers.scheduler import Urgency
-from gateway import logs
-from gateway.bench import _num, _table, bank_size, config_text, point_map, poll_run, simulator
+from gateway.bench import _num, _table, bank_size, config_text, point_map, poll_run, simulator, workdir
 from gateway.commands import CommandError, CommandHandler, WriteCommand
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
@@ -495,16 +492,12 @@ def bench_bus(args: argparse.Namespace) -> int:
     if (problem := opts.problem()) is not None:
         print(f"bench: {problem}", file=sys.stderr)
         return 2
-    saved_logging = structlog.get_config()
-    logs.configure("error", "console", stream=sys.stderr)  # dead units going offline is the point, not news
     try:
-        with tempfile.TemporaryDirectory(prefix="gateway-bench-bus-") as tmp:
-            return _bench(opts, Path(tmp))
+        with workdir("gateway-bench-bus-", "error") as work:  # dead units going offline is the point, not news
+            return _bench(opts, work)
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        structlog.configure(**saved_logging)
 
 
 def _bench(opts: Options, work: Path) -> int:

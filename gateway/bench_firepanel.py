@@ -17,16 +17,12 @@ import contextlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import structlog
-
 from drivers.firepanel.driver import FirePanelDriver
-from gateway import logs
-from gateway.bench import _table, bank_size, config_text, point_map, simulator
+from gateway.bench import _table, bank_size, config_text, point_map, simulator, workdir
 from gateway.bench_uplink import _Mosquitto, _percentile, _Subscriber
 from gateway.config import load_config
 from gateway.daemon import Daemon
@@ -75,11 +71,8 @@ def bench_firepanel(args: argparse.Namespace) -> int:
     if shutil.which("socat") is None:
         print("socat is not installed (apt-get install socat)", file=sys.stderr)
         return 1
-    saved_logging = structlog.get_config()
-    logs.configure("warning", "console", stream=sys.stderr)
     try:
-        with tempfile.TemporaryDirectory(prefix="gateway-bench-firepanel-") as tmp:
-            work = Path(tmp)
+        with workdir("gateway-bench-firepanel-") as work:
             broker = _Mosquitto(work, binary)
             try:
                 broker.start()
@@ -91,8 +84,6 @@ def bench_firepanel(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        structlog.configure(**saved_logging)
     print(report(opts, result))
     return 0 if len(result.latencies) == result.sent else 1
 

@@ -24,17 +24,13 @@ import contextlib
 import json
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from gateway import logs
-from gateway.bench import _num, _table, bank_size, config_text, point_map, simulator
+from gateway.bench import _num, _table, bank_size, config_text, point_map, simulator, workdir
 from gateway.bench_bus import percentile
 from gateway.model import Event, Priority, Quality, Reading
 from rules.config import Rule
@@ -286,18 +282,13 @@ def bench_rules(args: argparse.Namespace) -> int:
     _flush()
     if not opts.daemon:
         return 0
-    saved_logging = structlog.get_config()
-    logs.configure("error", "console", stream=sys.stderr)
     try:
-        with tempfile.TemporaryDirectory(prefix="gateway-bench-rules-") as tmp:
-            work = Path(tmp)
-            with simulator(opts.daemon_devices, bank_size(point_map(opts.points)), work) as (_, first_port):
-                d = asyncio.run(daemon_run(opts, daemon_config(opts, work, first_port)))
+        with workdir("gateway-bench-rules-", "error") as work, \
+                simulator(opts.daemon_devices, bank_size(point_map(opts.points)), work) as (_, first_port):
+            d = asyncio.run(daemon_run(opts, daemon_config(opts, work, first_port)))
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        structlog.configure(**saved_logging)
 
     def ms(samples: list[float], q: float) -> str:
         return f"{percentile(samples, q) * 1000:.2f}" if samples else "-"

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import os
 import random
@@ -23,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +30,10 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
-import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import upstream
+from gateway.bench import workdir
 from gateway.config.schema import MqttConfig
 from gateway.model import Event, Priority, Quality, Reading
 from gateway.recorder import AsyncStore, Recorder
@@ -100,20 +98,14 @@ def bench_uplink(args: argparse.Namespace) -> int:
     if binary is None:
         print("mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
         return 1
-    saved_logging = structlog.get_config()
     # The uplink's info lines would break up the table; warnings (a lost broker) still show, on stderr.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    try:
-        with tempfile.TemporaryDirectory(prefix="gateway-bench-uplink-", dir=base_dir) as tmp:
-            broker = _Mosquitto(Path(tmp), binary)
-            try:
-                broker.start()
-                return asyncio.run(_bench(broker.port, Path(tmp), events, batches, synchronous, limit, naive))
-            finally:
-                broker.stop()
-    finally:
-        structlog.configure(**saved_logging)
+    with workdir("gateway-bench-uplink-", base=base_dir) as work:
+        broker = _Mosquitto(work, binary)
+        try:
+            broker.start()
+            return asyncio.run(_bench(broker.port, work, events, batches, synchronous, limit, naive))
+        finally:
+            broker.stop()
 
 
 async def _bench(port: int, workdir: Path, events: int, batches: Sequence[int], synchronous: str, limit: float,
