@@ -14,7 +14,11 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 packages=()
 have mosquitto || packages+=(mosquitto)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
-[ "$want_test" = 1 ] && { have socat || packages+=(socat); }
+if [ "$want_test" = 1 ]; then
+    have socat || packages+=(socat)
+    # a real Chinese font, to render the licence plates the plate tests read
+    [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || packages+=(fonts-wqy-microhei)
+fi
 
 if [ ${#packages[@]} -gt 0 ]; then
     sudo=""
