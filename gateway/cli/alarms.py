@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.cli.common import load, print_json, table
+from gateway.cli.common import load, print_json, stored, table
 from gateway.cli.devices import _via_daemon
 from gateway.types import parse_duration
 
@@ -68,12 +68,7 @@ def _list(cfg: Any, args: argparse.Namespace) -> int:
     if answer is not None and answer["ok"]:
         alarms = answer["alarms"]
     else:
-        from gateway.daemon import data_path, open_store
-
-        if not data_path(cfg).exists():
-            print(f"no store at {data_path(cfg)}", file=sys.stderr)
-            return 1
-        alarms = [a for a in open_store(cfg, read_only=True).alarm_states().values()
+        alarms = [a for a in stored(cfg).alarm_states().values()
                   if args.all or a.get("state") != "normal"]
     if args.json:
         print_json(alarms)

@@ -42,6 +42,16 @@ def load(args: argparse.Namespace) -> Any:
         raise SystemExit(2) from None
 
 
+def stored(cfg: Any) -> Any:
+    """The gateway's store, read-only, or exit 1 when the daemon has never run with this config."""
+    from gateway.daemon import data_path, open_store
+
+    if not data_path(cfg).exists():
+        print(f"no store at {data_path(cfg)}: the gateway has not run yet", file=sys.stderr)
+        raise SystemExit(1)
+    return open_store(cfg, read_only=True)
+
+
 def fmt(value: Any) -> str:
     """Six significant digits hide float32 noise, but never the integer digits of a counter.
 

@@ -12,7 +12,7 @@ import sys
 import tomllib
 from typing import Any
 
-from gateway.cli.common import fmt, load, print_json, table
+from gateway.cli.common import fmt, load, print_json, stored, table
 
 
 def _via_daemon(cfg: Any, command: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,13 +135,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.daemon import data_path, open_store
-
-    cfg = load(args)
-    if not data_path(cfg).exists():
-        print(f"no store at {data_path(cfg)}", file=sys.stderr)
-        return 1
-    entries = open_store(cfg, read_only=True).audit_entries(args.last)
+    entries = stored(load(args)).audit_entries(args.last)
     if args.json:
         print_json(entries)
         return 0

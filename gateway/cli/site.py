@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.cli.common import ago, load, print_json, table
+from gateway.cli.common import ago, load, print_json, stored, table
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -43,13 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.daemon import data_path, open_store, pid_alive
+    from gateway.daemon import pid_alive
 
     cfg = load(args)
-    if not data_path(cfg).exists():
-        print(f"no store at {data_path(cfg)}: the gateway has not run yet", file=sys.stderr)
-        return 1
-    store = open_store(cfg, read_only=True)
+    store = stored(cfg)
     now = time.time()
     meta = store.meta()
     daemon = meta.get("daemon", {})
@@ -92,13 +89,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from gateway.daemon import data_path, open_store
 
     cfg = load(args)
-    if not data_path(cfg).exists():
-        print(f"no store at {data_path(cfg)}", file=sys.stderr)
-        return 1
-    store = open_store(cfg, read_only=True)
+    store = stored(cfg)
     if getattr(args, "export", None) is not None:
         from gateway.cli.rules import export_events
 
