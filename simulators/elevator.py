@@ -8,7 +8,6 @@ recall coil, written by the gateway, sends the car to the recall floor and parks
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Sequence
 
@@ -133,24 +132,14 @@ class ElevatorServer(ModbusEndpoints):
         super().__init__(host, ports, contexts)
         self.cars = cars
         self.tick = tick
-        self._ticker: asyncio.Task[None] | None = None
 
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            for car in self.cars:
-                car.step()
+    def step_all(self) -> None:
+        for car in self.cars:
+            car.step()
 
     async def start_all(self) -> None:
         await super().start_all()
-        self._ticker = asyncio.create_task(self._tick_forever(), name="elevator-tick")
-
-    async def close(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        await super().close()
+        self.tick_every(self.tick, self.step_all, "elevator-tick")
 
 
 async def serve_elevators(host: str, port: int, count: int = 1, *, seeds: Sequence[int] | None = None,

@@ -7,8 +7,10 @@ device is a meter, a generic register bank or a black hole.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -65,6 +67,17 @@ class Endpoints(abc.ABC):
     def __init__(self, host: str, ports: list[int]) -> None:
         self.host = host
         self.ports = ports
+        self._ticker: asyncio.Task[None] | None = None
+
+    def tick_every(self, interval: float, step: Callable[[], None], name: str) -> None:
+        """Advance the simulated devices every `interval` seconds until close()."""
+
+        async def forever() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                step()
+
+        self._ticker = asyncio.create_task(forever(), name=name)
 
     @abc.abstractmethod
     async def _start(self, index: int) -> int:
@@ -96,6 +109,11 @@ class Endpoints(abc.ABC):
             raise
 
     async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
         for index in range(len(self.ports)):
             await self.stop_one(index)
 

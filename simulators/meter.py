@@ -8,7 +8,6 @@ accept a connection but never answer (``BlackHoleServer``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -215,28 +214,14 @@ class MeterServer(ModbusEndpoints):
         super().__init__(host, ports, contexts)
         self.meters = meters
         self.tick_interval = tick_interval
-        self._ticker: asyncio.Task[None] | None = None
 
-    def _start_ticking(self) -> None:
-        self._ticker = asyncio.create_task(self._tick_forever(), name="meter-simulator-tick")
-
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_interval)
-            now = time.time()
-            for meter in self.meters:
-                try:
-                    meter.tick(now)
-                except Exception:  # one bad meter must not stop the others from changing
-                    log.exception("meter simulator tick failed (seed %s)", meter.seed)
-
-    async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
-        await super().close()
+    def tick_all(self) -> None:
+        now = time.time()
+        for meter in self.meters:
+            try:
+                meter.tick(now)
+            except Exception:  # one bad meter must not stop the others from changing
+                log.exception("meter simulator tick failed (seed %s)", meter.seed)
 
 
 async def serve_meters(
@@ -262,7 +247,7 @@ async def serve_meters(
     meters = [MeterSimulator(seed + i, unit) for i, unit in enumerate(units)]
     server = MeterServer(host, ports, meters, tick_interval)
     await server.start_all()
-    server._start_ticking()
+    server.tick_every(tick_interval, server.tick_all, "meter-simulator-tick")
     return server
 
 

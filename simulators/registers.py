@@ -98,25 +98,10 @@ class RegisterServer(ModbusEndpoints):
         self.banks = banks
         self.fill = fill
         self.tick_interval = tick_interval
-        self._ticker: asyncio.Task[None] | None = None
 
-    def _start_ticking(self) -> None:
-        if self.fill:
-            self._ticker = asyncio.create_task(self._tick_forever(), name="register-simulator-tick")
-
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_interval)
-            for bank in self.banks:
-                bank.step()
-
-    async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
-        await super().close()
+    def step_all(self) -> None:
+        for bank in self.banks:
+            bank.step()
 
 
 async def serve_registers(
@@ -143,7 +128,8 @@ async def serve_registers(
             bank.fill_counters()
     server = RegisterServer(host, ports, banks, fill=fill, tick_interval=tick_interval)
     await server.start_all()
-    server._start_ticking()
+    if fill:
+        server.tick_every(tick_interval, server.step_all, "register-simulator-tick")
     return server
 
 
