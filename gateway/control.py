@@ -77,6 +77,9 @@ class ControlServer:
             return {"ok": False, "error": str(exc)}
         except DriverError as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # a bug must still give the technician an answer, and a log line
+            log.exception("control command failed", command=line[:200])
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 async def request(path: Path, command: dict[str, Any]) -> dict[str, Any]:

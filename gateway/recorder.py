@@ -132,7 +132,15 @@ class Recorder:
         self._wake.clear()
         if not batch:
             return
-        await self.store.run(self.store.store.commit, batch)
+        try:
+            await self.store.run(self.store.store.commit, batch)
+        except BaseException:
+            # Disk full, an I/O error, a cancel mid-commit: the transaction rolled back, so the batch
+            # goes back in front of whatever arrived since, to be committed by the next flush.
+            self._pending = batch.then(self._pending)
+            self._urgent = self._urgent or any(o.priority is Priority.ALARM for o in batch.outgoing)
+            self._wake.set()
+            raise
         if batch.outgoing:
             self.committed.set()
 

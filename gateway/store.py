@@ -136,6 +136,14 @@ class Batch:
         return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta or self.audit
                     or self.raw_lines or self.alarms)
 
+    def then(self, later: Batch) -> Batch:
+        """This batch followed by a later one: lists keep their order, later states win."""
+        return Batch(
+            self.outgoing + later.outgoing, self.events + later.events, self.snapshots + later.snapshots,
+            {**self.devices, **later.devices}, {**self.meta, **later.meta}, self.audit + later.audit,
+            self.raw_lines + later.raw_lines, {**self.alarms, **later.alarms},
+        )
+
 
 class Store:
     def __init__(
@@ -179,7 +187,8 @@ class Store:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite has already rolled back on errors such as SQLITE_FULL
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 

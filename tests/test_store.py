@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from gateway import upstream
@@ -95,3 +96,25 @@ def test_read_only_store_cannot_write(tmp_path: Path) -> None:
     else:
         raise AssertionError("a read-only store accepted a write")
     assert os.path.exists(tmp_path / "g.db")
+
+
+async def test_a_failed_commit_keeps_the_batch_for_the_next_flush(tmp_path: Path) -> None:
+    from gateway.recorder import AsyncStore, Recorder
+
+    store = Store(tmp_path / "g.db")
+    recorder = Recorder(AsyncStore(store))
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL: the disk is full
+    recorder.event(Event("fire", "z1", Priority.ALARM, {"text": "x" * 20000}))
+    try:
+        await recorder.flush()
+    except sqlite3.OperationalError as exc:
+        assert "full" in str(exc)
+    else:
+        raise AssertionError("the disk-full error was swallowed")
+    recorder.event(Event("fire", "z2", Priority.ALARM))
+    store.db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    await recorder.flush()
+    sent = [json.loads(m.payload)["source"] for m in store.next_batch(10)]
+    assert sent == ["z1", "z2"]  # nothing lost, order kept
+    assert store.integrity_ok()
