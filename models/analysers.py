@@ -1,0 +1,92 @@
+"""What a camera worker runs on a frame that moved: faces, plates, falls; events out, no pixels.
+
+Each analyser keeps the per-camera memory its events need (cooldowns, votes, pose tracks) so the
+worker only hands it frames and clock readings. Events carry ids, plates and scores: never an
+image, a crop or an embedding.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from gateway.model import Event
+from models.config import CameraConfig, VisionConfig
+from models.faces import EMBEDDERS, FaceDetector, FacePipeline, Image, face_events
+from models.fetch import model_path
+from models.gallery import Gallery, load_key
+from models.plates import PlateReader, PlateVoter, plate_event
+
+
+class Analyser(Protocol):
+    name: str
+
+    def analyse(self, frame: Image, now: float) -> list[Event]: ...
+
+    @property
+    def busy(self) -> bool:
+        """True while the analyser needs frames even without motion (a person lying still after a fall)."""
+        ...
+
+
+class FaceAnalyser:
+    name = "faces"
+    busy = False
+
+    def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
+        cfg = vision.faces
+        self.camera = camera
+        self.threshold = cfg.threshold
+        self.cooldown = cfg.cooldown
+        self.pipeline = FacePipeline(FaceDetector(model_path(data_dir, "yunet"), threads=1),
+                                     EMBEDDERS[cfg.embedder](model_path(data_dir, "sface"), threads=1))
+        self.gallery = Gallery(data_dir, load_key(cfg.key_file))
+        self._last: dict[str | None, float] = {}
+
+    def analyse(self, frame: Image, now: float) -> list[Event]:
+        results: list[tuple[str | None, float]] = []
+        for face in self.pipeline.faces(frame):
+            if face.embedding is None:
+                continue
+            match = self.gallery.match(face.embedding, self.threshold)
+            if now - self._last.get(match.person, float("-inf")) < self.cooldown:
+                continue
+            self._last[match.person] = now
+            results.append((match.person, match.score))
+        return face_events(self.camera, results)
+
+
+class PlateAnalyser:
+    name = "plates"
+    busy = False
+
+    def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
+        cfg = vision.plates
+        self.camera = camera
+        self.allow, self.block = cfg.allowlist, cfg.blocklist
+        self.reader = PlateReader.from_data_dir(data_dir, threads=1)
+        self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold)
+
+    def analyse(self, frame: Image, now: float) -> list[Event]:
+        reads = [r for r in self.reader.read(frame) if r.valid]
+        best = max(reads, key=lambda r: r.score, default=None)
+        won = self.voter.vote(self.camera, best.text if best else None, best.score if best else 0.0, now)
+        if won is None:
+            return []
+        return [plate_event(self.camera, won[0], won[1], allowlist=self.allow, blocklist=self.block)]
+
+
+ANALYSERS: dict[str, type[FaceAnalyser] | type[PlateAnalyser]] = {
+    "faces": FaceAnalyser,
+    "plates": PlateAnalyser,
+}
+
+
+def build(camera: CameraConfig, vision: VisionConfig, data_dir: Path) -> list[Analyser]:
+    """The camera's analysers, models loaded; raises FetchError / GalleryError with a reason to show."""
+    return [ANALYSERS[name](camera.id, vision, data_dir) for name in camera.detect]
+
+
+def clock() -> float:
+    return time.monotonic()

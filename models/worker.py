@@ -1,0 +1,210 @@
+"""One camera's worker process: capture, motion gate, models; JSON lines out on stdout.
+
+The daemon starts ``python -m models.worker`` per camera and writes one JSON line on stdin (the
+camera's config, the vision config, the data dir). The worker answers with one JSON object a
+line: ``{"t": "event", ...}`` for each event and ``{"t": "status", ...}`` about once a second.
+A hung decoder or a model that crashes the interpreter takes down this process only; the daemon
+notices the silence or the exit, reports it and starts a new one.
+
+Anything a library prints goes to stderr: stdout is moved to a private descriptor first, so a
+stray ``print`` can never corrupt the protocol. The worker runs at nice 5, so on a Pi that also
+polls meters and fire panels the daemon's event loop wins the CPU whenever both want it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from gateway.model import Event
+from models.analysers import Analyser, build
+from models.config import CameraConfig, VisionConfig, redact_url
+from models.fetch import FetchError
+from models.gallery import GalleryError
+from models.motion import MotionGate
+from models.snapshots import Snapshots
+
+STATUS_EVERY = 1.0
+NICE = 5
+
+
+class Out:
+    """The protocol side of stdout; a closed pipe means the daemon is gone, so the worker ends."""
+
+    def __init__(self, stream: IO[str], camera: str) -> None:
+        self.stream = stream
+        self.camera = camera
+
+    def send(self, obj: dict[str, Any]) -> None:
+        try:
+            self.stream.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            os._exit(0)
+
+    def event(self, kind: str, payload: dict[str, Any] | None = None, ts: float | None = None) -> None:
+        self.send({"t": "event", "kind": kind, "ts": ts or time.time(),
+                   "payload": {"camera": self.camera, **(payload or {})}})
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan keeps a camera busy
+
+
+def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
+    timeout_ms = int(camera.stall_timeout * 1000)
+    if camera.url.startswith("usb:"):
+        return cv2.VideoCapture(int(camera.url[4:]), cv2.CAP_V4L2)
+    source = camera.url.removeprefix("file://")
+    return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
+                            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+
+
+def is_file(camera: CameraConfig) -> bool:
+    return not camera.url.startswith(("usb:", "rtsp:", "rtsps:", "http:", "https:", "rtmp:", "udp:", "tcp:"))
+
+
+class CameraLoop:
+    def __init__(self, camera: CameraConfig, analysers: list[Analyser], out: Out,
+                 snapshots: Snapshots | None) -> None:
+        self.camera = camera
+        self.analysers = analysers
+        self.out = out
+        self.snapshots = snapshots
+        self.gate = MotionGate(camera.motion)
+        self.period = 1.0 / camera.fps
+        self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0}
+        self.ms: dict[str, float] = {}
+        self.state = "connecting"
+        self._status_at = 0.0
+
+    def status(self, now: float, **extra: Any) -> None:
+        if now - self._status_at < STATUS_EVERY:
+            return
+        self._status_at = now
+        self.out.send({"t": "status", "state": self.state, **self.counts, "motion": round(self.gate.fraction, 4),
+                       "ms": {k: round(v, 1) for k, v in self.ms.items()}, **extra})
+
+    def run_forever(self) -> None:
+        backoff = 1.0
+        while True:
+            cap = open_capture(self.camera)
+            if not cap.isOpened():
+                self.state = "connecting"
+                self.status(time.monotonic(), error="cannot open stream", retry_in=backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.camera.reconnect_max)
+                continue
+            self.state = "streaming"
+            self.out.event("camera.connected", {"url": redact_url(self.camera.url)})
+            started = time.monotonic()
+            reason = self.stream(cap)
+            cap.release()
+            self.state = "reconnecting"
+            if time.monotonic() - started > 60:  # it streamed a while: a fresh failure starts the backoff over
+                backoff = 1.0
+            if reason == "ended" and is_file(self.camera):
+                continue  # a video file loops
+            self.out.event("camera.lost", {"reason": reason, "retry_in": backoff})
+            time.sleep(backoff)
+            backoff = min(backoff * 2, self.camera.reconnect_max)
+
+    def stream(self, cap: cv2.VideoCapture) -> str:
+        """Read until the stream fails; returns why (``stalled`` or ``ended``)."""
+        pace = 1.0 / cap.get(cv2.CAP_PROP_FPS) if is_file(self.camera) and cap.get(cv2.CAP_PROP_FPS) > 0 else 0.0
+        due = 0.0
+        last = time.monotonic()
+        while True:
+            if not cap.grab():
+                return "stalled" if time.monotonic() - last >= self.camera.stall_timeout * 0.9 else "ended"
+            now = last = time.monotonic()
+            self.counts["frames"] += 1
+            self.status(now)
+            if pace:
+                time.sleep(pace)
+            if now < due:
+                continue
+            due = now + self.period
+            ok, frame = cap.retrieve()
+            if not ok or not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.size == 0:
+                self.counts["bad"] += 1
+                continue
+            self.analyse(self.fit(frame), now)
+
+    def fit(self, frame: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        h, w = frame.shape[:2]
+        if w <= self.camera.max_width:
+            return frame
+        return cv2.resize(frame, (self.camera.max_width, round(h * self.camera.max_width / w)),
+                          interpolation=cv2.INTER_AREA)
+
+    def analyse(self, frame: np.ndarray[Any, Any], now: float) -> None:
+        busy = any(a.busy for a in self.analysers)
+        if not self.gate.moving(frame, now) and not busy:
+            self.counts["gated"] += 1
+            return
+        self.counts["analysed"] += 1
+        for analyser in self.analysers:
+            t0 = time.perf_counter()
+            try:
+                events = analyser.analyse(frame, now)
+            except Exception as exc:  # a model failing on one frame must not end the camera
+                self.counts["errors"] += 1
+                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
+            for event in events:
+                self.emit(event, frame)
+
+    def emit(self, event: Event, frame: np.ndarray[Any, Any]) -> None:
+        payload = dict(event.payload)
+        if self.snapshots is not None:
+            name = self.snapshots.save(frame, event.kind, event.ts)
+            if name:
+                payload["snapshot"] = name  # a file name on this box, never the image
+        self.out.event(event.kind, payload, event.ts)
+
+
+def main() -> int:
+    _die_with_parent()
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
+    cv2.setNumThreads(1)
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        spec = json.loads(sys.stdin.readline())
+        camera = CameraConfig.model_validate(spec["camera"])
+        vision = VisionConfig.model_validate(spec["vision"])
+        data_dir = Path(spec["data_dir"])
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"worker: bad spec on stdin: {exc}", file=sys.stderr)
+        return 2
+    out = Out(proto, camera.id)
+    try:
+        analysers = build(camera, vision, data_dir)
+    except (FetchError, GalleryError, OSError) as exc:
+        out.event("camera.error", {"stage": "start", "error": str(exc)})
+        return 3
+    snapshots = Snapshots(data_dir / "snapshots" / camera.id, camera.snapshots) if camera.snapshots.enabled else None
+    CameraLoop(camera, analysers, out, snapshots).run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Cameras end to end: a simulated MJPEG camera -> a camera worker process -> the daemon -> Mosquitto.
+
+Real images, real models, real OpenCV capture over HTTP on 127.0.0.1, a real broker. The worker is
+killed, frozen and starved here, and the daemon must report each and carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from conftest import Broker, Collector, running, write_config
+
+from gateway.cameras import CameraWorker, safe_payload
+from gateway.config import load_config
+from gateway.daemon import Daemon
+from models.config import CameraConfig, MotionConfig, VisionConfig, redact_url
+from models.motion import MotionGate
+from simulators.camera import MjpegCamera, scene
+
+
+def camera_config(tmp: Path, vision_dir: Path, mqtt_port: int, url: str, *, detect: str = '["faces"]',
+                  extra: str = "") -> Path:
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    if not (data / "models").exists():
+        (data / "models").symlink_to(vision_dir / "models")
+    key = tmp / "faces.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+    text = (f'[vision.faces]\nkey_file = "{key}"\ncooldown = "1s"\n\n'
+            f'[[cameras]]\nid = "lobby"\nurl = "{url}"\nfps = 5\ndetect = {detect}\nstall_timeout = "2s"\n'
+            f'reconnect_max = "2s"\n{extra}')
+    path = write_config(tmp / "gateway.toml", data_dir=data, mqtt_port=mqtt_port, buses=[], devices=[])
+    path.write_text(path.read_text() + "\n" + text)
+    return path
+
+
+def enrol(data: Path, key: Path, person: str, image: np.ndarray, vision_dir: Path) -> None:
+    from models.faces import FacePipeline, enrolment_embedding
+    from models.gallery import Gallery, Person, load_key
+
+    pipeline = FacePipeline.from_data_dir(vision_dir)
+    with Gallery(data, load_key(key)) as gallery:
+        gallery.enroll(Person(person, "Eileen", "resident", "2026-01-01"), [enrolment_embedding(pipeline, image)])
+
+
+def erase(data: Path, key: Path, person: str) -> None:
+    from models.gallery import Gallery, load_key
+
+    with Gallery(data, load_key(key)) as gallery:
+        gallery.erase(person)
+
+
+def events(collector: Collector, kind: str) -> list[dict[str, Any]]:
+    return [m for _, m in collector.messages if m.get("kind") == kind]
+
+
+@pytest.fixture
+def portrait(vision_dir: Path) -> np.ndarray:
+    image = cv2.imread(str(vision_dir / "testdata" / "astronaut.png"))
+    assert image is not None
+    return image
+
+
+async def test_enrolled_person_recognised_upstream_without_image_bytes_then_erased(
+        tmp_path: Path, vision_dir: Path, broker: Broker, collector: Collector, portrait: np.ndarray) -> None:
+    grey = np.full((480, 640, 3), 90, np.uint8)
+    # The person walks in and out, so motion gating lets the models look each time.
+    frames = [scene(portrait)] * 3 + [grey] * 2
+    async with MjpegCamera(frames, fps=10) as cam:
+        config = load_config(camera_config(tmp_path, vision_dir, broker.port, cam.url))
+        enrol(tmp_path / "data", tmp_path / "faces.key", "r-0101", portrait, vision_dir)
+        daemon = Daemon(config)
+        async with running(daemon):
+            await collector.wait_for(lambda: events(collector, "face.recognized"), within=60)
+            hit = events(collector, "face.recognized")[0]
+            assert hit["data"]["person"] == "r-0101" and hit["data"]["camera"] == "lobby"
+            assert 0.4 <= hit["data"]["score"] <= 1.0
+            erase(tmp_path / "data", tmp_path / "faces.key", "r-0101")
+            seen = len(events(collector, "face.recognized"))
+            unknown = len(events(collector, "face.unknown"))
+            # After the erase the same face is a stranger: the worker sees the change without a restart.
+            await collector.wait_for(lambda: len(events(collector, "face.unknown")) > unknown, within=30)
+            await asyncio.sleep(1.5)
+            late = [m for m in events(collector, "face.recognized")[seen:] if m["ts"] > hit["ts"] + 3]
+            assert not late, late
+    # Nothing upstream carries pixels: every message is small, and no field is longer than an id.
+    for topic, message in collector.messages:
+        raw = json.dumps(message, ensure_ascii=False)
+        assert len(raw) < 4000, (topic, len(raw))
+        if message.get("kind", "").startswith("face."):
+            assert set(message["data"]) <= {"camera", "person", "score"}, message
+
+
+async def test_killed_worker_is_reported_and_comes_back(tmp_path: Path, vision_dir: Path, broker: Broker,
+                                                         collector: Collector, portrait: np.ndarray) -> None:
+    async with MjpegCamera([scene(portrait)], fps=5) as cam:
+        daemon = Daemon(load_config(camera_config(tmp_path, vision_dir, broker.port, cam.url)))
+        async with running(daemon):
+            await collector.wait_for(lambda: events(collector, "camera.connected"), within=60)
+            worker = daemon.cameras["lobby"]
+            first = worker.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await collector.wait_for(
+                lambda: any(m["source"] == "camera:lobby" for m in events(collector, "gateway.task_crashed")))
+            crash = next(m for m in events(collector, "gateway.task_crashed") if m["source"] == "camera:lobby")
+            assert "SIGKILL" in crash["data"]["error"]
+            await collector.wait_for(lambda: len(events(collector, "camera.connected")) >= 2, within=60)
+            assert worker.pid not in (None, first)
+
+
+async def test_frozen_stream_is_detected_and_recovers(tmp_path: Path, vision_dir: Path, broker: Broker,
+                                                      collector: Collector, portrait: np.ndarray) -> None:
+    async with MjpegCamera([scene(portrait)], fps=5) as cam:
+        daemon = Daemon(load_config(camera_config(tmp_path, vision_dir, broker.port, cam.url, detect="[]")))
+        async with running(daemon):
+            await collector.wait_for(lambda: events(collector, "camera.connected"), within=60)
+            cam.freeze()
+            await collector.wait_for(lambda: events(collector, "camera.lost"), within=20)
+            lost = events(collector, "camera.lost")[0]
+            assert lost["data"]["reason"] == "stalled"
+            cam.resume()
+            await collector.wait_for(lambda: len(events(collector, "camera.connected")) >= 2, within=30)
+
+
+async def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path, vision_dir: Path, portrait: np.ndarray) -> None:
+    """SIGSTOP: the process lives but says nothing; the daemon must not wait on it forever."""
+    from gateway.recorder import AsyncStore, Recorder
+    from gateway.store import Store
+
+    store = AsyncStore(Store(tmp_path / "g.db"))
+    recorder = Recorder(store)
+    async with MjpegCamera([scene(portrait)], fps=5) as cam:
+        camera = CameraConfig(id="gate", url=cam.url, detect=[], stall_timeout=1.0)
+        worker = CameraWorker(camera, VisionConfig(), tmp_path, recorder)
+        worker.silence = 4.0
+        task = asyncio.create_task(worker.run())
+        async with asyncio.timeout(30):
+            while worker.status.get("state") != "streaming":  # noqa: ASYNC110 (the worker's pump sets it)
+                await asyncio.sleep(0.1)
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(Exception, match="silent"):
+            async with asyncio.timeout(20):
+                await task
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # killed and reaped, not left stopped
+    store.close()
+
+
+def test_motion_gate_sleeps_on_a_still_scene_and_wakes_on_movement(portrait: np.ndarray) -> None:
+    gate = MotionGate(MotionConfig(hold=0.0))
+    still = scene(portrait)
+    assert gate.moving(still, 0.0)  # the first frame of a scene is always looked at
+    assert not any(gate.moving(still, t / 5) for t in range(1, 20))
+    moved = np.roll(still, 120, axis=1)
+    assert gate.moving(moved, 5.0)
+
+
+def test_motion_masks_and_regions(portrait: np.ndarray) -> None:
+    still = np.full((480, 640, 3), 90, np.uint8)
+    left = still.copy()
+    left[100:300, 20:250] = scene(portrait)[100:300, 200:430]  # movement in the left third only
+    masked = MotionGate(MotionConfig(hold=0.0, masks=[[(0, 0), (0.45, 0), (0.45, 1), (0, 1)]]))
+    region = MotionGate(MotionConfig(hold=0.0, regions=[[(0.5, 0), (1, 0), (1, 1), (0.5, 1)]]))
+    plain = MotionGate(MotionConfig(hold=0.0))
+    for gate in (masked, region, plain):
+        gate.moving(still, 0.0)
+        gate.moving(still, 0.1)
+    assert plain.moving(left, 1.0)
+    assert not masked.moving(left, 1.0)
+    assert not region.moving(left, 1.0)
+
+
+def test_worker_payloads_are_flattened_to_short_scalars() -> None:
+    blob = "/9j/" + "A" * 10_000  # a base64 JPEG
+    out = safe_payload({"person": "r-0101", "score": 0.8, "image": blob, "crop": [1, 2, 3], "emb": {"v": 1},
+                        "ok": True, 5: "x"})
+    assert out == {"person": "r-0101", "score": 0.8, "ok": True}
+    assert safe_payload(["not", "a", "dict"]) == {}
+
+
+def test_camera_passwords_are_redacted() -> None:
+    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/ch1") == "rtsp://admin:***@10.0.0.5:554/ch1"
+    assert redact_url("http://10.0.0.5/mjpg") == "http://10.0.0.5/mjpg"
