@@ -127,7 +127,7 @@ class CameraWorker:
         elif msg.get("t") == "event":
             self._event(msg)
         elif msg.get("t") == "status":
-            self._status(safe_payload(msg))
+            self._status({**safe_payload(msg), "ms": safe_payload(msg.get("ms"))})
 
     def _event(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import Broker, Collector, running, write_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.cameras import CameraWorker, safe_payload
 from gateway.config import load_config
@@ -99,6 +102,24 @@ async def test_enrolled_person_recognised_upstream_without_image_bytes_then_eras
         assert len(raw) < 4000, (topic, len(raw))
         if message.get("kind", "").startswith("face."):
             assert set(message["data"]) <= {"camera", "person", "score"}, message
+
+
+async def test_plate_at_the_gate_is_read_once_and_marked_on_the_allowlist(
+        tmp_path: Path, vision_dir: Path, broker: Broker, collector: Collector, portrait: np.ndarray) -> None:
+    from test_plates import paste, render_plate
+
+    frame, _ = paste(portrait, render_plate("京A12345"), random.Random(3))
+    async with MjpegCamera([frame], fps=10) as cam:
+        config = camera_config(tmp_path, vision_dir, broker.port, cam.url, detect='["plates"]',
+                               extra='\n[vision.plates]\nallowlist = ["京A 12345"]\nblocklist = ["沪B54321"]\n')
+        daemon = Daemon(load_config(config))
+        async with running(daemon):
+            await collector.wait_for(lambda: events(collector, "plate.read"), within=60)
+            await asyncio.sleep(2)  # the car stays: the plate is held, not repeated
+    reads = events(collector, "plate.read")
+    assert len(reads) == 1, reads
+    assert reads[0]["data"]["plate"] == "京A12345" and reads[0]["data"]["list"] == "allowlist"
+    assert reads[0]["priority"] == "event" and 0 < reads[0]["data"]["score"] <= 1
 
 
 async def test_killed_worker_is_reported_and_comes_back(tmp_path: Path, vision_dir: Path, broker: Broker,
@@ -194,3 +215,57 @@ def test_worker_payloads_are_flattened_to_short_scalars() -> None:
 def test_camera_passwords_are_redacted() -> None:
     assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/ch1") == "rtsp://admin:***@10.0.0.5:554/ch1"
     assert redact_url("http://10.0.0.5/mjpg") == "http://10.0.0.5/mjpg"
+
+
+class _Recorder:
+    """Catches what a worker's lines become (a real Recorder needs a store thread; here only the parsing is tested)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.metas: list[Any] = []
+
+    def event(self, ev: Any) -> None:
+        self.events.append(ev)
+
+    def meta(self, key: str, value: Any) -> None:
+        self.metas.append((key, value))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=300),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(line=st.one_of(
+    st.binary(max_size=400),
+    _json.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"t": st.sampled_from(["event", "status", "x"]),
+                           "kind": st.sampled_from(["fall.detected", "face.unknown", "evil", ""]) | st.text(max_size=5),
+                           "ts": st.floats() | st.integers() | st.text(max_size=3),
+                           "payload": _json}).map(lambda d: json.dumps(d).encode()),
+))
+def test_hostile_worker_lines_never_crash_and_never_carry_blobs(line: bytes) -> None:
+    recorder = _Recorder()
+    worker = CameraWorker(CameraConfig(id="cam", url="usb:0"), VisionConfig(), Path("/nonexistent"),
+                          recorder)  # type: ignore[arg-type]
+    worker.handle(line)
+    for ev in recorder.events:
+        assert ev.kind in ("fall.detected", "face.unknown") and ev.source == "cam"
+        assert ev.payload["camera"] == "cam"
+        assert all(not isinstance(v, str) or len(v) <= 200 for v in ev.payload.values())
+        assert all(isinstance(v, bool | int | float | str) or v is None for v in ev.payload.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 64), w=st.integers(1, 64), channels=st.sampled_from([None, 1, 3]),
+       seed=st.integers(0, 2**16))
+def test_motion_gate_takes_any_frame_size(h: int, w: int, channels: int | None, seed: int) -> None:
+    gate = MotionGate(MotionConfig(masks=[[(0, 0), (1, 0), (1, 1)]]))
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if channels is None else (h, w, channels)
+    for t in range(3):
+        frame = rng.integers(0, 255, shape, dtype=np.uint8)
+        assert gate.moving(frame if channels != 1 else frame[:, :, 0], float(t)) in (True, False)

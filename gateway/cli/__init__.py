@@ -26,6 +26,7 @@ from gateway.cli.site import (
 )
 from gateway.cli.vision import add_bench as add_vision_bench
 from gateway.cli.vision import add_commands as add_vision_commands
+from gateway.cli.vision import add_simulate as add_camera_simulate
 
 DEFAULT_CONFIG = "/etc/gateway/config.toml"
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_simulate)
     add_bacnet_simulate(sim)
+    add_camera_simulate(sim)
     bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
     add_vision_bench(bench)
     add_bacnet_bench(bench)

@@ -63,6 +63,8 @@ def cmd_status(args: argparse.Namespace) -> int:
              "error": d.error, "polls": d.polls, "failures": d.failures}
             for d in store.devices()
         ],
+        "cameras": [{"id": c.id, **meta.get(f"camera:{c.id}", {"state": "never started"})}
+                    for c in cfg.cameras if c.enabled],
     }
     if args.json:
         print_json(report)
@@ -85,6 +87,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         for d in report["devices"]
     ]
     print(table(rows, ["device", "state", "since", "last poll", "polls", "failures", "last error"]))
+    if report["cameras"]:
+        print()
+        rows = [(c["id"], c.get("state"), ago(c.get("ts"), now), c.get("frames", "-"), c.get("analysed", "-"),
+                 c.get("gated", "-"), " ".join(f"{k} {v}ms" for k, v in (c.get("ms") or {}).items()))
+                for c in report["cameras"]]
+        print(table(rows, ["camera", "state", "updated", "frames", "analysed", "gated", "model time"]))
     return 0
 
 

