@@ -269,3 +269,23 @@ def test_motion_gate_takes_any_frame_size(h: int, w: int, channels: int | None, 
     for t in range(3):
         frame = rng.integers(0, 255, shape, dtype=np.uint8)
         assert gate.moving(frame if channels != 1 else frame[:, :, 0], float(t)) in (True, False)
+
+
+def test_snapshots_stay_private_and_are_pruned_by_age_and_size(tmp_path: Path, portrait: np.ndarray) -> None:
+    import time
+
+    from models.config import SnapshotConfig
+    from models.snapshots import Snapshots
+
+    snaps = Snapshots(tmp_path / "snap" / "lobby", SnapshotConfig(enabled=True, retention=3600, max_mb=0.2))
+    names = [snaps.save(scene(portrait), "face.unknown", time.time() + i) for i in range(6)]
+    files = sorted((tmp_path / "snap" / "lobby").glob("*.jpg"))
+    assert len(files) == 6 and all(n for n in names)
+    assert (tmp_path / "snap" / "lobby").stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    old = files[0]
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    removed = snaps.prune(time.time())
+    left = sorted((tmp_path / "snap" / "lobby").glob("*.jpg"))
+    assert not old.exists() and removed >= 1
+    assert sum(f.stat().st_size for f in left) <= 0.2 * 2**20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import itertools
 import json
 import os
@@ -211,6 +212,10 @@ def test_cli_enroll_list_erase(tmp_path: Path, vision_dir: Path, images: dict[st
     code, out = run("faces", "erase", "p1", *common)
     assert code == 0 and json.loads(out)["embeddings_removed"] == 1
     assert run("faces", "list", *common)[1].strip() == "[]"
+    code, out = run("faces", "audit", *common)
+    trail = json.loads(out)
+    assert [(r["action"], r["person"]) for r in trail] == [("faces.erase", "p1"), ("faces.enroll", "p1")]
+    assert all(r["actor"] == getpass.getuser() for r in trail)
     code, out = run("models", "list", "--data-dir", str(data), "--json")
     states = {r["name"]: r["state"] for r in json.loads(out)}
     assert states["yunet"] == states["sface"] == "ok" and states["clp_det"] == "missing" and code == 1

@@ -31,6 +31,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _actor() -> str:
+    """Who ran the command, for the gallery audit; under sudo, the person behind it too."""
+    import getpass
+    import os
+
+    user = getpass.getuser()
+    sudo = os.environ.get("SUDO_USER")
+    return f"{user} (sudo by {sudo})" if sudo and sudo != user else user
+
+
 def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", type=Path,
                    help="gallery key (0600); default: $CREDENTIALS_DIRECTORY/faces-key (systemd credential)")
@@ -133,7 +143,7 @@ def cmd_faces_enroll(args: argparse.Namespace) -> int:
     try:
         if accepted:
             with Gallery(data_dir, key) as gallery:
-                total = gallery.enroll(person, accepted)
+                total = gallery.enroll(person, accepted, actor=_actor())
     except GalleryError as exc:
         print(f"faces enroll: {exc}", file=sys.stderr)
         return 1
@@ -170,7 +180,7 @@ def cmd_faces_erase(args: argparse.Namespace) -> int:
 
     try:
         with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
-            removed = gallery.erase(args.person)
+            removed = gallery.erase(args.person, actor=_actor())
     except GalleryError as exc:
         print(f"faces erase: {exc}", file=sys.stderr)
         return 1
@@ -186,11 +196,32 @@ def cmd_faces_export(args: argparse.Namespace) -> int:
 
     try:
         with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
-            count = gallery.export(Path(args.output))
+            count = gallery.export(Path(args.output), actor=_actor())
     except (GalleryError, OSError) as exc:
         print(f"faces export: {exc}", file=sys.stderr)
         return 1
     print(f"exported {count} people to {args.output} (embeddings still sealed with the key); audited")
+    return 0
+
+
+def cmd_faces_audit(args: argparse.Namespace) -> int:
+    import time
+
+    from models.gallery import Gallery, GalleryError, load_key
+
+    try:
+        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+            rows = gallery.audit(args.last)
+    except GalleryError as exc:
+        print(f"faces audit: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(rows)
+    else:
+        print(table([(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r.get("actor", ""), r["action"],
+                      r.get("person") or "-", " ".join(f"{k}={v}" for k, v in r.items()
+                                                       if k not in ("ts", "actor", "action", "person")))
+                     for r in rows], ["when", "who", "action", "person", "details"]))
     return 0
 
 
@@ -273,6 +304,11 @@ def add_commands(subparsers: Any) -> None:
     _key_args(p)
     p.add_argument("person")
     p.set_defaults(fn=cmd_faces_erase)
+    p = faces.add_parser("audit", help="every enrol, erase and export: who, when, what")
+    _common(p)
+    _key_args(p)
+    p.add_argument("-n", "--last", type=int, default=100)
+    p.set_defaults(fn=cmd_faces_audit)
     p = faces.add_parser("export", help="write the gallery to a file, embeddings still encrypted (audited)")
     _common(p)
     _key_args(p)
