@@ -1,0 +1,359 @@
+"""Falls: the real BlazePose models on real photographs animated into falls, sit-downs and get-ups.
+
+Each sequence pastes a real person (the scikit-image "cameraman", the NASA astronaut portrait) into a
+640x480 frame and moves it about a pivot at the person's hips, 10 frames a second: standing, falling
+(rotated 90° and dropped to the floor in 0.5 s), sitting (hips lowered, torso upright), lying back from
+a seat. Every frame goes through the real pose pipeline and its landmarks into the FallDetector.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gateway.model import Priority
+from models.falls import FallConfig, FallDetector, measure
+from models.pose import L_HIP, L_SHOULDER, NOSE, R_HIP, R_SHOULDER, PoseTracker, Roi, ssd_anchors
+
+W, H, SIDE = 640, 480, 240
+FPS = 10
+HOLD = 3.0
+# The person in each photograph: a hand-drawn box around the body, one around the face, and the
+# approximate hip centre (the animation pivot), all in source pixels (512x512 images), and the turn
+# that lays the torso flat (the cameraman stoops 30° forward, so he falls back by 120°).
+PEOPLE = {
+    "cameraman": {"file": "camera.png", "body": (0, 60, 340, 512), "face": (170, 70, 280, 200),
+                  "hips": (73, 346), "fall": -120.0},
+    "astronaut": {"file": "astronaut.png", "body": (20, 10, 370, 512), "face": (150, 40, 290, 200),
+                  "hips": (170, 520), "fall": -90.0},
+}
+STAND_HIP_Y, SIT_HIP_Y, FLOOR_HIP_Y = 250.0, 330.0, 390.0
+
+Step = tuple[float, float, float]  # rotation (degrees), hip x, hip y in the frame
+
+
+@pytest.fixture(scope="module")
+def tracker(vision_dir: Path) -> PoseTracker:
+    return PoseTracker.from_data_dir(vision_dir, threads=1)
+
+
+def person(vision_dir: Path, who: str) -> np.ndarray:
+    img = cv2.imread(str(vision_dir / "testdata" / PEOPLE[who]["file"]))
+    assert img is not None and img.shape[:2] == (512, 512)
+    return img
+
+
+def scene(img: np.ndarray, hips_src: tuple[float, float], step: Step) -> np.ndarray:
+    """The person scaled to SIDE px, turned by ``angle`` about the hips, hips placed at (x, y)."""
+    angle, x, y = step
+    patch = cv2.resize(img, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+    hx, hy = hips_src[0] * SIDE / 512, hips_src[1] * SIDE / 512
+    a = math.radians(angle)
+    c, s = math.cos(a), math.sin(a)
+    m = np.array([[c, -s, x - c * hx + s * hy], [s, c, y - s * hx - c * hy]])
+    background = np.full((H, W, 3), 115, dtype=np.uint8)
+    return cv2.warpAffine(patch, m, (W, H), dst=background, borderMode=cv2.BORDER_TRANSPARENT)
+
+
+def ramp(a: Step, b: Step, frames: int) -> list[Step]:
+    return [tuple(p + (q - p) * i / frames for p, q in zip(a, b, strict=True)) for i in range(1, frames + 1)]
+
+
+LIE_FRAMES = int((HOLD + 1.5) * FPS)
+
+
+def sequences(fall: float) -> dict[str, list[Step]]:
+    """Standing 1 s, then: a 0.5 s fall; a 1 s sit-down; a fall and a 1 s get-up; sitting then lying back."""
+    stand, seated = (0.0, 320.0, STAND_HIP_Y), (0.0, 320.0, SIT_HIP_Y)
+    lying, reclined = (fall, 360.0, FLOOR_HIP_Y), (fall, 320.0, SIT_HIP_Y + 20)
+    return {
+        "fall": [stand] * 10 + ramp(stand, lying, 5) + [lying] * LIE_FRAMES,
+        "sit": [stand] * 10 + ramp(stand, seated, 10) + [seated] * LIE_FRAMES,
+        "fall, get up": [stand] * 10 + ramp(stand, lying, 5) + [lying] * 10 + ramp(lying, stand, 10) + [stand] * 30,
+        "sit, lie back": [stand] * 10 + ramp(stand, seated, 15) + [seated] * 10 + ramp(seated, reclined, 20)
+        + [reclined] * LIE_FRAMES,
+    }
+
+
+FIRES = {"fall": True, "sit": False, "fall, get up": False, "sit, lie back": False}
+
+
+def run(tracker: PoseTracker, img: np.ndarray, hips: tuple[float, float], steps: list[Step],
+        detector: FallDetector) -> tuple[list[tuple[int, object]], list[str], int]:
+    tracker.reset("cam")
+    events, states, posed = [], [], 0
+    for k, step in enumerate(steps):
+        pose = tracker.update("cam", scene(img, hips, step))
+        posed += pose is not None
+        event = detector.update("cam", k / FPS, None if pose is None else pose.landmarks)
+        if event is not None:
+            events.append((k, event))
+        states.append(detector.state("cam"))
+    return events, states, posed
+
+
+# -- the real model on real images -------------------------------------------------------------------
+
+
+def test_anchor_count() -> None:
+    anchors = ssd_anchors()
+    assert anchors.shape == (2254, 2)
+    assert float(anchors.min()) > 0 and float(anchors.max()) < 1
+
+
+@pytest.mark.parametrize("who", sorted(PEOPLE))
+def test_pose_lands_on_the_person(vision_dir: Path, tracker: PoseTracker, who: str) -> None:
+    img = person(vision_dir, who)
+    tracker.reset("still")
+    pose = tracker.update("still", img)
+    assert pose is not None and not pose.tracked and pose.presence > 0.9
+    x0, y0, x1, y1 = PEOPLE[who]["body"]
+    for i in (L_SHOULDER, R_SHOULDER):
+        x, y = pose.landmarks[i, :2]
+        assert x0 <= x <= x1 and y0 <= y <= y1, (i, x, y)
+        assert pose.landmarks[i, 3] > 0.5  # visible
+    fx0, fy0, fx1, fy1 = PEOPLE[who]["face"]
+    nx, ny = pose.landmarks[NOSE, :2]
+    assert fx0 <= nx <= fx1 and fy0 <= ny <= fy1
+    shoulders_y = pose.landmarks[[L_SHOULDER, R_SHOULDER], 1].mean()
+    assert ny < shoulders_y < pose.landmarks[[L_HIP, R_HIP], 1].mean()  # upright: head, shoulders, hips
+    again = tracker.update("still", img)
+    assert again is not None and again.tracked  # the second frame needs no detection
+    core = [NOSE, L_SHOULDER, R_SHOULDER]  # the same image again: the same head and shoulders, within 5%
+    assert np.abs(again.landmarks[core, :2] - pose.landmarks[core, :2]).max() < 25
+
+
+def test_no_person_no_pose(tracker: PoseTracker) -> None:
+    rng = np.random.default_rng(3)
+    for frame in (np.full((H, W, 3), 115, np.uint8), rng.integers(0, 255, (H, W, 3), dtype=np.uint8)):
+        tracker.reset("empty")
+        assert tracker.update("empty", frame) is None
+    # a track pointed at an empty frame is dropped, not kept alive
+    tracker.follow("empty", Roi(320, 240, 300, 0.0))
+    assert tracker.update("empty", np.full((H, W, 3), 115, np.uint8)) is None
+
+
+@pytest.mark.parametrize("who", sorted(PEOPLE))
+def test_fall_sequences_on_real_images(vision_dir: Path, tracker: PoseTracker, who: str) -> None:
+    img = person(vision_dir, who)
+    hips = PEOPLE[who]["hips"]
+    for name, steps in sequences(PEOPLE[who]["fall"]).items():
+        detector = FallDetector(FallConfig(hold=HOLD))
+        events, states, posed = run(tracker, img, hips, steps, detector)
+        assert posed >= 0.9 * len(steps), (name, posed)
+        if FIRES[name]:
+            assert len(events) == 1, (name, events)
+            k, event = events[0]
+            assert event.kind == "fall.detected" and event.priority is Priority.ALARM  # type: ignore[attr-defined]
+            payload = event.payload  # type: ignore[attr-defined]
+            assert payload["camera"] == "cam" and 0 < payload["confidence"] <= 1
+            first_down = states.index("down")
+            assert 10 <= first_down <= 15  # seen during the fall itself
+            assert (k - first_down) / FPS >= HOLD and k <= first_down + HOLD * FPS + 1
+            assert states[-1] == "alarmed"
+        else:
+            assert events == [], (name, events)
+        if name == "fall, get up":
+            assert "down" in states and states[-1] == "watching"  # the fall was seen, and cancelled
+
+
+# -- the logic on hand-made landmark tracks ---------------------------------------------------------
+
+
+def body(hip_y: float, angle: float = 0.0, torso: float = 100.0, hip_x: float = 300.0) -> np.ndarray:
+    """33x4 landmarks: hips at (hip_x, hip_y), shoulders ``torso`` px away at ``angle`` from vertical."""
+    lm = np.zeros((33, 4), dtype=np.float32)
+    a = math.radians(angle)
+    sx, sy = hip_x + torso * math.sin(a), hip_y - torso * math.cos(a)
+    lm[[L_HIP, R_HIP], :2] = [[hip_x - 15, hip_y], [hip_x + 15, hip_y]]
+    lm[[L_SHOULDER, R_SHOULDER], :2] = [[sx - 20, sy], [sx + 20, sy]]
+    lm[NOSE, :2] = [sx + 30 * math.sin(a), sy - 30 * math.cos(a)]
+    lm[:, 3] = 1.0
+    return lm
+
+
+def feed(detector: FallDetector, track: list[tuple[float, np.ndarray | None]]) -> list[tuple[float, object]]:
+    return [(t, e) for t, lm in track if (e := detector.update("c1", t, lm)) is not None]
+
+
+Track = list[tuple[float, np.ndarray | None]]
+
+
+def fall_track(lie: float, *, get_up_at: float | None = None, fall_time: float = 0.4) -> Track:
+    """Standing 1 s, falling (hips down 1.5 torso lengths, torso to 85°) in ``fall_time``, lying ``lie`` s."""
+    track: Track = [(i / 10, body(300)) for i in range(10)]
+    steps = max(1, round(fall_time * 10))
+    for i in range(1, steps + 1):
+        f = i / steps
+        track.append((round(1 + i / 10, 3), body(300 + 150 * f, 85 * f)))
+    landed = 1 + steps / 10
+    for i in range(1, round(lie * 10) + 1):
+        t = round(landed + i / 10, 3)
+        up = get_up_at is not None and t >= get_up_at
+        track.append((t, body(300, 5) if up else body(450, 88)))
+    return track
+
+
+def test_fall_fires_once_after_hold() -> None:
+    detector = FallDetector(FallConfig(hold=5.0))
+    events = feed(detector, fall_track(7.0))
+    assert len(events) == 1
+    t, event = events[0]
+    assert 1.3 + 5.0 - 1e-6 <= t <= 1.3 + 5.0 + 0.11  # horizontal from t = 1.3 (64°), then 5 s down
+    assert 0.95 <= event.payload["confidence"] <= 1 and event.payload["descent_torso"] == 1.5  # type: ignore[attr-defined]
+    assert event.payload["torso_angle_deg"] == 88.0  # type: ignore[attr-defined]
+    assert event.source == "c1" and "image" not in str(event.payload)  # type: ignore[attr-defined]
+
+
+def test_default_hold_is_ten_seconds() -> None:
+    assert FallConfig().hold == 10.0
+    assert feed(FallDetector(), fall_track(9.5)) == []  # horizontal from t = 1.3, track ends at 10.9
+    assert len(feed(FallDetector(), fall_track(10.5))) == 1
+
+
+def test_getting_up_cancels_and_a_second_fall_fires() -> None:
+    detector = FallDetector(FallConfig(hold=5.0))
+    assert feed(detector, fall_track(7.0, get_up_at=3.0)) == []
+    assert detector.state("c1") == "watching"
+    later = [(t + 20, lm) for t, lm in fall_track(7.0)]
+    assert len(feed(detector, later)) == 1
+    assert detector.state("c1") == "alarmed"
+    # seen up again: watching, and a new fall can alarm again
+    feed(detector, [(40.0, body(300))])
+    assert detector.state("c1") == "watching"
+
+
+def test_sitting_up_on_the_floor_does_not_cancel() -> None:
+    track = [(t, body(450, 5) if t > 3 else lm) for t, lm in fall_track(7.0)]
+    assert len(feed(FallDetector(FallConfig(hold=5.0)), track)) == 1
+
+
+def test_sit_down_does_not_fire() -> None:
+    track = [(i / 10, body(300)) for i in range(10)]
+    track += [(1 + i / 10, body(300 + 15 * i, 10)) for i in range(1, 11)]  # hips 1.5 torsos down in 1 s
+    track += [(2 + i / 10, body(450, 10)) for i in range(200)]
+    assert feed(FallDetector(FallConfig(hold=2.0)), track) == []
+
+
+def test_lying_down_slowly_does_not_fire() -> None:
+    # hips lowered 1.5 torso lengths over 6 s while the torso tips over: 0.25 torso lengths a second
+    track = [(i / 10, body(300 + 150 * i / 60, 90 * i / 60)) for i in range(61)]
+    track += [(6 + i / 10, body(450, 90)) for i in range(1, 200)]
+    assert feed(FallDetector(FallConfig(hold=2.0)), track) == []
+    # sit (1 s), rest (1 s), lie back (1 s): the hips barely move while the torso turns horizontal
+    sit = [(i / 10, body(300 + 10 * i)) for i in range(11)] + [(1 + i / 10, body(400)) for i in range(1, 11)]
+    sit += [(2 + i / 10, body(400 + i, 9 * i)) for i in range(1, 11)]
+    sit += [(3 + i / 10, body(410, 90)) for i in range(1, 100)]
+    assert feed(FallDetector(FallConfig(hold=2.0)), sit) == []
+
+
+def test_a_slow_fall_outside_the_window_does_not_fire_but_a_fast_one_does() -> None:
+    # 1.5 torso lengths in 6 s is 0.25 per 1 s window; in 1.2 s it is rapid
+    assert feed(FallDetector(FallConfig(hold=2.0)), fall_track(4.0, fall_time=6.0)) == []
+    assert len(feed(FallDetector(FallConfig(hold=2.0)), fall_track(4.0, fall_time=1.2))) == 1
+
+
+def test_missing_frames_during_the_hold_neither_confirm_nor_cancel() -> None:
+    track = fall_track(7.0)
+    blanked = [(t, None if t > 1.6 else lm) for t, lm in track]
+    events = feed(FallDetector(FallConfig(hold=5.0)), blanked)
+    assert len(events) == 1
+    assert 0 < events[0][1].payload["confidence"] < 1  # type: ignore[attr-defined]
+    # nothing seen before the person was already half down (t = 1.2): no upright frame, no fall
+    assert feed(FallDetector(FallConfig(hold=5.0)), [(t, None if t < 1.25 else lm) for t, lm in track]) == []
+
+
+def test_cameras_and_tracks_are_independent() -> None:
+    detector = FallDetector(FallConfig(hold=1.0))
+    for t, lm in fall_track(3.0):
+        assert detector.update("c2", t, body(300), track="b") is None
+        detector.update("c2", t, lm, track="a")
+    assert detector.state("c2", "a") == "alarmed" and detector.state("c2", "b") == "watching"
+    assert detector.state("c3") == "watching"
+    detector.reset("c2")
+    assert detector.state("c2", "a") == "watching"
+
+
+def test_clock_going_backwards_restarts_the_track() -> None:
+    detector = FallDetector(FallConfig(hold=5.0))
+    feed(detector, fall_track(7.0)[:15])
+    assert detector.state("c1") == "down"
+    detector.update("c1", 0.0, body(450, 88))
+    assert detector.state("c1") == "watching"
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError):
+        FallConfig(upright=70.0, horizontal=60.0)
+    with pytest.raises(ValueError):
+        FallConfig(hold=math.nan)
+    with pytest.raises(ValueError):
+        FallConfig(window=0.0)
+
+
+def test_measure_refuses_degenerate_landmarks() -> None:
+    assert measure(0.0, np.zeros((33, 4), np.float32)) is None  # zero-length torso
+    assert measure(0.0, body(300)[:20]) is None
+    bad = body(300)
+    bad[L_HIP, 0] = np.nan
+    assert measure(0.0, bad) is None
+    s = measure(0.0, body(300, 90))
+    assert s is not None and abs(s.angle - 90) < 1e-6 and abs(s.torso - 100) < 1e-3
+
+
+# -- hostile input -------------------------------------------------------------------------------------
+
+odd_frames = st.one_of(
+    hnp.arrays(st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_, np.int8]),
+               st.tuples(st.integers(0, 70), st.integers(0, 70), st.sampled_from([1, 2, 3, 4]))),
+    hnp.arrays(np.float32, st.tuples(st.integers(0, 70), st.integers(0, 70)),
+               elements=st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    hnp.arrays(np.uint8, st.tuples(st.integers(16, 40), st.integers(300, 2000), st.just(3))),
+    st.binary(max_size=64),
+    st.none(),
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(frame=odd_frames)
+def test_hostile_frames_never_crash_the_pose_pipeline(tracker: PoseTracker, frame: object) -> None:
+    pose = tracker.update("hostile", frame)
+    assert pose is None or np.isfinite(pose.landmarks).all()
+
+
+def test_huge_frames_are_refused_without_work(tracker: PoseTracker) -> None:
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (9000, 9000, 3))  # 81 MP, no memory behind it
+    assert tracker.update("huge", huge) is None
+    assert tracker.update("huge", np.zeros((16, 5000, 3), np.uint8)) is None  # letterboxed to 1 px high
+
+
+landmark_arrays = st.one_of(
+    st.none(),
+    hnp.arrays(st.sampled_from([np.float32, np.float64]),
+               st.tuples(st.integers(0, 40), st.integers(0, 6)),
+               elements=st.floats(width=32)),
+    st.builds(lambda h, a: body(h, a), st.floats(-1e4, 1e4), st.floats(-360, 360)),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seq=st.lists(st.tuples(st.floats(-1, 5) | st.sampled_from([math.nan, math.inf]), landmark_arrays),
+                    max_size=40),
+       hold=st.floats(0, 3))
+def test_arbitrary_landmark_sequences_never_crash(seq: list[tuple[float, np.ndarray | None]], hold: float) -> None:
+    detector = FallDetector(FallConfig(hold=hold))
+    t = 0.0
+    for dt, lm in seq:
+        t += dt if math.isfinite(dt) else 0.0
+        event = detector.update("x", dt if not math.isfinite(dt) else t, lm)
+        if event is not None:
+            assert 0 < event.payload["confidence"] <= 1
+        assert detector.state("x") in {"watching", "down", "alarmed"}
