@@ -14,9 +14,11 @@ from typing import Protocol
 from gateway.model import Event
 from models.config import CameraConfig, VisionConfig
 from models.faces import EMBEDDERS, FaceDetector, FacePipeline, Image, face_events
+from models.falls import FallConfig, FallDetector
 from models.fetch import model_path
 from models.gallery import Gallery, load_key
 from models.plates import PlateReader, PlateVoter, plate_event
+from models.pose import PoseTracker
 
 
 class Analyser(Protocol):
@@ -65,7 +67,7 @@ class PlateAnalyser:
         cfg = vision.plates
         self.camera = camera
         self.allow, self.block = cfg.allowlist, cfg.blocklist
-        self.reader = PlateReader.from_data_dir(data_dir, threads=1)
+        self.reader = PlateReader.from_data_dir(data_dir, threads=1, max_side=cfg.detect_max_side)
         self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold)
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
@@ -77,9 +79,30 @@ class PlateAnalyser:
         return [plate_event(self.camera, won[0], won[1], allowlist=self.allow, blocklist=self.block)]
 
 
-ANALYSERS: dict[str, type[FaceAnalyser] | type[PlateAnalyser]] = {
+class FallAnalyser:
+    """Pose every analysed frame; while someone is down, keep looking even if nothing moves."""
+
+    name = "falls"
+
+    def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
+        self.camera = camera
+        self.tracker = PoseTracker.from_data_dir(data_dir, threads=1)
+        self.falls = FallDetector(FallConfig(hold=vision.falls.hold))
+
+    @property
+    def busy(self) -> bool:
+        return self.falls.state(self.camera) == "down"
+
+    def analyse(self, frame: Image, now: float) -> list[Event]:
+        pose = self.tracker.update(self.camera, frame)
+        event = self.falls.update(self.camera, now, None if pose is None else pose.landmarks)
+        return [] if event is None else [event]
+
+
+ANALYSERS: dict[str, type[FaceAnalyser] | type[PlateAnalyser] | type[FallAnalyser]] = {
     "faces": FaceAnalyser,
     "plates": PlateAnalyser,
+    "falls": FallAnalyser,
 }
 
 

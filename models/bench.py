@@ -1,4 +1,8 @@
-"""`gateway bench vision`: milliseconds per face stage on one core, at camera resolutions."""
+"""`gateway bench vision`: milliseconds per vision stage (faces, plates, pose + falls) on one core.
+
+Each model family is benched if its files are fetched and skipped with a note otherwise, so a site
+that only runs faces can still bench them.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from models.faces import EMBEDDERS, FacePipeline, align
-from models.fetch import model_path
+from models.faces import EMBEDDERS, FacePipeline, align, as_bgr
+from models.falls import FallDetector
+from models.fetch import FetchError, model_path
+from models.plates import PlateReader
+from models.pose import PoseTracker, Roi
+
+RESOLUTIONS = ((640, 480), (1280, 720))
 
 
 def _ms(fn: Callable[[], object], repeat: int) -> dict[str, float]:
@@ -39,12 +48,112 @@ def _scene(image: np.ndarray[Any, Any], width: int, height: int) -> np.ndarray[A
     return frame
 
 
-def bench_vision(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+Frame = np.ndarray[Any, Any]
+
+
+def _faces(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
     pipeline = FacePipeline.from_data_dir(data_dir, threads=1)
     sface = model_path(data_dir, "sface")
     embedders = {name: cls(sface, threads=1) for name, cls in EMBEDDERS.items()}
+    rows = []
+    for frame in frames:
+        faces = pipeline.detector.detect(frame)
+        def detect(f: Any = frame) -> object:
+            return pipeline.detector.detect(f)
+
+        row: dict[str, Any] = {"faces": len(faces), "detect_ms": _ms(detect, repeat)}
+        for backend, embedder in embedders.items() if faces else ():
+
+            def embed(f: Any = frame, lm: Any = faces[0].landmarks, e: Any = embedder) -> object:
+                return e.embed(align(f, lm))
+
+            row[f"align_embed_ms_{backend}"] = _ms(embed, repeat)
+        rows.append(row)
+    return rows
+
+
+def _plates(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
+    """Detection on the whole frame; rectify + read on a plate-sized quadrilateral (its cost does not
+    depend on what the plate says: the crop is always 200x32; a failed read's retries cost more)."""
+    reader = PlateReader.from_data_dir(data_dir, threads=1)
+    rows = []
+    for frame in frames:
+        h, w = frame.shape[:2]
+        corners = np.array([[w * .40, h * .60], [w * .60, h * .61], [w * .60, h * .68], [w * .40, h * .67]],
+                           dtype=np.float32)
+
+        def read(f: Any = frame, c: Any = corners) -> object:
+            return reader.recognise(reader.rectify(f, c))
+
+        def detect(f: Any = frame) -> object:
+            return reader.detect(f)
+
+        rows.append({"plate_detect_ms": _ms(detect, repeat),
+                     "plate_read_ms": _ms(read, repeat)})
+    return rows
+
+
+def _pose(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
+    """Detection, one landmark run, and a tracked frame as the camera worker runs it (frame check,
+    landmarks in the previous frame's ROI, fall logic); a tracked frame costs the same with or without
+    a person in it."""
+    tracker = PoseTracker.from_data_dir(data_dir, threads=1)
+    rows = []
+    for frame in frames:
+        h, w = frame.shape[:2]
+        roi = tracker.detect_roi(frame) or Roi(w / 2, h / 2, h * 0.9, 0.0)
+        falls, clock = FallDetector(), iter(range(10**9))
+
+        def tracked(f: Any = frame, r: Roi = roi, fd: FallDetector = falls, ticks: Any = clock) -> object:
+            bgr = as_bgr(f)
+            pose = None if bgr is None else tracker.estimate(bgr, r, tracked=True)
+            return fd.update("bench", next(ticks) / 10, None if pose is None else pose.landmarks)
+
+        def landmarks(f: Any = frame, r: Roi = roi) -> object:
+            return tracker.landmarker.landmarks(f, r)
+
+        def detect(f: Any = frame) -> object:
+            return tracker.detector.detect(f)
+
+        rows.append({"pose_detect_ms": _ms(detect, repeat),
+                     "pose_landmark_ms": _ms(landmarks, repeat), "pose_tracked_frame_ms": _ms(tracked, repeat)})
+    return rows
+
+
+STAGES: dict[str, Callable[[Path, list[Frame], int], list[dict[str, Any]]]] = {
+    "faces": _faces, "plates": _plates, "pose": _pose}
+
+
+def _line(label: str, stat: dict[str, float]) -> str:
+    return f"   {label} {stat['median']:5.1f} / {stat['p90']:5.1f} ms"
+
+
+def _print(results: list[dict[str, Any]], repeat: int, skipped: dict[str, str]) -> None:
+    print("one thread per model; median / p90 over", repeat, "runs")
+    for r in results:
+        line = f"{r['resolution']:>9}"
+        if "detect_ms" in r:
+            line += _line("face detect", r["detect_ms"])
+            embeds = [(k.removeprefix("align_embed_ms_"), v) for k, v in r.items() if k.startswith("align_embed_ms_")]
+            for backend, e in embeds:
+                line += _line(f"align+embed ({backend})", e)
+            if not embeds:
+                line += "   (no face in the frame: give --image PORTRAIT for the embed figure)"
+        if "plate_detect_ms" in r:
+            line += "\n          " + _line("plate detect", r["plate_detect_ms"]) + _line(
+                "rectify+read per plate", r["plate_read_ms"])
+        if "pose_detect_ms" in r:
+            line += ("\n          " + _line("pose detect", r["pose_detect_ms"])
+                     + _line("pose landmarks", r["pose_landmark_ms"])
+                     + _line("tracked frame (landmarks + falls)", r["pose_tracked_frame_ms"]))
+        print(line)
+    for stage, why in skipped.items():
+        print(f"{stage}: skipped ({why})")
+
+
+def bench_vision(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     image_path = Path(args.image) if args.image else None
     if image_path is not None:
         portrait = cv2.imread(str(image_path))
@@ -54,35 +163,22 @@ def bench_vision(args: argparse.Namespace) -> int:
     else:
         rng = np.random.default_rng(0)
         portrait = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    results: list[dict[str, Any]] = []
-    for width, height in ((640, 480), (1280, 720)):
-        frame = _scene(portrait, width, height)
-        faces = pipeline.detector.detect(frame)
-
-        def detect(f: Any = frame) -> object:
-            return pipeline.detector.detect(f)
-
-        row: dict[str, Any] = {"resolution": f"{width}x{height}", "faces": len(faces),
-                               "detect_ms": _ms(detect, args.repeat)}
-        for backend, embedder in embedders.items():
-            if not faces:
-                break
-
-            def embed(f: Any = frame, lm: Any = faces[0].landmarks, e: Any = embedder) -> object:
-                return e.embed(align(f, lm))
-
-            row[f"align_embed_ms_{backend}"] = _ms(embed, args.repeat)
-        results.append(row)
+    results: list[dict[str, Any]] = [{"resolution": f"{w}x{h}"} for w, h in RESOLUTIONS]
+    frames = [_scene(portrait, w, h) for w, h in RESOLUTIONS]
+    skipped: dict[str, str] = {}
+    for stage, run in STAGES.items():
+        try:
+            rows = run(data_dir, frames, args.repeat)
+        except FetchError as exc:
+            skipped[stage] = str(exc)
+            continue
+        for row, extra in zip(results, rows, strict=True):
+            row.update(extra)
+    if len(skipped) == len(STAGES):
+        raise FetchError("; ".join(skipped.values()))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print("one ONNX Runtime thread per model; median / p90 over", args.repeat, "runs")
-        for r in results:
-            line = f"{r['resolution']:>9}  detect {r['detect_ms']['median']:6.1f} / {r['detect_ms']['p90']:6.1f} ms"
-            embeds = [(k.removeprefix("align_embed_ms_"), v) for k, v in r.items() if k.startswith("align_embed_ms_")]
-            for backend, e in embeds:
-                line += f"   align+embed ({backend}) {e['median']:5.1f} / {e['p90']:5.1f} ms"
-            if not embeds:
-                line += "   (no face in the frame: give --image PORTRAIT for the embed figure)"
-            print(line)
+        _print(results, args.repeat, skipped)
     return 0
+

@@ -54,6 +54,9 @@ class PlatesConfig(StrictModel):
     votes: int = Field(default=3, ge=1, le=20, description="Frames that must agree before a plate is reported.")
     window: int = Field(default=5, ge=1, le=50, description="Consecutive frames the votes are counted over.")
     hold: Duration = Field(default=30.0, description="The same plate on the same camera is reported once per hold.")
+    detect_max_side: int = Field(default=960, ge=320, le=3840,
+                                 description="Frames are shrunk to this longest side for plate detection only "
+                                             "(the read uses full resolution); raise it for distant plates.")
 
     @field_validator("allowlist", "blocklist")
     @classmethod

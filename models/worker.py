@@ -134,9 +134,9 @@ class CameraLoop:
             self.status(now)
             if pace:
                 time.sleep(pace)
-            if now < due:
+            if now < due - self.period * 0.25:  # a frame a little early still counts (stream jitter)
                 continue
-            due = now + self.period
+            due = max(due + self.period, now)
             ok, frame = cap.retrieve()
             if not ok or not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.size == 0:
                 self.counts["bad"] += 1

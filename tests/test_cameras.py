@@ -122,6 +122,34 @@ async def test_plate_at_the_gate_is_read_once_and_marked_on_the_allowlist(
     assert reads[0]["priority"] == "event" and 0 < reads[0]["data"]["score"] <= 1
 
 
+async def test_a_fall_through_the_daemon_raises_the_fall_alarm(tmp_path: Path, vision_dir: Path, broker: Broker,
+                                                               collector: Collector) -> None:
+    """Real person, real pose model, real stream: fall.detected goes up as an alarm and the rule latches it."""
+    from test_falls import PEOPLE, person, ramp
+    from test_falls import scene as body_scene
+
+    who = PEOPLE["astronaut"]
+    img = person(vision_dir, "astronaut")
+    stand, lying = (0.0, 320.0, 250.0), (float(who["fall"]), 360.0, 390.0)
+    steps = [stand] * 20 + ramp(stand, lying, 5) + [lying] * 60
+    frames = [body_scene(img, who["hips"], s) for s in steps]
+    rule = ('\n[vision.falls]\nhold = "3s"\n\n[[rules]]\nid = "fall"\nwhen = { event = "fall.detected" }\n'
+            'alarm = { class = "fall", severity = "critical", message = "Fall at {camera}", instance = "{camera}" }\n')
+    async with MjpegCamera(frames, fps=10) as cam:
+        config = camera_config(tmp_path, vision_dir, broker.port, cam.url, detect='["falls"]', extra=rule)
+        text = config.read_text().replace("fps = 5", "fps = 10")
+        config.write_text(text)
+        daemon = Daemon(load_config(config))
+        async with running(daemon):
+            await collector.wait_for(lambda: events(collector, "fall.detected"), within=60)
+            await collector.wait_for(lambda: events(collector, "alarm.raise"), within=10)
+    fall = events(collector, "fall.detected")[0]
+    assert fall["type"] == "alarm" and fall["priority"] == "alarm" and fall["source"] == "lobby"
+    assert 0 < fall["data"]["confidence"] <= 1 and fall["data"]["camera"] == "lobby"
+    raised = events(collector, "alarm.raise")[0]
+    assert raised["type"] == "alarm" and "lobby" in json.dumps(raised, ensure_ascii=False)
+
+
 async def test_killed_worker_is_reported_and_comes_back(tmp_path: Path, vision_dir: Path, broker: Broker,
                                                          collector: Collector, portrait: np.ndarray) -> None:
     async with MjpegCamera([scene(portrait)], fps=5) as cam:

@@ -224,3 +224,10 @@ def test_hostile_frames_never_crash(reader: PlateReader, frame: object) -> None:
     text, score = reader.recognise(frame)
     assert isinstance(text, str) and 0.0 <= score <= 1.0
     assert isinstance(reader.read(frame), list)
+
+
+def test_plates_config_defaults_match_the_code() -> None:
+    from models import plates
+    from models.config import PlatesConfig
+
+    assert PlatesConfig().detect_max_side == plates.DEFAULT_MAX_SIDE
