@@ -317,3 +317,23 @@ def test_snapshots_stay_private_and_are_pruned_by_age_and_size(tmp_path: Path, p
     left = sorted((tmp_path / "snap" / "lobby").glob("*.jpg"))
     assert not old.exists() and removed >= 1
     assert sum(f.stat().st_size for f in left) <= 0.2 * 2**20
+
+
+def test_a_face_that_stays_is_embedded_once_a_second_and_keeps_its_identity(tmp_path: Path, vision_dir: Path,
+                                                                             portrait: np.ndarray) -> None:
+    from models.analysers import FaceAnalyser
+
+    (tmp_path / "models").symlink_to(vision_dir / "models")
+    key = tmp_path / "faces.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    enrol(tmp_path, key, "r-0101", portrait, vision_dir)
+    vision = VisionConfig.model_validate({"faces": {"key_file": str(key), "cooldown": "1h"}})
+    analyser = FaceAnalyser("door", vision, tmp_path)
+    frame = scene(portrait)
+    kinds = [[e.kind for e in analyser.analyse(frame, k / 5)] for k in range(15)]  # 3 s at 5 fps
+    assert kinds[0] == ["face.recognized"] and not any(kinds[1:])  # one event, then the cooldown holds
+    assert analyser.embedded == 3  # t = 0, 1.0 and 2.0 s: not 15
+    moved = np.roll(frame, 200, axis=1)  # somebody at another place in the picture is a new face
+    analyser.analyse(moved, 3.1)
+    assert analyser.embedded == 4

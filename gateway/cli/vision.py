@@ -332,8 +332,11 @@ def add_simulate(simulate_subparsers: Any) -> None:
 
 def add_bench(bench_subparsers: Any) -> None:
     """`gateway bench vision` on the `bench` subparsers."""
-    p = bench_subparsers.add_parser("vision", help="ms per face stage (detect, align+embed) on one core")
+    p = bench_subparsers.add_parser("vision", help="ms per stage (faces, plates, pose + falls) on one core; "
+                                                   "idle camera CPU")
     _common(p)
     p.add_argument("--image", type=Path, help="a portrait to paste into the frames (default: noise, no face)")
     p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--idle", type=float, default=15.0, metavar="SECONDS",
+                   help="also measure a real camera worker on a still scene this long, gated and not (0 = skip)")
     p.set_defaults(fn=cmd_bench_vision)
