@@ -146,16 +146,22 @@ class CameraWorker:
             self._state("streaming" if kind == "camera.connected" else "lost")
 
     def _status(self, status: dict[str, Any]) -> None:
-        state = status.get("state")
-        changed = state != self.status.get("state")
+        """A worker's status line; stored for `gateway status` when the state moves, else every 10 s."""
+        changed = status.get("state") != self.status.get("state")
         self.status = {**status, "pid": self.pid, "refused": self.refused}
         now = time.monotonic()
         if changed or now - self._status_at >= STATUS_EVERY:
             self._status_at = now
-            self.recorder.meta(f"camera:{self.camera.id}", {**self.status, "ts": time.time()})
+            self._store()
 
     def _state(self, state: str) -> None:
-        self._status({**self.status, "state": state})
+        """What the daemon learnt itself (connected, lost, exited): stored now, the next status line too."""
+        self.status = {**self.status, "state": state, "pid": self.pid}
+        self._status_at = 0.0
+        self._store()
+
+    def _store(self) -> None:
+        self.recorder.meta(f"camera:{self.camera.id}", {**self.status, "ts": time.time()})
 
     async def _stderr(self, stream: asyncio.StreamReader) -> None:
         budget, window = 20, time.monotonic()

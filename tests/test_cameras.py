@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gateway.cameras import CameraWorker, safe_payload
 from gateway.config import load_config
-from gateway.daemon import Daemon
+from gateway.daemon import Daemon, open_store
 from models.config import CameraConfig, MotionConfig, VisionConfig, redact_url
 from models.motion import MotionGate
 from simulators.camera import MjpegCamera, scene
@@ -174,6 +174,13 @@ async def test_frozen_stream_is_detected_and_recovers(tmp_path: Path, vision_dir
         daemon = Daemon(load_config(camera_config(tmp_path, vision_dir, broker.port, cam.url, detect="[]")))
         async with running(daemon):
             await collector.wait_for(lambda: events(collector, "camera.connected"), within=60)
+            await asyncio.sleep(1.5)  # a status line or two
+            await daemon.recorder.flush()
+            store = open_store(daemon.cfg, read_only=True)
+            status = store.meta()["camera:lobby"]
+            store.close()
+            assert status["state"] == "streaming" and status["frames"] > 0
+            assert status["pid"] == daemon.cameras["lobby"].pid
             cam.freeze()
             await collector.wait_for(lambda: events(collector, "camera.lost"), within=20)
             lost = events(collector, "camera.lost")[0]

@@ -111,7 +111,7 @@ async def test_status_shows_devices_uplink_outbox_and_whether_the_daemon_runs(tm
             await daemon.recorder.flush()
 
             report = (await gateway("status", "--json", "-c", config)).json()
-            assert set(report) == {"site", "daemon", "uplink", "outbox", "counters", "devices"}
+            assert set(report) == {"site", "daemon", "uplink", "outbox", "counters", "devices", "cameras"}
             assert report["site"] == "test-site"
             assert {"pid", "started", "heartbeat", "version", "config", "state", "running"} <= set(report["daemon"])
             assert report["daemon"]["running"] is True and report["daemon"]["state"] == "running"
