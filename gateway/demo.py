@@ -34,7 +34,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _demo_config(workdir: Path, meter_port: int, meters: int, mqtt_port: int) -> Path:
+def _demo_config(workdir: Path, meter_port: int, meters: int, mqtt_port: int, extra: str = "") -> Path:
     from simulators.meter import METER_POINTS
 
     text = [
@@ -51,7 +51,7 @@ def _demo_config(workdir: Path, meter_port: int, meters: int, mqtt_port: int) ->
             text.append("[[devices.points]]\n"
                         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in point.items() if v is not None))
     path = workdir / "demo.toml"
-    path.write_text("\n".join(text))
+    path.write_text("\n".join(text) + extra)
     return path
 
 
@@ -127,23 +127,35 @@ async def _outbox_report(daemon: Daemon) -> None:
               flush=True)
 
 
-async def _run(duration: float, meters: int, workdir: Path) -> None:
+async def _run(duration: float, meters: int, workdir: Path, camera: bool) -> None:
     from simulators.meter import serve_meters
 
+    extra, cam = "", None
+    if camera:
+        from gateway.demo_camera import FPS, prepare
+        from simulators.camera import MjpegCamera
+
+        frames, extra = prepare(workdir)
+        cam = await MjpegCamera(frames, fps=FPS).__aenter__()
+        extra = extra.replace("{url}", cam.url)
+        print(f"demo: lobby camera on {cam.url}: empty, a resident, a stranger, then the resident falls", flush=True)
     meter_port = _free_port()
     server = await serve_meters("127.0.0.1", meter_port, count=meters)
-    config_path = _demo_config(workdir, server.ports[0], meters, 0)  # checked before anything else starts
+    # Checked before anything else starts (the broker's port is not known yet: any valid one will do).
+    config_path = _demo_config(workdir, server.ports[0], meters, 1883, extra)
     load_config(config_path)
     broker, mqtt_port = _start_mosquitto(workdir)
     log_file = (workdir / "gateway.log").open("a", encoding="utf-8", buffering=1)
     logs.configure("info", "json", stream=log_file)
-    config_path = _demo_config(workdir, server.ports[0], meters, mqtt_port)
+    config_path = _demo_config(workdir, server.ports[0], meters, mqtt_port, extra)
     try:
         daemon = Daemon(load_config(config_path))
     except BaseException:
         if broker:
             broker.kill()
         await server.close()
+        if cam:
+            await cam.__aexit__(None, None, None)
         raise
     print(f"demo: {meters} simulated meters on 127.0.0.1:{server.ports[0]}..{server.ports[-1]}, "
           f"store and logs in {workdir}")
@@ -168,15 +180,17 @@ async def _run(duration: float, meters: int, workdir: Path) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.close()
+        if cam:
+            await cam.__aexit__(None, None, None)
         if broker:
             broker.terminate()
             broker.wait()
 
 
-def run_demo(duration: float = 0, meters: int = 3) -> int:
+def run_demo(duration: float = 0, meters: int = 3, camera: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     try:
-        asyncio.run(_run(duration, max(2, meters), workdir))
+        asyncio.run(_run(duration, max(2, meters), workdir, camera))
     except KeyboardInterrupt:
         print("\ndemo stopped", file=sys.stderr)
     return 0

@@ -257,7 +257,8 @@ class NotifierConfig(StrictModel):
 BUILTIN_CLASSES: dict[str, dict[str, Any]] = {
     "fire": {"latching": True, "escalate_after": [60.0, 180.0], "tiers": ["property", "community", "fire_brigade"]},
     "entrapment": {"escalate_after": [120.0, 300.0], "tiers": ["property", "elevator_maintenance", "community"]},
-    "fall": {"escalate_after": [60.0, 180.0], "tiers": ["family", "property", "community"]},
+    # A fall is a moment, the person is still on the floor: the alarm stays until somebody resets it.
+    "fall": {"latching": True, "escalate_after": [60.0, 180.0], "tiers": ["family", "property", "community"]},
     "leak": {"escalate_after": [900.0, 3600.0], "tiers": ["property", "community"]},
     "security": {"escalate_after": [300.0, 900.0], "tiers": ["property", "community"]},
     "equipment": {"priority": "event", "escalate_after": [3600.0, 14400.0], "tiers": ["property", "community"]},

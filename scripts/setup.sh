@@ -2,12 +2,20 @@
 # Set up on a fresh Debian / Raspberry Pi OS box: system packages (when missing), a virtualenv in
 # .venv and the gateway package in it. Idempotent; safe to run again.
 #   scripts/setup.sh          what the demo and a production install need
-#   scripts/setup.sh --test   plus what the test suite needs (socat, pytest, ruff, mypy, ...)
+#   scripts/setup.sh --vision plus on-device vision (ONNX Runtime, LiteRT, OpenCV; ~150 MB of wheels)
+#   scripts/setup.sh --test   plus what the test suite needs (socat, pytest, ruff, mypy, the vision stack, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_vision=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) want_test=1 ;;
+        --vision) want_vision=1 ;;
+        *) echo "setup: unknown option $arg (use --test or --vision)" >&2; exit 2 ;;
+    esac
+done
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
@@ -45,6 +53,7 @@ PY
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 extra=""
+[ "$want_vision" = 1 ] && extra="[vision]"
 [ "$want_test" = 1 ] && extra="[test]"
 .venv/bin/python -m pip install --disable-pip-version-check -q -e ".${extra}"
 echo "setup: ready (.venv/bin/gateway)" >&2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ def scene(image: Frame, *, width: int = 640, height: int = 480, scale: float = 0
     y, x = (height - fh) // 2, (width - fw) // 2
     frame[y:y + fh, x:x + fw] = fitted
     return frame
+
+
+def posed(image: Frame, hips: tuple[float, float], angle: float, x: float, y: float, *, side: int = 240,
+          width: int = 640, height: int = 480, background: int = 115) -> Frame:
+    """The person in ``image`` scaled to ``side`` px, turned by ``angle`` degrees about their hips
+    (``hips`` in source pixels), hips placed at (x, y): frames for falls, sit-downs and get-ups."""
+    patch = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    h, w = image.shape[:2]
+    hx, hy = hips[0] * side / w, hips[1] * side / h
+    a = math.radians(angle)
+    c, s = math.cos(a), math.sin(a)
+    m = np.array([[c, -s, x - c * hx + s * hy], [s, c, y - s * hx - c * hy]])
+    canvas = np.full((height, width, 3), background, dtype=np.uint8)
+    out = cv2.warpAffine(patch, m, (width, height), dst=canvas, borderMode=cv2.BORDER_TRANSPARENT)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def load_images(paths: Sequence[Path]) -> list[Frame]:

@@ -315,7 +315,7 @@ async def test_config_schema_is_json_schema_with_devices_and_points(tmp_path: Pa
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert set(schema["properties"]) == {"site", "mqtt", "store", "log", "buses", "devices", "include",
-                                         "alarm_classes", "rules", "notifiers"}
+                                         "alarm_classes", "rules", "notifiers", "vision", "cameras"}
     assert "site" in schema["required"]
     defs = schema["$defs"]
 

@@ -21,6 +21,7 @@ from hypothesis.extra import numpy as hnp
 from gateway.model import Priority
 from models.falls import FallConfig, FallDetector, measure
 from models.pose import L_HIP, L_SHOULDER, NOSE, R_HIP, R_SHOULDER, PoseTracker, Roi, ssd_anchors
+from simulators.camera import posed
 
 W, H, SIDE = 640, 480, 240
 FPS = 10
@@ -53,13 +54,7 @@ def person(vision_dir: Path, who: str) -> np.ndarray:
 def scene(img: np.ndarray, hips_src: tuple[float, float], step: Step) -> np.ndarray:
     """The person scaled to SIDE px, turned by ``angle`` about the hips, hips placed at (x, y)."""
     angle, x, y = step
-    patch = cv2.resize(img, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
-    hx, hy = hips_src[0] * SIDE / 512, hips_src[1] * SIDE / 512
-    a = math.radians(angle)
-    c, s = math.cos(a), math.sin(a)
-    m = np.array([[c, -s, x - c * hx + s * hy], [s, c, y - s * hx - c * hy]])
-    background = np.full((H, W, 3), 115, dtype=np.uint8)
-    return cv2.warpAffine(patch, m, (W, H), dst=background, borderMode=cv2.BORDER_TRANSPARENT)
+    return posed(img, hips_src, angle, x, y, side=SIDE, width=W, height=H)
 
 
 def ramp(a: Step, b: Step, frames: int) -> list[Step]:

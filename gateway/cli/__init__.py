@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                 config=False, json_=False)
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
     p.add_argument("--meters", type=int, default=3)
+    p.add_argument("--camera", action="store_true",
+                   help="add a lobby camera: faces and a fall, on-device (needs scripts/setup.sh --vision)")
     sim = sub.add_parser("simulate", help="run simulated field devices").add_subparsers(dest="sub", required=True)
     p = sim.add_parser("meter", help="3-phase power meters on Modbus TCP, one port each")
     p.add_argument("--host", default="127.0.0.1")

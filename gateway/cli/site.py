@@ -154,7 +154,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(duration=args.duration, meters=args.meters)
+    return run_demo(duration=args.duration, meters=args.meters, camera=args.camera)
 
 
 BENCHES = {
