@@ -792,3 +792,23 @@ def test_a_rule_publishing_what_it_listens_for_is_refused(tmp_path: Path) -> Non
         load_config(path)
     assert str(caught.value) == (f"{path}:7: rules.0.actions.0.publish: publishes 'ops.ping', which its own"
                                  " `when` listens for: a loop")
+
+
+def test_camera_mistakes_land_on_their_lines(workdir: Path) -> None:
+    cameras = (
+        '\n[vision.plates]\nallowlist = ["京A12345", "not a plate"]\n\n'
+        '[[cameras]]\nid = "gate"\nurl = "usb:front"\nfps = 0\ndetect = ["faces", "cars"]\n'
+        'motion = { regions = [[[0.0, 0.0], [1.5, 0.0], [1.0, 1.0]]] }\n\n'
+        '[[cameras]]\nid = "gate"\nurl = "rtsp://10.0.0.9/ch1"\n'
+    )
+    lines = report(BASE + cameras)
+    start = len(BASE.splitlines())
+    text = "\n".join(lines)
+    assert f"config.toml:{start + 3}: vision.plates.allowlist: " in text and "'not a plate' is not a plate" in text
+    assert f"config.toml:{start + 7}: cameras.0.url: " in text and "usb:0" in text
+    assert f"config.toml:{start + 8}: cameras.0.fps: input should be greater than 0" in text
+    assert f"config.toml:{start + 9}: cameras.0.detect.1: input should be " in text
+    assert f"config.toml:{start + 10}: cameras.0.motion.regions" in text and "outside the frame" in text
+    # Checks across sections run once every section is valid on its own.
+    again = '\n[[cameras]]\nid = "gate"\nurl = "usb:0"\n\n[[cameras]]\nid = "gate"\nurl = "rtsp://10.0.0.9/ch1"\n'
+    assert report(BASE + again) == [f"config.toml:{start + 7}: cameras.1.id: duplicate camera id 'gate'"]
