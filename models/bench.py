@@ -7,11 +7,13 @@ that only runs faces can still bench them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +76,25 @@ def _faces(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, A
     return rows
 
 
-def _door(data_dir: Path, frame: Frame) -> float:
-    """Mean ms per analysed frame as the camera worker runs faces: a person standing 3 s at 5 fps
-    (detection every frame, an embedding when the face is new and once a second after)."""
-    import tempfile
-
-    from models.analysers import FaceAnalyser
-    from models.config import VisionConfig
-
-    with tempfile.TemporaryDirectory(prefix="bench-door-") as tmp:
+@contextlib.contextmanager
+def _scratch(data_dir: Path) -> Iterator[tuple[Path, Path]]:
+    """A throwaway data dir sharing the fetched models, with its own gallery and key (not the site's)."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
         (work / "models").symlink_to((data_dir / "models").resolve())
         key = work / "faces.key"
         key.write_bytes(os.urandom(32))
         key.chmod(0o600)
+        yield work, key
+
+
+def _door(data_dir: Path, frame: Frame) -> float:
+    """Mean ms per analysed frame as the camera worker runs faces: a person standing 3 s at 5 fps
+    (detection every frame, an embedding when the face is new and once a second after)."""
+    from models.analysers import FaceAnalyser
+    from models.config import VisionConfig
+
+    with _scratch(data_dir) as (work, key):
         analyser = FaceAnalyser("bench", VisionConfig.model_validate({"faces": {"key_file": str(key)}}), work)
         analyser.analyse(frame, -10.0)  # warm-up
         t0 = time.perf_counter()
@@ -217,16 +224,9 @@ def _idle(data_dir: Path, image: Path | None, seconds: float, detect: list[str],
     """A real worker on a still 640x480 10 fps stream, 5 fps analysed: with motion gating, then without."""
     if seconds <= 0:
         return []
-    import tempfile
-
     from models.bench_idle import idle_cpu
 
-    with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:  # its own gallery, not the site's
-        work = Path(tmp)
-        (work / "models").symlink_to((data_dir / "models").resolve())
-        key = work / "faces.key"
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+    with _scratch(data_dir) as (work, key):
         runs = [idle_cpu(work, image, seconds=seconds, fps=5, stream_fps=10, gated=gated, detect=detect,
                          key_file=key) for gated in (True, False)]
     if not quiet:

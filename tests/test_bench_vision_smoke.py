@@ -1,0 +1,35 @@
+"""`gateway bench vision` at toy size: every stage is measured, the idle worker is real and is gone after.
+
+No timing is asserted (the machine is shared; figures are for people). What is asserted is behaviour:
+on a still scene the gated worker analyses a handful of frames, the ungated one every fifth-of-a-second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from models.bench import bench_vision
+
+
+def test_bench_vision_measures_every_stage_and_an_idle_worker(vision_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(data_dir=vision_dir, image=vision_dir / "testdata" / "astronaut.png", repeat=2,
+                              idle=4.0, json=True)
+    assert bench_vision(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for row in doc["stages"]:
+        assert row["faces"] == 1 and row["door_ms_per_frame"] > 0
+        for key in ("detect_ms", "align_embed_ms_opencv", "plate_detect_ms", "plate_read_ms", "pose_detect_ms",
+                    "pose_landmark_ms", "pose_tracked_frame_ms"):
+            assert row[key]["median"] > 0, key
+    gated, ungated = doc["idle_camera"]
+    assert gated["gated"] and not ungated["gated"]
+    assert gated["detect"] == ["faces", "plates", "falls"]
+    assert gated["gated_frames"] > gated["analysed"] and ungated["gated_frames"] == 0
+    assert ungated["analysed"] > 2 * gated["analysed"]
+    assert psutil.Process().children(recursive=True) == []
