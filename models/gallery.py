@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -28,6 +29,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.types import IDENTIFIER_PATTERN
 from models.faces import Vector
 
 DB_NAME = "faces.db"
@@ -168,6 +170,8 @@ class Gallery:
 
     def enroll(self, person: Person, embeddings: list[Vector], *, actor: str = "cli") -> int:
         """Add (or update) a person and add their embeddings. Returns how many the person now has."""
+        if not re.fullmatch(IDENTIFIER_PATTERN, person.id):
+            raise GalleryError(f"person id {person.id!r}: 1-64 letters, digits, '_' or '-' (it travels in events)")
         if not embeddings:
             raise GalleryError(f"{person.id}: no usable face to enrol")
         consent = _iso_date(person.consent, "consent date")
@@ -199,15 +203,15 @@ class Gallery:
         ).fetchall()
         return [Person(*row) for row in rows]
 
-    def erase(self, person_id: str, *, actor: str = "cli") -> int:
-        """Remove the person, every embedding of theirs, and overwrite the freed pages. Audited."""
+    def erase(self, person_id: str, *, actor: str = "cli", **details: Any) -> int:
+        """Remove the person, every embedding of theirs, and overwrite the freed pages. Audited (with ``details``)."""
         with self._tx():
             row = self.db.execute("SELECT 1 FROM people WHERE id = ?", (person_id,)).fetchone()
             if row is None:
                 raise GalleryError(f"no enrolled person {person_id!r}")
             removed = self.db.execute("DELETE FROM embeddings WHERE person = ?", (person_id,)).rowcount
             self.db.execute("DELETE FROM people WHERE id = ?", (person_id,))
-            self._audit("faces.erase", person_id, actor=actor, embeddings=removed)
+            self._audit("faces.erase", person_id, actor=actor, embeddings=removed, **details)
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(removed)
 

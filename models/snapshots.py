@@ -6,6 +6,7 @@ event carries the file name so a technician on the box can find it).
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from pathlib import Path
@@ -24,12 +25,13 @@ class Snapshots:
         self.cfg = cfg
         self._pruned = 0.0
 
-    def save(self, frame: Any, kind: str, ts: float) -> str | None:
+    def save(self, frame: Any, kind: str, ts: float, person: str | None = None) -> str | None:
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
         if not ok:
             return None
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(ts))}-{int(ts * 1000) % 1000:03d}-{kind}.jpg"
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(ts))}-{int(ts * 1000) % 1000:03d}"
+        name = f"{stamp}-{kind}" + (f"~{person}" if person else "") + ".jpg"  # ~person: erase finds them
         fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(buf.tobytes())
@@ -58,3 +60,12 @@ class Snapshots:
             total -= size
             removed += 1
         return removed
+
+
+def erase_person(data_dir: Path, person: str) -> int:
+    """Delete every camera's snapshots of ``person`` (named ``...~<person>.jpg``); how many went."""
+    removed = 0
+    for path in (data_dir / "snapshots").glob(f"*/*~{glob.escape(person)}.jpg"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -172,7 +172,8 @@ class CameraLoop:
     def emit(self, event: Event, frame: np.ndarray[Any, Any]) -> None:
         payload = dict(event.payload)
         if self.snapshots is not None:
-            name = self.snapshots.save(frame, event.kind, event.ts)
+            person = payload.get("person")
+            name = self.snapshots.save(frame, event.kind, event.ts, person if isinstance(person, str) else None)
             if name:
                 payload["snapshot"] = name  # a file name on this box, never the image
         self.out.event(event.kind, payload, event.ts)

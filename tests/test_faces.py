@@ -209,12 +209,21 @@ def test_cli_enroll_list_erase(tmp_path: Path, vision_dir: Path, images: dict[st
     assert [r.get("reason", "")[:14] for r in doc["images"]] == ["", "face too blurr", "cannot read th"]
     code, out = run("faces", "list", *common)
     assert json.loads(out)[0]["id"] == "p1"
+    (data / "snapshots" / "door").mkdir(parents=True)
+    mine = data / "snapshots" / "door" / "20260101T120000-000-face.recognized~p1.jpg"
+    other = data / "snapshots" / "door" / "20260101T120001-000-face.recognized~p10.jpg"
+    mine.write_bytes(b"jpeg")
+    other.write_bytes(b"jpeg")
     code, out = run("faces", "erase", "p1", *common)
-    assert code == 0 and json.loads(out)["embeddings_removed"] == 1
+    assert code == 0 and json.loads(out) == {"person": "p1", "embeddings_removed": 1, "snapshots_removed": 1}
+    assert not mine.exists() and other.exists()
     assert run("faces", "list", *common)[1].strip() == "[]"
     code, out = run("faces", "audit", *common)
     trail = json.loads(out)
     assert [(r["action"], r["person"]) for r in trail] == [("faces.erase", "p1"), ("faces.enroll", "p1")]
+    assert trail[0]["snapshots"] == 1 and trail[0]["embeddings"] == 1
+    code, _ = run("faces", "enroll", "../etc", "--image", str(good), "--consent", "2025-03-01", *common)
+    assert code == 1  # an id travels in events and names snapshot files: no slashes, no spaces
     assert all(r["actor"] == getpass.getuser() for r in trail)
     code, out = run("models", "list", "--data-dir", str(data), "--json")
     states = {r["name"]: r["state"] for r in json.loads(out)}

@@ -177,17 +177,19 @@ def cmd_faces_list(args: argparse.Namespace) -> int:
 
 def cmd_faces_erase(args: argparse.Namespace) -> int:
     from models.gallery import Gallery, GalleryError, load_key
+    from models.snapshots import erase_person
 
     try:
         with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
-            removed = gallery.erase(args.person, actor=_actor())
+            snapshots = erase_person(_data_dir(args), args.person)
+            removed = gallery.erase(args.person, actor=_actor(), snapshots=snapshots)
     except GalleryError as exc:
         print(f"faces erase: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print_json({"person": args.person, "embeddings_removed": removed})
+        print_json({"person": args.person, "embeddings_removed": removed, "snapshots_removed": snapshots})
     else:
-        print(f"erased {args.person} ({removed} embeddings); audited")
+        print(f"erased {args.person} ({removed} embeddings, {snapshots} snapshots); audited")
     return 0
 
 
