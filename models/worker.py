@@ -107,16 +107,17 @@ class CameraLoop:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.camera.reconnect_max)
                 continue
-            self.state = "streaming"
-            self.out.event("camera.connected", {"url": redact_url(self.camera.url)})
-            started = time.monotonic()
+            if self.state != "streaming":  # not again for each turn of a looping video file
+                self.state = "streaming"
+                self.out.event("camera.connected", {"url": redact_url(self.camera.url)})
+            started, frames = time.monotonic(), self.counts["frames"]
             reason = self.stream(cap)
             cap.release()
-            self.state = "reconnecting"
             if time.monotonic() - started > 60:  # it streamed a while: a fresh failure starts the backoff over
                 backoff = 1.0
-            if reason == "ended" and is_file(self.camera):
-                continue  # a video file loops
+            if reason == "ended" and is_file(self.camera) and self.counts["frames"] > frames:
+                continue  # a video file loops (one that gave no frame this time is lost, not spun on)
+            self.state = "reconnecting"
             self.out.event("camera.lost", {"reason": reason, "retry_in": backoff})
             time.sleep(backoff)
             backoff = min(backoff * 2, self.camera.reconnect_max)

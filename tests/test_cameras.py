@@ -7,6 +7,7 @@ killed, frozen and starved here, and the daemon must report each and carry on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -213,6 +214,36 @@ async def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path, vision_dir: 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # killed and reaped, not left stopped
     store.close()
+
+
+async def test_a_video_file_is_a_camera_that_loops(tmp_path: Path, portrait: np.ndarray) -> None:
+    from gateway.recorder import AsyncStore, Recorder
+    from gateway.store import Store
+
+    video = tmp_path / "lobby.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20, (640, 480))
+    for k in range(10):  # half a second of a person walking across
+        writer.write(scene(np.roll(portrait, 20 * k, axis=1)))
+    writer.release()
+    store = AsyncStore(Store(tmp_path / "g.db"))
+    recorder = Recorder(store)
+    worker = CameraWorker(CameraConfig(id="file", url=str(video), detect=[], fps=20), VisionConfig(), tmp_path,
+                          recorder)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(30):
+            while worker.status.get("frames", 0) <= 25:  # noqa: ASYNC110 (the worker's pump sets it)
+                await asyncio.sleep(0.1)
+        assert worker.status["state"] == "streaming" and worker.status["bad"] == 0
+        assert worker.status["analysed"] > 0
+        await recorder.flush()
+        kinds = [e["kind"] for _, e in store.store.events_after(0)]
+        assert kinds.count("camera.connected") == 1 and "camera.lost" not in kinds  # looping is not reconnecting
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.close()
 
 
 def test_motion_gate_sleeps_on_a_still_scene_and_wakes_on_movement(portrait: np.ndarray) -> None:
