@@ -12,6 +12,7 @@ or embedding can ride an event upstream even if a worker tried.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -42,6 +43,10 @@ MAX_TEXT = 200
 """Longest string a worker may put in an event: ids, plates, reasons; a base64 image is far longer."""
 LINE_LIMIT = 1 << 16
 STATUS_EVERY = 10.0
+EVENT_LIMIT = 120
+"""Event-priority events a camera may send a minute; beyond it they are counted, not stored (a mad
+worker must not flood the outbox). Cooldowns and plate holds keep a sane camera far below it.
+Alarms are never held back."""
 
 
 class WorkerFailed(Exception):
@@ -73,6 +78,8 @@ class CameraWorker:
         self.status: dict[str, Any] = {"state": "starting"}
         self.refused = 0
         self._status_at = 0.0
+        self._recent: collections.deque[float] = collections.deque(maxlen=EVENT_LIMIT)
+        self._held: tuple[float, int] | None = None
 
     def spec(self) -> bytes:
         return json.dumps({"camera": self.camera.model_dump(mode="json"), "vision": self.vision.model_dump(mode="json"),
@@ -141,9 +148,24 @@ class CameraWorker:
         when = float(ts) if isinstance(ts, int | float) and abs(now - ts) < 3600 else now
         payload = safe_payload(msg.get("payload"))
         payload["camera"] = self.camera.id
+        if priority is Priority.EVENT and self._flooding(time.monotonic()):
+            return
         self.recorder.event(Event(kind, self.camera.id, priority, payload, when))
         if kind in ("camera.connected", "camera.lost"):
             self._state("streaming" if kind == "camera.connected" else "lost")
+
+    def _flooding(self, now: float) -> bool:
+        """True while over EVENT_LIMIT a minute; one camera.flood event tells how many were held back."""
+        if self._held is not None and now - self._held[0] >= 60.0:
+            self.recorder.event(Event("camera.flood", self.camera.id, Priority.EVENT,
+                                      {"camera": self.camera.id, "suppressed": self._held[1], "window_s": 60}))
+            self._held = None
+        if len(self._recent) == EVENT_LIMIT and now - self._recent[0] < 60.0:
+            since, held = self._held or (now, 0)
+            self._held = (since, held + 1)
+            return True
+        self._recent.append(now)
+        return False
 
     def _status(self, status: dict[str, Any]) -> None:
         """A worker's status line; stored for `gateway status` when the state moves, else every 10 s."""

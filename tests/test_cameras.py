@@ -375,3 +375,26 @@ def test_a_face_that_stays_is_embedded_once_a_second_and_keeps_its_identity(tmp_
     moved = np.roll(frame, 200, axis=1)  # somebody at another place in the picture is a new face
     analyser.analyse(moved, 3.1)
     assert analyser.embedded == 4
+
+
+def test_a_mad_worker_cannot_flood_the_outbox_but_alarms_always_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import cameras
+
+    clock = [1000.0]
+    monkeypatch.setattr(cameras.time, "monotonic", lambda: clock[0])
+    recorder = _Recorder()
+    worker = CameraWorker(CameraConfig(id="cam", url="usb:0"), VisionConfig(), Path("/nonexistent"),
+                          recorder)  # type: ignore[arg-type]
+    unknown = json.dumps({"t": "event", "kind": "face.unknown", "payload": {"score": 0.1}}).encode()
+    fall = json.dumps({"t": "event", "kind": "fall.detected", "payload": {"confidence": 0.9}}).encode()
+    for _ in range(500):
+        worker.handle(unknown)
+        clock[0] += 0.01
+    worker.handle(fall)
+    kinds = [e.kind for e in recorder.events]
+    assert kinds.count("face.unknown") == cameras.EVENT_LIMIT and kinds[-1] == "fall.detected"
+    clock[0] += 61
+    worker.handle(unknown)
+    flood = [e for e in recorder.events if e.kind == "camera.flood"]
+    assert len(flood) == 1 and flood[0].payload["suppressed"] == 500 - cameras.EVENT_LIMIT
+    assert recorder.events[-1].kind == "face.unknown"  # a minute later the camera is heard again
