@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -47,6 +48,21 @@ EVENT_LIMIT = 120
 """Event-priority events a camera may send a minute; beyond it they are counted, not stored (a mad
 worker must not flood the outbox). Cooldowns and plate holds keep a sane camera far below it.
 Alarms are never held back."""
+
+
+NEEDS: dict[str, tuple[str, ...]] = {
+    "": ("cv2", "numpy"),
+    "faces": ("onnxruntime", "cryptography"),
+    "plates": ("onnxruntime",),
+    "falls": ("ai_edge_litert",),
+}
+"""Python modules a worker imports, per detector: checked before starting one, so a box without the
+vision extra says so once instead of crashing a worker every minute."""
+
+
+def missing_modules(camera: CameraConfig) -> list[str]:
+    wanted = {m for key in ("", *camera.detect) for m in NEEDS[key]}
+    return sorted(m for m in wanted if importlib.util.find_spec(m) is None)
 
 
 class WorkerFailed(Exception):
@@ -86,6 +102,15 @@ class CameraWorker:
                            "data_dir": str(self.data_dir)}).encode() + b"\n"
 
     async def run(self) -> None:
+        missing = missing_modules(self.camera)
+        if missing:
+            error = (f"the vision extra is not installed (no {', '.join(missing)}): "
+                     "pip install '.[vision]', then restart")
+            log.error("camera cannot start", camera=self.camera.id, error=error)
+            self.recorder.event(Event("camera.error", self.camera.id, Priority.EVENT,
+                                      {"camera": self.camera.id, "stage": "start", "error": error}))
+            self._state("unavailable")
+            await asyncio.Event().wait()  # nothing to retry until the software changes
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "models.worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -398,3 +398,21 @@ def test_a_mad_worker_cannot_flood_the_outbox_but_alarms_always_pass(monkeypatch
     flood = [e for e in recorder.events if e.kind == "camera.flood"]
     assert len(flood) == 1 and flood[0].payload["suppressed"] == 500 - cameras.EVENT_LIMIT
     assert recorder.events[-1].kind == "face.unknown"  # a minute later the camera is heard again
+
+
+async def test_without_the_vision_extra_a_camera_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
+    recorder = _Recorder()
+    worker = CameraWorker(CameraConfig(id="lounge", url="usb:0", detect=["falls"]), VisionConfig(), Path("/x"),
+                          recorder)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)
+    assert not task.done() and worker.pid is None  # waits; no worker process, no restart loop
+    task.cancel()
+    (event,) = recorder.events
+    assert event.kind == "camera.error" and "ai_edge_litert" in event.payload["error"]
+    assert worker.status["state"] == "unavailable"
