@@ -144,7 +144,10 @@ class CameraWorker:
             if not line:
                 code = await proc.wait()
                 self._state("exited")
-                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+                how = f"status {code}"
+                if code < 0:
+                    with contextlib.suppress(ValueError):
+                        how = f"signal {signal.Signals(-code).name}"
                 raise WorkerFailed(f"camera {self.camera.id}: worker exited with {how}")
             self.handle(line)
 

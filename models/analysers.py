@@ -7,7 +7,6 @@ image, a crop or an embedding.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -153,7 +152,3 @@ ANALYSERS: dict[str, type[FaceAnalyser] | type[PlateAnalyser] | type[FallAnalyse
 def build(camera: CameraConfig, vision: VisionConfig, data_dir: Path) -> list[Analyser]:
     """The camera's analysers, models loaded; raises FetchError / GalleryError with a reason to show."""
     return [ANALYSERS[name](camera.id, vision, data_dir) for name in camera.detect]
-
-
-def clock() -> float:
-    return time.monotonic()
