@@ -185,15 +185,10 @@ def _await_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def simulator(count: int, size: int, work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``count`` register banks with counting data in their own process; yields it and its first port."""
-    log_path = work / f"simulator-{count}.log"
+def simulator_process(module: str, args: list[str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m module args`` until it prints ``ready <port> ...``; yields it and that port, stops it after."""
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators.registers", "--host", HOST, "--count", str(count),
-             "--size", str(size), "--fill"],
-            stdout=subprocess.PIPE, stderr=log_file,
-        )
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=log_file)
     try:
         try:
             line = _await_line(proc, READY_TIMEOUT)
@@ -205,6 +200,14 @@ def simulator(count: int, size: int, work: Path) -> Iterator[tuple[subprocess.Po
         yield proc, int(port)
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def simulator(count: int, size: int, work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``count`` register banks with counting data in their own process; yields it and its first port."""
+    args = ["--host", HOST, "--count", str(count), "--size", str(size), "--fill"]
+    with simulator_process("simulators.registers", args, work / f"simulator-{count}.log") as running:
+        yield running
 
 
 def _spawn_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:

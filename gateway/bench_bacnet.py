@@ -23,7 +23,7 @@ from pathlib import Path
 
 from drivers.bacnet.driver import BacnetDriver
 from drivers.base import Driver
-from gateway.bench import READY_TIMEOUT, _await_line, _CountingRecorder, _num, _stop, _table, cpu_seconds, workdir
+from gateway.bench import READY_TIMEOUT, _CountingRecorder, _num, _table, cpu_seconds, simulator_process, workdir
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
 from gateway.daemon import build_drivers, open_store
@@ -73,23 +73,10 @@ def free_udp_ports(count: int) -> int:
 @contextlib.contextmanager
 def simulator(opts: Options, work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_udp_ports(opts.devices)
-    log_path = work / "simulator.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators.bacnet", "--host", HOST, "--port", str(port), "--count",
-             str(opts.devices), "--instance", str(INSTANCE), "--analog-inputs", str(opts.points)],
-            stdout=subprocess.PIPE, stderr=log_file,
-        )
-    try:
-        try:
-            line = _await_line(proc, READY_TIMEOUT)
-        except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"simulator: {exc}") from exc
-        if not line.startswith("ready"):
-            raise RuntimeError(f"simulator said {line!r}, expected 'ready <port> <count>'")
+    args = ["--host", HOST, "--port", str(port), "--count", str(opts.devices), "--instance", str(INSTANCE),
+            "--analog-inputs", str(opts.points)]
+    with simulator_process("simulators.bacnet", args, work / "simulator.log") as (proc, _):
         yield proc, port
-    finally:
-        _stop(proc)
 
 
 def config_text(data_dir: Path, first_port: int, opts: Options, *, rpm: bool) -> str:
