@@ -10,54 +10,15 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import Field
 
-from gateway.model import Event, Reading, Value
-from gateway.types import Duration, Identifier, ReportPolicy, StrictModel
-
-
-class DriverError(Exception):
-    """An expected field failure: the device is unwell, the gateway is not."""
-
-
-class DeviceTimeout(DriverError):
-    pass
-
-
-class DeviceUnreachable(DriverError):
-    """The connection could not be made or was lost."""
-
-
-class ExceptionResponse(DriverError):
-    """The device answered with a protocol-level exception (Modbus exception code, BACnet error)."""
-
-    def __init__(self, code: int, message: str = "") -> None:
-        super().__init__(message or f"exception response code {code}")
-        self.code = code
-
-
-class BadResponse(DriverError):
-    """The device answered something malformed: wrong length, wrong id, undecodable bytes."""
-
-
-class WriteRefused(Exception):
-    """A write that must not go to the wire: unknown or read-only point, value out of limits."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriteSpec:
-    """What a write to one point may carry, independent of the protocol."""
-
-    kind: Literal["bool", "number"]
-    min: float | None = None
-    max: float | None = None
-    allowed: tuple[float, ...] | None = None
-    states: dict[int, str] | None = None
-    resolution: float = 0.0  # smallest step the device stores (read-back is compared within half of it)
-    relinquish: bool = False  # a write of "null" withdraws the command (BACnet priority arrays)
+from drivers.scheduler import Urgency
+from gateway.core.config import Duration, Identifier, StrictModel
+from gateway.core.data import Event, Reading, Value
+from gateway.core.errors import DriverError
+from gateway.core.points import PointInfo, WriteSpec
 
 
 class BusConfig(StrictModel):
@@ -67,14 +28,16 @@ class BusConfig(StrictModel):
 
 
 class DeviceConfig(StrictModel):
+    driver: str = Field(default="", description="The device family; taken from the bus it names, so seldom written.")
     id: Identifier = Field(description="Unique device id; appears in topics, events and the CLI.")
     bus: Identifier = Field(description="Id of the [[buses]] entry this device is reached through.")
     name: str | None = Field(default=None, description="Human name, e.g. \"Tower A main meter\".")
     interval: Duration = Field(default=10.0, ge=0.05, le=86400, description="Poll period.")
-    priority: Literal["life_safety", "normal"] = Field(
-        default="normal", description="life_safety: polled ahead of everything else on a shared bus.",
+    life_safety: bool = Field(
+        default=False, description="A fire panel, an elevator: polled and written ahead of everything else on "
+                                   "a shared bus.",
     )
-    breaker_failures: int = Field(
+    offline_after: int = Field(
         default=3, ge=1, le=100,
         description="Failed polls in a row before the device is declared offline and only probed.",
     )
@@ -82,14 +45,12 @@ class DeviceConfig(StrictModel):
         default=300.0, ge=1, le=86400, description="Longest wait between probes of an offline device.",
     )
     enabled: bool = Field(default=True, description="false: configured but not polled.")
-    report: ReportPolicy = Field(
-        default_factory=ReportPolicy, description="What goes upstream: every poll, on change, periodic, aggregate.",
-    )
-    report_points: dict[str, ReportPolicy] = Field(
-        default_factory=dict, description="Per-point policies where they differ from `report`.",
-    )
 
     def point_ids(self) -> list[str]:
+        return [p.id for p in self.describe()]
+
+    def describe(self) -> list[PointInfo]:
+        """The point catalog: what upstream metadata, birth certificates and the CLI read."""
         return []
 
     def change_events(self) -> dict[str, str]:
@@ -112,6 +73,12 @@ class Sink(Protocol):
 
     def event(self, event: Event) -> None: ...
 
+    def device_failed(self, device: str, error: DriverError) -> None:
+        """A field failure the stream noticed (port vanished, panel silent): device state, not a crash."""
+
+    def device_ok(self, device: str) -> None:
+        """The stream hears the device again."""
+
     def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
         """Keep what a line-oriented device said, byte for byte, with what we made of it."""
 
@@ -124,15 +91,9 @@ class Driver(abc.ABC):
     also implement ``stream``, which the supervisor runs (and restarts) for the bus's lifetime.
     """
 
-    bus_type: ClassVar[type[BusConfig]]
-    device_type: ClassVar[type[DeviceConfig]]
-
     def __init__(self, bus: Any, devices: Sequence[Any]) -> None:
         self.bus = bus
         self.devices = {d.id: d for d in devices}
-
-    @abc.abstractmethod
-    async def connect(self) -> None: ...
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -144,6 +105,17 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def write(self, device: str, point: str, value: Value) -> None:
         """Put a value already checked against the point's WriteSpec on the wire, ahead of polls."""
+
+    def urgency(self, device: DeviceConfig, *, write: bool = False) -> Urgency:
+        """Where a transaction for this device waits on a shared bus."""
+        if device.life_safety:
+            return Urgency.LIFE_SAFETY
+        return Urgency.WRITE if write else Urgency.POLL
+
+    def describe(self, device: str) -> list[PointInfo]:
+        """The device's point catalog (from its config; a driver may add what the device told it)."""
+        config: DeviceConfig = self.devices[device]
+        return config.describe()
 
     async def read_point(self, device: str, point: str) -> Reading:
         """Read one point now (for write read-back); a full read by default."""

@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from drivers.base import DriverError
 from gateway.commands import CommandError, CommandHandler, WriteCommand
 from gateway.config.schema import GatewayConfig
-from gateway.model import Event, Priority, Reading
+from gateway.core.data import Event, Priority, Reading
+from gateway.core.errors import DriverError
 from gateway.recorder import Recorder
 from rules.alarms import AlarmBook, AlarmError
 from rules.config import NotifierConfig, NotifyAction, PublishAction, WriteAction, build_classes

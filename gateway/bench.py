@@ -30,11 +30,11 @@ import structlog
 from drivers.base import Driver
 from drivers.modbus.codec import DataType, register_count
 from drivers.modbus.driver import ModbusDriver
-from gateway import logs
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
+from gateway.core import logs
+from gateway.core.data import Quality, Reading
 from gateway.daemon import DB_NAME, build_drivers, open_store
-from gateway.model import Quality, Reading
 from gateway.recorder import AsyncStore, Recorder
 from gateway.supervisor import DevicePoller
 

@@ -30,11 +30,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pymodbus.datastore import ModbusDeviceContext
 
-from drivers.base import Driver, DriverError
+from drivers.base import DeviceConfig, Driver
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusTcpBus
 from drivers.modbus.driver import ModbusDriver
 from drivers.scheduler import Urgency
@@ -42,6 +42,7 @@ from gateway.bench import _num, _table, bank_size, config_text, point_map, poll_
 from gateway.commands import CommandError, CommandHandler, WriteCommand
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
+from gateway.core.errors import DriverError
 from gateway.daemon import build_drivers, open_store
 from gateway.recorder import AsyncStore, Recorder
 from gateway.supervisor import DevicePoller, Supervisor
@@ -141,7 +142,7 @@ def _bank() -> ModbusDeviceContext:
                                co=sequential_block(bits), di=sequential_block([False] * 8))
 
 
-def rtu_config_text(data_dir: Path, port: str, opts: Options, *, breaker_failures: int | None = None) -> str:
+def rtu_config_text(data_dir: Path, port: str, opts: Options, *, offline_after: int | None = None) -> str:
     """One RS-485 line with ``opts.devices`` controllers, unit ids 1.., as an engineer would write it."""
     def value(v: Any) -> str:
         return json.dumps(v, ensure_ascii=False)  # JSON strings and numbers are valid TOML
@@ -152,7 +153,7 @@ def rtu_config_text(data_dir: Path, port: str, opts: Options, *, breaker_failure
             f"baudrate = {opts.baud}\ntimeout = {value(opts.timeout)}\n"]
     point_tables = "".join("[[devices.points]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in p.items()) + "\n"
                            for p in unit_points())
-    breaker = "" if breaker_failures is None else f"breaker_failures = {breaker_failures}\n"
+    breaker = "" if offline_after is None else f"offline_after = {offline_after}\n"
     for unit in range(1, opts.devices + 1):
         text.append(f"[[devices]]\nid = {value(device_id(unit))}\nbus = {value(BUS_ID)}\nunit = {unit}\n"
                     f"interval = {value(INTERVAL)}\n{breaker}\n{point_tables}")
@@ -174,7 +175,7 @@ def dead_units(devices: int, count: int) -> set[int]:
 class PollUrgencyDriver(ModbusDriver):
     """Bench baseline only: writes (and their read-backs) queue with the polls, FIFO, at POLL urgency."""
 
-    def urgency(self, device: ModbusDevice, *, write: bool = False) -> Urgency:
+    def urgency(self, device: DeviceConfig, *, write: bool = False) -> Urgency:
         return super().urgency(device, write=False)
 
 
@@ -206,8 +207,7 @@ async def running_gateway(cfg: GatewayConfig, driver_type: type[ModbusDriver] | 
     drivers = build_drivers(cfg)
     if driver_type is not None:
         by_bus = {
-            bus.id: driver_type(bus, [d for d in cfg.devices
-                                      if isinstance(d, ModbusDevice) and d.bus == bus.id and d.enabled])
+            bus.id: driver_type(bus, [cast(ModbusDevice, d) for d in cfg.devices if d.bus == bus.id and d.enabled])
             for bus in cfg.buses if isinstance(bus, ModbusTcpBus | ModbusRtuBus)  # RTU over TCP is a TCP subclass
         }
         drivers = {device: by_bus.get(driver.bus.id, driver) for device, driver in drivers.items()}
@@ -283,14 +283,14 @@ async def cycle_run(opts: Options, work: Path, label: str, dead: set[int], *, br
     async with RtuLine(units, baudrate=opts.baud) as line:
         name = "".join(c if c.isalnum() else "-" for c in label)
         path = work / f"{name}.toml"
-        path.write_text(rtu_config_text(work / name, line.port, opts, breaker_failures=None if breaker else 100))
+        path.write_text(rtu_config_text(work / name, line.port, opts, offline_after=None if breaker else 100))
         cfg = load_config(path)
         healthy = [device_id(u) for u in units if u not in dead]
         corpses = [device_id(u) for u in sorted(dead)]
         started = loop.time()
         async with running_gateway(cfg) as gw:
             pollers = gw.pollers
-            threshold = cfg.device(healthy[0]).breaker_failures if breaker else 3
+            threshold = cfg.device(healthy[0]).offline_after if breaker else 3
 
             def warm() -> bool:
                 return (all(pollers[d].state.polls >= 2 for d in healthy)
@@ -315,7 +315,7 @@ async def cycle_run(opts: Options, work: Path, label: str, dead: set[int], *, br
             polls = sum(pollers[d].state.polls - polls0[d] for d in healthy)
             failures = sum(pollers[d].state.failures - failures0[d] for d in healthy)
             if not breaker and any(pollers[d].breaker_open for d in corpses):
-                raise RuntimeError("the breaker opened in the breaker-off run: raise breaker_failures")
+                raise RuntimeError("the breaker opened in the breaker-off run: raise offline_after")
             recovered, limit = None, 0.0
             if revive and corpses:
                 limit = opts.seconds
@@ -524,7 +524,7 @@ def _bench(opts: Options, work: Path) -> int:
     one = next((r for r in runs if r.label == "1 dead"), None)
     print(f"(ratio = mean cycle / all-healthy mean cycle; target <= 1.10 with 1 dead. ideal = all-healthy cycle x "
           f"healthy/{opts.devices}: what fewer units would take if dead ones cost nothing. 'breaker off' = "
-          "breaker_failures 100, the dead unit polled at full rate. dead bus = wire time from each request to a "
+          "offline_after 100, the dead unit polled at full rate. dead bus = wire time from each request to a "
           "dead unit to the next request heard; probes = PROBE-urgency transactions in the scheduler; "
           "bus busy = scheduler's slot-held time, gap waits excluded)")
     if one is not None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from gateway.bench import _num, _table, bank_size, config_text, point_map, simulator, workdir
 from gateway.bench_bus import percentile
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.core.data import Event, Priority, Quality, Reading
 from rules.config import Rule
 from rules.engine import Engine
 

@@ -35,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import upstream
 from gateway.bench import workdir
 from gateway.config.schema import MqttConfig
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.core.data import Event, Priority, Quality, Reading
 from gateway.recorder import AsyncStore, Recorder
 from gateway.store import Batch, Outgoing, Store
 from gateway.uplink import Uplink

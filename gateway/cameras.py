@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from gateway.model import Event, Priority
+from gateway.core.data import Event, Priority
 from gateway.recorder import Recorder
 from models.config import CameraConfig, VisionConfig
 

@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drivers.base import Driver, DriverError, WriteRefused, WriteSpec
+from drivers.base import Driver
 from gateway.config.schema import GatewayConfig
-from gateway.model import Event, Priority, Value
+from gateway.core.config import IDENTIFIER_PATTERN
+from gateway.core.data import Event, Priority, Value
+from gateway.core.errors import DriverError, WriteRefused
+from gateway.core.points import WriteSpec
 from gateway.recorder import Recorder
-from gateway.types import IDENTIFIER_PATTERN
 
 
 class _Command(BaseModel):

@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
-from drivers.base import DriverError
 from gateway.commands import AlarmCommand, CommandError, CommandHandler, WriteCommand, parse_command
+from gateway.core.errors import DriverError
 
 log = structlog.get_logger("gateway.control")
 SOCKET_NAME = "control.sock"

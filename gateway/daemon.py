@@ -8,6 +8,7 @@ import functools
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from gateway.cameras import CameraWorker
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
-from gateway.model import Event, Priority, Reading
+from gateway.core.data import Event, Priority, Reading
+from gateway.core.errors import DriverError, error_kind
 from gateway.recorder import AsyncStore, Recorder
-from gateway.store import Store
+from gateway.store import DeviceState, Store
 from gateway.supervisor import DevicePoller, Supervisor
 from gateway.uplink import Uplink
 
@@ -172,6 +174,28 @@ class RecorderSink:
     def __init__(self, recorder: Recorder, pollers: dict[str, DevicePoller] | None = None) -> None:
         self.recorder = recorder
         self.pollers = pollers if pollers is not None else {}
+        self.states: dict[str, DeviceState] = {}
+        """Streaming devices' state, as their streams report it (polled devices' is their poller's)."""
+
+    def device_failed(self, device: str, error: DriverError) -> None:
+        now = time.time()
+        state = self.states.get(device) or DeviceState(device, "unknown", now)
+        kind = error_kind(error)
+        errors = {**state.errors, kind: state.errors.get(kind, 0) + 1}
+        since = state.since if state.state == "offline" else now
+        self.states[device] = replace(state, state="offline", since=since, error=f"{type(error).__name__}: {error}",
+                                      failures=state.failures + 1, errors=errors)
+        if state.state != "offline":  # once per outage, not once per retry
+            log.warning("device unreachable", device=device, error=str(error))
+        self.recorder.device_state(self.states[device])
+
+    def device_ok(self, device: str) -> None:
+        now = time.time()
+        state = self.states.get(device) or DeviceState(device, "online", now)
+        if state.state != "online":
+            state = replace(state, state="online", since=now, error=None)
+        self.states[device] = replace(state, last_ok=now)
+        self.recorder.device_state(self.states[device])
 
     def readings(self, device: str, readings: list[Reading]) -> None:
         poller = self.pollers.get(device)

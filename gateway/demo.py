@@ -21,8 +21,8 @@ from typing import Any
 
 import aiomqtt
 
-from gateway import logs
 from gateway.config import load_config
+from gateway.core import logs
 from gateway.daemon import Daemon
 
 CYCLE = 40.0  # seconds: meter 2 goes dark at 15 s into each cycle and returns at 30 s

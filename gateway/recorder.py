@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway import upstream
-from gateway.model import Event, Priority, Reading
+from gateway.core.data import Event, Priority, Reading
 from gateway.store import Batch, DeviceState, Store
 from rules.report import Reporter
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.core.data import Event, Priority, Quality, Reading
 
 SCHEMA_VERSION = 1
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import structlog
 
-from drivers.base import DeviceConfig, Driver, DriverError
-from gateway.model import Event, Priority, Quality, Reading, Value
+from drivers.base import DeviceConfig, Driver
+from gateway.core.data import Event, Priority, Quality, Reading, Value
+from gateway.core.errors import DriverError, error_kind
 from gateway.recorder import Recorder
 from gateway.store import DeviceState
 
@@ -82,7 +83,7 @@ class Supervisor:
 class DevicePoller:
     """One device's poll loop: deadline-scheduled, with a circuit breaker and change events.
 
-    After ``breaker_failures`` failed polls in a row the device is declared offline (an event,
+    After ``offline_after`` failed polls in a row the device is declared offline (an event,
     its points ``bad``) and the breaker opens: from then on it is only probed, cheaply and at the
     lowest bus priority, on a doubling backoff up to ``probe_max``, so a dead unit stops spending
     the bus's time. A successful probe closes the breaker and the device is online again.
@@ -175,7 +176,7 @@ class DevicePoller:
         kind = self._count(exc)
         s = self.state
         error = f"{type(exc).__name__}: {exc}"
-        if not self.breaker_open and self._failures_in_a_row >= self.device.breaker_failures:
+        if not self.breaker_open and self._failures_in_a_row >= self.device.offline_after:
             self.breaker_open = True
             if s.state != "offline":
                 log.warning("device offline", device=self.device.id, error=error)
@@ -225,13 +226,3 @@ class DevicePoller:
 
 
 _UNSEEN: Any = object()
-
-
-def error_kind(exc: DriverError) -> str:
-    """A short, stable name for counters: timeout, unreachable, exception, garbage."""
-    return {
-        "DeviceTimeout": "timeout",
-        "DeviceUnreachable": "unreachable",
-        "ExceptionResponse": "exception",
-        "BadResponse": "garbage",
-    }.get(type(exc).__name__, type(exc).__name__)

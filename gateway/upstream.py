@@ -14,9 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.model import PAYLOAD_VERSION, Event, Priority, Reading, new_id
+from gateway.core.data import Event, Priority, Reading
+from gateway.core.ids import new_id
 from gateway.store import Outgoing
 from rules.report import Summary
+
+PAYLOAD_VERSION = 1
+"""Version of the upstream payload schema in ``schemas/upstream-v1.json``; bump on any breaking change."""
 
 
 def _dump(data: dict[str, Any]) -> bytes:

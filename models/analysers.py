@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway.model import Event
+from gateway.core.data import Event
 from models.config import CameraConfig, VisionConfig
 from models.faces import EMBEDDERS, FaceDetector, FacePipeline, Image, face_events
 from models.falls import FallConfig, FallDetector

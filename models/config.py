@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
-from gateway.types import Duration, Identifier, StrictModel
+from gateway.core.config import Duration, Identifier, StrictModel
 
 # Mirrors models.faces constants without importing it, so config checks work without the vision extra.
 DEFAULT_MATCH_THRESHOLD = 0.40

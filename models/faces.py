@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from gateway.model import Event, Priority
+from gateway.core.data import Event, Priority
 from models.fetch import model_path
 
 Image = NDArray[np.uint8]

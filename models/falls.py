@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.model import Event, Priority
+from gateway.core.data import Event, Priority
 
 L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 11, 12, 23, 24
 MIN_TORSO = 4.0

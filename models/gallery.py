@@ -29,7 +29,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.types import IDENTIFIER_PATTERN
+from gateway.core.config import IDENTIFIER_PATTERN
 from models.faces import Vector
 
 DB_NAME = "faces.db"

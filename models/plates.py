@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.model import Event, Priority
+from gateway.core.data import Event, Priority
 from models.faces import Image, _session, as_bgr
 from models.fetch import model_path
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
-from gateway.model import Event
+from gateway.core.data import Event
 from models.analysers import Analyser, build
 from models.config import CameraConfig, VisionConfig, redact_url
 from models.fetch import FetchError

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.model import Event, Quality, Reading
+from gateway.core.data import Event, Quality, Reading
 from rules import config as c
 from rules.expr import Expression
 

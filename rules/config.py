@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from gateway.model import Priority
-from gateway.types import Duration, Identifier, StrictModel
+from gateway.core.config import Duration, Identifier, StrictModel
+from gateway.core.data import Priority
 from rules.escalation import AlarmClass
 
 POINT_REF = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}\.[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"

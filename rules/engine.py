@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.model import Event, Quality, Reading
+from gateway.core.data import Event, Quality, Reading
 from rules.conditions import EventNode, Node, Trigger, World, compile_condition, walk
 from rules.config import Rule
 

@@ -8,14 +8,13 @@ the ``now`` it needs (epoch seconds).
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import math
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.model import Event, Priority
+from gateway.core.data import Event, Priority
+from gateway.core.ids import stable_id
 
 if TYPE_CHECKING:  # rules.alarms imports this module; the types are needed for annotations only
     from rules.alarms import Alarm, AlarmState
@@ -210,11 +209,7 @@ class Transition:
     def event_id(self) -> str:
         """UUIDv7 derived from the transition itself, so re-sending the same transition after a crash and
         restore gives the same id and the platform de-duplicates it (and no clock read is needed here)."""
-        ms = max(0, int(self.at * 1000))
-        digest = hashlib.sha256(f"{self.key}\0{self.seq}\0{self.action}\0{self.at!r}".encode()).digest()
-        rand = int.from_bytes(digest[:10], "big") & ((1 << 74) - 1)
-        value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
-        return str(uuid.UUID(int=value))
+        return stable_id(self.at, self.key, self.seq, self.action, self.at)
 
     def to_event(self, alarm: Alarm) -> Event:
         """The upstream event (kind ``alarm.<action>``) carrying this whole trail entry."""

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.core.data import Event, Priority, Quality, Reading
 from rules.alarms import AlarmBook
 from rules.conditions import AbsentNode, AllNode, EventNode, ExprNode, Node, StaleNode, TimeNode, walk
 from rules.config import NotifyAction, PublishAction, WriteAction, build_classes

@@ -10,10 +10,28 @@ at once: "the meter stopped answering" is news whatever the policy. Alarms never
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from gateway.model import Quality, Reading, Value
-from gateway.types import ReportPolicy
+from pydantic import Field
+
+from gateway.core.config import Duration, StrictModel
+from gateway.core.data import Quality, Reading, Value
+
+Function = Literal["min", "max", "mean", "last", "count"]
+ALL_FUNCTIONS: tuple[Function, ...] = ("min", "max", "mean", "last", "count")
+
+
+class ReportPolicy(StrictModel):
+    """What of a device's telemetry goes upstream, and when (rules/report.py applies it)."""
+
+    mode: Literal["every", "change", "periodic", "aggregate"] = Field(
+        default="every", description="every poll | on change | periodic snapshot | windowed aggregates",
+    )
+    deadband: float = Field(default=0.0, ge=0, description="change: ignore moves smaller than this.")
+    max_interval: Duration = Field(default=900.0, gt=0, description="change: report at least this often.")
+    period: Duration = Field(default=60.0, gt=0, description="periodic: one snapshot per period.")
+    window: Duration = Field(default=300.0, gt=0, description="aggregate: window length.")
+    functions: list[Function] = Field(default_factory=lambda: list(ALL_FUNCTIONS))
 
 
 @dataclass(slots=True)
@@ -58,7 +76,7 @@ class Reporter:
         if state is None:
             return readings
         out = []
-        periodic_due = state.last_periodic is None or now - state.last_periodic >= state.default.every
+        periodic_due = state.last_periodic is None or now - state.last_periodic >= state.default.period
         for r in readings:
             policy = state.policies.get(r.point, state.default)
             p = state.points.setdefault(r.point, _Point())

@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,13 @@ async def collector(broker: Broker) -> AsyncIterator[Collector]:
     await c.start()
     yield c
     await c.stop()
+
+
+async def until(predicate: Callable[[], object], within: float = 15.0) -> None:
+    """Wait for a condition that other tasks make true; fail after ``within`` seconds (a bound, not a rate)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 (other tasks change what the predicate reads)
+            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

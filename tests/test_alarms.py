@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gateway import upstream
-from gateway.model import Priority
+from gateway.core.data import Priority
 from rules.alarms import ALLOWED, AlarmBook, AlarmClass, AlarmError, AlarmState, Transition
 
 S = AlarmState
@@ -316,7 +316,7 @@ def test_alarm_class_validation() -> None:
 
 def test_rules_modules_stay_pure() -> None:
     allowed = {"__future__", "copy", "enum", "hashlib", "itertools", "math", "uuid", "dataclasses", "datetime",
-               "typing", "collections.abc", "gateway.model", "rules.alarms", "rules.escalation"}
+               "typing", "collections.abc", "gateway.core.data", "gateway.core.ids", "rules.alarms", "rules.escalation"}
     for name in ("alarms.py", "escalation.py"):
         source = (ROOT / "rules" / name).read_text()
         for node in ast.walk(ast.parse(source)):

@@ -13,20 +13,20 @@ import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import running, write_config
+from conftest import running, until, write_config
 
 from drivers.bacnet.config import BacnetBus, BacnetDevice
 from drivers.bacnet.driver import BacnetDriver
-from drivers.base import BadResponse, DeviceTimeout, DeviceUnreachable, ExceptionResponse
 from gateway.commands import CommandError, WriteCommand
 from gateway.config import load_config
+from gateway.core.data import Event, Quality, Reading
+from gateway.core.errors import BadResponse, DeviceTimeout, DeviceUnreachable, ExceptionResponse
 from gateway.daemon import Daemon
-from gateway.model import Event, Quality, Reading
 from simulators.bacnet import SimulatedDevice, serve_bacnet
 
 MODES = {1: "off", 2: "auto", 3: "manual"}
@@ -88,12 +88,6 @@ class Sink:
 
     def last(self, point: str) -> Reading | None:
         return next((r for r in reversed(self.pushed) if r.point == point), None)
-
-
-async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 (state filled by other tasks)
-            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -328,7 +322,7 @@ async def test_a_device_that_disappears_goes_offline_and_returns(tmp_path: Path)
     port = udp_port()
     async with plant(port) as sim:
         daemon = Daemon(load_config(bacnet_config(tmp_path, sim, interval="200ms", cov=True, cov_lifetime="4s",
-                                                  breaker_failures=2, probe_max="1s")))
+                                                  offline_after=2, probe_max="1s")))
         events: list[str] = []
         daemon.recorder.on_event(lambda e: events.append(e.kind))
         async with running(daemon):

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.bacnet import codec
-from gateway.model import Quality
+from gateway.core.data import Quality
 
 KINDS: tuple[codec.Kind, ...] = ("analog", "binary", "multistate", "other")
 STATES = {1: "off", 2: "auto"}

@@ -66,8 +66,7 @@ async def test_discovery_by_unicast_and_a_config_block_that_loads(tmp_path: Path
     assert tomllib.loads(block)["devices"][0]["cov"] is True
 
 
-NS_CODE = ("import argparse, sys; from gateway.cli.bacnet import add_commands; p = argparse.ArgumentParser(); "
-           "add_commands(p.add_subparsers(dest='c')); a = p.parse_args(sys.argv[1:]); sys.exit(a.fn(a))")
+NS_CODE = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"  # the plugin's CLI hook
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 for netns")

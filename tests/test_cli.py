@@ -12,17 +12,16 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import Broker, free_ports, running, write_config
+from conftest import Broker, free_ports, running, until, write_config
 
 from gateway import __version__
 from gateway.config import load_config
+from gateway.core.data import Event, Priority
 from gateway.daemon import Daemon
-from gateway.model import Event, Priority
 from simulators.meter import METER_POINTS, serve_black_holes, serve_meters
 
 POINTS = [{k: v for k, v in p.items() if v is not None} for p in METER_POINTS]  # unitless: no `unit` key
@@ -66,12 +65,6 @@ def config_for(tmp: Path, ports: list[int], mqtt_port: int | None, *, interval: 
     devices = [dict(id=f"meter-{i}", bus=f"bus-{i}", interval=interval, points=POINTS) for i in range(len(ports))]
     return write_config(tmp / "gateway.toml", data_dir=tmp / "data", mqtt_port=mqtt_port, buses=buses,
                         devices=devices)
-
-
-async def until(predicate: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 (the daemon's tasks change what the predicate reads)
-            await asyncio.sleep(0.05)
 
 
 def state(daemon: Daemon, device: str) -> str:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gateway.model import Priority
+from gateway.core.data import Priority
 from models.falls import FallConfig, FallDetector, measure
 from models.pose import L_HIP, L_SHOULDER, NOSE, R_HIP, R_SHOULDER, PoseTracker, Roi, ssd_anchors
 from simulators.camera import posed

@@ -28,7 +28,7 @@ async def test_a_dead_bus_raises_one_root_cause_alarm_and_counts_the_rest(tmp_pa
             tmp_path / "gateway.toml", data_dir=tmp_path / "data", mqtt_port=None,
             buses=[{"id": "rs485-1", "driver": "modbus_rtu", "port": line.port, "timeout": "150ms"}],
             devices=[{"id": f"meter-{u}", "bus": "rs485-1", "unit": u, "interval": "100ms",
-                      "breaker_failures": 2, "points": POINTS} for u in units])
+                      "offline_after": 2, "points": POINTS} for u in units])
         config.write_text(config.read_text(encoding="utf-8") + OFFLINE_RULES, encoding="utf-8")
         daemon = Daemon(load_config(config))
         assert daemon.automation is not None

@@ -11,10 +11,9 @@ from conftest import Broker, Collector, free_ports, running
 from test_spine import meter_config
 
 from gateway.config import load_config
+from gateway.core.data import Quality, Reading
 from gateway.daemon import Daemon
-from gateway.model import Quality, Reading
-from gateway.types import ReportPolicy
-from rules.report import Reporter
+from rules.report import Reporter, ReportPolicy
 from simulators.meter import serve_meters
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "upstream-v1.json").read_text())

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymodbus.datastore import ModbusDeviceContext
 
-from drivers.base import DriverError
 from drivers.modbus.codec import Block, Span, Table
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus
 from drivers.modbus.driver import DevicePlan, ModbusDriver
 from gateway.config import load_config
+from gateway.core.data import Quality
+from gateway.core.errors import DriverError
 from gateway.daemon import Daemon
-from gateway.model import Quality
 from simulators.endpoints import sequential_block
 from simulators.meter import METER_POINTS, serve_meters
 from simulators.rtu import Behaviour, RtuLine, Unit

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.core.data import Event, Priority, Quality, Reading
 from rules.config import Rule
 from rules.engine import Cleared, Engine, Fired, Output
 

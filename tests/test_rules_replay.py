@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.cli.rules import add_commands, add_export_arguments, recording_lines
 from gateway.config import load_config
+from gateway.core.data import Event, Priority
 from gateway.daemon import Daemon, open_store
-from gateway.model import Event, Priority
 from rules.replay import RecordingError, ReplayStep, parse_recording, replay
 from simulators.meter import METER_POINTS, serve_meters
 
@@ -276,8 +276,8 @@ async def test_export_from_a_daemon_run_replays_to_the_alarms_it_raised(tmp_path
 
 def test_events_export_option_writes_the_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.cli.site import cmd_events
+    from gateway.core.data import Quality, Reading
     from gateway.daemon import data_path
-    from gateway.model import Quality, Reading
     from gateway.store import Batch, Store
 
     config = _config(tmp_path)

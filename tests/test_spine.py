@@ -17,8 +17,8 @@ import pytest
 from conftest import Broker, Collector, free_port, free_ports, running, write_config
 
 from gateway.config import load_config
+from gateway.core.data import Event, Priority
 from gateway.daemon import Daemon
-from gateway.model import Event, Priority
 from simulators.meter import METER_POINTS, serve_black_holes, serve_meters
 
 

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from gateway import upstream
-from gateway.model import Event, Priority, Quality, Reading
+from gateway.core.data import Event, Priority, Quality, Reading
 from gateway.store import Batch, Outgoing, Store
 
 

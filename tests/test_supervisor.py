@@ -13,18 +13,19 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import Broker, free_ports, write_config
+from conftest import Broker, free_ports, until, write_config
 
-from drivers.base import BusConfig, DeviceConfig, Driver, WriteRefused
+from drivers.base import BusConfig, DeviceConfig, Driver
 from gateway.config import load_config
+from gateway.core.data import Quality, Reading, Value
+from gateway.core.errors import WriteRefused
 from gateway.daemon import build_drivers
-from gateway.model import Quality, Reading, Value
 from gateway.recorder import AsyncStore, Recorder
 from gateway.store import Store
 from gateway.supervisor import DevicePoller, Supervisor
@@ -43,12 +44,6 @@ async def recorder(tmp_path: Path) -> AsyncIterator[Recorder]:
     await asyncio.gather(writer, return_exceptions=True)
     await rec.close()
     store.close()
-
-
-async def until(predicate: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 (other tasks change what the predicate reads)
-            await asyncio.sleep(0.01)
 
 
 async def stored_events(rec: Recorder) -> list[dict[str, Any]]:

@@ -16,8 +16,8 @@ import pytest
 from conftest import Broker, Collector, running, write_config
 
 from drivers.modbus.codec import DataType, Order, Table, encode
-from drivers.modbus.driver import float32_shortest
 from gateway.config import load_config
+from gateway.core.numbers import float32_shortest
 from gateway.daemon import Daemon
 from simulators.registers import RegisterBank, serve_registers
 

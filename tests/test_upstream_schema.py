@@ -11,8 +11,8 @@ from conftest import Broker, Collector, free_ports, running
 from test_spine import meter_config
 
 from gateway.config import load_config
+from gateway.core.data import Event, Priority
 from gateway.daemon import Daemon
-from gateway.model import Event, Priority
 from simulators.meter import serve_meters
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "upstream-v1.json").read_text())

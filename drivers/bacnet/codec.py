@@ -34,8 +34,8 @@ from bacpypes3.primitivedata import (
 )
 from bacpypes3.vendor import get_vendor_info
 
-from drivers.modbus.driver import float32_shortest
-from gateway.model import Quality, Value
+from gateway.core.data import Quality, Value
+from gateway.core.numbers import float32_shortest
 
 Kind = Literal["analog", "binary", "multistate", "other"]
 

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drivers.base import BusConfig, DeviceConfig, WriteSpec
-from gateway.model import Value
-from gateway.types import Duration, Identifier, StrictModel
+from drivers.base import BusConfig, DeviceConfig
+from gateway.core.config import Duration, Identifier, StrictModel
+from gateway.core.data import Value
+from gateway.core.points import WriteSpec
 
 if TYPE_CHECKING:
     from drivers.bacnet.codec import Kind

@@ -25,8 +25,9 @@ from bacpypes3.primitivedata import TagList
 from drivers.bacnet import stack
 from drivers.bacnet.config import BacnetPoint
 from drivers.bacnet.stack import Nack
-from drivers.base import DriverError, Sink
+from drivers.base import Sink
 from drivers.scheduler import Urgency
+from gateway.core.errors import DriverError
 
 if TYPE_CHECKING:
     from drivers.bacnet.driver import BacnetDriver

@@ -25,18 +25,17 @@ from drivers.bacnet import codec, stack
 from drivers.bacnet.config import BacnetBus, BacnetDevice, BacnetPoint
 from drivers.bacnet.cov import CovManager
 from drivers.bacnet.stack import Key, Nack, Stack
-from drivers.base import (
+from drivers.base import Driver, Sink
+from drivers.scheduler import BusScheduler, Urgency
+from gateway.core.data import Reading, Value
+from gateway.core.errors import (
     BadResponse,
     DeviceTimeout,
     DeviceUnreachable,
-    Driver,
     DriverError,
     ExceptionResponse,
-    Sink,
     WriteRefused,
 )
-from drivers.scheduler import BusScheduler, Urgency
-from gateway.model import Reading, Value
 
 log = structlog.get_logger("drivers.bacnet")
 T = TypeVar("T")
@@ -118,11 +117,6 @@ class BacnetDriver(Driver):
         await self.cov.run(sink)
 
     # -- transactions ------------------------------------------------------------------------------
-
-    def urgency(self, device: BacnetDevice, *, write: bool = False) -> Urgency:
-        if device.priority == "life_safety":
-            return Urgency.LIFE_SAFETY
-        return Urgency.WRITE if write else Urgency.POLL
 
     async def request(self, device: str, urgency: Urgency,
                       fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

@@ -39,7 +39,7 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import Atomic, ObjectIdentifier, TagList
 
 from drivers.bacnet import codec
-from drivers.base import BadResponse, DeviceTimeout, DeviceUnreachable
+from gateway.core.errors import BadResponse, DeviceTimeout, DeviceUnreachable
 
 # bacpypes3 logs through stdlib loggers under "bacpypes3"; failures are reported by the driver,
 # with context, so its own messages would only be noise (on stdout for the CLI's --json, too).

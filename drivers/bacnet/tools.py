@@ -18,10 +18,10 @@ from drivers.bacnet import codec, stack
 from drivers.bacnet.config import DEFAULT_PORT, BacnetBus, BacnetDevice
 from drivers.bacnet.driver import BacnetDriver, Specs
 from drivers.bacnet.stack import Nack
-from drivers.base import DriverError
 from drivers.scheduler import Urgency
-from gateway.model import Value
-from gateway.types import IDENTIFIER_PATTERN
+from gateway.core.config import IDENTIFIER_PATTERN
+from gateway.core.data import Value
+from gateway.core.errors import DriverError
 
 TOOL_INSTANCE = 4194302
 """The gateway's device instance when a tool runs without a config: the highest one a device may have."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from typing import ClassVar, Literal, Self
+from typing import Literal, Self
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from drivers.base import BusConfig, DeviceConfig
 from drivers.firepanel import formats
-from gateway.types import Duration, StrictModel
+from gateway.core.config import Duration, SerialPortConfig, StrictModel
 
 Encoding = Literal["utf-8", "gbk", "gb2312", "gb18030", "latin-1"]
 LineEvent = Literal[
@@ -28,15 +28,10 @@ STATE_POINTS = (
 )
 
 
-class SerialLineBus(BusConfig):
+class SerialLineBus(BusConfig, SerialPortConfig):
     """A serial port on which one device prints text lines unasked, e.g. a fire panel's printer port."""
 
     driver: Literal["serial_lines"]
-    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0.")
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = Field(default="N", description="N(one), E(ven) or O(dd).")
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
     encoding: Encoding | None = Field(
         default=None,
         description="Text encoding of the lines; default: the panel format's (gst_cn: gbk). gb2312 is read as "
@@ -55,9 +50,6 @@ class SerialLineBus(BusConfig):
         default=2.0, gt=0, le=60,
         description="A line left unfinished this long (no terminator, no further byte) is taken as complete.",
     )
-
-    max_devices: ClassVar[int] = 1
-    """One panel per port: nothing on the line says which of two talkers a line came from."""
 
 
 class LinePattern(StrictModel):
@@ -151,8 +143,8 @@ class FirePanel(DeviceConfig):
     """A fire alarm control panel reporting over a serial line, one text line per event."""
 
     driver: Literal["firepanel"] = "firepanel"
-    priority: Literal["life_safety", "normal"] = Field(
-        default="life_safety", description="A fire panel is life safety (kept for symmetry with polled devices).",
+    life_safety: bool = Field(
+        default=True, description="A fire panel is life safety (kept for symmetry with polled devices).",
     )
     format: str | None = Field(
         default=None,

@@ -35,10 +35,12 @@ from typing import Any
 import serial_asyncio_fast
 import structlog
 
-from drivers.base import DeviceUnreachable, Driver, Sink, WriteRefused
+from drivers.base import Driver, Sink
 from drivers.firepanel.config import FirePanel, SerialLineBus, compile_pattern
 from drivers.firepanel.parser import Line, LineParser, LineSplitter, Parsed
-from gateway.model import Event, Priority, Quality, Reading, Value
+from gateway.core.data import Event, Priority, Quality, Reading, Value
+from gateway.core.errors import DeviceUnreachable, WriteRefused
+from gateway.core.timing import Backoff
 
 log = structlog.get_logger("drivers.firepanel")
 
@@ -315,7 +317,18 @@ class FirePanelDriver(Driver):
             sink.readings(self.panel.id, outcome.readings)
 
     async def stream(self, sink: Sink) -> None:
-        """Listen until cancelled; a port that cannot be opened or goes away is DeviceUnreachable."""
+        """Listen until cancelled. A port that cannot be opened or goes away is the panel's state, not a crash:
+        it is reported through the sink, and the port is tried again with backoff."""
+        backoff = Backoff(1.0, 30.0)
+        while True:
+            try:
+                await self._listen(sink, backoff)
+            except DeviceUnreachable as exc:
+                sink.device_failed(self.panel.id, exc)
+                await asyncio.sleep(backoff.next())
+
+    async def _listen(self, sink: Sink, backoff: Backoff) -> None:
+        """One session on the port, from open to loss; ends by raising DeviceUnreachable."""
         bus = self.bus
         loop = asyncio.get_running_loop()
         splitter = LineSplitter(bus.terminator.encode(), bus.max_line)
@@ -337,6 +350,8 @@ class FirePanelDriver(Driver):
             self._emit(sink, self.monitor.port_lost(f"cannot open {bus.port}: {exc}", time.time()))
             raise DeviceUnreachable(f"{bus.port}: cannot open: {exc}") from exc
         self._transport = transport
+        backoff.reset()
+        sink.device_ok(self.panel.id)
         self.monitor.listening(loop.time())
         log.info("listening to fire panel", device=self.panel.id, port=bus.port)
         try:

@@ -6,12 +6,13 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import BusConfig, DeviceConfig, WriteSpec
+from drivers.base import BusConfig, DeviceConfig
 from drivers.modbus import profiles
 from drivers.modbus.codec import DataType, Order, Table, register_count
 from drivers.modbus.profiles import apply_profile
-from gateway.model import Value
-from gateway.types import Duration, Identifier, StrictModel
+from gateway.core.config import Duration, Identifier, SerialPortConfig, StrictModel
+from gateway.core.data import Value
+from gateway.core.points import WriteSpec
 
 
 class ModbusTcpBus(BusConfig):
@@ -34,24 +35,14 @@ class ModbusRtuOverTcpBus(ModbusTcpBus):
     gap: Duration = Field(default=0.005, ge=0, le=5, description="Quiet time between transactions.")
 
 
-class ModbusRtuBus(BusConfig):
+class ModbusRtuBus(BusConfig, SerialPortConfig):
     """An RS-485 line on a local serial port: one transaction at a time, a quiet gap between frames."""
 
     driver: Literal["modbus_rtu"]
-    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0.")
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = Field(default="N", description="N(one), E(ven) or O(dd).")
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
     gap: Duration | None = Field(
         default=None, ge=0, le=5,
         description="Quiet time between frames; default 3.5 character times (at least 1.75 ms).",
     )
-
-    @property
-    def char_time(self) -> float:
-        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
 
     @property
     def frame_gap(self) -> float:

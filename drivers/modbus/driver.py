@@ -20,15 +20,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from drivers.base import (
-    BadResponse,
-    DeviceTimeout,
-    DeviceUnreachable,
-    Driver,
-    DriverError,
-    ExceptionResponse,
-    WriteRefused,
-)
+from drivers.base import Driver
 from drivers.modbus.codec import (
     Block,
     DataType,
@@ -43,7 +35,16 @@ from drivers.modbus.codec import (
 )
 from drivers.modbus.config import ModbusDevice, ModbusPoint, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.scheduler import BusScheduler, Urgency
-from gateway.model import Quality, Reading, Value
+from gateway.core.data import Quality, Reading, Value
+from gateway.core.errors import (
+    BadResponse,
+    DeviceTimeout,
+    DeviceUnreachable,
+    DriverError,
+    ExceptionResponse,
+    WriteRefused,
+)
+from gateway.core.numbers import float32_shortest
 
 # pymodbus logs through the stdlib logger "pymodbus"; we report failures ourselves, with context,
 # so its own messages would only be noise on stdout (and on the CLI's --json output).
@@ -81,27 +82,6 @@ def _reraise_cancellation() -> None:
 def _span(index: int, point: ModbusPoint) -> Span:
     width = 1 if point.table in (Table.COIL, Table.DISCRETE) else register_count(point.type)
     return Span(index, point.table, point.address, width)
-
-
-def float32_shortest(value: float) -> float:
-    """The shortest decimal that is still the same float32: 231.5, not 231.5000030517578.
-
-    A float32 widened to a Python float carries binary noise that a technician reads as a wrong
-    digit. Rounding to a fixed 7 significant digits would lose real data (the float32 16777218
-    would print as 16777220), so take the fewest of 6 to 9 significant digits that still
-    round-trip to the same float32. Values with fewer digits come out short anyway ("%g").
-    """
-    try:
-        exact: float = struct.unpack(">f", struct.pack(">f", value))[0]
-    except OverflowError:  # not a float32 at all: leave it alone
-        return value
-    if not math.isfinite(exact):
-        return exact
-    for digits in range(6, 9):
-        short = float(f"{exact:.{digits}g}")
-        if struct.unpack(">f", struct.pack(">f", short))[0] == exact:
-            return short
-    return float(f"{exact:.9g}")  # 9 significant digits always identify a float32
 
 
 def scaled(raw: int | float | bool, point: ModbusPoint) -> Value:
@@ -243,11 +223,6 @@ class ModbusDriver(Driver):
     async def close(self) -> None:
         for line in self._idle:
             line.client.close()
-
-    def urgency(self, device: ModbusDevice, *, write: bool = False) -> Urgency:
-        if device.priority == "life_safety":
-            return Urgency.LIFE_SAFETY
-        return Urgency.WRITE if write else Urgency.POLL
 
     async def _call(self, device: ModbusDevice, urgency: Urgency, method: str, *args: Any, **kwargs: Any) -> Any:
         limit = device.timeout or self.bus.timeout

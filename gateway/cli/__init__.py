@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.cli.alarms import add_commands as add_alarm_commands
-from gateway.cli.bacnet import add_bench as add_bacnet_bench
-from gateway.cli.bacnet import add_commands as add_bacnet_commands
-from gateway.cli.bacnet import add_simulate as add_bacnet_simulate
+from gateway.cli.common import load
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
 from gateway.cli.site import (
+    add_bacnet_bench,
     cmd_bench,
     cmd_check,
     cmd_demo,
@@ -77,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_alarm_commands(sub, DEFAULT_CONFIG)
     add_rule_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
-    add_bacnet_commands(sub)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
@@ -113,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, default=9600)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_simulate)
-    add_bacnet_simulate(sim)
     add_camera_simulate(sim)
     bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
     add_vision_bench(bench)
     add_bacnet_bench(bench)
+    _plugin_hooks(sub, sim, bench)
     p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--points", type=int, default=100)
@@ -167,7 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plugin_hooks(commands: Any, simulate: Any, bench: Any) -> None:
+    """Each driver plugin may add technician commands, a simulator and a bench of its own."""
+    from drivers.plugin import load_object
+    from drivers.registry import plugins
+
+    for plugin in plugins().values():
+        for ref, where in ((plugin.commands, commands), (plugin.simulate, simulate), (plugin.bench, bench)):
+            if ref:
+                load_object(ref)(where)
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    """What plugin commands call for the config (they cannot import the core's loader)."""
+    if getattr(args, "config", None) is None:
+        args.config = Path(DEFAULT_CONFIG)
+    return load(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.load_config = _load_config
     result: int = args.fn(args)
     return result

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.cli.common import load, print_json, stored, table
 from gateway.cli.devices import _via_daemon
-from gateway.types import parse_duration
+from gateway.core.config import parse_duration
 
 ACTIONS = {"ack": "acknowledge", "reset": "reset", "shelve": "shelve", "unshelve": "unshelve",
            "disable": "out_of_service", "enable": "in_service"}

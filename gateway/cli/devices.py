@@ -58,7 +58,7 @@ def _device(cfg: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from drivers.base import DriverError
+    from gateway.core.errors import DriverError
 
     cfg = load(args)
     device = _device(cfg, args)

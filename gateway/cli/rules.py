@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gateway.cli.common import load, print_json
-from gateway.types import parse_duration
+from gateway.core.config import parse_duration
 
 
 def add_commands(sub: Any, config_default: str) -> None:

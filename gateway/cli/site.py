@@ -28,12 +28,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway import logs
-    from gateway.config.loader import config_hash
+    import structlog
+
+    from gateway.config.loader import ConfigProblem, config_hash
+    from gateway.core import logs
     from gateway.daemon import Daemon
 
-    cfg = load(args)
+    warnings: list[ConfigProblem] = []
+    cfg = load(args, warnings=warnings)
     logs.configure(cfg.log.level, cfg.log.format)
+    for warning in warnings:
+        structlog.get_logger("gateway.config").warning("config key deprecated", problem=warning.format())
 
     async def main() -> None:  # the daemon installs its own SIGTERM handling once the loop runs
         await Daemon(cfg, config_hash=config_hash(args.config)).run()
@@ -173,3 +178,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(BENCHES[args.what])
     runner: Callable[[argparse.Namespace], int] = getattr(module, f"bench_{args.what}")
     return runner(args)
+def add_bacnet_bench(bench: Any) -> None:
+    """Register `gateway bench bacnet` under the bench subcommands."""
+    p = bench.add_parser("bacnet", help="BACnet/IP points/s with ReadPropertyMultiple and without, simulated devices")
+    p.add_argument("--devices", type=int, default=10)
+    p.add_argument("--points", type=int, default=50, help="analog inputs per device")
+    p.add_argument("--seconds", type=float, default=10, help="measurement window per run")
+    p.set_defaults(fn=cmd_bench_bacnet)
+
+
+
+
+def cmd_bench_bacnet(args: argparse.Namespace) -> int:
+    from gateway.bench_bacnet import bench_bacnet
+
+    return bench_bacnet(args)

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.config.locate import SourceMap
+from gateway.config.renames import apply_renames
 from gateway.config.schema import GatewayConfig, cross_check, resolve_paths
-from gateway.types import IDENTIFIER_PATTERN
+from gateway.core.config import IDENTIFIER_PATTERN
 
 KeyPath = tuple[str | int, ...]
 
@@ -128,12 +129,18 @@ def _include(path: Path, data: dict[str, Any], sources: Sources) -> None:
         raise ConfigError(_sorted(problems))
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Read, parse, validate and cross-check; raise ConfigError listing every problem, sorted by line."""
+def load_config(path: str | Path, *, warnings: list[ConfigProblem] | None = None) -> GatewayConfig:
+    """Read, parse, validate and cross-check; raise ConfigError listing every problem, sorted by line.
+
+    Old key names still load; each is added to ``warnings`` (when given) with its line and the new name.
+    """
     path = Path(path)
     name, text, data = _read(path)
     sources = Sources(name, text)
     _include(path, data, sources)
+    deprecated = apply_renames(data)
+    if warnings is not None:
+        warnings += _sorted([ConfigProblem(*sources.place(d.loc), d.message) for d in deprecated])
     try:
         resolve_paths(data, path.parent)
     except ValueError as exc:  # os.path.expanduser on a name it cannot look up
@@ -151,12 +158,15 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def check_file(path: str | Path, out: TextIO) -> int:
     """`gateway check -c FILE`: 0 and a one-line summary when valid, 2 and every problem otherwise."""
+    warnings: list[ConfigProblem] = []
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, warnings=warnings)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem.format(), file=out)
         return 2
+    for warning in warnings:
+        print(f"warning: {warning.format()}", file=out)
     points = sum(len(device.point_ids()) for device in cfg.devices)
     counts = ", ".join(
         _plural(count, noun)

@@ -6,15 +6,18 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from drivers.registry import AnyBus, AnyDevice, family_of
-from gateway.types import Duration, Identifier, StrictModel
+from drivers import registry
+from drivers.base import BusConfig, DeviceConfig
+from drivers.registry import family_of
+from gateway.core.config import Duration, Identifier, Problem, StrictModel
 from models.config import CameraConfig, VisionConfig
 from rules.config import AlarmClassConfig, NotifierConfig, Rule, alarm_classes, references
+from rules.report import ReportPolicy
 
 
 class SiteConfig(StrictModel):
@@ -91,6 +94,26 @@ class LogConfig(StrictModel):
     )
 
 
+class Reporting(StrictModel):
+    """What the core adds to every device, whatever its protocol: what of its telemetry goes upstream."""
+
+    report: ReportPolicy = Field(
+        default_factory=ReportPolicy, description="What goes upstream: every poll, on change, periodic, aggregate.",
+    )
+    report_points: dict[str, ReportPolicy] = Field(
+        default_factory=dict, description="Per-point policies where they differ from `report`.",
+    )
+
+
+if TYPE_CHECKING:  # what every member of the runtime unions is, for the type checker
+    AnyBus = BusConfig
+
+    class AnyDevice(DeviceConfig, Reporting): ...
+else:
+    AnyBus = registry.bus_union()
+    AnyDevice = registry.device_union(Reporting)
+
+
 class GatewayConfig(StrictModel):
     """The whole file. Devices take their family (modbus, bacnet, ...) from the bus they name."""
 
@@ -148,12 +171,6 @@ class GatewayConfig(StrictModel):
         raise KeyError(device_id)
 
 
-class Problem(NamedTuple):
-    loc: tuple[str | int, ...]
-    message: str
-    value: Any = None
-
-
 def cross_check(cfg: GatewayConfig) -> list[Problem]:
     """Facts that span sections, checked after every section is valid on its own."""
     problems: list[Problem] = []
@@ -172,44 +189,28 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
         if camera.id in device_ids:  # events carry the id as their source: it must name one thing
             problems.append(Problem(("cameras", index, "id"), f"{camera.id!r} is already a device id", camera.id))
     buses = {b.id: b for b in cfg.buses}
-    units: dict[tuple[str, int], str] = {}
-    instances: dict[tuple[str, int], str] = {}
-    per_bus: dict[str, list[str]] = {}
+    families: dict[str, tuple[list[tuple[int, Any]], list[tuple[int, Any]]]] = {}
+    for index, bus in enumerate(cfg.buses):
+        families.setdefault(family_of(bus.driver), ([], []))[0].append((index, bus))
     for index, device in enumerate(cfg.devices):
         duplicates(device.point_ids(), ("devices", index, "points"), f"point (device {device.id!r})")
-        bus = buses.get(device.bus)
-        if bus is None:
+        carrier = buses.get(device.bus)
+        if carrier is None:
             known = ", ".join(sorted(buses)) or "none defined"
             problems.append(Problem(("devices", index, "bus"), f"no bus {device.bus!r} (buses: {known})", device.bus))
             continue
-        if family_of(bus.driver) != device.driver:
-            problems.append(Problem(("devices", index, "bus"), f"bus {bus.id!r} is {bus.driver}", device.bus))
-        unit = getattr(device, "unit", None)  # a Modbus unit id; other families address devices otherwise
-        if unit is not None:
-            key = (bus.id, unit)
-            if key in units:
-                problems.append(Problem(
-                    ("devices", index, "unit"), f"unit {unit} on bus {bus.id!r} is already device {units[key]!r}", unit,
-                ))
-            units.setdefault(key, device.id)
-        instance = getattr(device, "device_instance", None)  # BACnet: one device instance per network
-        if instance is not None:
-            key = (bus.id, instance)
-            if key in instances:
-                problems.append(Problem(("devices", index, "device_instance"),
-                                        f"device {instance} on bus {bus.id!r} is already {instances[key]!r}", instance))
-            instances.setdefault(key, device.id)
-        limit = getattr(bus, "max_devices", None)  # a fire panel's serial line carries one panel
-        if limit is not None and device.enabled:
-            carried = per_bus.setdefault(bus.id, [])
-            if len(carried) >= limit:
-                problems.append(Problem(("devices", index, "bus"), f"bus {bus.id!r} ({bus.driver}) carries "
-                                        f"{limit} device and {carried[0]!r} is already on it", device.bus))
-            carried.append(device.id)
+        if family_of(carrier.driver) != device.driver:
+            problems.append(Problem(("devices", index, "bus"), f"bus {carrier.id!r} is {carrier.driver}", device.bus))
+            continue
+        families.setdefault(device.driver, ([], []))[1].append((index, device))
+    for family, (family_buses, family_devices) in families.items():
+        plugin = registry.plugins().get(family)
+        if plugin is not None and plugin.validate is not None:
+            problems += plugin.validate(family_buses, family_devices)
     ports: dict[str, str] = {}
     for index, bus in enumerate(cfg.buses):
         port = getattr(bus, "port", None)
-        if isinstance(port, str):  # a local serial device (TCP buses have a port number)
+        if isinstance(port, str):  # a local serial device opens for one bus only, whatever it carries
             if port in ports:
                 problems.append(Problem(("buses", index, "port"),
                                         f"serial port {port!r} is already bus {ports[port]!r}", port))

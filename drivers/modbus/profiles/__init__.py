@@ -40,5 +40,5 @@ def apply_profile(data: Any) -> Any:
     own_ids = {p.get("id") for p in own if isinstance(p, dict)}
     merged += [dict(p) for pid, p in base.items() if pid not in own_ids and pid not in exclude]
     out = {**data, "points": merged}
-    out.setdefault("priority", profile.get("profile", {}).get("priority", "normal"))
+    out.setdefault("life_safety", profile.get("profile", {}).get("life_safety", False))
     return out

@@ -1,4 +1,4 @@
-"""`gateway bacnet discover | objects`, `gateway simulate bacnet`, `gateway bench bacnet`.
+"""`gateway bacnet discover | objects`: the technician's BACnet tools (this plugin's CLI hook).
 
 The tools bind the config's BACnet bus address (so broadcast I-Ams reach them). While the daemon
 holds that port they cannot: stop it, or bind a spare port with `--bind IP:0`, which still hears
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import fmt, load, print_json, table
+from gateway.core.text import fmt, print_json, table
 
 
 def add_commands(subparsers: Any) -> None:
@@ -40,30 +39,8 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(fn=cmd_objects)
 
 
-def add_simulate(sim: Any) -> None:
-    """Register `gateway simulate bacnet` under the simulate subcommands."""
-    p = sim.add_parser("bacnet", help="a BACnet/IP plant-room controller (COV, RPM, a commandable output)")
-    p.add_argument("--host", default="127.0.0.1", help="IP to bind, optionally with /prefix for broadcasts")
-    p.add_argument("--port", type=int, default=47808)
-    p.add_argument("--instance", type=int, default=1001, help="device instance of the first device")
-    p.add_argument("--count", type=int, default=1, help="devices on consecutive ports")
-    p.add_argument("--analog-inputs", type=int, default=0, help="extra analog inputs per device")
-    p.set_defaults(fn=cmd_simulate_bacnet)
-
-
-def add_bench(bench: Any) -> None:
-    """Register `gateway bench bacnet` under the bench subcommands."""
-    p = bench.add_parser("bacnet", help="BACnet/IP points/s with ReadPropertyMultiple and without, simulated devices")
-    p.add_argument("--devices", type=int, default=10)
-    p.add_argument("--points", type=int, default=50, help="analog inputs per device")
-    p.add_argument("--seconds", type=float, default=10, help="measurement window per run")
-    p.set_defaults(fn=cmd_bench_bacnet)
-
-
 def _local(p: argparse.ArgumentParser) -> None:
-    from gateway.cli import DEFAULT_CONFIG
-
-    p.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help="config file with a bacnet_ip bus")
+    p.add_argument("-c", "--config", type=Path, help="config file with a bacnet_ip bus (default: the gateway's)")
     p.add_argument("--bus", help="which bacnet_ip bus (when the config has several)")
     p.add_argument("--bind", metavar="IP[/PREFIX][:PORT]", help="bind this instead of a configured bus")
     p.add_argument("--device-instance", dest="local_instance", type=int,
@@ -85,7 +62,7 @@ def _bus(args: argparse.Namespace) -> Any:
         except ValidationError as exc:
             print(f"--bind {args.bind}: {exc.errors(include_url=False)[0]['msg']}", file=sys.stderr)
             raise SystemExit(2) from None
-    cfg = load(args)
+    cfg = args.load_config(args)  # the CLI passes its loader: exits 2 with FILE:LINE problems
     buses = [b for b in cfg.buses if isinstance(b, BacnetBus) and args.bus in (None, b.id)]
     if len(buses) != 1:
         problem = "no bacnet_ip bus" if not buses else "several bacnet_ip buses: pick one with --bus"
@@ -99,8 +76,8 @@ def _bus(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace, job: Any) -> Any:
     """Run a tool; a field failure is one line on stderr and exit code 1, never a traceback."""
     from drivers.bacnet.stack import Nack
-    from drivers.base import DriverError
-    from gateway import logs
+    from gateway.core import logs
+    from gateway.core.errors import DriverError
 
     logs.configure("warning", "console", stream=sys.stderr)  # keep stdout for the answer (--json)
     try:
@@ -164,19 +141,3 @@ def _shown(value: Any, states: list[str] | None) -> str:
     if states and isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= len(states):
         return f"{value} ({states[value - 1]})"
     return fmt(value)
-
-
-def cmd_simulate_bacnet(args: argparse.Namespace) -> int:
-    from simulators.bacnet import run_bacnet
-
-    host, _, prefix = args.host.partition("/")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_bacnet(host, args.port, args.instance, args.count, prefix=int(prefix or 32),
-                               analog_inputs=args.analog_inputs))
-    return 0
-
-
-def cmd_bench_bacnet(args: argparse.Namespace) -> int:
-    from gateway.bench_bacnet import bench_bacnet
-
-    return bench_bacnet(args)

@@ -1,9 +1,9 @@
-"""Config building blocks shared by the core and the drivers (no I/O, no project imports)."""
+"""Config building blocks every section uses: durations, identifiers, strict models, serial-port fields."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -67,18 +67,28 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
 
-Function = Literal["min", "max", "mean", "last", "count"]
-ALL_FUNCTIONS: tuple[Function, ...] = ("min", "max", "mean", "last", "count")
+Parity = Literal["N", "E", "O"]
 
 
-class ReportPolicy(StrictModel):
-    """What of a device's telemetry goes upstream, and when (rules/report.py applies it)."""
+class SerialPortConfig(StrictModel):
+    """The fields of a local serial port (RS-485 Modbus lines and fire-panel printer ports alike)."""
 
-    mode: Literal["every", "change", "periodic", "aggregate"] = Field(
-        default="every", description="every poll | on change | periodic snapshot | windowed aggregates",
-    )
-    deadband: float = Field(default=0.0, ge=0, description="change: ignore moves smaller than this.")
-    max_interval: Duration = Field(default=900.0, gt=0, description="change: report at least this often.")
-    every: Duration = Field(default=60.0, gt=0, description="periodic: one snapshot per period.")
-    window: Duration = Field(default=300.0, gt=0, description="aggregate: window length.")
-    functions: list[Function] = Field(default_factory=lambda: list(ALL_FUNCTIONS))
+    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0.")
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Parity = Field(default="N", description="N(one), E(ven) or O(dd).")
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the wire (start bit, data, parity, stop bits)."""
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+
+class Problem(NamedTuple):
+    """One config mistake that spans entries, found after each entry was valid on its own."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    value: Any = None

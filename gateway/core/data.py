@@ -1,19 +1,13 @@
-"""The data model every layer speaks: readings and events.
-
-This module is the bottom of the import graph: it imports nothing from the project, so drivers,
-rules, models and the daemon can all depend on it without cycles.
-"""
+"""The data model every layer speaks: values, readings, events and their delivery classes."""
 
 from __future__ import annotations
 
 import enum
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-PAYLOAD_VERSION = 1
-"""Version of the upstream payload schema in ``schemas/upstream-v1.json``; bump on any breaking change."""
+from gateway.core.ids import new_id
 
 Value = float | int | bool | str | None
 
@@ -38,14 +32,6 @@ class Priority(enum.IntEnum):
     @classmethod
     def from_label(cls, label: str) -> Priority:
         return cls[label.upper()]
-
-
-def new_id() -> str:
-    """Time-ordered unique id (UUIDv7 layout) so ids also sort by creation time."""
-    ms = time.time_ns() // 1_000_000
-    rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
 
 
 @dataclass(frozen=True, slots=True)
