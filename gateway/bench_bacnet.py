@@ -89,8 +89,8 @@ def config_text(data_dir: Path, first_port: int, opts: Options, *, rpm: bool) ->
                      for i in range(opts.points))
     for d in range(opts.devices):
         text.append(f'[[devices]]\nid = "dev-{d}"\nbus = "bacnet"\naddress = "{HOST}:{first_port + d}"\n'
-                    f'device_instance = {INSTANCE + d}\ninterval = "1s"\nrpm = {"true" if rpm else "false"}\n'
-                    f"rpm_objects = {RPM_OBJECTS}\n{points}")
+                    f'device_instance = {INSTANCE + d}\ninterval = "1s"\nread_multiple = {"true" if rpm else "false"}\n'
+                    f"read_multiple_objects = {RPM_OBJECTS}\n{points}")
     return "\n".join(text)
 
 
@@ -198,7 +198,7 @@ def _bench(opts: Options, work: Path) -> int:
           "store synchronous=full")
     print(f"simulated BACnet/IP devices in a separate process, one UDP port each on {HOST}, values changing once a "
           f"second; ReadPropertyMultiple asks {RPM_OBJECTS} objects at a time ({requests} request(s) per poll), "
-          f"the baseline (rpm = false) reads each property alone ({2 * opts.points} requests per poll)")
+          f"the baseline (read_multiple = false) reads each property alone ({2 * opts.points} requests per poll)")
     _flush()
     with simulator(opts, work) as (sim, port):
         def cfg(name: str, rpm: bool) -> GatewayConfig:

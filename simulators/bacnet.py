@@ -48,27 +48,27 @@ class SimulatedApp(Stack):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.requests: Counter[str] = Counter()
-        self.rpm = True
+        self.read_multiple = True
         self.cov = True
         self.refuse_cov: set[str] = set()
-        self.max_rpm_objects = 0  # > 0: abort a ReadPropertyMultiple asking for more, like a small controller
+        self.max_read_multiple_objects = 0  # > 0: abort a ReadPropertyMultiple asking for more, like a small controller
         self.garble: set[str] = set()  # objects whose ReadProperty gets a reply of the wrong kind
-        self.garble_rpm = False  # every ReadPropertyMultiple gets a reply of the wrong kind
+        self.garble_read_multiple = False  # every ReadPropertyMultiple gets a reply of the wrong kind
         self.mute = False
 
     async def indication(self, apdu: Any) -> None:
         if self.mute:
             return
         self.requests[type(apdu).__name__] += 1
-        if isinstance(apdu, ReadPropertyMultipleRequest) and not self.rpm:
+        if isinstance(apdu, ReadPropertyMultipleRequest) and not self.read_multiple:
             await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
             return
-        if isinstance(apdu, ReadPropertyMultipleRequest) and 0 < self.max_rpm_objects < len(
+        if isinstance(apdu, ReadPropertyMultipleRequest) and 0 < self.max_read_multiple_objects < len(
                 apdu.listOfReadAccessSpecs):
             await self.response(AbortPDU(True, reason="segmentationNotSupported", context=apdu))
             return
         if (isinstance(apdu, ReadPropertyRequest) and _name(apdu.objectIdentifier) in self.garble) or (
-                isinstance(apdu, ReadPropertyMultipleRequest) and self.garble_rpm):
+                isinstance(apdu, ReadPropertyMultipleRequest) and self.garble_read_multiple):
             await self.response(SimpleAckPDU(context=apdu))
             return
         if isinstance(apdu, SubscribeCOVRequest) and apdu.lifetime is not None and (
@@ -80,7 +80,7 @@ class SimulatedApp(Stack):
 
     def get_services_supported(self) -> Any:
         supported = super().get_services_supported()
-        if not self.rpm:
+        if not self.read_multiple:
             supported[ServicesSupported.readPropertyMultiple] = 0
         if not self.cov:
             supported[ServicesSupported.subscribeCOV] = 0

@@ -37,7 +37,7 @@ POINTS: list[dict[str, Any]] = [
     {"id": "pump", "object": "binary-input:1", "on_change": "event"},
     {"id": "damper", "object": "bi:2"},
     {"id": "mode", "object": "multi-state-value:1", "states": MODES, "writable": True},
-    {"id": "valve", "object": "analog-output:1", "writable": True, "min": 0, "max": 100, "priority": 9},
+    {"id": "valve", "object": "analog-output:1", "writable": True, "min": 0, "max": 100, "write_priority": 9},
 ]
 
 
@@ -135,11 +135,11 @@ async def test_reads_are_batched_with_read_property_multiple() -> None:
 
 async def test_falls_back_to_read_property() -> None:
     async with plant() as sim, driving(make_driver(sim)) as driver:
-        sim.app.rpm = False  # and says so in protocol-services-supported
+        sim.app.read_multiple = False  # and says so in protocol-services-supported
         assert values(await driver.read("plant"))["mode"] == ("auto", None, "good")
         assert sim.app.requests["ReadPropertyMultipleRequest"] == 0
-    async with plant() as sim, driving(make_driver(sim, rpm=True)) as driver:
-        sim.app.rpm = False  # claimed by the config, rejected by the device: fall back for good
+    async with plant() as sim, driving(make_driver(sim, read_multiple=True)) as driver:
+        sim.app.read_multiple = False  # claimed by the config, rejected by the device: fall back for good
         for _ in range(2):
             assert values(await driver.read("plant"))["temperature"] == (21.5, "°C", "good")
         assert sim.app.requests["ReadPropertyMultipleRequest"] == 1
@@ -149,8 +149,8 @@ async def test_falls_back_to_read_property() -> None:
 async def test_too_big_replies_are_asked_for_in_smaller_batches() -> None:
     async with plant(analog_inputs=20) as sim:
         points = [{"id": f"s{i}", "object": f"analog-input:{100 + i}"} for i in range(20)]
-        async with driving(make_driver(sim, points, rpm_objects=16)) as driver:
-            sim.app.max_rpm_objects = 5
+        async with driving(make_driver(sim, points, read_multiple_objects=16)) as driver:
+            sim.app.max_read_multiple_objects = 5
             readings = await driver.read("plant")
             assert [r.value for r in readings] == [float(i) for i in range(20)]
             assert driver.contacts["plant"].batch == 4
@@ -173,7 +173,7 @@ async def test_hostile_and_odd_answers_are_bad_readings_or_typed_errors() -> Non
         assert got == {"name": ("Room Temperature", None, "good"), "flags": ("0000", None, "good"),
                        "array": (None, None, "bad"), "missing": (None, None, "bad"),
                        "vendor": (None, None, "bad"), "units": (62, None, "good")}
-    async with plant() as sim, driving(make_driver(sim, POINTS[:3], rpm=False)) as driver:
+    async with plant() as sim, driving(make_driver(sim, POINTS[:3], read_multiple=False)) as driver:
         sim.app.garble = {"analog-input:2"}  # a reply of the wrong kind for one object
         assert [r.quality.value for r in await driver.read("plant")] == ["good", "bad", "good"]
         sim.app.garble = {"analog-input:1", "analog-input:2", "analog-input:3"}
@@ -181,7 +181,7 @@ async def test_hostile_and_odd_answers_are_bad_readings_or_typed_errors() -> Non
             await driver.read("plant")  # nothing it says makes sense: a failed poll
     async with plant() as sim, driving(make_driver(sim)) as driver:
         await driver.read("plant")
-        sim.app.garble_rpm = True
+        sim.app.garble_read_multiple = True
         with pytest.raises(BadResponse, match="in reply to ReadPropertyMultiple"):
             await driver.read("plant")
     async with plant() as sim, driving(make_driver(sim, device_instance=4242)) as driver:

@@ -95,7 +95,7 @@ class BacnetPoint(StrictModel):
         default=None, description="Publish a point.changed event (or alarm) whenever the value changes.",
     )
     writable: bool = Field(default=False, description="May be written (CLI, rules, platform commands).")
-    priority: int = Field(
+    write_priority: int = Field(
         default=8, ge=1, le=16,
         description="Priority array slot a write commands (1 highest, 8 manual operator, 16 lowest).",
     )
@@ -137,7 +137,7 @@ class BacnetPoint(StrictModel):
             raise ValueError("only present-value can be writable")
         return writable
 
-    @field_validator("priority")
+    @field_validator("write_priority")
     @classmethod
     def _check_priority(cls, priority: int) -> int:
         if priority == 6:
@@ -177,12 +177,12 @@ class BacnetDevice(DeviceConfig):
                     "or NET:IP[:port].",
     )
     device_instance: int = Field(ge=0, lt=MAX_INSTANCE, description="The device object's instance number.")
-    rpm: bool | None = Field(
+    read_multiple: bool | None = Field(
         default=None,
         description="ReadPropertyMultiple: true or false; unset asks the device (protocol-services-supported) "
                     "and falls back to ReadProperty if it rejects it.",
     )
-    rpm_objects: int = Field(
+    read_multiple_objects: int = Field(
         default=25, ge=1, le=200,
         description="Objects per ReadPropertyMultiple; halved automatically while a reply is too big.",
     )

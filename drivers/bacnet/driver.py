@@ -47,7 +47,7 @@ class Contact:
     """What was learned about a device since it last started answering."""
 
     identified: bool = False
-    rpm: bool = True
+    read_multiple: bool = True  # it takes ReadPropertyMultiple (as far as we know)
     cov: bool = False  # it lists SubscribeCOV among its services
     batch: int = 25
     units: dict[str, str | None] = field(default_factory=dict)
@@ -80,7 +80,7 @@ class BacnetDriver(Driver):
         self.devices[device.id] = device
         self.addresses[device.id] = Address(device.address)
         self.queues[device.id] = BusScheduler()
-        self.contacts[device.id] = Contact(batch=device.rpm_objects)
+        self.contacts[device.id] = Contact(batch=device.read_multiple_objects)
 
     # -- the local application ---------------------------------------------------------------------
 
@@ -145,10 +145,10 @@ class BacnetDriver(Driver):
                                                    "(unknown-object): check address and device_instance") from None
             raise refused(device, nack) from None
         try:
-            rpm, cov = codec.services(tags)
+            read_multiple, cov = codec.services(tags)
         except ValueError:
-            rpm, cov = True, True  # unreadable: try both, and fall back if refused
-        contact.rpm = rpm if device.rpm is None else device.rpm
+            read_multiple, cov = True, True  # unreadable: try both, and fall back if refused
+        contact.read_multiple = read_multiple if device.read_multiple is None else device.read_multiple
         contact.cov = cov
         contact.units = await self._units(device, contact, urgency)
         contact.identified = True
@@ -164,7 +164,7 @@ class BacnetDriver(Driver):
     async def read_specs(self, device: BacnetDevice, contact: Contact, specs: Specs,
                          urgency: Urgency) -> dict[Key, Any]:
         """Every (object, properties) asked for: by ReadPropertyMultiple where it works, else one by one."""
-        if contact.rpm:
+        if contact.read_multiple:
             results = await self._read_multiple(device, contact, specs, urgency)
             if results is not None:
                 return results
@@ -200,13 +200,13 @@ class BacnetDriver(Driver):
                 if nack.unsupported:
                     log.warning("ReadPropertyMultiple refused; reading one property at a time",
                                 device=device.id, reason=nack.reason)
-                    contact.rpm = False
+                    contact.read_multiple = False
                     return None
                 if nack.too_big and contact.batch > 1:
                     contact.batch = max(1, contact.batch // 2)
                     continue  # the same objects again, fewer at a time
                 if nack.too_big:  # even one object is too much: its properties one by one
-                    contact.rpm = False
+                    contact.read_multiple = False
                     return None
                 # an error to the whole request (e.g. every object unknown): these values are errors
             done += len(chunk)
@@ -278,7 +278,7 @@ class BacnetDriver(Driver):
         atom = codec.encode(target.kind, value)
         try:
             await self.request(device, self.urgency(spec, write=True), stack.write_property,
-                               (target.object_type, target.instance), target.property, atom, target.priority)
+                               (target.object_type, target.instance), target.property, atom, target.write_priority)
         except Nack as nack:
             raise refused(spec, nack) from None
 
