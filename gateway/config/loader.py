@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.config.locate import SourceMap
-from gateway.config.renames import apply_renames
+from gateway.config.renames import ANY, RENAMED, Deprecation, apply_renames
 from gateway.config.schema import GatewayConfig, cross_check, resolve_paths
 from gateway.core.config import IDENTIFIER_PATTERN
 
@@ -67,18 +67,40 @@ class Sources:
         self.name = name
         self.main = SourceMap(text)
         self.origins: dict[str, list[tuple[str, SourceMap, int]]] = {}
+        self.renamed: dict[KeyPath, KeyPath] = {}
+        """New key path -> the old one the file wrote, so a problem with a renamed key lands on its line."""
 
     def add(self, section: str, name: str, source: SourceMap, count: int, main_count: int) -> None:
         entries = self.origins.setdefault(section, [(self.name, self.main, i) for i in range(main_count)])
         entries += [(name, source, i) for i in range(count)]
 
     def place(self, loc: KeyPath) -> tuple[str, int | None, str]:
+        loc = self._as_written(loc)
         entries = self.origins.get(str(loc[0])) if loc else None
         if entries and len(loc) > 1 and isinstance(loc[1], int) and loc[1] < len(entries):
             name, source, index = entries[loc[1]]
             local = (loc[0], index, *loc[2:])
             return name, source.line(local), _dotted(local)
         return self.name, self.main.line(loc), _dotted(loc)
+
+    def _as_written(self, loc: KeyPath) -> KeyPath:
+        for end in range(len(loc), 0, -1):
+            old = self.renamed.get(loc[:end])
+            if old is not None:
+                return (*old, *loc[end:])
+        return loc
+
+
+def _renamed_keys(deprecated: list[Deprecation]) -> dict[KeyPath, KeyPath]:
+    """Where each renamed key now is -> where the file wrote it under its old name."""
+    found: dict[KeyPath, KeyPath] = {}
+    for deprecation in deprecated:
+        parent, old = deprecation.loc[:-1], deprecation.loc[-1]
+        for rename in RENAMED:
+            if rename.old == old and len(rename.where) == len(parent) and all(
+                    step in (ANY, part) for step, part in zip(rename.where, parent, strict=True)):
+                found[(*parent, rename.new)] = deprecation.loc
+    return found
 
 
 def _read(path: Path) -> tuple[str, str, dict[str, Any]]:
@@ -139,6 +161,7 @@ def load_config(path: str | Path, *, warnings: list[ConfigProblem] | None = None
     sources = Sources(name, text)
     _include(path, data, sources)
     deprecated = apply_renames(data)
+    sources.renamed = _renamed_keys(deprecated)
     if warnings is not None:
         warnings += _sorted([ConfigProblem(*sources.place(d.loc), d.message) for d in deprecated])
     try:
