@@ -12,34 +12,25 @@ or embedding can ride an event upstream even if a worker tried.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import importlib.util
 import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from gateway.bus import Sink
 from gateway.core.data import Event, Priority
-from gateway.recorder import Recorder
+from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
 from models.config import CameraConfig, VisionConfig
+from models.events import KINDS
 
 log = structlog.get_logger("gateway.cameras")
 
-KINDS: dict[str, Priority] = {
-    "fall.detected": Priority.ALARM,
-    "face.recognized": Priority.EVENT,
-    "face.unknown": Priority.EVENT,
-    "plate.read": Priority.EVENT,
-    "camera.connected": Priority.EVENT,
-    "camera.lost": Priority.EVENT,
-    "camera.error": Priority.EVENT,
-}
 MAX_TEXT = 200
 """Longest string a worker may put in an event: ids, plates, reasons; a base64 image is far longer."""
 LINE_LIMIT = 1 << 16
@@ -84,18 +75,19 @@ def safe_payload(payload: Any) -> dict[str, Any]:
 
 
 class CameraWorker:
-    def __init__(self, camera: CameraConfig, vision: VisionConfig, data_dir: Path, recorder: Recorder) -> None:
+    def __init__(self, camera: CameraConfig, vision: VisionConfig, data_dir: Path, sink: Sink, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.camera = camera
         self.vision = vision
         self.data_dir = data_dir
-        self.recorder = recorder
+        self.sink = sink
+        self.clock = clock
         self.silence = 2 * camera.stall_timeout + 15.0
         self.pid: int | None = None
         self.status: dict[str, Any] = {"state": "starting"}
         self.refused = 0
         self._status_at = 0.0
-        self._recent: collections.deque[float] = collections.deque(maxlen=EVENT_LIMIT)
-        self._held: tuple[float, int] | None = None
+        self._events = RateLimiter(EVENT_LIMIT, 60.0)
 
     def spec(self) -> bytes:
         return json.dumps({"camera": self.camera.model_dump(mode="json"), "vision": self.vision.model_dump(mode="json"),
@@ -107,8 +99,8 @@ class CameraWorker:
             error = (f"the vision extra is not installed (no {', '.join(missing)}): "
                      "pip install '.[vision]', then restart")
             log.error("camera cannot start", camera=self.camera.id, error=error)
-            self.recorder.event(Event("camera.error", self.camera.id, Priority.EVENT,
-                                      {"camera": self.camera.id, "stage": "start", "error": error}))
+            self.sink.event(Event("camera.error", self.camera.id, KINDS["camera.error"],
+                                  {"camera": self.camera.id, "stage": "start", "error": error}, self.clock.time()))
             self._state("unavailable")
             await asyncio.Event().wait()  # nothing to retry until the software changes
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -172,34 +164,30 @@ class CameraWorker:
             log.warning("camera worker sent an unknown event kind; dropped", camera=self.camera.id, kind=str(kind)[:40])
             return
         ts = msg.get("ts")
-        now = time.time()
+        now = self.clock.time()
         when = float(ts) if isinstance(ts, int | float) and abs(now - ts) < 3600 else now
         payload = safe_payload(msg.get("payload"))
         payload["camera"] = self.camera.id
-        if priority is Priority.EVENT and self._flooding(time.monotonic()):
+        if priority is Priority.EVENT and self._flooding(self.clock.monotonic()):
             return
-        self.recorder.event(Event(kind, self.camera.id, priority, payload, when))
+        self.sink.event(Event(kind, self.camera.id, priority, payload, when))
         if kind in ("camera.connected", "camera.lost"):
             self._state("streaming" if kind == "camera.connected" else "lost")
 
     def _flooding(self, now: float) -> bool:
         """True while over EVENT_LIMIT a minute; one camera.flood event tells how many were held back."""
-        if self._held is not None and now - self._held[0] >= 60.0:
-            self.recorder.event(Event("camera.flood", self.camera.id, Priority.EVENT,
-                                      {"camera": self.camera.id, "suppressed": self._held[1], "window_s": 60}))
-            self._held = None
-        if len(self._recent) == EVENT_LIMIT and now - self._recent[0] < 60.0:
-            since, held = self._held or (now, 0)
-            self._held = (since, held + 1)
-            return True
-        self._recent.append(now)
-        return False
+        limiter = self._events
+        if limiter.first_refused is not None and now - limiter.first_refused >= 60.0:
+            self.sink.event(Event("camera.flood", self.camera.id, Priority.EVENT,
+                                  {"camera": self.camera.id, "suppressed": limiter.take_refused(), "window_s": 60},
+                                  self.clock.time()))
+        return not limiter.allow(now)
 
     def _status(self, status: dict[str, Any]) -> None:
         """A worker's status line; stored for `gateway status` when the state moves, else every 10 s."""
         changed = status.get("state") != self.status.get("state")
         self.status = {**status, "pid": self.pid, "refused": self.refused}
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if changed or now - self._status_at >= STATUS_EVERY:
             self._status_at = now
             self._store()
@@ -211,15 +199,12 @@ class CameraWorker:
         self._store()
 
     def _store(self) -> None:
-        self.recorder.meta(f"camera:{self.camera.id}", {**self.status, "ts": time.time()})
+        self.sink.meta(f"camera:{self.camera.id}", {**self.status, "ts": self.clock.time()})
 
     async def _stderr(self, stream: asyncio.StreamReader) -> None:
-        budget, window = 20, time.monotonic()
+        said = RateLimiter(20, 60.0)  # a worker spewing a traceback loop must not fill the journal
         while line := await stream.readline():
-            if time.monotonic() - window > 60:
-                budget, window = 20, time.monotonic()
-            if budget > 0:
-                budget -= 1
+            if said.allow(self.clock.monotonic()):
                 log.warning("camera worker", camera=self.camera.id, said=line.decode(errors="replace").strip()[:500])
 
     async def _end(self, proc: asyncio.subprocess.Process) -> None:

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers.base import Driver
+from gateway.bus import Sink
 from gateway.config.schema import GatewayConfig
 from gateway.core.config import IDENTIFIER_PATTERN
 from gateway.core.data import Event, Priority, Value
 from gateway.core.errors import DriverError, WriteRefused
 from gateway.core.points import WriteSpec
-from gateway.recorder import Recorder
 
 
 class _Command(BaseModel):
@@ -141,10 +141,10 @@ def _same(spec: WriteSpec, written: bool | float, read: Value) -> bool:
 
 
 class CommandHandler:
-    def __init__(self, cfg: GatewayConfig, drivers: dict[str, Driver], recorder: Recorder) -> None:
+    def __init__(self, cfg: GatewayConfig, drivers: dict[str, Driver], sink: Sink) -> None:
         self.cfg = cfg
         self.drivers = drivers
-        self.recorder = recorder
+        self.sink = sink
         self.alarms: AlarmDesk | None = None
 
     async def execute(self, command: AnyCommand) -> dict[str, Any]:
@@ -216,5 +216,5 @@ class CommandHandler:
         data = {**audit, "result": result}
         if error:
             data["error"] = error
-        self.recorder.audit("write", data)
-        self.recorder.event(Event("device.write", audit["device"], Priority.EVENT, data))
+        self.sink.audit("write", data)
+        self.sink.event(Event("device.write", audit["device"], Priority.EVENT, data))

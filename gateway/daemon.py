@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,17 @@ from drivers.base import Driver
 from drivers.registry import driver_class
 from gateway import __version__, systemd
 from gateway.automation import Automation
+from gateway.bus import LocalBus, Sink
 from gateway.cameras import CameraWorker
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
-from gateway.core.data import Event, Priority, Reading
+from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.errors import DriverError, error_kind
+from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.recorder import AsyncStore, Recorder
-from gateway.store import DeviceState, Store
+from gateway.reporting import UplinkFeed
+from gateway.store import Store
 from gateway.supervisor import DevicePoller, Supervisor
 from gateway.uplink import Uplink
 
@@ -58,35 +60,41 @@ def build_drivers(cfg: GatewayConfig) -> dict[str, Driver]:
 
 
 class Daemon:
-    def __init__(self, cfg: GatewayConfig, *, config_hash: str = "") -> None:
+    """The wiring: producers hand what they hear to the bus; the recorder, the uplink feed, the rules and
+    the live state subscribe to it, in that order (what is stored is never behind what is acted on)."""
+
+    def __init__(self, cfg: GatewayConfig, *, config_hash: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
         self.cfg = cfg
         self.config_hash = config_hash
+        self.clock = clock
         self.store = AsyncStore(open_store(cfg))
-        self.recorder = Recorder(self.store)
+        self.bus = LocalBus(clock)
+        self.recorder = Recorder(self.store, self.bus, clock=clock)
+        self.feed = UplinkFeed(self.bus, self.recorder, clock=clock)
         for device in cfg.devices:
-            self.recorder.reporter.configure(device.id, device.report, device.report_points)
-        self.supervisor = Supervisor(self.recorder)
+            self.feed.reporter.configure(device.id, device.report, device.report_points)
+        self.supervisor = Supervisor(self.bus, clock=clock)
         self.drivers = build_drivers(cfg)
         self.pollers = {
-            d.id: DevicePoller(self.drivers[d.id], d, self.recorder)
+            d.id: DevicePoller(self.drivers[d.id], d, self.bus, clock=clock)
             for d in cfg.devices if d.id in self.drivers and self.drivers[d.id].polls(d.id)
         }
         self.uplink: Uplink | None = None
         if cfg.mqtt.enabled:
             self.uplink = Uplink(
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
-                config_hash=config_hash, on_state=self.recorder.meta,
+                config_hash=config_hash, on_state=self.bus.meta,
             )
-        self.sink = RecorderSink(self.recorder, self.pollers)
-        self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.recorder)
+        self.sink = StreamSink(self.bus, self.pollers, clock=clock)
+        self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)
                         for c in cfg.cameras if c.enabled}
-        self.commands = CommandHandler(cfg, self.drivers, self.recorder)
+        self.commands = CommandHandler(cfg, self.drivers, self.bus)
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.automation: Automation | None = None
         if cfg.rules:
-            self.automation = Automation(cfg, self.recorder, self.commands, self.store.store.alarm_states())
+            self.automation = Automation(cfg, self.bus, self.commands, self.store.store.alarm_states())
             self.commands.alarms = self.automation
-        self.started = time.time()
+        self.started = clock.time()
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -96,10 +104,11 @@ class Daemon:
                 loop.add_signal_handler(sig, self._stop.set)
         await self.control.start()  # before any task runs, so READY=1 is the first thing systemd hears
         self.supervisor.spawn("recorder", self.recorder.run)
+        self.supervisor.spawn("summaries", self.feed.run)
         if self.uplink:
             self.supervisor.spawn("uplink", self.uplink.run)
         else:
-            self.recorder.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
+            self.bus.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
         for device_id, poller in self.pollers.items():
             self.supervisor.spawn(f"device:{device_id}", poller.run)
         for driver in {id(d): d for d in self.drivers.values()}.values():
@@ -109,9 +118,9 @@ class Daemon:
         self.supervisor.spawn("heartbeat", self._heartbeat)
         if self.automation:
             self.supervisor.spawn("rules", self.automation.run)
-        self.recorder.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,
-                                  {"version": __version__, "config": self.config_hash,
-                                   "devices": len(self.pollers), "cameras": len(self.cameras)}))
+        self.bus.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,
+                             {"version": __version__, "config": self.config_hash,
+                              "devices": len(self.pollers), "cameras": len(self.cameras)}, self.clock.time()))
         log.info("gateway running", site=self.cfg.site.id, devices=len(self.pollers), version=__version__,
                  store=str(self.cfg.store.data_dir / DB_NAME))
         systemd.notify("READY=1")
@@ -128,24 +137,25 @@ class Daemon:
         watchdog = systemd.watchdog_interval()
         period = min(watchdog or 5.0, 5.0)
         while True:
-            self.recorder.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": time.time(),
-                                          "version": __version__, "config": self.config_hash, "state": "running"})
+            self.bus.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": self.clock.time(),
+                                     "version": __version__, "config": self.config_hash, "state": "running"})
             if watchdog:
                 systemd.notify("WATCHDOG=1")
-            await asyncio.sleep(period)
+            await self.clock.sleep(period)
 
     async def shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         log.info("gateway stopping")
         await self.control.close()
-        inputs = ("device:", "bus:", "camera:", "heartbeat")
+        inputs = ("device:", "bus:", "camera:", "heartbeat", "summaries")
         pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith(inputs)]
         for task in pollers:
             task.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)
-        self.recorder.event(Event("gateway.stopped", self.cfg.site.id, Priority.EVENT, {}))
-        self.recorder.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": time.time(),
-                                      "version": __version__, "config": self.config_hash, "state": "stopped"})
+        self.feed.summaries()
+        self.bus.event(Event("gateway.stopped", self.cfg.site.id, Priority.EVENT, {}, self.clock.time()))
+        self.bus.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": self.clock.time(),
+                                 "version": __version__, "config": self.config_hash, "state": "stopped"})
         await self.recorder.flush()
         if self.uplink:  # a last chance to deliver what is queued, then a clean "offline"
             with contextlib.suppress(TimeoutError):
@@ -168,17 +178,32 @@ class Daemon:
             await asyncio.sleep(0.05)
 
 
-class RecorderSink:
-    """What streaming drivers hear goes the same way as what pollers read."""
+class StreamSink:
+    """What streaming drivers hear goes the same way as what pollers read; their failures become device state."""
 
-    def __init__(self, recorder: Recorder, pollers: dict[str, DevicePoller] | None = None) -> None:
-        self.recorder = recorder
+    def __init__(self, bus: Sink, pollers: dict[str, DevicePoller] | None = None, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.bus = bus
+        self.clock = clock
         self.pollers = pollers if pollers is not None else {}
         self.states: dict[str, DeviceState] = {}
         """Streaming devices' state, as their streams report it (polled devices' is their poller's)."""
 
+    def readings(self, device: str, readings: list[Reading]) -> None:
+        poller = self.pollers.get(device)
+        if poller is not None:  # a polled device told something unasked: its poller's change events apply
+            poller.pushed(readings)
+        elif readings:
+            self.bus.snapshot(device, readings, max(r.ts for r in readings))
+
+    def event(self, event: Event) -> None:
+        self.bus.event(event)
+
+    def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
+        self.bus.raw(device, ts, data, parsed)
+
     def device_failed(self, device: str, error: DriverError) -> None:
-        now = time.time()
+        now = self.clock.time()
         state = self.states.get(device) or DeviceState(device, "unknown", now)
         kind = error_kind(error)
         errors = {**state.errors, kind: state.errors.get(kind, 0) + 1}
@@ -187,28 +212,15 @@ class RecorderSink:
                                       failures=state.failures + 1, errors=errors)
         if state.state != "offline":  # once per outage, not once per retry
             log.warning("device unreachable", device=device, error=str(error))
-        self.recorder.device_state(self.states[device])
+        self.bus.device_state(self.states[device])
 
     def device_ok(self, device: str) -> None:
-        now = time.time()
+        now = self.clock.time()
         state = self.states.get(device) or DeviceState(device, "online", now)
         if state.state != "online":
             state = replace(state, state="online", since=now, error=None)
         self.states[device] = replace(state, last_ok=now)
-        self.recorder.device_state(self.states[device])
-
-    def readings(self, device: str, readings: list[Reading]) -> None:
-        poller = self.pollers.get(device)
-        if poller is not None:  # a polled device told something unasked: its poller's change events apply
-            poller.pushed(readings)
-        elif readings:
-            self.recorder.snapshot(device, readings, max(r.ts for r in readings))
-
-    def event(self, event: Event) -> None:
-        self.recorder.event(event)
-
-    def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
-        self.recorder.raw(device, ts, data, parsed)
+        self.bus.device_state(self.states[device])
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,26 +1,25 @@
-"""The single writer between the field and the disk.
+"""The single writer between the bus and the disk.
 
-Poll tasks hand their readings and events to the recorder without waiting; the recorder commits
-them in batches (one transaction per flush) on the store's own thread, so a slow SD card never
-delays a poll and SQLite sees a handful of commits a second instead of thousands. Alarms skip the
-batching delay: they are committed and handed to the uplink at once.
+It subscribes to the bus and commits what it hears in batches (one transaction per flush) on the
+store's own thread, so a slow SD card never delays a poll and SQLite sees a handful of commits a
+second instead of thousands. Alarms, alarm state and audit entries skip the batching delay: they
+are committed and handed to the uplink at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
 
-from gateway import upstream
-from gateway.core.data import Event, Priority, Reading
-from gateway.store import Batch, DeviceState, Store
-from rules.report import Reporter
+from gateway.bus import LocalBus
+from gateway.core.data import DeviceState, Event, Priority, Reading
+from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.store import Batch, Outgoing, Store
 
 log = structlog.get_logger("gateway.recorder")
 T = TypeVar("T")
@@ -42,75 +41,69 @@ class AsyncStore:
 
 
 class Recorder:
-    def __init__(self, store: AsyncStore, *, flush_interval: float = 0.05, cap_check_interval: float = 5.0,
-                 reporter: Reporter | None = None) -> None:
+    def __init__(self, store: AsyncStore, bus: LocalBus, *, flush_interval: float = 0.05,
+                 cap_check_interval: float = 5.0, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.bus = bus
+        self.clock = clock
         self.flush_interval = flush_interval
         self.cap_check_interval = cap_check_interval
-        self.reporter = reporter or Reporter()
         self.committed = asyncio.Event()
         """Set after every commit that added outbox messages; the uplink waits on it."""
         self._pending = Batch()
         self._wake = asyncio.Event()
         self._urgent = False
-        self._listeners: list[Callable[[Event], None]] = []
-        self._snapshot_listeners: list[Callable[[str, list[Reading]], None]] = []
+        bus.on_readings(self._readings)
+        bus.on_event(self._event)
+        bus.on_device_state(self._device_state)
+        bus.on_alarm_state(self._alarm_state)
+        bus.on_raw(self._raw)
+        bus.on_audit(self._audit)
+        bus.on_status(self._meta)
 
-    # -- called by poll tasks (never block) ------------------------------------------------------
+    # -- what the bus hands over (never blocks) --------------------------------------------------
 
-    def snapshot(self, device: str, readings: list[Reading], ts: float | None = None) -> None:
-        ts = time.time() if ts is None else ts
-        self._pending.snapshots.append((device, ts, readings))
-        upward = self.reporter.offer(device, readings, ts)
-        if upward:
-            self._pending.outgoing.append(upstream.telemetry(device, ts, upward))
-        for listener in self._snapshot_listeners:
-            listener(device, readings)
-        self._wake.set()
-
-    def event(self, ev: Event) -> None:
-        self._pending.events.append(ev)
-        self._pending.outgoing.append(upstream.event(ev))
-        if ev.priority is Priority.ALARM:
+    def outgoing(self, message: Outgoing) -> None:
+        """A message bound upstream, committed to the outbox with the batch it belongs to."""
+        self._pending.outgoing.append(message)
+        if message.priority is Priority.ALARM:
             self._urgent = True
-        for listener in self._listeners:
-            listener(ev)
         self._wake.set()
 
-    def device_state(self, state: DeviceState) -> None:
+    def _readings(self, device: str, readings: list[Reading], ts: float) -> None:
+        self._pending.snapshots.append((device, ts, readings))
+        self._wake.set()
+
+    def _event(self, ev: Event) -> None:
+        self._pending.events.append(ev)
+        self._wake.set()
+
+    def _device_state(self, state: DeviceState) -> None:
         self._pending.devices[state.id] = state
         self._wake.set()
 
-    def raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
+    def _alarm_state(self, key: str, record: dict[str, Any]) -> None:
+        self._pending.alarms[key] = record
+        self._urgent = True
+        self._wake.set()
+
+    def _raw(self, device: str, ts: float, data: bytes, parsed: dict[str, Any] | None) -> None:
         self._pending.raw_lines.append((device, ts, data, parsed))
         self._wake.set()
 
-    def audit(self, action: str, data: dict[str, Any]) -> None:
-        """Who did what to which device: kept locally for good, and urgent enough to commit now."""
-        self._pending.audit.append((time.time(), action, data))
+    def _audit(self, ts: float, action: str, data: dict[str, Any]) -> None:
+        self._pending.audit.append((ts, action, data))
         self._urgent = True
         self._wake.set()
 
-    def meta(self, key: str, value: Any) -> None:
+    def _meta(self, key: str, value: Any) -> None:
         self._pending.meta[key] = value
-        self._wake.set()
-
-    def on_event(self, listener: Callable[[Event], None]) -> None:
-        self._listeners.append(listener)
-
-    def on_snapshot(self, listener: Callable[[str, list[Reading]], None]) -> None:
-        self._snapshot_listeners.append(listener)
-
-    def alarm_state(self, key: str, record: dict[str, Any]) -> None:
-        """An alarm's whole state, persisted with the transition that changed it (same transaction)."""
-        self._pending.alarms[key] = record
-        self._urgent = True
         self._wake.set()
 
     # -- the writer task -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        last_cap_check = 0.0
+        last_cap_check = self.clock.monotonic()
         while True:
             await self._wake.wait()
             if not self._urgent:
@@ -120,9 +113,7 @@ class Recorder:
                             self._wake.clear()
                             await self._wake.wait()
             await self.flush()
-            for summary in self.reporter.due(time.time()):
-                self._pending.outgoing.append(upstream.summary(summary))
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if now - last_cap_check >= self.cap_check_interval:
                 last_cap_check = now
                 await self.check_cap()
@@ -148,7 +139,8 @@ class Recorder:
         dropped = await self.store.run(self.store.store.enforce_cap)
         if dropped:
             log.warning("telemetry dropped for disk cap", dropped=dropped)
-            self.event(Event("store.telemetry_dropped", "store", Priority.EVENT, {"dropped": dropped}))
+            self.bus.event(Event("store.telemetry_dropped", "store", Priority.EVENT, {"dropped": dropped},
+                                 ts=self.clock.time()))
         await self.store.run(self.store.store.prune)
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.core.data import Event, Priority, Quality, Reading
+from gateway.core.data import DeviceState, Event, Priority, Quality, Reading
 
 SCHEMA_VERSION = 1
 
@@ -104,19 +104,6 @@ class Outgoing:
     priority: Priority
     topic: str
     payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceState:
-    id: str
-    state: str
-    since: float
-    last_poll: float | None = None
-    last_ok: float | None = None
-    error: str | None = None
-    polls: int = 0
-    failures: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

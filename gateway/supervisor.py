@@ -9,9 +9,7 @@ mode of ThingsBoard gateway #2132). Field failures are not crashes: they move a 
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,14 +18,15 @@ from typing import Any
 import structlog
 
 from drivers.base import DeviceConfig, Driver
-from gateway.core.data import Event, Priority, Quality, Reading, Value
+from gateway.bus import Sink
+from gateway.core.data import DeviceState, Event, Priority, Quality, Reading, Value
 from gateway.core.errors import DriverError, error_kind
-from gateway.recorder import Recorder
-from gateway.store import DeviceState
+from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock, RateLimiter
 
 log = structlog.get_logger("gateway.supervisor")
 CHATTER_LIMIT = 10
 """point.changed events per point per minute before the point counts as chattering."""
+CHATTER_WINDOW = 60.0
 
 
 def raise_if_cancelled() -> None:
@@ -41,8 +40,10 @@ def raise_if_cancelled() -> None:
 
 
 class Supervisor:
-    def __init__(self, recorder: Recorder, *, min_backoff: float = 1.0, max_backoff: float = 60.0) -> None:
-        self.recorder = recorder
+    def __init__(self, sink: Sink, *, min_backoff: float = 1.0, max_backoff: float = 60.0,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.sink = sink
+        self.clock = clock
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -52,27 +53,29 @@ class Supervisor:
         self.tasks[name] = asyncio.create_task(self._keep(name, factory), name=name)
 
     async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        delay = self.min_backoff
+        backoff = Backoff(self.min_backoff, self.max_backoff)
         while True:
-            started = time.monotonic()
+            started = self.clock.monotonic()
+            delay = backoff.current
             try:
                 await factory()
                 log.warning("task ended; restarting", task=name)
-                self.recorder.event(Event("gateway.task_ended", name, Priority.EVENT, {"restart_in": round(delay, 2)}))
+                self.sink.event(Event("gateway.task_ended", name, Priority.EVENT, {"restart_in": round(delay, 2)},
+                                      ts=self.clock.time()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
-                if time.monotonic() - started > 10 * self.max_backoff:
-                    delay = self.min_backoff  # it had been healthy for a long while: start over
+                if self.clock.monotonic() - started > 10 * self.max_backoff:
+                    backoff.reset()  # it had been healthy for a long while: start over
+                    delay = backoff.current
                 log.error("task crashed", task=name, error=repr(exc), restart_in=round(delay, 2))
-                self.recorder.event(Event(
+                self.sink.event(Event(
                     "gateway.task_crashed", name, Priority.EVENT,
                     {"error": repr(exc)[:500], "trace": traceback.format_exc(limit=5)[-2000:],
-                     "restart_in": round(delay, 2), "restarts": self.restarts[name]},
+                     "restart_in": round(delay, 2), "restarts": self.restarts[name]}, ts=self.clock.time(),
                 ))
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.max_backoff)
+            await self.clock.sleep(backoff.next())
 
     async def stop(self) -> None:
         for task in self.tasks.values():
@@ -89,42 +92,42 @@ class DevicePoller:
     the bus's time. A successful probe closes the breaker and the device is online again.
     """
 
-    def __init__(self, driver: Driver, device: DeviceConfig, recorder: Recorder) -> None:
+    def __init__(self, driver: Driver, device: DeviceConfig, sink: Sink, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.driver = driver
         self.device = device
-        self.recorder = recorder
-        self.state = DeviceState(device.id, "unknown", time.time())
+        self.sink = sink
+        self.clock = clock
+        self.state = DeviceState(device.id, "unknown", clock.time())
         self.errors: dict[str, int] = {}
         self.breaker_open = False
         self._failures_in_a_row = 0
         self._probe_wait = max(device.interval, 1.0)
         self._last: dict[str, Value] = {}
         self._watched = device.change_events()
-        self._recent: dict[str, collections.deque[float]] = {}
-        self._held: dict[str, tuple[float, int]] = {}
+        self._chatter: dict[str, RateLimiter] = {}
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         interval = self.device.interval
         # Stagger first polls so devices sharing an interval do not all fire on the same tick.
-        due = loop.time() + random.uniform(0, min(interval, 2.0))
+        due = clock.monotonic() + random.uniform(0, min(interval, 2.0))
         while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            await clock.sleep(max(0.0, due - clock.monotonic()))
             raise_if_cancelled()
             if self.breaker_open:
                 if not await self.probe_once():
-                    due = loop.time() + self._probe_wait * random.uniform(0.9, 1.1)
+                    due = clock.monotonic() + self._probe_wait * random.uniform(0.9, 1.1)
                     self._probe_wait = min(self._probe_wait * 2, self.device.probe_max)
                     continue
-                due = loop.time()
+                due = clock.monotonic()
             await self.poll_once()
             raise_if_cancelled()
             due += interval
-            if due < loop.time():  # overran (slow device): skip missed slots rather than burst
-                due = loop.time() + interval
+            if due < clock.monotonic():  # overran (slow device): skip missed slots rather than burst
+                due = clock.monotonic() + interval
 
     async def poll_once(self) -> None:
-        now = time.time()
+        now = self.clock.time()
         try:
             readings = await self.driver.poll(self.device.id)
         except DriverError as exc:
@@ -154,22 +157,22 @@ class DevicePoller:
         s = self.state
         if s.state != "online":
             if s.state == "offline":
-                self.recorder.event(Event("device.online", self.device.id, Priority.EVENT,
-                                          {"offline_for": round(now - s.since, 1)}))
+                self.sink.event(Event("device.online", self.device.id, Priority.EVENT,
+                                      {"offline_for": round(now - s.since, 1)}, ts=now))
                 log.info("device online", device=self.device.id)
             s = replace(s, state="online", since=now)
         self.state = replace(s, last_poll=now, last_ok=now, error=None, polls=s.polls + 1,
                              errors=dict(self.errors))
         self._changes(readings)
         if readings:  # a poll that only confirmed the device is alive (all else by COV) has nothing to store
-            self.recorder.snapshot(self.device.id, readings, now)
-        self.recorder.device_state(self.state)
+            self.sink.snapshot(self.device.id, readings, now)
+        self.sink.device_state(self.state)
 
     def pushed(self, readings: list[Reading]) -> None:
         """Readings the driver was told unasked (BACnet COV): the same change events and store as a poll."""
         if readings:
             self._changes(readings)
-            self.recorder.snapshot(self.device.id, readings, max(r.ts for r in readings))
+            self.sink.snapshot(self.device.id, readings, max(r.ts for r in readings))
 
     def _failed(self, exc: DriverError, now: float) -> None:
         self._failures_in_a_row += 1
@@ -180,15 +183,15 @@ class DevicePoller:
             self.breaker_open = True
             if s.state != "offline":
                 log.warning("device offline", device=self.device.id, error=error)
-                self.recorder.event(Event("device.offline", self.device.id, Priority.EVENT,
-                                          {"error": error, "kind": kind, "failures": self._failures_in_a_row}))
+                self.sink.event(Event("device.offline", self.device.id, Priority.EVENT,
+                                      {"error": error, "kind": kind, "failures": self._failures_in_a_row}, ts=now))
                 bad = [Reading(self.device.id, p, None, None, Quality.BAD, now) for p in self.device.point_ids()]
-                self.recorder.snapshot(self.device.id, bad, now)
+                self.sink.snapshot(self.device.id, bad, now)
                 self._last.clear()
                 s = replace(s, state="offline", since=now)
         self.state = replace(s, last_poll=now, error=error, polls=s.polls + 1, failures=s.failures + 1,
                              errors=dict(self.errors))
-        self.recorder.device_state(self.state)
+        self.sink.device_state(self.state)
 
     def _changes(self, readings: list[Reading]) -> None:
         """point.changed events for watched points; at start-up only for a value away from normal.
@@ -196,12 +199,12 @@ class DevicePoller:
         A point that changes more than CHATTER_LIMIT times a minute is rate-limited: further changes
         are counted, and one point.chatter event says how many were held back.
         """
-        now = time.monotonic()
-        for point, (since, held) in list(self._held.items()):
-            if now - since >= 60.0:
-                del self._held[point]
-                self.recorder.event(Event("point.chatter", self.device.id, Priority.EVENT,
-                                          {"point": point, "suppressed": held, "window_s": 60}))
+        now, ts = self.clock.monotonic(), self.clock.time()
+        for point, limiter in self._chatter.items():
+            if limiter.first_refused is not None and now - limiter.first_refused >= CHATTER_WINDOW:
+                self.sink.event(Event("point.chatter", self.device.id, Priority.EVENT,
+                                      {"point": point, "suppressed": limiter.take_refused(),
+                                       "window_s": int(CHATTER_WINDOW)}, ts=ts))
         for r in readings:
             urgency = self._watched.get(r.point)
             if urgency is None or r.quality is not Quality.GOOD:
@@ -211,18 +214,16 @@ class DevicePoller:
             if previous == r.value or (previous is _UNSEEN and self.device.is_normal(r.point, r.value)):
                 continue
             priority = Priority.ALARM if urgency == "alarm" else Priority.EVENT
-            recent = self._recent.setdefault(r.point, collections.deque(maxlen=CHATTER_LIMIT))
-            if priority is Priority.EVENT and len(recent) == CHATTER_LIMIT and now - recent[0] < 60.0:
-                since, held = self._held.get(r.point, (now, 0))
-                self._held[r.point] = (since, held + 1)
-                continue  # alarms are never held back: only routine change events
-            recent.append(now)
+            if priority is Priority.EVENT:  # alarms are never held back: only routine change events
+                limiter = self._chatter.setdefault(r.point, RateLimiter(CHATTER_LIMIT, CHATTER_WINDOW))
+                if not limiter.allow(now):
+                    continue
             data: dict[str, Any] = {"point": r.point, "value": r.value}
             if previous is not _UNSEEN:
                 data["previous"] = previous
             if r.unit:
                 data["unit"] = r.unit
-            self.recorder.event(Event("point.changed", self.device.id, priority, data))
+            self.sink.event(Event("point.changed", self.device.id, priority, data, ts=ts))
 
 
 _UNSEEN: Any = object()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiomqtt
 import structlog
 
-from gateway import upstream
+from gateway import payloads
 from gateway.config.schema import MqttConfig
 from gateway.recorder import AsyncStore
 from gateway.store import OutboxMessage
@@ -78,7 +78,7 @@ class Uplink:
             tls_context.check_hostname = cfg.tls.verify_hostname
             if cfg.tls.cert_file and cfg.tls.key_file:
                 tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-        will = aiomqtt.Will(self.status_topic, upstream.status("offline"), qos=1, retain=True)
+        will = aiomqtt.Will(self.status_topic, payloads.status("offline"), qos=1, retain=True)
         client = aiomqtt.Client(
             cfg.host,
             cfg.effective_port,
@@ -108,7 +108,7 @@ class Uplink:
                 async with self._client() as client:
                     await client.publish(
                         self.status_topic,
-                        upstream.status("online", self.config_hash, self.started),
+                        payloads.status("online", self.config_hash, self.started),
                         qos=1,
                         retain=True,
                     )
@@ -122,7 +122,7 @@ class Uplink:
                         # after the keepalive runs out. Unacked messages stay in the outbox.
                         with contextlib.suppress(Exception):
                             async with asyncio.timeout(2):
-                                await client.publish(self.status_topic, upstream.status("offline"), qos=1, retain=True)
+                                await client.publish(self.status_topic, payloads.status("offline"), qos=1, retain=True)
                         self._set_state("disconnected", "shutdown")
                         raise
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:

@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from gateway.core.data import Event, Priority
+from gateway.core.data import Event
+from models.events import vision_event
 from models.fetch import model_path
 
 Image = NDArray[np.uint8]
@@ -272,10 +273,10 @@ def face_events(camera: str, results: list[tuple[str | None, float]]) -> list[Ev
     events = []
     for person, score in results:
         if person is not None:
-            events.append(Event("face.recognized", camera, Priority.EVENT,
-                                {"person": person, "camera": camera, "score": round(score, 3)}))
+            events.append(vision_event("face.recognized", camera,
+                                       {"person": person, "camera": camera, "score": round(score, 3)}))
         else:
-            events.append(Event("face.unknown", camera, Priority.EVENT, {"camera": camera, "score": round(score, 3)}))
+            events.append(vision_event("face.unknown", camera, {"camera": camera, "score": round(score, 3)}))
     return events
 
 

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.core.data import Event, Priority
+from gateway.core.data import Event
+from models.events import vision_event
 
 L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 11, 12, 23, 24
 MIN_TORSO = 4.0
@@ -216,7 +217,7 @@ class FallDetector:
 def fall_event(camera: str, confidence: float, *, descent: float, angle: float, down_for: float,
                track: str = "0") -> Event:
     """``fall.detected`` at alarm priority: camera, confidence and the measured figures; no image bytes."""
-    return Event(kind="fall.detected", source=camera, priority=Priority.ALARM,
-                 payload={"camera": camera, "confidence": round(float(confidence), 3), "track": track,
-                          "descent_torso": round(float(descent), 2), "torso_angle_deg": round(float(angle), 1),
-                          "down_s": round(float(down_for), 1)})
+    return vision_event("fall.detected", camera,
+                        {"camera": camera, "confidence": round(float(confidence), 3), "track": track,
+                         "descent_torso": round(float(descent), 2), "torso_angle_deg": round(float(angle), 1),
+                         "down_s": round(float(down_for), 1)})

@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.core.data import Event, Priority
+from gateway.core.data import Event
+from models.events import vision_event
 from models.faces import Image, _session, as_bgr
 from models.fetch import model_path
 
@@ -316,5 +317,5 @@ def plate_event(camera: str, plate: str, score: float, *, allowlist: Collection[
         listed = "blocklist"
     elif key in {normalise_plate(p) for p in allowlist}:
         listed = "allowlist"
-    return Event("plate.read", camera, Priority.EVENT,
-                 {"plate": key, "camera": camera, "score": round(float(score), 3), "list": listed})
+    return vision_event("plate.read", camera,
+                        {"plate": key, "camera": camera, "score": round(float(score), 3), "list": listed})

@@ -214,7 +214,7 @@ async def test_cov_updates_arrive_without_polling(tmp_path: Path) -> None:
     async with plant() as sim:
         daemon = Daemon(load_config(bacnet_config(tmp_path, sim, interval="60s", cov=True)))
         changes: list[Event] = []
-        daemon.recorder.on_event(lambda e: changes.append(e) if e.kind == "point.changed" else None)
+        daemon.bus.on_event(lambda e: changes.append(e) if e.kind == "point.changed" else None)
         async with running(daemon):
             poller = daemon.pollers["plant"]
             driver = daemon.drivers["plant"]
@@ -324,7 +324,7 @@ async def test_a_device_that_disappears_goes_offline_and_returns(tmp_path: Path)
         daemon = Daemon(load_config(bacnet_config(tmp_path, sim, interval="200ms", cov=True, cov_lifetime="4s",
                                                   offline_after=2, probe_max="1s")))
         events: list[str] = []
-        daemon.recorder.on_event(lambda e: events.append(e.kind))
+        daemon.bus.on_event(lambda e: events.append(e.kind))
         async with running(daemon):
             poller = daemon.pollers["plant"]
             await until(lambda: poller.state.state == "online" and sim.subscriptions == len(POINTS))

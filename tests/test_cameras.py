@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from gateway.cameras import CameraWorker, safe_payload
 from gateway.config import load_config
+from gateway.core.timing import ManualClock
 from gateway.daemon import Daemon, open_store
 from models.config import CameraConfig, MotionConfig, VisionConfig, redact_url
 from models.motion import MotionGate
@@ -192,14 +193,16 @@ async def test_frozen_stream_is_detected_and_recovers(tmp_path: Path, vision_dir
 
 async def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path, vision_dir: Path, portrait: np.ndarray) -> None:
     """SIGSTOP: the process lives but says nothing; the daemon must not wait on it forever."""
-    from gateway.recorder import AsyncStore, Recorder
+    from wiring import wire
+
+    from gateway.recorder import AsyncStore
     from gateway.store import Store
 
     store = AsyncStore(Store(tmp_path / "g.db"))
-    recorder = Recorder(store)
+    bus, _ = wire(store)
     async with MjpegCamera([scene(portrait)], fps=5) as cam:
         camera = CameraConfig(id="gate", url=cam.url, detect=[], stall_timeout=1.0)
-        worker = CameraWorker(camera, VisionConfig(), tmp_path, recorder)
+        worker = CameraWorker(camera, VisionConfig(), tmp_path, bus)
         worker.silence = 4.0
         task = asyncio.create_task(worker.run())
         async with asyncio.timeout(30):
@@ -217,7 +220,9 @@ async def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path, vision_dir: 
 
 
 async def test_a_video_file_is_a_camera_that_loops(tmp_path: Path, portrait: np.ndarray) -> None:
-    from gateway.recorder import AsyncStore, Recorder
+    from wiring import wire
+
+    from gateway.recorder import AsyncStore
     from gateway.store import Store
 
     video = tmp_path / "lobby.avi"
@@ -226,9 +231,9 @@ async def test_a_video_file_is_a_camera_that_loops(tmp_path: Path, portrait: np.
         writer.write(scene(np.roll(portrait, 20 * k, axis=1)))
     writer.release()
     store = AsyncStore(Store(tmp_path / "g.db"))
-    recorder = Recorder(store)
+    bus, recorder = wire(store)
     worker = CameraWorker(CameraConfig(id="file", url=str(video), detect=[], fps=20), VisionConfig(), tmp_path,
-                          recorder)
+                          bus)
     task = asyncio.create_task(worker.run())
     try:
         async with asyncio.timeout(30):
@@ -377,23 +382,22 @@ def test_a_face_that_stays_is_embedded_once_a_second_and_keeps_its_identity(tmp_
     assert analyser.embedded == 4
 
 
-def test_a_mad_worker_cannot_flood_the_outbox_but_alarms_always_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_mad_worker_cannot_flood_the_outbox_but_alarms_always_pass() -> None:
     from gateway import cameras
 
-    clock = [1000.0]
-    monkeypatch.setattr(cameras.time, "monotonic", lambda: clock[0])
+    clock = ManualClock(start=1000.0)
     recorder = _Recorder()
     worker = CameraWorker(CameraConfig(id="cam", url="usb:0"), VisionConfig(), Path("/nonexistent"),
-                          recorder)  # type: ignore[arg-type]
+                          recorder, clock=clock)  # type: ignore[arg-type]
     unknown = json.dumps({"t": "event", "kind": "face.unknown", "payload": {"score": 0.1}}).encode()
     fall = json.dumps({"t": "event", "kind": "fall.detected", "payload": {"confidence": 0.9}}).encode()
     for _ in range(500):
         worker.handle(unknown)
-        clock[0] += 0.01
+        await clock.advance(0.01)
     worker.handle(fall)
     kinds = [e.kind for e in recorder.events]
     assert kinds.count("face.unknown") == cameras.EVENT_LIMIT and kinds[-1] == "fall.detected"
-    clock[0] += 61
+    await clock.advance(61)
     worker.handle(unknown)
     flood = [e for e in recorder.events if e.kind == "camera.flood"]
     assert len(flood) == 1 and flood[0].payload["suppressed"] == 500 - cameras.EVENT_LIMIT

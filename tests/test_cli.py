@@ -268,7 +268,7 @@ async def test_events_show_the_log_and_follow_prints_new_ones(tmp_path: Path, br
                         seen.append(json.loads(await follow.stdout.readline()))
                 assert [e["id"] for e in seen] == [e["id"] for e in events]
                 alarm = Event("fire.alarm", "zone-3", Priority.ALARM, {"zone": 3})
-                daemon.recorder.event(alarm)
+                daemon.bus.event(alarm)
                 async with asyncio.timeout(10):  # ...then what happens while it runs
                     fresh = json.loads(await follow.stdout.readline())
                 assert fresh["id"] == alarm.id and fresh["kind"] == "fire.alarm" and fresh["priority"] == "alarm"

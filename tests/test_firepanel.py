@@ -198,7 +198,7 @@ async def test_unplugged_port_is_reported_and_the_stream_comes_back(tmp_path: Pa
     async with FirePanelSimulator("gst_cn", heartbeat=0) as sim:
         daemon = Daemon(load_config(panel_config(tmp_path, sim.port, None)))
         events: list[Event] = []
-        daemon.recorder.on_event(events.append)
+        daemon.bus.on_event(events.append)
         async with running(daemon):
             driver = await listening(daemon)
             await sim.send("heartbeat")

@@ -33,7 +33,7 @@ def test_change_mode_respects_deadband_and_max_interval() -> None:
 
 def test_quality_change_is_reported_at_once_whatever_the_policy() -> None:
     rep = Reporter()
-    rep.configure("m", ReportPolicy(mode="periodic", every=3600), {})
+    rep.configure("m", ReportPolicy(mode="periodic", period=3600), {})
     assert len(rep.offer("m", [r(1.0, 0)], 0)) == 1
     assert rep.offer("m", [r(2.0, 10)], 10) == []
     assert [x.quality for x in rep.offer("m", [r(None, 20, quality=Quality.BAD)], 20)] == [Quality.BAD]

@@ -111,7 +111,7 @@ async def test_disk_cap_drops_telemetry_oldest_first_and_keeps_every_alarm(tmp_p
         daemon.recorder.cap_check_interval = 0.3
         async with running(daemon):
             for i in range(40):
-                daemon.recorder.event(Event("fire.alarm", f"zone-{i}", Priority.ALARM, {"zone": i}))
+                daemon.bus.event(Event("fire.alarm", f"zone-{i}", Priority.ALARM, {"zone": i}))
                 await asyncio.sleep(0.25)
             dropped = (await daemon.store.run(daemon.store.store.counters)).get("store.telemetry_dropped", 0)
             assert dropped > 0

@@ -7,7 +7,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from gateway import upstream
+from gateway import payloads
 from gateway.core.data import Event, Priority, Quality, Reading
 from gateway.store import Batch, Outgoing, Store
 
@@ -20,9 +20,9 @@ def test_alarms_before_events_before_telemetry_and_order_within_class(tmp_path: 
     store = Store(tmp_path / "g.db")
     batch = Batch()
     for i in range(5):
-        batch.outgoing.append(upstream.telemetry("m1", 1000.0 + i, [_reading("m1", i)]))
-        batch.outgoing.append(upstream.event(Event("device.offline", f"d{i}", Priority.EVENT)))
-        batch.outgoing.append(upstream.event(Event("fire", f"z{i}", Priority.ALARM)))
+        batch.outgoing.append(payloads.telemetry("m1", 1000.0 + i, [_reading("m1", i)]))
+        batch.outgoing.append(payloads.event(Event("device.offline", f"d{i}", Priority.EVENT)))
+        batch.outgoing.append(payloads.event(Event("fire", f"z{i}", Priority.ALARM)))
     store.commit(batch)
     sent = store.next_batch(100)
     assert [m.priority for m in sent] == [Priority.ALARM] * 5 + [Priority.EVENT] * 5 + [Priority.TELEMETRY] * 5
@@ -33,7 +33,7 @@ def test_alarms_before_events_before_telemetry_and_order_within_class(tmp_path: 
 
 def test_acknowledged_messages_leave_and_the_rest_stay_in_order(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db")
-    store.commit(Batch(outgoing=[upstream.telemetry("m1", i, [_reading("m1", i)]) for i in range(10)]))
+    store.commit(Batch(outgoing=[payloads.telemetry("m1", i, [_reading("m1", i)]) for i in range(10)]))
     first = store.next_batch(4)
     store.acknowledge([m.seq for m in first[:3]])  # the 4th was never acked (connection dropped)
     again = store.next_batch(100)
@@ -44,7 +44,7 @@ def test_acknowledged_messages_leave_and_the_rest_stay_in_order(tmp_path: Path) 
 
 def test_outbox_survives_reopen(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db")
-    store.commit(Batch(outgoing=[upstream.event(Event("fire", "z1", Priority.ALARM))]))
+    store.commit(Batch(outgoing=[payloads.event(Event("fire", "z1", Priority.ALARM))]))
     store.close()
     reopened = Store(tmp_path / "g.db")
     assert reopened.outbox_depth() == {"alarm": 1, "event": 0, "telemetry": 0}
@@ -57,8 +57,8 @@ def test_disk_cap_drops_oldest_telemetry_only(tmp_path: Path) -> None:
     for round_ in range(30):
         batch = Batch()
         for i in range(100):
-            batch.outgoing.append(upstream.telemetry("m1", round_ * 100 + i, big))
-        batch.outgoing.append(upstream.event(Event("fire", f"zone-{round_}", Priority.ALARM)))
+            batch.outgoing.append(payloads.telemetry("m1", round_ * 100 + i, big))
+        batch.outgoing.append(payloads.event(Event("fire", f"zone-{round_}", Priority.ALARM)))
         store.commit(batch)
         store.enforce_cap()
     assert store.used_bytes() <= 1 * 2**20
@@ -99,20 +99,22 @@ def test_read_only_store_cannot_write(tmp_path: Path) -> None:
 
 
 async def test_a_failed_commit_keeps_the_batch_for_the_next_flush(tmp_path: Path) -> None:
-    from gateway.recorder import AsyncStore, Recorder
+    from wiring import wire
+
+    from gateway.recorder import AsyncStore
 
     store = Store(tmp_path / "g.db")
-    recorder = Recorder(AsyncStore(store))
+    bus, recorder = wire(AsyncStore(store))
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]
     store.db.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL: the disk is full
-    recorder.event(Event("fire", "z1", Priority.ALARM, {"text": "x" * 20000}))
+    bus.event(Event("fire", "z1", Priority.ALARM, {"text": "x" * 20000}))
     try:
         await recorder.flush()
     except sqlite3.OperationalError as exc:
         assert "full" in str(exc)
     else:
         raise AssertionError("the disk-full error was swallowed")
-    recorder.event(Event("fire", "z2", Priority.ALARM))
+    bus.event(Event("fire", "z2", Priority.ALARM))
     store.db.execute("PRAGMA max_page_count = 1073741823")  # room again
     await recorder.flush()
     sent = [json.loads(m.payload)["source"] for m in store.next_batch(10)]

@@ -20,6 +20,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from conftest import Broker, free_ports, until, write_config
+from wiring import wire
 
 from drivers.base import BusConfig, DeviceConfig, Driver
 from gateway.config import load_config
@@ -37,7 +38,7 @@ POINTS = [{k: v for k, v in p.items() if v is not None} for p in METER_POINTS]
 @pytest.fixture
 async def recorder(tmp_path: Path) -> AsyncIterator[Recorder]:
     store = AsyncStore(Store(tmp_path / "gateway.db", synchronous="normal"))
-    rec = Recorder(store)
+    _, rec = wire(store)
     writer = asyncio.create_task(rec.run())
     yield rec
     writer.cancel()
@@ -66,7 +67,7 @@ def meter_config(tmp: Path, ports: list[int], mqtt_port: int | None, *, interval
 
 def meter_poller(config: Path, rec: Recorder, device: str = "meter-0") -> DevicePoller:
     cfg = load_config(config)
-    return DevicePoller(build_drivers(cfg)[device], cfg.device(device), rec)
+    return DevicePoller(build_drivers(cfg)[device], cfg.device(device), rec.bus)
 
 
 class BuggyDriver(Driver):
@@ -101,7 +102,7 @@ class BuggyDriver(Driver):
 
 async def test_a_crashing_task_restarts_with_growing_backoff_and_each_crash_is_an_event(
         recorder: Recorder) -> None:
-    supervisor = Supervisor(recorder, min_backoff=0.05, max_backoff=0.2)
+    supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2)
     starts: list[float] = []
     ticks = 0
 
@@ -145,7 +146,7 @@ async def test_a_crashing_task_restarts_with_growing_backoff_and_each_crash_is_a
 
 
 async def test_a_task_that_was_healthy_for_long_restarts_quickly_again(recorder: Recorder) -> None:
-    supervisor = Supervisor(recorder, min_backoff=0.01, max_backoff=0.05)
+    supervisor = Supervisor(recorder.bus, min_backoff=0.01, max_backoff=0.05)
     runs = 0
 
     async def sometimes_long() -> None:
@@ -170,11 +171,11 @@ async def test_a_poll_loop_whose_driver_raises_is_restarted_and_other_devices_ke
     try:
         meter = meter_poller(meter_config(tmp_path, server.ports, None), recorder)
         device = DeviceConfig(id="tank-1", bus="bus-x", interval=0.1)
-        buggy = DevicePoller(BuggyDriver(BusConfig(id="bus-x", driver="test"), [device], bugs=4), device, recorder)
+        buggy = DevicePoller(BuggyDriver(BusConfig(id="bus-x", driver="test"), [device], bugs=4), device, recorder.bus)
         meter_polls_at_crash: list[int] = []
-        recorder.on_event(lambda ev: meter_polls_at_crash.append(meter.state.polls)
+        recorder.bus.on_event(lambda ev: meter_polls_at_crash.append(meter.state.polls)
                           if ev.kind == "gateway.task_crashed" else None)
-        supervisor = Supervisor(recorder, min_backoff=0.05, max_backoff=0.2)
+        supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2)
         supervisor.spawn("device:meter-0", meter.run)
         started = time.monotonic()
         try:
@@ -211,7 +212,7 @@ async def test_offline_and_back_gives_one_event_each_and_bad_points_meanwhile(
         tmp_path: Path, recorder: Recorder) -> None:
     server = await serve_meters("127.0.0.1", free_ports(1), count=1)
     poller = meter_poller(meter_config(tmp_path, server.ports, None, interval="100ms"), recorder)
-    supervisor = Supervisor(recorder, min_backoff=0.05, max_backoff=0.2)
+    supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2)
     supervisor.spawn("device:meter-0", poller.run)
     try:
         await until(lambda: poller.state.state == "online" and poller.state.polls >= 3)

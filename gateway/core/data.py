@@ -62,3 +62,18 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
     id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """A device as the gateway sees it: online, offline or not yet known, with its error counts."""
+
+    id: str
+    state: str
+    since: float
+    last_poll: float | None = None
+    last_ok: float | None = None
+    error: str | None = None
+    polls: int = 0
+    failures: int = 0
+    errors: dict[str, int] = field(default_factory=dict)

@@ -7,6 +7,7 @@ tests can step time exactly (``ManualClock``) instead of sleeping and comparing 
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import random
@@ -114,27 +115,31 @@ class Backoff:
 
 
 class RateLimiter:
-    """At most ``limit`` passes per ``window`` seconds (fixed window); refusals are counted, not lost silently."""
+    """At most ``limit`` passes in any ``window`` seconds (a sliding window); refusals are counted, not lost.
+
+    Used wherever something chatty must not flood the outbox or the log: point change events, camera
+    events, repeated field-error lines. Alarms never go through one.
+    """
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self._start: float | None = None
-        self._used = 0
+        self._passed: collections.deque[float] = collections.deque(maxlen=max(limit, 1))
         self.refused = 0
+        self.first_refused: float | None = None
 
     def allow(self, now: float) -> bool:
-        if self._start is None or now - self._start >= self.window:
-            self._start, self._used = now, 0
-        if self._used < self.limit:
-            self._used += 1
+        if self.limit > 0 and (len(self._passed) < self.limit or now - self._passed[0] >= self.window):
+            self._passed.append(now)
             return True
         self.refused += 1
+        if self.first_refused is None:
+            self.first_refused = now
         return False
 
     def take_refused(self) -> int:
         """How many were refused since the last call (for one summary event per window)."""
-        refused, self.refused = self.refused, 0
+        refused, self.refused, self.first_refused = self.refused, 0, None
         return refused
 
 
