@@ -32,7 +32,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import upstream
+from gateway import payloads
 from gateway.bench import workdir
 from gateway.config.schema import MqttConfig
 from gateway.core.data import Event, Priority, Quality, Reading
@@ -313,7 +313,7 @@ def telemetry_backlog(count: int, devices: int = DEVICES, seed: int = 1) -> list
             elif spread is not None:
                 value = round(rng.gauss(float(typical), spread / 3), 4)
             readings.append(Reading(f"meter-{d + 1:03d}", point, value, unit, Quality.GOOD, ts))
-        backlog.append(upstream.telemetry(f"meter-{d + 1:03d}", ts, readings))
+        backlog.append(payloads.telemetry(f"meter-{d + 1:03d}", ts, readings))
     return backlog
 
 
