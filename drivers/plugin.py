@@ -49,6 +49,8 @@ class DriverPlugin:
     """``"module:function"`` adding ``gateway simulate <...>``: called with that command's subparsers."""
     bench: str | None = None
     """``"module:function"`` adding ``gateway bench <...>``: called with that command's subparsers."""
+    default: bool = False
+    """The family a device naming no known bus is checked as (its other keys are still checked)."""
     _class: list[type[Driver]] = field(default_factory=list, repr=False, compare=False)
 
     @property

@@ -63,14 +63,14 @@ def _families() -> dict[str, DriverPlugin]:
 
 
 def plugin_for_bus(kind: object) -> DriverPlugin | None:
-    """The plugin whose buses have this ``driver`` kind ("modbus_tcp" -> the modbus plugin)."""
+    """The plugin whose buses have this ``driver`` kind (a bus kind belongs to one family)."""
     return _families().get(kind) if isinstance(kind, str) else None
 
 
 def default_family() -> str:
     """What a device naming a missing bus is checked as (so its other keys are still checked)."""
-    names = list(plugins())
-    return "modbus" if "modbus" in names else names[0]
+    chosen = [p.name for p in plugins().values() if p.default] or list(plugins())
+    return chosen[0]
 
 
 def family_of(kind: object) -> str:

@@ -27,4 +27,5 @@ PLUGIN = DriverPlugin(
     device=ModbusDevice,
     driver="drivers.modbus.driver:ModbusDriver",
     validate=validate,
+    default=True,  # the commonest field device: a device whose bus is missing is checked as one
 )
