@@ -36,6 +36,7 @@ from bacpypes3.vendor import get_vendor_info
 
 from gateway.core.data import Quality, Value
 from gateway.core.numbers import float32_shortest
+from gateway.core.points import Datatype
 
 Kind = Literal["analog", "binary", "multistate", "other"]
 
@@ -101,6 +102,35 @@ def kind_of(object_type: str) -> Kind:
     if object_type.startswith("multi-state-"):
         return "multistate"
     return "other"
+
+
+def datatype(object_type: str, prop: str, kind: Kind, states: bool) -> Datatype:
+    """What ``to_value`` makes of this property when the device sends the type the standard gives it.
+
+    A multi-state value with configured ``states`` reads as the state's name. Other properties go by
+    the standard's type: enumerations and counters are ints; text, bit strings, dates and anything
+    unknown (proprietary properties) are strings.
+    """
+    if kind == "binary":
+        return "bool"
+    if kind == "multistate":
+        return "string" if states else "int"
+    if kind == "analog":
+        return "float"
+    try:
+        cls = get_vendor_info(0).get_object_class(ObjectType(object_type))
+    except (ValueError, TypeError):
+        cls = None
+    wire = cls.get_property_type(prop) if cls is not None else None
+    if not isinstance(wire, type):
+        return "string"
+    if issubclass(wire, Boolean):
+        return "bool"
+    if issubclass(wire, Real):  # Double too
+        return "float"
+    if issubclass(wire, Enumerated | Unsigned | Integer):
+        return "int"
+    return "string"
 
 
 @cache

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from drivers.base import BusConfig, DeviceConfig
 from gateway.core.config import Duration, Identifier, StrictModel
 from gateway.core.data import Value
-from gateway.core.points import WriteSpec
+from gateway.core.points import PointInfo, WriteSpec
 
 if TYPE_CHECKING:
     from drivers.bacnet.codec import Kind
@@ -167,6 +167,33 @@ class BacnetPoint(StrictModel):
         """Whether the point is a present value whose object also reports status flags (and may do COV)."""
         return self.property == "present-value" and _codec().has_status(self.object_type)
 
+    def write_spec(self) -> WriteSpec | None:
+        if not self.writable:
+            return None
+        if self.kind == "binary":
+            return WriteSpec("bool", relinquish=True)
+        allowed = tuple(self.allowed) if self.allowed else None
+        if self.kind == "multistate":
+            low = 1.0 if self.min is None else max(1.0, self.min)
+            return WriteSpec("number", low, self.max, allowed, self.states, resolution=1.0, relinquish=True)
+        return WriteSpec("number", self.min, self.max, allowed, None, relinquish=True)
+
+    def info(self) -> PointInfo:
+        """Its catalog entry: limits are the write's (multi-state values start at 1), none when read-only."""
+        spec = self.write_spec()
+        return PointInfo(
+            id=self.id,
+            datatype=_codec().datatype(self.object_type, self.property, self.kind, self.states is not None),
+            unit=self.unit,
+            writable=self.writable,
+            min=spec.min if spec else None,
+            max=spec.max if spec else None,
+            allowed=spec.allowed if spec else None,
+            states=self.states,
+            description=f"written at priority {self.write_priority}" if self.writable else "",
+            address=self.object if self.property == "present-value" else f"{self.object} {self.property}",
+        )
+
 
 class BacnetDevice(DeviceConfig):
     """A BACnet device reached over IP: a controller, a BACnet/IP router's MS/TP device, a meter."""
@@ -221,8 +248,11 @@ class BacnetDevice(DeviceConfig):
         net = f"{match['net']}:" if match["net"] else ""
         return f"{net}{ip}:{port}"
 
-    def point_ids(self) -> list[str]:
-        return [p.id for p in self.points]
+    def describe(self) -> list[PointInfo]:
+        """Every point, in config order; ``address`` is the object ("analog-value:3"), and the property
+        when it is not the present value. Units the config leaves out come from the device at run time
+        (``BacnetDriver.describe``)."""
+        return [p.info() for p in self.points]
 
     def change_events(self) -> dict[str, str]:
         return {p.id: p.on_change for p in self.points if p.on_change}
@@ -232,15 +262,7 @@ class BacnetDevice(DeviceConfig):
 
     def write_spec(self, point: str) -> WriteSpec | None:
         p = self.point(point)
-        if p is None or not p.writable:
-            return None
-        if p.kind == "binary":
-            return WriteSpec("bool", relinquish=True)
-        allowed = tuple(p.allowed) if p.allowed else None
-        if p.kind == "multistate":
-            low = 1.0 if p.min is None else max(1.0, p.min)
-            return WriteSpec("number", low, p.max, allowed, p.states, resolution=1.0, relinquish=True)
-        return WriteSpec("number", p.min, p.max, allowed, None, relinquish=True)
+        return None if p is None else p.write_spec()
 
     def is_normal(self, point: str, value: Value) -> bool:
         spec = self.point(point)

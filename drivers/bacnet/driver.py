@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -36,6 +36,7 @@ from gateway.core.errors import (
     ExceptionResponse,
     WriteRefused,
 )
+from gateway.core.points import PointInfo
 
 log = structlog.get_logger("drivers.bacnet")
 T = TypeVar("T")
@@ -260,6 +261,12 @@ class BacnetDriver(Driver):
         except DriverError:
             return False
         return True
+
+    def describe(self, device: str) -> list[PointInfo]:
+        """The config's catalog, with the units the device reported where the config gives none."""
+        learned = self.contacts[device].units
+        return [replace(info, unit=learned[info.id]) if info.unit is None and learned.get(info.id) else info
+                for info in super().describe(device)]
 
     async def read_point(self, device: str, point: str) -> Reading:
         spec = self.devices[device].point(point)

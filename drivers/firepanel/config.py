@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from drivers.base import BusConfig, DeviceConfig
 from drivers.firepanel import formats
 from gateway.core.config import Duration, SerialPortConfig, StrictModel
+from gateway.core.points import Datatype, PointInfo
 
 Encoding = Literal["utf-8", "gbk", "gb2312", "gb18030", "latin-1"]
 LineEvent = Literal[
@@ -22,10 +23,18 @@ GROUPS = ("zone", "loop", "address", "device", "description", "time", "state")
 """Named groups a pattern may capture; anything else is a typo caught at config time."""
 LOCATED: frozenset[str] = frozenset({"fire", "prealarm", "supervisory", "disable", "enable", "activation"})
 """Events about one place: their pattern must capture where (``zone`` or ``address``)."""
-STATE_POINTS = (
-    "comm_ok", "fire_zones_active", "fire_zones", "prealarms_active", "supervisory_active", "faults_active",
-    "disabled_active", "silenced",
-)
+STATE_INFO: dict[str, tuple[Datatype, str]] = {
+    "comm_ok": ("bool", "The panel is heard: false from panel.comm_lost until it prints again"),
+    "fire_zones_active": ("int", "Zones in fire (an address without a zone counts as one), latched until reset"),
+    "fire_zones": ("string", "Those zones, comma-separated in sorted order; empty when none"),
+    "prealarms_active": ("int", "Places in pre-alarm, latched until reset"),
+    "supervisory_active": ("int", "Places with a supervisory signal, latched until reset"),
+    "faults_active": ("int", "Faults present: each clears by itself or at a reset"),
+    "disabled_active": ("int", "Places disabled: they outlast a reset and end with an enable"),
+    "silenced": ("bool", "Sounders silenced, until the reset or the next new fire"),
+}
+"""The panel's latched state (drivers/firepanel/driver.py ``PanelMonitor.state``): type and meaning."""
+STATE_POINTS = tuple(STATE_INFO)
 
 
 class SerialLineBus(BusConfig, SerialPortConfig):
@@ -200,6 +209,7 @@ class FirePanel(DeviceConfig):
         spec = self.spec()
         return self.alarm_words if self.alarm_words is not None else (spec.format.alarm_words if spec else [])
 
-    def point_ids(self) -> list[str]:
-        return list(STATE_POINTS)
+    def describe(self) -> list[PointInfo]:
+        """The panel's latched state, read-only; it has no address: the driver keeps it from the lines heard."""
+        return [PointInfo(point, datatype, description=text) for point, (datatype, text) in STATE_INFO.items()]
 

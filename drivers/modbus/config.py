@@ -12,7 +12,7 @@ from drivers.modbus.codec import DataType, Order, Table, register_count
 from drivers.modbus.profiles import apply_profile
 from gateway.core.config import Duration, Identifier, SerialPortConfig, StrictModel
 from gateway.core.data import Value
-from gateway.core.points import WriteSpec
+from gateway.core.points import Datatype, PointInfo, WriteSpec
 
 
 class ModbusTcpBus(BusConfig):
@@ -91,6 +91,60 @@ class ModbusPoint(StrictModel):
             raise ValueError("scale must not be 0")
         return self
 
+    @property
+    def datatype(self) -> Datatype:
+        """What the driver's readings of the point hold (drivers/modbus/driver.py ``scaled`` and ``named``)."""
+        if self.type is DataType.BOOL:
+            return "bool"
+        if self.states is not None:
+            return "string"  # read as the state's name ("unknown_7" for a code the map does not name)
+        if self.type in (DataType.FLOAT32, DataType.FLOAT64) or self.scale != 1.0 or self.offset != 0.0:
+            return "float"  # raw * scale + offset is a float even when the scale is 2.0
+        return "int"
+
+    def write_spec(self) -> WriteSpec | None:
+        if not self.writable:
+            return None
+        if self.type is DataType.BOOL:
+            return WriteSpec("bool")
+        integer = self.type not in (DataType.FLOAT32, DataType.FLOAT64)
+        return WriteSpec(
+            "number", self.min, self.max, tuple(self.allowed) if self.allowed else None, self.states,
+            resolution=abs(self.scale) if integer else 0.0,
+        )
+
+    def info(self) -> PointInfo:
+        """Its catalog entry: limits are the write's, so a read-only point has none."""
+        spec = self.write_spec()
+        return PointInfo(
+            id=self.id,
+            datatype=self.datatype,
+            unit=self.unit,
+            writable=self.writable,
+            min=spec.min if spec else None,
+            max=spec.max if spec else None,
+            allowed=spec.allowed if spec else None,
+            states=self.states,
+            description=self.encoding(),
+            address=f"{self.table.value} {self.address}" + (f" bit {self.bit}" if self.bit is not None else ""),
+        )
+
+    def encoding(self) -> str:
+        """How the value sits in its registers ("int16 * 0.1 - 40"); empty for a coil or discrete input."""
+        if self.table in (Table.COIL, Table.DISCRETE):
+            return ""
+        number = self.type is not DataType.BOOL
+        text = self.type.value if number else "non-zero register" if self.bit is None else ""
+        if self.scale != 1.0 and number:
+            text += f" * {_number(self.scale)}"
+        if self.offset != 0.0 and number:
+            text += f" {'-' if self.offset < 0 else '+'} {_number(abs(self.offset))}"
+        if register_count(self.type) > 1 and self.word_order is Order.LITTLE:
+            text += ", words little-endian"
+        if self.byte_order is Order.LITTLE and (number or self.bit is not None):
+            text += ", bytes swapped"
+        return text.removeprefix(", ")
+
 
 class ModbusDevice(DeviceConfig):
     """A Modbus slave: a meter, an elevator controller, a panel."""
@@ -122,26 +176,29 @@ class ModbusDevice(DeviceConfig):
             raise ValueError(f"unknown profile {name!r} (profiles: {', '.join(profiles.available())})")
         return name
 
-    def point_ids(self) -> list[str]:
-        return [p.id for p in self.points]
+    def describe(self) -> list[PointInfo]:
+        """Every point, in config order (profile points after the device's own).
+
+        Limits are the write limits, so only writable points have them. ``address`` is the table and
+        the zero-based address as the config writes them ("holding 22", "holding 22 bit 1", "coil 0"),
+        ``description`` the encoding on the wire ("int16 * 0.1 - 40").
+        """
+        return [p.info() for p in self.points]
 
     def change_events(self) -> dict[str, str]:
         return {p.id: p.on_change for p in self.points if p.on_change}
 
     def write_spec(self, point: str) -> WriteSpec | None:
         p = next((p for p in self.points if p.id == point), None)
-        if p is None or not p.writable:
-            return None
-        if p.type is DataType.BOOL:
-            return WriteSpec("bool")
-        integer = p.type not in (DataType.FLOAT32, DataType.FLOAT64)
-        return WriteSpec(
-            "number", p.min, p.max, tuple(p.allowed) if p.allowed else None, p.states,
-            resolution=abs(p.scale) if integer else 0.0,
-        )
+        return None if p is None else p.write_spec()
 
     def is_normal(self, point: str, value: Value) -> bool:
         spec = next((p for p in self.points if p.id == point), None)
         if spec is not None and spec.states and value == spec.states.get(0):
             return True  # the state numbered 0 is the resting state by convention ("normal", "closed")
         return super().is_normal(point, value)
+
+
+def _number(x: float) -> str:
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
