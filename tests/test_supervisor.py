@@ -26,6 +26,7 @@ from drivers.base import BusConfig, DeviceConfig, Driver
 from gateway.config import load_config
 from gateway.core.data import Quality, Reading, Value
 from gateway.core.errors import WriteRefused
+from gateway.core.timing import SYSTEM_CLOCK, Clock, ManualClock
 from gateway.daemon import build_drivers
 from gateway.recorder import AsyncStore, Recorder
 from gateway.store import Store
@@ -65,9 +66,10 @@ def meter_config(tmp: Path, ports: list[int], mqtt_port: int | None, *, interval
                         devices=devices)
 
 
-def meter_poller(config: Path, rec: Recorder, device: str = "meter-0") -> DevicePoller:
+def meter_poller(config: Path, rec: Recorder, device: str = "meter-0", *,
+                 clock: Clock = SYSTEM_CLOCK) -> DevicePoller:
     cfg = load_config(config)
-    return DevicePoller(build_drivers(cfg)[device], cfg.device(device), rec.bus)
+    return DevicePoller(build_drivers(cfg)[device], cfg.device(device), rec.bus, clock=clock)
 
 
 class BuggyDriver(Driver):
@@ -102,35 +104,36 @@ class BuggyDriver(Driver):
 
 async def test_a_crashing_task_restarts_with_growing_backoff_and_each_crash_is_an_event(
         recorder: Recorder) -> None:
-    supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2)
+    clock = ManualClock()
+    supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2, clock=clock)
     starts: list[float] = []
     ticks = 0
 
     async def flaky() -> None:
-        starts.append(time.monotonic())
+        starts.append(clock.monotonic())
         raise RuntimeError(f"boom {len(starts)}")
 
     async def steady() -> None:
         nonlocal ticks
         while True:
             ticks += 1
-            await asyncio.sleep(0.01)
+            await clock.sleep(0.01)
 
     supervisor.spawn("flaky", flaky)
     supervisor.spawn("steady", steady)
     try:
-        await until(lambda: len(starts) >= 6)
+        while len(starts) < 6:
+            await clock.advance(0.01)
     finally:
         await supervisor.stop()
     crashes = len(starts)
 
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # Nominal 0.05, 0.1, 0.2, then capped at 0.2; each ±20 % jitter. Lower bounds prove the
-    # doubling (sleep never wakes early); the last gap proves the cap (uncapped it would be >= 0.64).
-    assert gaps[0] >= 0.04 and gaps[1] >= 0.08 and gaps[2] >= 0.16, gaps
-    assert gaps[4] < 0.64, gaps
+    # Nominal 0.05, 0.1, 0.2, then capped at 0.2; each ±20 % jitter, to the clock's 10 ms step.
+    assert 0.04 <= gaps[0] <= 0.07 and 0.08 <= gaps[1] <= 0.13 and 0.16 <= gaps[2] <= 0.25, gaps
+    assert all(0.16 <= gap <= 0.25 for gap in gaps[3:]), gaps  # capped (uncapped it would be >= 0.32)
     assert supervisor.restarts == {"flaky": crashes}
-    assert ticks > 20  # the sibling task ran on, untouched
+    assert ticks >= round(starts[-1] / 0.01)  # the sibling task ran every tick, untouched
 
     events = await stored_events(recorder)
     assert [(e["kind"], e["source"], e["priority"]) for e in events] == [
@@ -146,19 +149,21 @@ async def test_a_crashing_task_restarts_with_growing_backoff_and_each_crash_is_a
 
 
 async def test_a_task_that_was_healthy_for_long_restarts_quickly_again(recorder: Recorder) -> None:
-    supervisor = Supervisor(recorder.bus, min_backoff=0.01, max_backoff=0.05)
+    clock = ManualClock()
+    supervisor = Supervisor(recorder.bus, min_backoff=0.01, max_backoff=0.05, clock=clock)
     runs = 0
 
     async def sometimes_long() -> None:
         nonlocal runs
         runs += 1
         if runs == 5:
-            await asyncio.sleep(0.6)  # healthy for longer than 10 x max_backoff
+            await clock.sleep(0.6)  # healthy for longer than 10 x max_backoff
         raise RuntimeError(f"run {runs}")
 
     supervisor.spawn("worker", sometimes_long)
     try:
-        await until(lambda: runs >= 7)
+        while runs < 7:
+            await clock.advance(0.005)
     finally:
         await supervisor.stop()
     delays = [e["data"]["restart_in"] for e in await stored_events(recorder)]
@@ -167,35 +172,50 @@ async def test_a_task_that_was_healthy_for_long_restarts_quickly_again(recorder:
 
 async def test_a_poll_loop_whose_driver_raises_is_restarted_and_other_devices_keep_polling(
         tmp_path: Path, recorder: Recorder) -> None:
+    """Time is stepped one poll slot at a time: the meter must be polled in every slot, through its
+    neighbour's four crashes and restarts."""
+    clock = ManualClock()
     server = await serve_meters("127.0.0.1", free_ports(1), count=1)
     try:
-        meter = meter_poller(meter_config(tmp_path, server.ports, None), recorder)
+        meter = meter_poller(meter_config(tmp_path, server.ports, None), recorder, clock=clock)
         device = DeviceConfig(id="tank-1", bus="bus-x", interval=0.1)
-        buggy = DevicePoller(BuggyDriver(BusConfig(id="bus-x", driver="test"), [device], bugs=4), device, recorder.bus)
+        buggy = DevicePoller(BuggyDriver(BusConfig(id="bus-x", driver="test"), [device], bugs=4), device,
+                             recorder.bus, clock=clock)
         meter_polls_at_crash: list[int] = []
         recorder.bus.on_event(lambda ev: meter_polls_at_crash.append(meter.state.polls)
-                          if ev.kind == "gateway.task_crashed" else None)
-        supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2)
+                              if ev.kind == "gateway.task_crashed" else None)
+        supervisor = Supervisor(recorder.bus, min_backoff=0.05, max_backoff=0.2, clock=clock)
         supervisor.spawn("device:meter-0", meter.run)
-        started = time.monotonic()
+        slots = 0
+
+        async def slot() -> None:  # one poll period; the meter's poll in it completes over real TCP
+            nonlocal slots
+            before = meter.state.polls
+            await clock.advance(0.1)
+            slots += 1
+            await until(lambda: meter.state.polls > before, within=10)
+
         try:
-            await until(lambda: meter.state.polls >= 2)
+            for _ in range(2):
+                await slot()
             supervisor.spawn("device:tank-1", buggy.run)
-            await until(lambda: buggy.state.state == "online" and buggy.state.polls >= 3)
+            while not (buggy.state.state == "online" and buggy.state.polls >= 3):
+                assert slots < 200, "the buggy device never came back"
+                await slot()
             meter_polls_before = meter.state.polls
-            await asyncio.sleep(0.5)
+            for _ in range(5):
+                await slot()
         finally:
             await supervisor.stop()
-        elapsed = time.monotonic() - started
     finally:
         await server.close()
 
     assert supervisor.restarts == {"device:tank-1": 4}  # the meter's loop never crashed
     assert meter.state.state == "online"
-    # The meter polled on through its neighbour's crashes and after them, at a healthy rate.
+    # The meter polled on through its neighbour's crashes and after them, in every slot.
     assert len(meter_polls_at_crash) == 4 and meter_polls_at_crash[-1] > meter_polls_at_crash[0] >= 2
-    assert meter.state.polls > meter_polls_before >= meter_polls_at_crash[-1]
-    assert meter.state.polls >= 0.5 * elapsed / 0.1, (meter.state.polls, elapsed)
+    assert meter.state.polls == meter_polls_before + 5
+    assert meter.state.polls == slots, (meter.state.polls, slots)
     events = await stored_events(recorder)
     crashed = [e for e in events if e["kind"] == "gateway.task_crashed"]
     assert [e["source"] for e in crashed] == ["device:tank-1"] * 4

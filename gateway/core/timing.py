@@ -75,6 +75,7 @@ class ManualClock:
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking every sleeper whose deadline passes, in order, letting each run."""
+        await settle()  # tasks just started get to their first sleep before time moves
         target = self._now + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             due, _, fut = heapq.heappop(self._sleepers)
