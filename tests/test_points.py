@@ -3,7 +3,11 @@ they live; checked against shipped profiles, real configs and what the drivers' 
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +23,14 @@ from drivers.modbus import profiles
 from drivers.modbus.codec import BIT_TABLES, DataType, Order, Table
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import DevicePlan
+from gateway.cli import main
+from gateway.config import load_config
 from gateway.core.data import Quality, Value
 from gateway.core.points import PointInfo
 from simulators.bacnet import serve_bacnet
 from simulators.firepanel import FirePanelSimulator
 
+REPO = Path(__file__).resolve().parent.parent
 PYTHON_TYPE = {"bool": bool, "int": int, "float": float, "string": str}
 
 
@@ -279,3 +286,118 @@ def test_fire_panel_readings_hold_the_catalog_datatype(fmt: str) -> None:
     for reading in readings:
         assert holds(catalog[reading.point].datatype, reading.value), (catalog[reading.point], reading)
     assert {r.point: r.value for r in readings}["fire_zones_active"] == 1
+
+
+# -- `gateway points` ------------------------------------------------------------------------------
+
+SITE = """\
+[site]
+id = "tower-a"
+
+[mqtt]
+enabled = false
+
+[[buses]]
+id = "rs485"
+driver = "modbus_rtu"
+port = "/dev/ttyUSB0"
+
+[[buses]]
+id = "bacnet"
+driver = "bacnet_ip"
+bind = "10.0.0.5/24"
+instance = 999
+
+[[buses]]
+id = "fire-port"
+driver = "serial_lines"
+port = "/dev/ttyUSB1"
+
+[[devices]]
+id = "lift"
+bus = "rs485"
+unit = 5
+profile = "elevator"
+
+[[devices]]
+id = "ahu"
+bus = "bacnet"
+address = "10.0.0.30"
+device_instance = 1001
+
+[[devices.points]]
+id = "valve"
+object = "analog-output:1"
+writable = true
+min = 0
+max = 100
+write_priority = 9
+
+[[devices.points]]
+id = "mode"
+object = "msv:1"
+states = { 1 = "off", 2 = "auto" }
+
+[[devices]]
+id = "panel"
+bus = "fire-port"
+format = "gst_cn"
+"""
+JSON_KEYS = ["device", "point", "datatype", "unit", "writable", "min", "max", "allowed", "states", "description",
+             "address"]
+
+
+def points_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str,
+               text: str = SITE) -> tuple[int, str, str]:
+    config = tmp_path / "config.toml"
+    config.write_text(text, encoding="utf-8")
+    code = main(["points", *args, "-c", str(config)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_points_json_is_the_whole_catalog_in_a_stable_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = points_cli(tmp_path, capsys, "--json")
+    assert code == 0
+    rows = json.loads(out)
+    cfg = load_config(tmp_path / "config.toml")
+    assert [(r["device"], r["point"]) for r in rows] == [(d.id, p) for d in cfg.devices for p in d.point_ids()]
+    assert all(list(r) == JSON_KEYS for r in rows)
+    by_point = {(r["device"], r["point"]): r for r in rows}
+    assert by_point[("ahu", "valve")] == {
+        "device": "ahu", "point": "valve", "datatype": "float", "unit": None, "writable": True, "min": 0, "max": 100,
+        "allowed": None, "states": None, "description": "written at priority 9", "address": "analog-output:1"}
+    assert by_point[("ahu", "mode")]["states"] == {"1": "off", "2": "auto"}
+    assert by_point[("lift", "door_state")]["datatype"] == "string"
+    assert by_point[("panel", "fire_zones")]["datatype"] == "string"
+
+
+def test_points_table_for_one_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = points_cli(tmp_path, capsys, "ahu")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["device", "point", "type", "unit", "rw", "limits", "/", "states", "address", "about"]
+    assert lines[2].split() == ["ahu", "valve", "float", "rw", "0..100", "analog-output:1", "written", "at",
+                                "priority", "9"]
+    assert lines[3].split() == ["ahu", "mode", "string", "r", "1=off", "2=auto", "multi-state-value:1"]
+    assert len(lines) == 4
+
+
+def test_points_unknown_device_and_bad_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = points_cli(tmp_path, capsys, "nope")
+    assert (code, out) == (2, "") and "no device 'nope'" in err
+    bad = SITE.replace("write_priority = 9", "write_priority = 6")
+    with pytest.raises(SystemExit) as caught:
+        points_cli(tmp_path, capsys, text=bad)
+    assert caught.value.code == 2
+    line = bad.splitlines().index("write_priority = 6") + 1
+    assert f"config.toml:{line}: devices.1.points.0.write_priority: priority 6 is reserved" in capsys.readouterr().err
+
+
+def test_points_runs_on_the_shipped_example_without_a_daemon() -> None:
+    example = REPO / "config.example.toml"
+    done = subprocess.run([sys.executable, "-m", "gateway", "points", "--json", "-c", str(example)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    rows = json.loads(done.stdout)
+    assert {r["device"] for r in rows} == {"meter-main", "lift-b3-a", "water-main", "fire-panel"}
+    assert next(r for r in rows if r["point"] == "total_volume")["description"] == "uint32 * 0.001"

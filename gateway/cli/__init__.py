@@ -11,6 +11,7 @@ from gateway import __version__
 from gateway.cli.alarms import add_commands as add_alarm_commands
 from gateway.cli.common import load
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
+from gateway.cli.points import add_command as add_points_command
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
 from gateway.cli.site import (
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_profiles)
     add_alarm_commands(sub, DEFAULT_CONFIG)
     add_rule_commands(sub, DEFAULT_CONFIG)
+    add_points_command(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
