@@ -14,18 +14,21 @@ may be left out. An event's ``priority`` ("alarm", "event", "telemetry"; default
 (an object; default {}) and ``id`` (a string) may be left out. Any other key is an error: a typo
 must not silently change what is replayed. ``gateway events --export`` writes this format.
 
-Replay is what the daemon does, on simulated time: the same ``Engine`` and ``AlarmBook``, fed each
-record at its ``ts``. Between records the clock advances only to the moments something can happen:
-a pending ``for`` (``Engine.next_wakeup``), an escalation, shelve or chatter deadline
-(``AlarmBook.next_wakeup``), and, for clocked rules, the tick of a one-second clock (anchored at the
-first record) just after an event window empties, a point goes stale, an absence runs out or the
-minute changes (time windows and CEL expressions read the local time). That is what a one-second
-ticker would see, without ticking through quiet hours one second at a time.
+Replay is what the daemon does, on simulated time: the same ``RulesRuntime`` (``rules.runtime``),
+built from the same config, fed each record at its ``ts``. Between records the clock advances only
+to the moments something can happen: a pending ``for`` or an escalation, shelve or chatter deadline
+(``RulesRuntime.next_wakeup``), and, for clocked rules, the tick of a one-second clock (anchored at
+the first record) just after an event window empties, a point goes stale, an absence runs out or
+the minute changes (time windows and CEL expressions read the local time). That is what a
+one-second ticker would see, without ticking through quiet hours one second at a time.
 
 As in the daemon, ``alarm.*`` events are ignored (rules react to conditions, not to their own
-trail) and an event a rule's ``publish`` action produces is fed back to the engine at once; so a
-recorded event that a configured rule itself publishes (same kind, source = that rule's id) is
-skipped, or it would be counted twice. Actions (writes, webhooks, publishes) are listed, never run.
+trail), an event a rule's ``publish`` action produces is fed back to the rules at once, and a bus
+whose every device goes offline is one ``bus/<id>/down`` alarm: rules that only say one of its
+devices is offline are not raised (a "suppressed" note) and are counted in the ``flood.summary``
+published when the bus comes back. So a recorded event the runtime itself publishes (a configured
+rule's ``publish``: same kind, source = that rule's id; a ``flood.summary`` of a bus) is skipped, or
+it would be counted twice. Actions (writes, webhooks, publishes) are listed, never run.
 
 Pure: no I/O and no clock reads; the caller reads the file and passes its lines.
 """
@@ -37,14 +40,26 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from zoneinfo import ZoneInfo
 
 from gateway.core.data import Event, Priority, Quality, Reading
 from rules.alarms import AlarmBook
 from rules.conditions import AbsentNode, AllNode, EventNode, ExprNode, Node, StaleNode, TimeNode, walk
-from rules.config import NotifyAction, PublishAction, WriteAction, build_classes
-from rules.engine import Cleared, Engine, Fired, Output
-from rules.escalation import Transition, colour
+from rules.config import build_classes
+from rules.engine import Engine
+from rules.escalation import colour
+from rules.runtime import (
+    FLOOD_SUMMARY,
+    MAX_CHAIN,
+    ROOT_CAUSE_CLASS,
+    Action,
+    ChainStopped,
+    Notify,
+    Publish,
+    RulesRuntime,
+    Suppressed,
+    Write,
+    device_buses,
+)
 
 if TYPE_CHECKING:
     from gateway.config.schema import GatewayConfig
@@ -55,8 +70,8 @@ CLOCK = 1.0
 """Seconds between the daemon's ticks of clocked rules; the replay's clock grid."""
 MAX_TICKS = 2_000_000
 """Clock steps one replay may take; a year of minute-by-minute schedules is about 530,000."""
-MAX_FEEDBACK = 8
-"""Depth of publish -> rule -> publish chains followed before the replay calls it a loop."""
+MAX_FEEDBACK = MAX_CHAIN
+"""Depth of publish -> rule -> publish chains followed before the replay calls it a loop (the daemon's)."""
 
 _READING_KEYS = {"t", "ts", "device", "point", "value", "unit", "quality"}
 _EVENT_KEYS = {"t", "ts", "kind", "source", "priority", "data", "id"}
@@ -186,11 +201,17 @@ def _show(value: Any) -> str:
 
 
 def default_until(cfg: GatewayConfig, records: list[Record]) -> float | None:
-    """The last record plus the longest escalation deadline of any class a rule raises."""
+    """The last record plus the longest escalation deadline of any class a rule raises (and the root cause's,
+    when a device on a shared bus goes offline)."""
     if not records:
         return None
     classes = build_classes(cfg.alarm_classes)
     used = {r.alarm.class_ for r in cfg.rules if r.alarm is not None and r.alarm.class_ in classes}
+    bus_of = device_buses(cfg)
+    shared = {bus for bus in bus_of.values() if list(bus_of.values()).count(bus) >= 2}
+    if any(isinstance(r.item, Event) and r.item.kind == "device.offline" and bus_of.get(r.item.source) in shared
+           for r in records):
+        used.add(ROOT_CAUSE_CLASS)
     longest = max((d for name in used for d in classes[name].escalate_after), default=0.0)
     return max(r.ts for r in records) + longest
 
@@ -207,24 +228,28 @@ def replay(cfg: GatewayConfig, records: list[Record], *, until: float | None = N
 
 
 class Replayer:
-    """The daemon's Automation on simulated time: Engine + AlarmBook, and the steps they produce."""
+    """The daemon's rules on simulated time: the same ``RulesRuntime``, and the steps its actions make."""
 
     def __init__(self, cfg: GatewayConfig, start: float, *, max_ticks: int = MAX_TICKS) -> None:
         self.cfg = cfg
         self.start = start
         self.max_ticks = max_ticks
-        self.classes = build_classes(cfg.alarm_classes)
-        tz = ZoneInfo(cfg.site.timezone) if cfg.site.timezone else None
-        self.engine = Engine(cfg.rules, started=start, tz=tz)
-        self.book = AlarmBook()
+        self.runtime = RulesRuntime.from_config(cfg, started=start)
         self.steps: list[ReplayStep] = []
         self.now = self.last_tick = start
         self.ticks = 0
-        self.skipped = 0  # alarm.* and echoed publish events, ignored as the daemon would
+        self.skipped = 0  # alarm.* and echoed events, ignored as the daemon would
         self._clocked: list[Node] = [
             n for s in self.engine.states if s.clocked
             for root in (s.when, s.clear_when) if root is not None for n in walk(root) if n.clocked]
-        self._echoes = {(a.publish, r.id) for r in cfg.rules for a in r.actions if isinstance(a, PublishAction)}
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine
+
+    @property
+    def book(self) -> AlarmBook:
+        return self.runtime.book
 
     def run(self, records: list[Record], until: float) -> list[ReplayStep]:
         if self._clocked:  # the daemon's first tick, as it starts
@@ -241,20 +266,21 @@ class Replayer:
         self.now = max(self.now, record.ts)
         item = record.item
         if isinstance(item, Reading):
-            outputs = self.engine.reading(item, self.now)
-        elif item.kind.startswith("alarm.") or (item.kind, item.source) in self._echoes:
+            actions = self.runtime.readings(item.device, [item], self.now)
+        elif item.kind.startswith("alarm.") or self.runtime.publishes(item):
             self.skipped += 1
             return
         else:
-            outputs = self.engine.event(item, self.now)
-        if outputs:  # the daemon wakes its clock after any output and ticks at once
-            self._apply(outputs, record.line, 0)
+            actions = self.runtime.event(item, self.now)
+        self._list(actions, record.line)
+        if self.runtime.tick_now:  # the daemon wakes its clock after any rule output and ticks at once
             self._tick(record.line)
 
     def advance(self, to: float) -> None:
         """Tick everything due up to and including ``to``, in order."""
         while True:
-            due = [t for t in (self.engine.next_wakeup(), self.book.next_wakeup()) if t is not None]
+            deadline = self.runtime.next_wakeup()
+            due = [] if deadline is None else [deadline]
             clock = self._next_clock()
             if clock is not None:
                 due.append(clock)
@@ -274,8 +300,7 @@ class Replayer:
 
     def _tick(self, line: int | None) -> None:
         self.last_tick = self.now
-        self._apply(self.engine.tick(self.now), line, 0)
-        self._record(self.book.tick(self.now), line)
+        self._list(self.runtime.tick(self.now), line)
 
     # -- the clock grid ---------------------------------------------------------------------------------
 
@@ -298,51 +323,41 @@ class Replayer:
             best = tick if best is None else min(best, tick)
         return best
 
-    # -- outputs ----------------------------------------------------------------------------------------
+    # -- the runtime's actions, listed ------------------------------------------------------------------
 
-    def _apply(self, outputs: list[Output], line: int | None, depth: int) -> None:
-        for output in outputs:
-            if isinstance(output, Fired):
-                rule = output.rule
-                if rule.alarm is not None:
-                    cls = self.classes[rule.alarm.class_]
-                    self._record(self.book.raise_alarm(
-                        output.key, cls, self.now, message=output.message, source=output.source,
-                        severity=rule.alarm.severity, data=_json_safe(output.data)), line)
-                for action in rule.actions:
-                    self._act(action, output, line, depth)
-            elif isinstance(output, Cleared):
-                self._record(self.book.clear(output.key, self.now), line)
-
-    def _act(self, action: Any, fired: Fired, line: int | None, depth: int) -> None:
-        if isinstance(action, WriteAction):
-            detail = f"{action.write} = {json.dumps(action.value, ensure_ascii=False)}"
-            self.steps.append(ReplayStep(self.now, "action", fired.key, "write", detail=detail, line=line,
-                                         message=fired.message))
-        elif isinstance(action, NotifyAction):
-            self.steps.append(ReplayStep(self.now, "action", fired.key, "notify", detail=action.notify, line=line,
-                                         message=fired.message))
-        elif isinstance(action, PublishAction):
-            self.steps.append(ReplayStep(self.now, "action", fired.key, "publish", detail=action.publish, line=line,
-                                         message=fired.message))
-            if depth >= MAX_FEEDBACK:
-                self._note("loop", f"rule {fired.rule.id} publishes {action.publish!r} in a loop; stopped following"
-                                   f" it after {MAX_FEEDBACK} rounds", line)
-                return
-            event = Event(action.publish, fired.rule.id, Priority.ALARM if action.priority == "alarm" else
-                          Priority.EVENT, {**action.data, "rule": fired.rule.id, "key": fired.key}, ts=self.now,
-                          id=f"replay-publish-{len(self.steps)}")
-            self._apply(self.engine.event(event, self.now), line, depth + 1)
-
-    def _record(self, transitions: list[Transition], line: int | None) -> None:
-        for t in transitions:
-            alarm = self.book.get(t.key)
-            message = str(t.data.get("message") or (alarm.message if alarm else ""))
-            self.steps.append(ReplayStep(t.at, "transition", t.key, t.action, state=t.after.value, level=t.level,
-                                         colour=colour(t.level), tier=t.tier, message=message, line=line))
+    def _list(self, actions: list[Action], line: int | None) -> None:
+        for action in actions:
+            step = _step(action, self.now, line)
+            if step is not None:
+                self.steps.append(step)
 
     def _note(self, topic: str, text: str, line: int | None = None) -> None:
         self.steps.append(ReplayStep(self.now, "note", "", topic, message=text, line=line))
+
+
+def _step(action: Action, now: float, line: int | None) -> ReplayStep | None:
+    """What one action of the runtime looks like in the timeline; None for what is not shown (persisting)."""
+    if isinstance(action, Publish):
+        t = action.transition
+        if t is not None:
+            return ReplayStep(t.at, "transition", t.key, t.action, state=t.after.value, level=t.level,
+                              colour=colour(t.level), tier=t.tier, message=action.message, line=line)
+        return ReplayStep(now, "action", action.key, "publish", detail=action.event.kind, line=line,
+                          message=action.message)
+    if isinstance(action, Write):
+        detail = f"{action.device}.{action.point} = {json.dumps(action.value, ensure_ascii=False)}"
+        return ReplayStep(now, "action", action.key, "write", detail=detail, line=line, message=action.message)
+    if isinstance(action, Notify):
+        return ReplayStep(now, "action", action.key, "notify", detail=action.notifier, line=line,
+                          message=action.message)
+    if isinstance(action, Suppressed):
+        return ReplayStep(now, "note", action.key, "suppressed", line=line,
+                          message=f"{action.key} not raised: bus {action.bus} is down (counted in its {FLOOD_SUMMARY})")
+    if isinstance(action, ChainStopped):
+        return ReplayStep(now, "note", "", "loop", line=line,
+                          message=f"{action.source} publishes {action.kind!r} in a loop; stopped following it after"
+                                  f" {MAX_CHAIN} rounds")
+    return None
 
 
 def _changes_after(node: Node, last_tick: float, started: float, last_good: dict[str, float]
@@ -361,7 +376,3 @@ def _changes_after(node: Node, last_tick: float, started: float, last_good: dict
         return None  # its children are in the list themselves
     return True, last_tick  # a clocked node this module does not know: tick every second
 
-
-def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
-    safe: dict[str, Any] = json.loads(json.dumps(data, default=str))
-    return safe
