@@ -249,9 +249,9 @@ async def test_export_from_a_daemon_run_replays_to_the_alarms_it_raised(tmp_path
             await asyncio.sleep(1.0)
             meter.set_point("voltage_a", 229.0)
             await asyncio.sleep(0.6)
-            daemon.recorder.event(Event("fire.alarm", "panel", Priority.ALARM, {"zone": "04"}))
+            daemon.bus.event(Event("fire.alarm", "panel", Priority.ALARM, {"zone": "04"}))
             await asyncio.sleep(2.6)  # both escalations
-            daemon.recorder.event(Event("fire.reset", "panel", Priority.EVENT, {}))
+            daemon.bus.event(Event("fire.reset", "panel", Priority.EVENT, {}))
             await asyncio.sleep(0.6)
     finally:
         await server.close()

@@ -88,9 +88,11 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     for step in steps:
         print(timeline_line(step, start))
     raised = sum(1 for s in steps if s.kind == "transition" and s.action == "raise")
+    held = sum(1 for s in steps if s.kind == "note" and s.action == "suppressed")
     print(f"{raised} raise(s), {sum(1 for s in steps if s.action == 'escalate')} escalation(s),"
           f" {sum(1 for s in steps if s.action == 'clear')} clear(s),"
-          f" {sum(1 for s in steps if s.kind == 'action')} action(s) that would run")
+          f" {sum(1 for s in steps if s.kind == 'action')} action(s) that would run"
+          + (f", {held} held back by a bus that was down" if held else ""))
     return 0
 
 
