@@ -89,7 +89,8 @@ class CameraWorker:
         self._status_at = 0.0
         self._events = RateLimiter(EVENT_LIMIT, 60.0)
 
-    def spec(self) -> bytes:
+    def job(self) -> bytes:
+        """What the worker is told on its stdin: the camera, the vision settings and where data lives."""
         return json.dumps({"camera": self.camera.model_dump(mode="json"), "vision": self.vision.model_dump(mode="json"),
                            "data_dir": str(self.data_dir)}).encode() + b"\n"
 
@@ -112,7 +113,7 @@ class CameraWorker:
         assert proc.stdin and proc.stdout and proc.stderr
         stderr = asyncio.create_task(self._stderr(proc.stderr))
         try:
-            proc.stdin.write(self.spec())
+            proc.stdin.write(self.job())
             await proc.stdin.drain()
             proc.stdin.close()
             await self._pump(proc)

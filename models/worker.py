@@ -190,12 +190,12 @@ def main() -> int:
     with contextlib.suppress(AttributeError):
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
-        spec = json.loads(sys.stdin.readline())
-        camera = CameraConfig.model_validate(spec["camera"])
-        vision = VisionConfig.model_validate(spec["vision"])
-        data_dir = Path(spec["data_dir"])
+        job = json.loads(sys.stdin.readline())
+        camera = CameraConfig.model_validate(job["camera"])
+        vision = VisionConfig.model_validate(job["vision"])
+        data_dir = Path(job["data_dir"])
     except (ValueError, KeyError, TypeError) as exc:
-        print(f"worker: bad spec on stdin: {exc}", file=sys.stderr)
+        print(f"worker: bad job on stdin: {exc}", file=sys.stderr)
         return 2
     out = Out(proto, camera.id)
     try:

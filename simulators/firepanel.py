@@ -31,7 +31,7 @@ from typing import Any
 
 import serial_asyncio_fast
 
-from drivers.firepanel.config import FormatSpec, load_format
+from drivers.firepanel.config import PanelFormat, load_format
 from simulators.rtu import PtyPair
 
 TERMINATORS = {"crlf": "\r\n", "lf": "\n", "cr": "\r"}
@@ -59,11 +59,11 @@ class FirePanelSimulator:
 
     def __init__(self, format: str = "gst_cn", *, heartbeat: float = 30.0, terminator: str = "\r\n",
                  encoding: str | None = None, baudrate: int = 9600, seed: int | None = None) -> None:
-        self.spec: FormatSpec = load_format(format)
+        self.panel_format: PanelFormat = load_format(format)
         self.format = format
         self.heartbeat = heartbeat
         self.terminator = terminator
-        self.encoding = encoding or self.spec.format.encoding
+        self.encoding = encoding or self.panel_format.format.encoding
         self.baudrate = baudrate
         self.random = random.Random(seed)
         self.sent: list[tuple[float, bytes]] = []
@@ -107,21 +107,21 @@ class FirePanelSimulator:
     # -- what the panel prints ---------------------------------------------------------------------
 
     def panel_time(self) -> str:
-        return datetime.datetime.now().strftime(self.spec.simulator.time_format)
+        return datetime.datetime.now().strftime(self.panel_format.simulator.time_format)
 
     def render(self, template: str, **fields: Any) -> str:
         """One line of text (no terminator) from a format template, e.g. render("fire", zone=3)."""
-        spec = self.spec.templates.get(template)
-        if spec is None:
+        shape = self.panel_format.templates.get(template)
+        if shape is None:
             raise KeyError(f"format {self.format!r} has no template {template!r} "
-                           f"(templates: {', '.join(self.spec.templates)})")
+                           f"(templates: {', '.join(self.panel_format.templates)})")
         values: dict[str, Any] = {
             "loop": 1, "address": 23, "zone": 4, "time": self.panel_time(),
-            "device": spec.device or self.spec.simulator.device,
-            "description": spec.description or self.spec.simulator.description,
+            "device": shape.device or self.panel_format.simulator.device,
+            "description": shape.description or self.panel_format.simulator.description,
         }
         values.update(fields)
-        return spec.text.format(**values)
+        return shape.text.format(**values)
 
     def encode(self, text: str) -> bytes:
         return (text + self.terminator).encode(self.encoding, errors="replace")
@@ -178,7 +178,7 @@ class FirePanelSimulator:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
-            if not self.silent and self._writer is not None and "heartbeat" in self.spec.templates:
+            if not self.silent and self._writer is not None and "heartbeat" in self.panel_format.templates:
                 with contextlib.suppress(ConnectionError):
                     await self.send("heartbeat")
 
@@ -208,8 +208,8 @@ class FirePanelSimulator:
                 raise ValueError(f"script line {number}: {exc}") from None
 
     def random_line(self) -> str:
-        names = [n for n, _ in _RANDOM_MIX if n == "garbage" or n in self.spec.templates]
-        weights = [w for n, w in _RANDOM_MIX if n == "garbage" or n in self.spec.templates]
+        names = [n for n, _ in _RANDOM_MIX if n == "garbage" or n in self.panel_format.templates]
+        weights = [w for n, w in _RANDOM_MIX if n == "garbage" or n in self.panel_format.templates]
         name = self.random.choices(names, weights)[0]
         if name == "garbage":
             return self.random.choice(["@@ PRINTER BUFFER OVERFLOW @@", "系统自检中……", "ERR 0x3F LOOP CARD 2",

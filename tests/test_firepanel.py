@@ -277,7 +277,7 @@ def test_every_template_reads_back(fmt: str, zone: int, loop: int, address: int,
     parser = parser_for(fmt)
     letters = st.characters(codec="gbk" if parser.encoding == "gbk" else "ascii", categories=["L", "N"])
     description = data.draw(st.text(letters, min_size=1, max_size=20))
-    for name, template in sim.spec.templates.items():
+    for name, template in sim.panel_format.templates.items():
         fields: dict[str, Any] = {"zone": zone, "loop": loop, "address": address}
         if template.description is None:  # panel-wide lines keep their own wording
             fields["description"] = description

@@ -279,7 +279,7 @@ def test_fire_panel_readings_hold_the_catalog_datatype(fmt: str) -> None:
     monitor, sim = PanelMonitor("panel", parser), FirePanelSimulator(fmt, heartbeat=0)
     catalog = by_id(FirePanel(id="panel", bus="fire-port", format=fmt).describe())
     for template in ("fire", "prealarm", "fault", "silence"):
-        if template in sim.spec.templates:
+        if template in sim.panel_format.templates:
             monitor.take(Line(sim.encode(sim.render(template, zone=7))), 0.0, 0.0)
     readings = monitor.readings(0.0)
     assert [r.point for r in readings] == list(catalog)

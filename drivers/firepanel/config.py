@@ -129,7 +129,7 @@ class Template(StrictModel):
     description: str | None = None
 
 
-class FormatSpec(StrictModel):
+class PanelFormat(StrictModel):
     """A shipped pattern set: drivers/firepanel/formats/<name>.toml."""
 
     format: FormatInfo
@@ -139,9 +139,9 @@ class FormatSpec(StrictModel):
 
 
 @functools.cache
-def load_format(name: str) -> FormatSpec:
+def load_format(name: str) -> PanelFormat:
     try:
-        return FormatSpec.model_validate(formats.load_raw(name))
+        return PanelFormat.model_validate(formats.load_raw(name))
     except ValidationError as exc:  # a shipped file is broken: say which file and where
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -190,24 +190,25 @@ class FirePanel(DeviceConfig):
             raise ValueError(f"give a `format` ({', '.join(formats.available())}) or your own `patterns`")
         return self
 
-    def spec(self) -> FormatSpec | None:
+    def panel_format(self) -> PanelFormat | None:
         return load_format(self.format) if self.format else None
 
     def all_patterns(self) -> list[tuple[str, LinePattern]]:
         """(label, pattern) in the order they are tried: the device's own, then the format's."""
         own = [(f"patterns.{i}", p) for i, p in enumerate(self.patterns)]
-        spec = self.spec()
-        shipped = [(f"{self.format}.{i}", p) for i, p in enumerate(spec.patterns)] if spec else []
+        shipped_format = self.panel_format()
+        shipped = ([(f"{self.format}.{i}", p) for i, p in enumerate(shipped_format.patterns)]
+                   if shipped_format else [])
         return own + shipped
 
     def encoding(self, bus: SerialLineBus) -> str:
-        spec = self.spec()
-        chosen = bus.encoding or (spec.format.encoding if spec else "utf-8")
+        shipped = self.panel_format()
+        chosen = bus.encoding or (shipped.format.encoding if shipped else "utf-8")
         return "gbk" if chosen == "gb2312" else chosen
 
     def words(self) -> list[str]:
-        spec = self.spec()
-        return self.alarm_words if self.alarm_words is not None else (spec.format.alarm_words if spec else [])
+        shipped = self.panel_format()
+        return self.alarm_words if self.alarm_words is not None else (shipped.format.alarm_words if shipped else [])
 
     def describe(self) -> list[PointInfo]:
         """The panel's latched state, read-only; it has no address: the driver keeps it from the lines heard."""
