@@ -92,7 +92,7 @@ class Daemon:
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.automation: Automation | None = None
         if cfg.rules:
-            self.automation = Automation(cfg, self.bus, self.commands, self.store.store.alarm_states())
+            self.automation = Automation(cfg, self.bus, self.commands, self.store.store.alarm_states(), clock=clock)
             self.commands.alarms = self.automation
         self.started = clock.time()
         self._stop = asyncio.Event()

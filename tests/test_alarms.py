@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gateway import upstream
+from gateway import payloads
 from gateway.core.data import Priority
 from rules.alarms import ALLOWED, AlarmBook, AlarmClass, AlarmError, AlarmState, Transition
 
@@ -281,7 +281,7 @@ def test_transition_event_carries_the_trail_entry_and_matches_the_schema() -> No
         "level": 0, "colour": "none", "tier": "property", "message": "smoke in 2F corridor", "severity": "critical",
         "context": {"zone": "2F"}}.items()
     assert ev.id == t.to_event(alarm).id  # the same transition always gets the same id
-    message = json.loads(upstream.event(ev).payload)
+    message = json.loads(payloads.event(ev).payload)
     jsonschema.Draft202012Validator(SCHEMA).validate(message)
     [ack] = book.acknowledge(ZONE, "guard-1", T0 + 1)
     assert ack.to_event(alarm).id != ev.id and ack.to_event(alarm).id > ev.id

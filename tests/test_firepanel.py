@@ -183,9 +183,12 @@ async def test_heartbeat_loss_raises_comm_lost_and_recovery_clears_it(tmp_path: 
             sim.go_silent()
             await collector.wait_for(lambda: "panel.comm_lost" in kinds())
             await collector.wait_for(lambda: comm_ok()[-1] is False)
+            silent = daemon.sink.states["panel"]  # a silent panel is the device's state, as a dead meter's is
+            assert silent.state == "offline" and silent.errors == {"timeout": 1}
             sim.speak()
             await collector.wait_for(lambda: "panel.comm_restored" in kinds())
             await collector.wait_for(lambda: comm_ok()[-1] is True)
+            assert daemon.sink.states["panel"].state == "online"
     (lost,) = [m for _, m in alarms_and_events(collector) if m["kind"] == "panel.comm_lost"]
     (restored,) = [m for _, m in alarms_and_events(collector) if m["kind"] == "panel.comm_restored"]
     assert lost["type"] == "alarm" and lost["data"]["reason"] == "silent" and lost["data"]["silent_for"] >= 0.8

@@ -72,7 +72,7 @@ async def test_a_chattering_point_is_rate_limited_with_a_summary(tmp_path: Path)
                 ctx.setValues(3, 0, [i % 2])
                 await asyncio.sleep(0.06)
             poller = daemon.pollers["door"]
-            held = poller._held["contact"][1]
+            held = poller._chatter["contact"].refused
             await daemon.recorder.flush()
             events = await daemon.store.run(daemon.store.store.events_after, 0)
     changes = [e for _, e in events if e["kind"] == "point.changed"]

@@ -39,7 +39,7 @@ from drivers.base import Driver, Sink
 from drivers.firepanel.config import FirePanel, SerialLineBus, compile_pattern
 from drivers.firepanel.parser import Line, LineParser, LineSplitter, Parsed
 from gateway.core.data import Event, Priority, Quality, Reading, Value
-from gateway.core.errors import DeviceUnreachable, WriteRefused
+from gateway.core.errors import DeviceTimeout, DeviceUnreachable, WriteRefused
 from gateway.core.timing import Backoff
 
 log = structlog.get_logger("drivers.firepanel")
@@ -313,6 +313,10 @@ class FirePanelDriver(Driver):
             sink.raw(self.panel.id, ts, line.data, outcome.raw)
         for ev in outcome.events:
             sink.event(ev)
+            if ev.kind == "panel.comm_lost" and ev.payload.get("reason") == "silent":
+                sink.device_failed(self.panel.id, DeviceTimeout(f"panel silent for {ev.payload.get('silent_for')} s"))
+            elif ev.kind == "panel.comm_restored":
+                sink.device_ok(self.panel.id)
         if outcome.readings:
             sink.readings(self.panel.id, outcome.readings)
 
