@@ -43,140 +43,32 @@ Decisions:
 from __future__ import annotations
 
 import copy
-import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
 from typing import Any
 
+from rules.alarm_state import (
+    ACTIVE,
+    ALARM_FIELDS,
+    ALLOWED,
+    BASE,
+    HELD,
+    UNACKED,
+    Alarm,
+    AlarmError,
+    AlarmState,
+    S,
+    need,
+    said,
+    span_text,
+    when_text,
+)
 from rules.escalation import AlarmClass, ChatterGuard, EscalationClock, Transition, colour
 
 __all__ = ["ALLOWED", "Alarm", "AlarmBook", "AlarmClass", "AlarmError", "AlarmState", "Transition", "colour"]
 
 FORMAT_VERSION = 1
 """Version of ``AlarmBook.to_dict()``; bump when a stored field changes meaning."""
-
-
-class AlarmError(Exception):
-    """An operation the alarm's state does not allow; the message is shown as-is to whoever asked."""
-
-
-class AlarmState(enum.StrEnum):
-    NORMAL = "normal"
-    ACTIVE_UNACK = "active_unack"
-    ACTIVE_ACK = "active_ack"
-    CLEARED_UNACK = "cleared_unack"
-    LATCHED = "latched"
-    SHELVED = "shelved"
-    OUT_OF_SERVICE = "out_of_service"
-
-
-S = AlarmState
-BASE = frozenset({S.NORMAL, S.ACTIVE_UNACK, S.ACTIVE_ACK, S.CLEARED_UNACK, S.LATCHED})
-HELD = frozenset({S.SHELVED, S.OUT_OF_SERVICE})
-ACTIVE = frozenset({S.ACTIVE_UNACK, S.ACTIVE_ACK})
-UNACKED = frozenset({S.ACTIVE_UNACK, S.CLEARED_UNACK})
-
-ALLOWED: dict[str, frozenset[tuple[AlarmState, AlarmState]]] = {
-    "raise": frozenset({(S.NORMAL, S.ACTIVE_UNACK), (S.CLEARED_UNACK, S.ACTIVE_UNACK), (S.LATCHED, S.ACTIVE_UNACK),
-                        (S.SHELVED, S.SHELVED), (S.OUT_OF_SERVICE, S.OUT_OF_SERVICE)}),
-    "clear": frozenset({(S.ACTIVE_UNACK, S.CLEARED_UNACK), (S.ACTIVE_ACK, S.NORMAL), (S.ACTIVE_ACK, S.LATCHED),
-                        (S.SHELVED, S.SHELVED), (S.OUT_OF_SERVICE, S.OUT_OF_SERVICE)}),
-    "acknowledge": frozenset({(S.ACTIVE_UNACK, S.ACTIVE_ACK), (S.CLEARED_UNACK, S.NORMAL),
-                              (S.CLEARED_UNACK, S.LATCHED)}),
-    "reset": frozenset({(S.LATCHED, S.NORMAL)}),
-    "shelve": frozenset((b, S.SHELVED) for b in BASE),
-    "unshelve": frozenset((S.SHELVED, b) for b in BASE),
-    "out_of_service": frozenset((b, S.OUT_OF_SERVICE) for b in BASE | {S.SHELVED}),
-    "in_service": frozenset((S.OUT_OF_SERVICE, b) for b in BASE),
-    "escalate": frozenset({(S.ACTIVE_UNACK, S.ACTIVE_UNACK), (S.CLEARED_UNACK, S.CLEARED_UNACK)}),
-    "chatter": frozenset((s, s) for s in S),
-}
-"""Every (before, after) pair each action may produce. Latching decides between the two ends of a clear of
-ACTIVE_ACK (LATCHED if latching, else NORMAL) and of an acknowledge of CLEARED_UNACK (the same)."""
-
-
-@dataclass(slots=True)
-class Alarm:
-    """One alarm instance (``key`` = rule id + instance, e.g. ``fire/panel-b3/zone-2F``) and its whole state.
-
-    ``held_state`` is the state behind SHELVED/OUT_OF_SERVICE, the one a release returns to. ``episode`` counts
-    activations that needed a new acknowledgement; key + episode names one incident upstream. Treat as read-only:
-    change it through ``AlarmBook`` so the trail stays complete.
-    """
-
-    key: str
-    cls: AlarmClass
-    source: str
-    state: AlarmState = AlarmState.NORMAL
-    severity: str = "major"
-    message: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-    episode: int = 0
-    activated_at: float | None = None
-    acknowledged_by: str | None = None
-    acknowledged_at: float | None = None
-    cleared_at: float | None = None
-    updated_at: float | None = None
-    held_state: AlarmState | None = None
-    held_by: str | None = None
-    held_reason: str = ""
-    shelved_until: float | None = None
-    clock: EscalationClock = field(default_factory=EscalationClock)
-    chatter: ChatterGuard = field(default_factory=ChatterGuard)
-    last_seq: int = 0
-
-    @property
-    def effective_state(self) -> AlarmState:
-        """The lifecycle state, looking through a shelve or out-of-service hold."""
-        return self.held_state if self.held_state is not None else self.state
-
-    @property
-    def condition_active(self) -> bool:
-        return self.effective_state in ACTIVE
-
-    @property
-    def unacknowledged(self) -> bool:
-        return self.effective_state in UNACKED
-
-    @property
-    def level(self) -> int:
-        """Escalation level reached this episode: 0, 1 (yellow), 2 (red)."""
-        return self.clock.level
-
-    @property
-    def colour(self) -> str:
-        return colour(self.clock.level)
-
-    @property
-    def next_deadline(self) -> float | None:
-        return self.clock.next_deadline
-
-
-_FIELDS = tuple(f.name for f in fields(Alarm))
-
-
-def _when(ts: float | None) -> str:
-    try:
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts is not None else "?"
-    except (OverflowError, OSError, ValueError):  # a mistyped time must still get its error message
-        return str(ts)
-
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def _said(alarm: Alarm) -> dict[str, Any]:
-    return {"message": alarm.message, "severity": alarm.severity}
-
-
-def _need(value: str, what: str) -> None:
-    if not value.strip():
-        raise AlarmError(f"{what} is required: it goes on the alarm's record")
 
 
 class AlarmBook:
@@ -256,7 +148,7 @@ class AlarmBook:
     def acknowledge(self, key: str, who: str, now: float, note: str = "") -> list[Transition]:
         """A person confirms they have seen the alarm and own it; escalation stops."""
         alarm = self._require(key)
-        _need(who, "who acknowledges")
+        need(who, "who acknowledges")
         self._refuse_held(alarm, "acknowledged")
         state = alarm.state
         if state is S.ACTIVE_UNACK:
@@ -265,7 +157,7 @@ class AlarmBook:
             new = S.LATCHED if alarm.cls.latching else S.NORMAL
         elif state in (S.ACTIVE_ACK, S.LATCHED):
             raise AlarmError(f"{key} was already acknowledged by {alarm.acknowledged_by} "
-                             f"at {_when(alarm.acknowledged_at)}")
+                             f"at {when_text(alarm.acknowledged_at)}")
         else:
             raise AlarmError(f"{key} is not in alarm: there is nothing to acknowledge")
         level = alarm.level
@@ -276,7 +168,7 @@ class AlarmBook:
     def reset(self, key: str, who: str, now: float) -> list[Transition]:
         """Return an acknowledged, cleared latching alarm to NORMAL."""
         alarm = self._require(key)
-        _need(who, "who resets")
+        need(who, "who resets")
         if not alarm.cls.latching:
             raise AlarmError(f"{key} is not a latching alarm: it returns to normal once acknowledged and cleared")
         self._refuse_held(alarm, "reset")
@@ -294,19 +186,19 @@ class AlarmBook:
     def shelve(self, key: str, who: str, now: float, until: float, reason: str) -> list[Transition]:
         """Hide the alarm until ``until`` (at most the class's ``max_shelve`` ahead); escalation pauses."""
         alarm = self._require(key)
-        _need(who, "who shelves")
-        _need(reason, "a reason for shelving")
+        need(who, "who shelves")
+        need(reason, "a reason for shelving")
         if not math.isfinite(until):
             raise AlarmError(f"cannot shelve {key} without an end: shelving is time-limited, at most "
-                             f"{_span(alarm.cls.max_shelve)} for class {alarm.cls.name!r}")
+                             f"{span_text(alarm.cls.max_shelve)} for class {alarm.cls.name!r}")
         if until <= now:
-            raise AlarmError(f"cannot shelve {key} until {_when(until)}: the end must be in the future")
+            raise AlarmError(f"cannot shelve {key} until {when_text(until)}: the end must be in the future")
         if until - now > alarm.cls.max_shelve:
-            raise AlarmError(f"cannot shelve {key} for {_span(until - now)}: class {alarm.cls.name!r} allows at most "
-                             f"{_span(alarm.cls.max_shelve)}")
+            raise AlarmError(f"cannot shelve {key} for {span_text(until - now)}: class {alarm.cls.name!r} "
+                             f"allows at most {span_text(alarm.cls.max_shelve)}")
         state = alarm.state
         if state is S.SHELVED:
-            raise AlarmError(f"{key} is already shelved until {_when(alarm.shelved_until)} by {alarm.held_by}; "
+            raise AlarmError(f"{key} is already shelved until {when_text(alarm.shelved_until)} by {alarm.held_by}; "
                              f"unshelve it first")
         if state is S.OUT_OF_SERVICE:
             raise AlarmError(f"{key} is out of service (by {alarm.held_by}); return it to service before shelving")
@@ -317,7 +209,7 @@ class AlarmBook:
 
     def unshelve(self, key: str, who: str, now: float) -> list[Transition]:
         alarm = self._require(key)
-        _need(who, "who unshelves")
+        need(who, "who unshelves")
         if alarm.state is not S.SHELVED:
             raise AlarmError(f"{key} is not shelved (it is {alarm.state.value})")
         return [self._release(alarm, "unshelve", who, now, {})]
@@ -325,8 +217,8 @@ class AlarmBook:
     def out_of_service(self, key: str, who: str, now: float, reason: str) -> list[Transition]:
         """Remove the alarm for maintenance (this replaces a shelve); escalation pauses until ``in_service``."""
         alarm = self._require(key)
-        _need(who, "who takes it out of service")
-        _need(reason, "a reason for taking it out of service")
+        need(who, "who takes it out of service")
+        need(reason, "a reason for taking it out of service")
         state = alarm.state
         if state is S.OUT_OF_SERVICE:
             raise AlarmError(f"{key} is already out of service (by {alarm.held_by}: {alarm.held_reason})")
@@ -335,7 +227,7 @@ class AlarmBook:
 
     def in_service(self, key: str, who: str, now: float) -> list[Transition]:
         alarm = self._require(key)
-        _need(who, "who returns it to service")
+        need(who, "who returns it to service")
         if alarm.state is not S.OUT_OF_SERVICE:
             raise AlarmError(f"{key} is not out of service (it is {alarm.state.value})")
         return [self._release(alarm, "in_service", who, now, {})]
@@ -351,14 +243,14 @@ class AlarmBook:
                 out.append(self._release(alarm, "unshelve", "system", now, {"reason": "shelve expired"}))
             for level, due in alarm.clock.due(alarm.cls, now):
                 out.append(self._emit(alarm, "escalate", alarm.state, "system", now, level=level,
-                                      tier=alarm.cls.tier(level), data={"due": due, **_said(alarm)}))
+                                      tier=alarm.cls.tier(level), data={"due": due, **said(alarm)}))
             summary = alarm.chatter.summary(now, alarm.cls)
             if summary is not None:
                 hidden = summary["suppressed_raises"] or summary["suppressed_clears"]
                 notify = bool(hidden) and alarm.state in UNACKED
                 out.append(self._emit(alarm, "chatter", alarm.state, "system", now, level=alarm.level,
                                       tier=alarm.cls.tier(alarm.level) if notify else None,
-                                      data={**summary, **_said(alarm)} if notify else summary))
+                                      data={**summary, **said(alarm)} if notify else summary))
         return out
 
     # -- persistence: JSON-safe, and a restore reproduces the state exactly, deadlines included
@@ -367,7 +259,7 @@ class AlarmBook:
         """One alarm as a JSON-safe dict (a row of the alarm table)."""
         alarm = self._require(key)
         out: dict[str, Any] = {}
-        for name in _FIELDS:
+        for name in ALARM_FIELDS:
             value = getattr(alarm, name)
             if name == "cls":
                 out["class"] = value.name
@@ -388,7 +280,7 @@ class AlarmBook:
         if name not in classes:
             raise AlarmError(f"stored alarm {rec.get('key')!r} has class {name!r}, which the config no longer "
                              f"defines; add the class back to restore it")
-        expected = set(_FIELDS) - {"cls"}
+        expected = set(ALARM_FIELDS) - {"cls"}
         if set(rec) != expected:
             raise AlarmError(f"stored alarm {rec.get('key')!r} does not match format {FORMAT_VERSION}: "
                              f"missing {sorted(expected - set(rec))}, unknown {sorted(set(rec) - expected)}")
@@ -425,7 +317,7 @@ class AlarmBook:
     @staticmethod
     def _refuse_held(alarm: Alarm, verb: str) -> None:
         if alarm.state is S.SHELVED:
-            raise AlarmError(f"{alarm.key} is shelved until {_when(alarm.shelved_until)}; unshelve it before it "
+            raise AlarmError(f"{alarm.key} is shelved until {when_text(alarm.shelved_until)}; unshelve it before it "
                              f"can be {verb}")
         if alarm.state is S.OUT_OF_SERVICE:
             raise AlarmError(f"{alarm.key} is out of service; return it to service before it can be {verb}")
@@ -458,7 +350,7 @@ class AlarmBook:
         alarm.clock.schedule(alarm.cls, running=base in UNACKED)
         tier = alarm.cls.tier(alarm.level) if base in UNACKED else None
         return self._emit(alarm, action, before, who, now, level=alarm.level, tier=tier,
-                          data={**data, **_said(alarm)} if tier else data)
+                          data={**data, **said(alarm)} if tier else data)
 
     def _toggle(self, alarm: Alarm, action: str, before: AlarmState, now: float, level: int) -> list[Transition]:
         """Emit a raise/clear, unless the alarm is chattering (then it is only counted)."""
@@ -469,7 +361,7 @@ class AlarmBook:
         annunciate = action == "raise" and alarm.state not in HELD
         out = [self._emit(alarm, action, before, "rule", now, level=level,
                           tier=alarm.cls.tier(level) if annunciate else None,
-                          data=_said(alarm) if action == "raise" else {})]
+                          data=said(alarm) if action == "raise" else {})]
         if crossed:
             out.append(self._emit(alarm, "chatter", alarm.state, "system", now, level=alarm.level, data={
                 "phase": "start", "activations": len(alarm.chatter.raises_in_window),

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.data import Event, Priority
 from gateway.core.ids import stable_id
 
-if TYPE_CHECKING:  # rules.alarms imports this module; the types are needed for annotations only
-    from rules.alarms import Alarm, AlarmState
+if TYPE_CHECKING:  # rules.alarm_state imports this module; the types are needed for annotations only
+    from rules.alarm_state import Alarm, AlarmState
 
 COLOURS = ("none", "yellow", "red")
 """Colour of escalation level 0, 1, 2: the words the issue and the platform use ("yellow, then red")."""
