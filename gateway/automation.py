@@ -21,7 +21,7 @@ from gateway.commands import CommandError, CommandHandler, WriteCommand
 from gateway.config.schema import GatewayConfig
 from gateway.core.data import Event, Priority, Reading
 from gateway.core.errors import DriverError
-from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock
 from rules.alarms import AlarmBook
 from rules.config import NotifierConfig
 from rules.engine import Engine
@@ -161,7 +161,10 @@ class Automation:
         command = WriteCommand(cmd="write", device=action.device, point=action.point, value=action.value,
                                actor=f"rule:{action.rule}")
         error = ""
+        backoff = Backoff(0.5, 30.0, jitter=(1.0, 1.0))
         for attempt in range(attempts):
+            if attempt:  # no wait after the last attempt: a failed recall is reported at once
+                await self.clock.sleep(backoff.next())
             try:
                 result = await self.commands.execute(command)
                 if result.get("result") != "mismatch":
@@ -172,7 +175,6 @@ class Automation:
                 break  # refused by the point's limits: retrying cannot help
             except DriverError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            await self.clock.sleep(min(30.0, 0.5 * 2**attempt))
         self._failed(action.rule, action.key, f"write {action.device}.{action.point}", error)
 
     async def _notify(self, notifier: NotifierConfig, action: Notify) -> None:
@@ -181,13 +183,15 @@ class Automation:
         request = urllib.request.Request(notifier.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         error = ""
+        backoff = Backoff(1.0, 60.0, jitter=(1.0, 1.0))
         for attempt in range(notifier.retries + 1):
+            if attempt:
+                await self.clock.sleep(backoff.next())
             try:  # urllib in a worker thread: the stdlib has no asyncio HTTP client
                 await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=notifier.timeout).close())
                 return
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            await self.clock.sleep(min(60.0, 1.0 * 2**attempt))
         self._failed(action.rule, action.key, f"notify {notifier.id}", error)
 
     def _failed(self, rule: str, key: str, what: str, error: str) -> None:

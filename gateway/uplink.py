@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import structlog
 
 from gateway import payloads
 from gateway.config.schema import MqttConfig
+from gateway.core.timing import Backoff
 from gateway.recorder import AsyncStore
 from gateway.store import OutboxMessage
 
@@ -102,7 +102,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, pump, and on any failure back off (capped, jittered) and go again. Never returns."""
-        delay = self.config.reconnect_min
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, jitter=(0.5, 1.0))
         while True:
             try:
                 async with self._client() as client:
@@ -114,7 +114,7 @@ class Uplink:
                     )
                     self._set_state("connected")
                     log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
-                    delay = self.config.reconnect_min
+                    backoff.reset()
                     try:
                         await self._pump(client)
                     except asyncio.CancelledError:
@@ -129,9 +129,9 @@ class Uplink:
                 first = self.status.state != "disconnected"
                 self._set_state("disconnected", str(exc) or type(exc).__name__)
                 # The first failure is news; the hundredth retry of an outage is not.
-                (log.warning if first else log.debug)("uplink down", error=str(exc), retry_in=round(delay, 2))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.config.reconnect_max)
+                (log.warning if first else log.debug)("uplink down", error=str(exc),
+                                                      retry_in=round(backoff.current, 2))
+            await asyncio.sleep(backoff.next())
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from gateway.core.data import Event
+from gateway.core.timing import Backoff
 from models.analysers import Analyser, build
 from models.config import CameraConfig, VisionConfig, redact_url
 from models.fetch import FetchError
@@ -98,14 +99,13 @@ class CameraLoop:
                        "ms": {k: round(v, 1) for k, v in self.ms.items()}, **extra})
 
     def run_forever(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(1.0, max(1.0, self.camera.reconnect_max), jitter=(1.0, 1.0))
         while True:
             cap = open_capture(self.camera)
             if not cap.isOpened():
                 self.state = "connecting"
-                self.status(time.monotonic(), error="cannot open stream", retry_in=backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self.camera.reconnect_max)
+                self.status(time.monotonic(), error="cannot open stream", retry_in=backoff.current)
+                time.sleep(backoff.next())
                 continue
             if self.state != "streaming":  # not again for each turn of a looping video file
                 self.state = "streaming"
@@ -114,13 +114,12 @@ class CameraLoop:
             reason = self.stream(cap)
             cap.release()
             if time.monotonic() - started > 60:  # it streamed a while: a fresh failure starts the backoff over
-                backoff = 1.0
+                backoff.reset()
             if reason == "ended" and is_file(self.camera) and self.counts["frames"] > frames:
                 continue  # a video file loops (one that gave no frame this time is lost, not spun on)
             self.state = "reconnecting"
-            self.out.event("camera.lost", {"reason": reason, "retry_in": backoff})
-            time.sleep(backoff)
-            backoff = min(backoff * 2, self.camera.reconnect_max)
+            self.out.event("camera.lost", {"reason": reason, "retry_in": backoff.current})
+            time.sleep(backoff.next())
 
     def stream(self, cap: cv2.VideoCapture) -> str:
         """Read until the stream fails; returns why (``stalled`` or ``ended``)."""

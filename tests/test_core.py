@@ -30,7 +30,7 @@ async def test_the_manual_clock_wakes_sleepers_in_deadline_order_and_only_when_p
 
 
 def test_backoff_doubles_to_its_cap_within_its_jitter_and_resets() -> None:
-    backoff = Backoff(1.0, 8.0, jitter=0.2)
+    backoff = Backoff(1.0, 8.0, jitter=(0.8, 1.2))
     delays = [backoff.next() for _ in range(6)]
     for delay, nominal in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
         assert 0.8 * nominal <= delay <= 1.2 * nominal

@@ -95,9 +95,13 @@ async def settle(turns: int = 20) -> None:
 
 
 class Backoff:
-    """A doubling delay with jitter, reset after success or after a long healthy spell."""
+    """A doubling delay, randomised within ``jitter`` (factors of the nominal delay), reset after success.
 
-    def __init__(self, first: float, cap: float, *, jitter: float = 0.2) -> None:
+    The default spreads ±20 %; an uplink uses (0.5, 1.0) so that a district's gateways reconnecting after an
+    outage do not arrive in step; (1.0, 1.0) is exact, for retries a person reads in a log.
+    """
+
+    def __init__(self, first: float, cap: float, *, jitter: tuple[float, float] = (0.8, 1.2)) -> None:
         if first <= 0 or cap < first:
             raise ValueError("backoff needs 0 < first <= cap")
         self.first = first
@@ -106,8 +110,8 @@ class Backoff:
         self.current = first
 
     def next(self) -> float:
-        """The delay to wait now (jittered); the following one doubles, up to the cap."""
-        delay = self.current * random.uniform(1 - self.jitter, 1 + self.jitter)
+        """The delay to wait now; the following one doubles, up to the cap."""
+        delay = self.current * random.uniform(*self.jitter)
         self.current = min(self.current * 2, self.cap)
         return delay
 
