@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
@@ -266,13 +267,13 @@ BUILTIN_CLASSES: dict[str, dict[str, Any]] = {
 """Sensible defaults a site may override by declaring a class of the same name."""
 
 
-def alarm_classes(declared: list[AlarmClassConfig]) -> dict[str, AlarmClassConfig]:
+def alarm_classes(declared: Sequence[AlarmClassConfig]) -> dict[str, AlarmClassConfig]:
     classes = {name: AlarmClassConfig(name=name, **spec) for name, spec in BUILTIN_CLASSES.items()}
     classes.update({cls.name: cls for cls in declared})
     return classes
 
 
-def build_classes(declared: list[AlarmClassConfig]) -> dict[str, AlarmClass]:
+def build_classes(declared: Sequence[AlarmClassConfig]) -> dict[str, AlarmClass]:
     """The alarm book's policies: the built-in classes, overridden by the site's ``[[alarm_classes]]``."""
     return {
         name: AlarmClass(name=name, priority=c.upstream_priority, latching=c.latching,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,7 +51,7 @@ class _State:
 
 
 class Engine:
-    def __init__(self, rules: list[Rule], *, started: float, tz: ZoneInfo | None = None) -> None:
+    def __init__(self, rules: Sequence[Rule], *, started: float, tz: ZoneInfo | None = None) -> None:
         self.world = World(started=started, tz=tz, now=started)
         self.states: list[_State] = []
         self.by_point: dict[str, list[_State]] = defaultdict(list)

@@ -39,7 +39,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from gateway.core.data import Event, Priority, Quality, Reading
 from rules.alarms import AlarmBook
@@ -56,13 +56,11 @@ from rules.runtime import (
     Notify,
     Publish,
     RulesRuntime,
+    SiteRules,
     Suppressed,
     Write,
     device_buses,
 )
-
-if TYPE_CHECKING:
-    from gateway.config.schema import GatewayConfig
 
 MAX_TS = 1e10
 """Latest accepted ``ts`` (year 2286): past it local-time conversion overflows."""
@@ -200,7 +198,7 @@ def _show(value: Any) -> str:
 # -- replay ----------------------------------------------------------------------------------------
 
 
-def default_until(cfg: GatewayConfig, records: list[Record]) -> float | None:
+def default_until(cfg: SiteRules, records: list[Record]) -> float | None:
     """The last record plus the longest escalation deadline of any class a rule raises (and the root cause's,
     when a device on a shared bus goes offline)."""
     if not records:
@@ -216,7 +214,7 @@ def default_until(cfg: GatewayConfig, records: list[Record]) -> float | None:
     return max(r.ts for r in records) + longest
 
 
-def replay(cfg: GatewayConfig, records: list[Record], *, until: float | None = None,
+def replay(cfg: SiteRules, records: list[Record], *, until: float | None = None,
            max_ticks: int = MAX_TICKS) -> list[ReplayStep]:
     """Every transition and action, in time order; ``until`` is epoch seconds (see ``default_until``)."""
     ordered = sorted(records, key=lambda r: r.ts)  # stable: file order breaks ties
@@ -230,7 +228,7 @@ def replay(cfg: GatewayConfig, records: list[Record], *, until: float | None = N
 class Replayer:
     """The daemon's rules on simulated time: the same ``RulesRuntime``, and the steps its actions make."""
 
-    def __init__(self, cfg: GatewayConfig, start: float, *, max_ticks: int = MAX_TICKS) -> None:
+    def __init__(self, cfg: SiteRules, start: float, *, max_ticks: int = MAX_TICKS) -> None:
         self.cfg = cfg
         self.start = start
         self.max_ticks = max_ticks

@@ -15,20 +15,49 @@ not feed it in again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from gateway.core.data import Event, Priority, Reading
 from gateway.core.ids import stable_id
 from rules.alarms import AlarmBook, AlarmError
-from rules.config import NotifyAction, PublishAction, Rule, WriteAction, build_classes, references
+from rules.config import AlarmClassConfig, NotifyAction, PublishAction, Rule, WriteAction, build_classes, references
 from rules.engine import Cleared, Engine, Fired, Output
 from rules.escalation import AlarmClass, Transition
 
-if TYPE_CHECKING:
-    from gateway.config.schema import GatewayConfig
+
+class _Site(Protocol):
+    @property
+    def timezone(self) -> str | None: ...
+
+
+class _Device(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def bus(self) -> str: ...
+
+    @property
+    def enabled(self) -> bool: ...
+
+
+class SiteRules(Protocol):
+    """What the rules read of a site's config (the gateway's config tree has it; rules never import it)."""
+
+    @property
+    def site(self) -> _Site: ...
+
+    @property
+    def rules(self) -> Sequence[Rule]: ...
+
+    @property
+    def alarm_classes(self) -> Sequence[AlarmClassConfig]: ...
+
+    @property
+    def devices(self) -> Sequence[_Device]: ...
 
 MAX_CHAIN = 8
 """Rounds of publish -> rule -> publish followed after one input before the chain is called a loop."""
@@ -112,7 +141,7 @@ Action = Publish | PersistAlarm | Write | Notify | Suppressed | ChainStopped
 class RulesRuntime:
     """Rules, alarms and flood control, fed with readings, events, clock ticks and people's commands."""
 
-    def __init__(self, rules: list[Rule], classes: Mapping[str, AlarmClass], *, started: float,
+    def __init__(self, rules: Sequence[Rule], classes: Mapping[str, AlarmClass], *, started: float,
                  tz: ZoneInfo | None = None, bus_of: Mapping[str, str] | None = None,
                  stored: Iterable[Mapping[str, Any]] = ()) -> None:
         self.classes = dict(classes)
@@ -136,7 +165,7 @@ class RulesRuntime:
         self._echoes = {(a.publish, r.id) for r in rules for a in r.actions if isinstance(a, PublishAction)}
 
     @classmethod
-    def from_config(cls, cfg: GatewayConfig, *, started: float,
+    def from_config(cls, cfg: SiteRules, *, started: float,
                     stored: Iterable[Mapping[str, Any]] = ()) -> RulesRuntime:
         """The runtime a config describes: its rules, alarm classes, site timezone and which device is on which
         bus. The daemon and the replay both build it here, so they cannot drift apart."""
@@ -328,7 +357,7 @@ class RulesRuntime:
         return bus if bus is not None and self.devices_on[bus] <= self.offline else None
 
 
-def device_buses(cfg: GatewayConfig) -> dict[str, str]:
+def device_buses(cfg: SiteRules) -> dict[str, str]:
     """Each enabled device's bus: devices that share a bus go down together when the wire or adapter fails."""
     return {d.id: d.bus for d in cfg.devices if d.enabled}
 
