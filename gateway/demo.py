@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,14 +21,9 @@ import aiomqtt
 from gateway.config import load_config
 from gateway.core import logs
 from gateway.daemon import Daemon
+from simulators.broker import Mosquitto, free_port, free_ports
 
 CYCLE = 40.0  # seconds: meter 2 goes dark at 15 s into each cycle and returns at 30 s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _demo_config(workdir: Path, meter_port: int, meters: int, mqtt_port: int, extra: str = "") -> Path:
@@ -55,20 +47,14 @@ def _demo_config(workdir: Path, meter_port: int, meters: int, mqtt_port: int, ex
     return path
 
 
-def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes] | None, int]:
-    port = _free_port()
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if binary is None:
-        return None, port
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-            return proc, port
-        time.sleep(0.05)
-    proc.kill()
-    return None, port
+def _start_mosquitto(workdir: Path) -> Mosquitto | None:
+    """A local broker to show what the platform would receive; None without Mosquitto (the demo runs anyway)."""
+    broker = Mosquitto(workdir)
+    try:
+        broker.start()
+    except RuntimeError:
+        return None
+    return broker
 
 
 def _line(topic: str, msg: dict[str, Any]) -> str:
@@ -139,12 +125,12 @@ async def _run(duration: float, meters: int, workdir: Path, camera: bool) -> Non
         cam = await MjpegCamera(frames, fps=FPS).__aenter__()
         extra = extra.replace("{url}", cam.url)
         print(f"demo: lobby camera on {cam.url}: empty, a resident, a stranger, then the resident falls", flush=True)
-    meter_port = _free_port()
-    server = await serve_meters("127.0.0.1", meter_port, count=meters)
+    server = await serve_meters("127.0.0.1", free_ports(meters), count=meters)
     # Checked before anything else starts (the broker's port is not known yet: any valid one will do).
     config_path = _demo_config(workdir, server.ports[0], meters, 1883, extra)
     load_config(config_path)
-    broker, mqtt_port = _start_mosquitto(workdir)
+    broker = _start_mosquitto(workdir)
+    mqtt_port = broker.port if broker else free_port()  # nobody listens: the outbox fills, as it would
     log_file = (workdir / "gateway.log").open("a", encoding="utf-8", buffering=1)
     logs.configure("info", "json", stream=log_file)
     config_path = _demo_config(workdir, server.ports[0], meters, mqtt_port, extra)
@@ -152,7 +138,7 @@ async def _run(duration: float, meters: int, workdir: Path, camera: bool) -> Non
         daemon = Daemon(load_config(config_path))
     except BaseException:
         if broker:
-            broker.kill()
+            broker.stop(kill=True)
         await server.close()
         if cam:
             await cam.__aexit__(None, None, None)
@@ -183,8 +169,7 @@ async def _run(duration: float, meters: int, workdir: Path, camera: bool) -> Non
         if cam:
             await cam.__aexit__(None, None, None)
         if broker:
-            broker.terminate()
-            broker.wait()
+            broker.stop()
 
 
 def run_demo(duration: float = 0, meters: int = 3, camera: bool = False) -> int:

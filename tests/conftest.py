@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,68 +12,18 @@ from typing import Any
 import aiomqtt
 import pytest
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from simulators.broker import Mosquitto, free_port, free_ports, mosquitto_binary
+
+MOSQUITTO = mosquitto_binary() or "/usr/sbin/mosquitto"
+__all__ = ["MOSQUITTO", "VISION_CACHE", "Broker", "Collector", "free_port", "free_ports", "running", "until",
+           "write_config"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> int:
-    """First of n consecutive free TCP ports on 127.0.0.1 (simulators serve port, port+1, ...)."""
-    for _ in range(200):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
-
-
-class Broker:
-    """A Mosquitto process the test can stop and start again on the same port."""
+class Broker(Mosquitto):
+    """A Mosquitto the test can stop and start again on the same port, its sessions kept across a restart."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.conf = workdir / "mosquitto.conf"
-        # Persistence lets a subscriber's session (and the QoS 1 messages queued for it) survive a
-        # graceful broker restart, so a test can tell "the gateway never sent it" from "nobody listened".
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nautosave_interval 0\n"
-            "max_inflight_messages 0\nmax_queued_messages 0\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self, *, kill: bool = False) -> None:
-        """Graceful by default (sessions saved); kill=True is a crash (in-flight state lost)."""
-        if self.proc and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        super().__init__(workdir, persistence=True, binary=MOSQUITTO)
 
 
 @pytest.fixture

@@ -1,0 +1,129 @@
+"""A real Mosquitto on a free loopback port, and free ports for simulators: for tests, the demo and benches.
+
+One implementation of "start a broker and wait until it listens" and of "find free ports", so a
+fix to either (a race, a slow start, a process left behind) reaches every user at once. The daemon
+never imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 10.0
+"""Seconds Mosquitto may take to accept connections before ``start`` gives up."""
+STOP_GRACE = 10.0
+"""Seconds a stopped Mosquitto may take to exit before it is killed."""
+
+
+def mosquitto_binary() -> str | None:
+    """Where Mosquitto is installed (Debian puts it in /usr/sbin, often not on a user's PATH), or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+
+
+def free_port(host: str = HOST, *, udp: bool = False) -> int:
+    """A port nobody listens on right now (the kernel's choice; another process may take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(count: int, host: str = HOST, *, udp: bool = False) -> int:
+    """First of ``count`` consecutive free ports (simulators serve port, port + 1, ...), TCP or UDP."""
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    for _ in range(200):
+        base = free_port(host, udp=udp)
+        if base + count > 65536:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for i in range(count):
+                s = socket.socket(socket.AF_INET, kind)
+                held.append(s)
+                s.bind((host, base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no run of {count} free {'UDP' if udp else 'TCP'} ports on {host}")
+
+
+class Mosquitto:
+    """A Mosquitto process on 127.0.0.1 that can be stopped and started again on the same port.
+
+    In-flight and queued messages per client are unlimited: with Mosquitto's defaults (20 and 1000)
+    the broker would drop what a slow subscriber has not yet taken, and that is never what a test or
+    a bench means to measure. ``persistence`` keeps sessions (and the QoS 1 messages queued for them)
+    across a graceful restart, so a test can tell "never sent" from "nobody listened". The config
+    file is written once, here; ``start`` uses ``conf`` as it then is and waits for ``port``.
+    """
+
+    def __init__(self, workdir: Path, *, persistence: bool = False, binary: str | None = None,
+                 port: int | None = None) -> None:
+        self.binary = binary or mosquitto_binary()
+        self.port = free_port() if port is None else port
+        self.conf = workdir / "mosquitto.conf"
+        keep = (f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n" if persistence
+                else "persistence false\n")
+        self.conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\n{keep}"
+                             "max_inflight_messages 0\nmax_queued_messages 0\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start it and return once it accepts connections; RuntimeError (and nothing left running) if not."""
+        if self.binary is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.2):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        code = self.proc.poll()
+        self.stop(kill=True)
+        raise RuntimeError(f"mosquitto did not start on {HOST}:{self.port}"
+                           + (f" (exit code {code})" if code is not None else f" within {timeout:g}s"))
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Graceful by default (sessions saved); ``kill=True`` is a crash (in-flight state lost)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
