@@ -1,28 +1,31 @@
-"""`gateway bench bacnet` at toy size: it runs, leaves no process behind and prints every figure.
+"""`gateway bench bacnet` at toy size: it runs, prints one JSON object with every figure, leaves no process behind.
 
-No timing is asserted: the machine is shared and the figures are for people to read.
+No timing is asserted and no target is judged: the machine is shared and the figures are for people to read.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
 
 import psutil
 import pytest
 
-from gateway.bench_bacnet import bench_bacnet
+from gateway.bench.bacnet import bench_bacnet
 
 
-def test_bench_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench_bacnet(argparse.Namespace(devices=2, points=30, seconds=0.5)) == 0
-    out = capsys.readouterr().out
-    for label in ("points/s", "polls/s (all devices)", "BACnet requests/s", "gateway CPU s per 1k points",
-                  "simulator CPU", "good points", "failed polls"):
-        assert label in out, f"{label!r} missing from:\n{out}"
-    # 30 objects, 25 per ReadPropertyMultiple: 2 requests a poll; alone, value + status flags each: 60
-    assert re.search(r"BACnet requests per poll\s+2\.0\s+60\.0\s+30\.0x", out), out
-    assert re.search(r"good points\s+100\.0%\s+100\.0%", out), out
+def test_bench_json_has_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench_bacnet(argparse.Namespace(devices=2, points=30, seconds=0.5, json=True))
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["bench"] == "bacnet" and code == (0 if doc["ok"] else 1) and doc["problems"] == []
+    assert doc["params"] == {"devices": 2, "points": 30, "seconds": 0.5, "read_multiple_objects": 25}
+    for run in (doc, doc["read_property"]):
+        assert run["points"] > 0 and run["points_per_s"] > 0 and run["cpu_s_per_1k_points"] > 0
+        assert run["good_points_percent"] == 100.0 and run["failed_polls"] == 0
+    # counted by the simulated devices: 30 objects, 25 per ReadPropertyMultiple, is 2 requests a poll;
+    # alone, value and status flags of each: 60
+    assert doc["requests_per_poll"] == 2.0 and doc["read_property"]["requests_per_poll"] == 60.0
+    assert doc["derived"]["requests_per_poll_saved"]["value"] == 30.0
     assert psutil.Process().children(recursive=True) == []
 
 

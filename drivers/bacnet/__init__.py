@@ -29,4 +29,5 @@ PLUGIN = DriverPlugin(
     validate=validate,
     commands="drivers.bacnet.cli:add_commands",
     simulate="simulators.commands:add_bacnet",
+    bench="gateway.bench.bacnet:add_command",
 )

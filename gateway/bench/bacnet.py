@@ -1,10 +1,13 @@
 """`gateway bench bacnet`: points/s over BACnet/IP with ReadPropertyMultiple, and without it.
 
-Simulated controllers run in their own process (``python -m simulators.bacnet``, bacpypes3's
-server side), so the CPU figures split between the gateway and the devices. The gateway side is
-the production path: config from TOML text, the driver registry, ``DevicePoller``, ``Recorder``
-and the SQLite store, uplink off. Each poll reads every point's present value and status flags;
-polling is back to back per device, so the figures are capacity, not a configured poll rate.
+Simulated controllers run in their own process (``gateway.bench.wire``: ``simulators.bacnet``
+devices, bacpypes3's server side, counting the requests they serve), so the CPU figures split
+between the gateway and the devices, and "requests per poll" is what the devices were asked. The
+gateway side is the production path: config from TOML text, the driver registry and the daemon's
+own wiring (``gateway.bench.polling``), uplink off. Each poll reads every point's present value and
+status flags; polling is back to back per device, so the figures are capacity, not a poll rate.
+
+Registered by the BACnet driver plugin's ``bench`` hook; light at import, like every bench module.
 """
 
 from __future__ import annotations
@@ -12,75 +15,65 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from drivers.bacnet.driver import BacnetDriver
-from drivers.base import Driver
-from gateway.bench import READY_TIMEOUT, _CountingRecorder, _num, _table, cpu_seconds, simulator_process, workdir
-from gateway.config import load_config
-from gateway.config.schema import GatewayConfig
-from gateway.daemon import build_drivers, open_store
-from gateway.recorder import AsyncStore
-from gateway.supervisor import DevicePoller
+from gateway.bench.harness import (
+    HOST,
+    READY_TIMEOUT,
+    Child,
+    Report,
+    add_json,
+    bad_args,
+    gain,
+    options,
+    ratio,
+    ready_process,
+    run,
+    workdir,
+)
 
-HOST = "127.0.0.1"
+if TYPE_CHECKING:
+    from gateway.config.schema import GatewayConfig
+
 INSTANCE = 2001
-RPM_OBJECTS = 25
+READ_MULTIPLE_OBJECTS = 25
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the CLI reads the defaults off the class
 class Options:
     devices: int = 10
     points: int = 50
     seconds: float = 10.0
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        """Attributes the CLI does not define take their defaults, so any Namespace works."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
-
-def free_udp_ports(count: int) -> int:
-    """First of ``count`` consecutive free UDP ports on 127.0.0.1 (one per simulated device)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
-            first.bind((HOST, 0))
-            base = int(first.getsockname()[1])
-        if base + count > 65535:
-            continue
-        held: list[socket.socket] = []
-        try:
-            for i in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(s)
-                s.bind((HOST, base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no run of free UDP ports")
+def add_command(bench: Any) -> None:
+    """`gateway bench bacnet` on the bench subparsers (called by the BACnet driver plugin's hook)."""
+    p = bench.add_parser("bacnet", help="BACnet/IP points/s with ReadPropertyMultiple and without, simulated devices")
+    p.add_argument("--devices", type=int, default=Options.devices)
+    p.add_argument("--points", type=int, default=Options.points, help="analog inputs per device")
+    p.add_argument("--seconds", type=float, default=Options.seconds, help="measurement window per run")
+    add_json(p)
+    p.set_defaults(fn=bench_bacnet)
 
 
 @contextlib.contextmanager
-def simulator(opts: Options, work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_udp_ports(opts.devices)
-    args = ["--host", HOST, "--port", str(port), "--count", str(opts.devices), "--instance", str(INSTANCE),
-            "--analog-inputs", str(opts.points)]
-    with simulator_process("simulators.bacnet", args, work / "simulator.log") as (proc, _):
-        yield proc, port
+def simulator(opts: Options, work: Path) -> Iterator[Child]:
+    from simulators.broker import free_ports
+
+    port = free_ports(opts.devices, udp=True)
+    args = ["bacnet", "--host", HOST, "--port", str(port), "--count", str(opts.devices), "--instance",
+            str(INSTANCE), "--analog-inputs", str(opts.points)]
+    with ready_process("gateway.bench.wire", args, work / "simulator.log") as child:
+        yield child
 
 
-def config_text(data_dir: Path, first_port: int, opts: Options, *, rpm: bool) -> str:
-    bind = free_udp_ports(1)
+def config_text(data_dir: Path, first_port: int, opts: Options, *, read_multiple: bool) -> str:
+    from simulators.broker import free_ports
+
+    bind = free_ports(1, udp=True)
     text = ['[site]\nid = "bench"\n', "[mqtt]\nenabled = false\n", f'[store]\ndata_dir = "{data_dir}"\n',
             '[log]\nlevel = "warning"\n',
             f'[[buses]]\nid = "bacnet"\ndriver = "bacnet_ip"\nbind = "{HOST}:{bind}"\ninstance = 999\n'
@@ -89,133 +82,61 @@ def config_text(data_dir: Path, first_port: int, opts: Options, *, rpm: bool) ->
                      for i in range(opts.points))
     for d in range(opts.devices):
         text.append(f'[[devices]]\nid = "dev-{d}"\nbus = "bacnet"\naddress = "{HOST}:{first_port + d}"\n'
-                    f'device_instance = {INSTANCE + d}\ninterval = "1s"\nread_multiple = {"true" if rpm else "false"}\n'
-                    f"read_multiple_objects = {RPM_OBJECTS}\n{points}")
+                    f'device_instance = {INSTANCE + d}\ninterval = "1s"\n'
+                    f'read_multiple = {"true" if read_multiple else "false"}\n'
+                    f"read_multiple_objects = {READ_MULTIPLE_OBJECTS}\n{points}")
     return "\n".join(text)
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    seconds: float
-    polls: int
-    failed: int
-    points: int
-    good: int
-    requests: int
-    cpu: float
-    sim_cpu: float
-
-
-async def poll_run(cfg: GatewayConfig, seconds: float, sim_pid: int) -> Run:
-    """Poll every device back to back for ``seconds``, all at once, through the real stack."""
-    store = AsyncStore(open_store(cfg))
-    recorder = _CountingRecorder(store)
-    drivers: dict[str, Driver] = build_drivers(cfg)
-    pollers = [DevicePoller(drivers[d.id], d, recorder) for d in cfg.devices]
-    writer = asyncio.create_task(recorder.run(), name="bench-recorder")
-    loop = asyncio.get_running_loop()
-
-    def requests() -> int:
-        return sum(q.stats.transactions for drv in set(drivers.values()) if isinstance(drv, BacnetDriver)
-                   for q in drv.queues.values())
-
-    try:
-        await asyncio.gather(*(p.poll_once() for p in pollers))  # bind, identify, units: outside the clock
-        await recorder.flush()
-        recorder.points = recorder.good = 0
-        polls0, failed0, requests0 = (sum(p.state.polls for p in pollers), sum(p.state.failures for p in pollers),
-                                      requests())
-        stop_at = loop.time() + seconds
-
-        async def hammer(poller: DevicePoller) -> None:
-            while loop.time() < stop_at:
-                await poller.poll_once()
-
-        cpu0, sim0, t0 = time.process_time(), cpu_seconds(sim_pid), time.perf_counter()
-        await asyncio.gather(*(hammer(p) for p in pollers))
-        await recorder.flush()
-        elapsed = time.perf_counter() - t0
-        return Run(elapsed, sum(p.state.polls for p in pollers) - polls0,
-                   sum(p.state.failures for p in pollers) - failed0, recorder.points, recorder.good,
-                   requests() - requests0, time.process_time() - cpu0, cpu_seconds(sim_pid) - sim0)
-    finally:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        for driver in set(drivers.values()):
-            with contextlib.suppress(Exception):
-                await driver.close()
-        store.close()
-
-
-def figures(rpm: Run, single: Run) -> str:
-    def per_s(n: int, run: Run) -> float:
-        return n / run.seconds
-
-    def per_poll(run: Run) -> float:
-        return run.requests / max(1, run.polls - run.failed)
-
-    def gain(better: float, worse: float) -> str:
-        return f"{better / worse:.1f}x" if worse > 0 and math.isfinite(better / worse) else "-"
-
-    rows = [
-        ("points/s", _num(per_s(rpm.points, rpm), 0), _num(per_s(single.points, single), 0),
-         gain(per_s(rpm.points, rpm), per_s(single.points, single))),
-        ("polls/s (all devices)", _num(per_s(rpm.polls, rpm)), _num(per_s(single.polls, single)), "-"),
-        ("BACnet requests/s", _num(per_s(rpm.requests, rpm), 0), _num(per_s(single.requests, single), 0), "-"),
-        ("BACnet requests per poll", _num(per_poll(rpm)), _num(per_poll(single)),
-         gain(per_poll(single), per_poll(rpm))),
-        ("gateway CPU s per 1k points", _num(1000 * rpm.cpu / max(1, rpm.points), 4),
-         _num(1000 * single.cpu / max(1, single.points), 4),
-         gain(single.cpu / max(1, single.points), rpm.cpu / max(1, rpm.points))),
-        ("gateway CPU, % of one core", _num(100 * rpm.cpu / rpm.seconds, 0),
-         _num(100 * single.cpu / single.seconds, 0), "-"),
-        ("simulator CPU, % of one core", _num(100 * rpm.sim_cpu / rpm.seconds, 0),
-         _num(100 * single.sim_cpu / single.seconds, 0), "-"),
-        ("good points", f"{100 * rpm.good / max(1, rpm.points):.1f}%",
-         f"{100 * single.good / max(1, single.points):.1f}%", "-"),
-        ("failed polls", str(rpm.failed), str(single.failed), "-"),
-    ]
-    return _table(rows, ["", "ReadPropertyMultiple", "ReadProperty", "gain"])
-
-
 def bench_bacnet(args: argparse.Namespace) -> int:
-    opts = Options.from_args(args)
+    opts = options(Options, args)
     if opts.devices < 1 or opts.points < 1 or opts.seconds <= 0:
-        print("bench: --devices, --points and --seconds must be positive", file=sys.stderr)
-        return 2
-    try:
+        return bad_args("--devices, --points and --seconds must be positive")
+    report = Report.of("bacnet", opts, args)
+    report.params["read_multiple_objects"] = READ_MULTIPLE_OBJECTS
+
+    def body(report: Report) -> None:
         with workdir("gateway-bench-bacnet-") as work:
-            return _bench(opts, work)
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
+            _bench(opts, work, report)
+
+    return run(report, body)
 
 
-def _bench(opts: Options, work: Path) -> int:
-    requests = math.ceil(opts.points / RPM_OBJECTS)
-    print(f"gateway bench bacnet: {opts.devices} device(s) x {opts.points} analog inputs, {opts.seconds:g} s per "
-          "run, every device polled back to back (present value + status flags of every point), uplink off, "
-          "store synchronous=full")
-    print(f"simulated BACnet/IP devices in a separate process, one UDP port each on {HOST}, values changing once a "
-          f"second; ReadPropertyMultiple asks {RPM_OBJECTS} objects at a time ({requests} request(s) per poll), "
-          f"the baseline (read_multiple = false) reads each property alone ({2 * opts.points} requests per poll)")
-    _flush()
-    with simulator(opts, work) as (sim, port):
-        def cfg(name: str, rpm: bool) -> GatewayConfig:
+def _bench(opts: Options, work: Path, report: Report) -> None:
+    from gateway.bench.polling import poll_run, rows
+    from gateway.config import load_config
+    from gateway.core.text import table
+
+    report.say(f"gateway bench bacnet: {opts.devices} device(s) x {opts.points} analog inputs, {opts.seconds:g} s"
+               " per run, every device polled back to back (present value + status flags of every point), uplink"
+               " off, store synchronous=full",
+               f"simulated BACnet/IP devices in a separate process, one UDP port each on {HOST}, values changing"
+               f" once a second, counting the requests they serve; ReadPropertyMultiple asks up to"
+               f" {READ_MULTIPLE_OBJECTS} objects at a time, the baseline (read_multiple = false) reads each"
+               " property alone")
+    with simulator(opts, work) as sim:
+        def cfg(name: str, read_multiple: bool) -> GatewayConfig:
             path = work / f"{name}.toml"
-            path.write_text(config_text(work / name, port, opts, rpm=rpm))
+            path.write_text(config_text(work / name, sim.port, opts, read_multiple=read_multiple))
             return load_config(path)
 
         limit = opts.seconds + READY_TIMEOUT
-        rpm = asyncio.run(asyncio.wait_for(poll_run(cfg("rpm", True), opts.seconds, sim.pid), limit))
-        single = asyncio.run(asyncio.wait_for(poll_run(cfg("rp", False), opts.seconds, sim.pid), limit))
-    print()
-    print(figures(rpm, single))
-    print("(gain = how many times better ReadPropertyMultiple is; both the gateway and the simulated devices share "
-          "the machine's 2 cores, and the devices' bacpypes3 server is usually the bottleneck)")
-    return 0
-
-
-def _flush() -> None:
-    with contextlib.suppress(OSError):
-        sys.stdout.flush()
+        multiple = asyncio.run(asyncio.wait_for(poll_run(cfg("rpm", True), opts.seconds, sim), limit)).figures()
+        report.figure(**multiple)
+        single = asyncio.run(asyncio.wait_for(poll_run(cfg("rp", False), opts.seconds, sim), limit)).figures()
+        report.figure(read_property=single)
+    gains = {
+        "points_per_s": report.derive("gain_points_per_s", ratio(multiple["points_per_s"], single["points_per_s"]),
+                                      "points_per_s / read_property.points_per_s"),
+        "requests_per_poll": report.derive("requests_per_poll_saved",
+                                           ratio(single["requests_per_poll"], multiple["requests_per_poll"]),
+                                           "read_property.requests_per_poll / requests_per_poll"),
+        "cpu_s_per_1k_points": report.derive("gain_cpu_s_per_1k_points",
+                                             ratio(single["cpu_s_per_1k_points"], multiple["cpu_s_per_1k_points"]),
+                                             "read_property.cpu_s_per_1k_points / cpu_s_per_1k_points"),
+    }
+    report.say("", table(rows(multiple, single, gains={k: gain(v) for k, v in gains.items()}),
+                         ["", "ReadPropertyMultiple", "ReadProperty", "gain (derived)"]),
+               "(gain = how many times better ReadPropertyMultiple is, computed from the two measured columns; the"
+               " gateway and the simulated devices share the machine's cores, and the devices' bacpypes3 server is"
+               " usually the bottleneck)")

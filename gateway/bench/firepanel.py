@@ -6,7 +6,9 @@ simulated panel prints fire alarm lines; a subscriber in its own process (so its
 slow the gateway's event loop) notes when each one arrives. Latency is measured from the moment
 the whole line has been written to the serial port to its arrival at the subscriber: it covers
 the driver, the store's commit (synchronous=full, so an fsync), the uplink and the broker. Time on
-the wire is not in it: at 9600 baud a 60-byte line takes another 62 ms to transmit.
+the serial wire is not in it.
+
+Light at import (the CLI registers it): the daemon is imported when the bench runs.
 """
 
 from __future__ import annotations
@@ -16,23 +18,18 @@ import asyncio
 import contextlib
 import json
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from drivers.firepanel.driver import FirePanelDriver
-from gateway.bench import _table, bank_size, config_text, point_map, simulator, workdir
-from gateway.bench_uplink import _Mosquitto, _percentile, _Subscriber
-from gateway.config import load_config
-from gateway.daemon import Daemon
-from simulators.firepanel import FirePanelSimulator
+from gateway.bench.harness import Report, add_json, bad_args, latency_ms, num, options, run, workdir
 
-TARGET_P99 = 0.050
+TARGET_P99_MS = 50.0
 PANEL = "fire-panel"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the CLI reads the defaults off the class
 class Options:
     devices: int = 100
     points: int = 20
@@ -42,10 +39,19 @@ class Options:
     warmup: float = 3.0
     format: str = "gst_cn"
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        """Attributes the CLI does not define take their defaults, so any Namespace works."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+def add_command(bench: Any) -> None:
+    """`gateway bench firepanel` on the bench subparsers."""
+    p = bench.add_parser("firepanel", help="fire panel line -> MQTT latency while Modbus devices poll")
+    p.add_argument("--devices", type=int, default=Options.devices)
+    p.add_argument("--points", type=int, default=Options.points)
+    p.add_argument("--interval", type=float, default=Options.interval)
+    p.add_argument("--lines", type=int, default=Options.lines)
+    p.add_argument("--rate", type=float, default=Options.rate)
+    p.add_argument("--warmup", type=float, default=Options.warmup)
+    p.add_argument("--format", default=Options.format)
+    add_json(p)
+    p.set_defaults(fn=bench_firepanel)
 
 
 @dataclass(slots=True)
@@ -59,36 +65,54 @@ class Result:
 
 
 def bench_firepanel(args: argparse.Namespace) -> int:
-    """Print the latency table; 0 when every fire line arrived upstream, 1 if any was lost."""
-    opts = Options.from_args(args)
+    """The latency table; exit 1 if a fire line was lost or the p99 target missed."""
+    opts = options(Options, args)
     if opts.devices < 0 or opts.points < 1 or opts.lines < 1 or opts.rate <= 0 or opts.interval <= 0:
-        print("bench: --lines, --rate, --points and --interval must be positive", file=sys.stderr)
-        return 2
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if binary is None:
-        print("mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-        return 1
+        return bad_args("--lines, --rate, --points and --interval must be positive")
+    report = Report.of("firepanel", opts, args)
+    return run(report, lambda report: _bench(opts, report))
+
+
+def _bench(opts: Options, report: Report) -> None:
+    from gateway.bench.modbus import bank_size, point_map, simulator
+    from simulators.broker import Mosquitto
+
     if shutil.which("socat") is None:
-        print("socat is not installed (apt-get install socat)", file=sys.stderr)
-        return 1
-    try:
-        with workdir("gateway-bench-firepanel-") as work:
-            broker = _Mosquitto(work, binary)
-            try:
-                broker.start()
-                points = point_map(opts.points)
-                with simulator(max(opts.devices, 1), bank_size(points), work) as (_, first_port):
-                    result = asyncio.run(_run(opts, work, broker.port, first_port))
-            finally:
-                broker.stop()
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(opts, result))
-    return 0 if len(result.latencies) == result.sent else 1
+        raise RuntimeError("socat is not installed (apt-get install socat)")
+    report.say(f"gateway bench firepanel: {opts.lines} fire alarm lines ({opts.format}) at {opts.rate:g}/s on a pty"
+               f" pair, while {opts.devices} Modbus TCP devices x {opts.points} points poll every {opts.interval:g} s;"
+               " in-process daemon (store synchronous=full), real Mosquitto, subscriber in its own process")
+    with workdir("gateway-bench-firepanel-") as work, Mosquitto(work) as broker:
+        points = point_map(opts.points)
+        with simulator(max(opts.devices, 1), bank_size(points), work) as sim:
+            result = asyncio.run(_run(opts, work, broker.port, sim.port))
+    lost = result.sent - len(result.latencies)
+    latency = latency_ms(result.latencies)
+    report.figure(
+        latency=latency, lines_sent=result.sent, alarms_received=len(result.latencies), seconds=result.seconds,
+        modbus_polls=result.polls, modbus_failed_polls=result.poll_failures,
+        modbus_polls_per_s=result.polls / result.seconds if result.seconds else None,
+        messages_delivered_upstream=result.telemetry_delivered,
+    )
+    report.target("latency.p99_ms", "serial line written -> MQTT message received, p99", "<", TARGET_P99_MS,
+                  latency["p99_ms"], " ms")
+    if lost:
+        report.problem(f"{lost} of {result.sent} fire lines never arrived at the subscriber")
+    from gateway.core.text import table
+
+    rows = [("serial line written -> MQTT message received", num(latency["p50_ms"]), num(latency["p99_ms"]),
+             num(latency["max_ms"]))]
+    polls_per_s = report.figures["modbus_polls_per_s"]
+    report.say("", table(rows, ["", "p50 ms", "p99 ms", "max ms"]), "",
+               f"fire lines sent {result.sent}, alarms received {len(result.latencies)}",
+               f"Modbus polls during the run {result.polls} ({num(polls_per_s, 0)}/s), failed {result.poll_failures};"
+               f" messages delivered upstream {result.telemetry_delivered}",
+               "(time on the serial wire is not included: the clock starts once the whole line is written)")
 
 
 def _config(opts: Options, work: Path, mqtt_port: int, first_port: int, panel_port: str) -> Path:
+    from gateway.bench.modbus import config_text, point_map
+
     text = config_text(work / "data", first_port, opts.devices, point_map(opts.points), interval=f"{opts.interval}s")
     text = text.replace("[mqtt]\nenabled = false\n", f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\n'
                                                      'reconnect_min = "100ms"\n')
@@ -100,11 +124,17 @@ def _config(opts: Options, work: Path, mqtt_port: int, first_port: int, panel_po
 
 
 async def _run(opts: Options, work: Path, mqtt_port: int, first_port: int) -> Result:
+    from drivers.firepanel.driver import FirePanelDriver
+    from gateway.bench.mqtt import Subscriber
+    from gateway.config import load_config
+    from gateway.daemon import Daemon
+    from simulators.firepanel import FirePanelSimulator
+
     result = Result()
     async with FirePanelSimulator(opts.format, heartbeat=5.0, seed=1) as panel:
         cfg = load_config(_config(opts, work, mqtt_port, first_port, panel.port))
         daemon = Daemon(cfg)
-        subscriber = _Subscriber(mqtt_port, f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/alarm/#", 0)
+        subscriber = Subscriber(mqtt_port, f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/alarm/#")
         await subscriber.start()
         task = asyncio.create_task(daemon.run(), name="bench-daemon")
         try:
@@ -144,26 +174,3 @@ async def _run(opts: Options, work: Path, mqtt_port: int, first_port: int) -> Re
     result.sent = len(sent)
     result.latencies = sorted(arrived[i] - sent[mark] for i, mark in marks.items() if i in arrived and mark in sent)
     return result
-
-
-def report(opts: Options, r: Result) -> str:
-    def ms(q: float) -> str:
-        return f"{_percentile(r.latencies, q) * 1000:.1f}" if r.latencies else "-"
-
-    met = bool(r.latencies) and _percentile(r.latencies, 0.99) < TARGET_P99
-    head = (f"gateway bench firepanel: {opts.lines} fire alarm lines ({opts.format}) at {opts.rate:g}/s on a pty pair,"
-            f" while {opts.devices} Modbus TCP devices x {opts.points} points poll every {opts.interval:g} s;"
-            " in-process daemon (store synchronous=full), real Mosquitto, subscriber in its own process")
-    rows = [("serial line written -> MQTT message received", ms(0.5), ms(0.99), ms(1.0))]
-    table = _table(rows, ["", "p50 ms", "p99 ms", "max ms"])
-    polls_per_s = r.polls / r.seconds if r.seconds else float("nan")
-    lines = [
-        head, "", table, "",
-        f"fire lines sent {r.sent}, alarms received {len(r.latencies)}"
-        + ("" if len(r.latencies) == r.sent else "  LOST SOME"),
-        f"Modbus polls during the run {r.polls} ({polls_per_s:.0f}/s), failed {r.poll_failures};"
-        f" messages delivered upstream {r.telemetry_delivered}",
-        f"target p99 < {TARGET_P99 * 1000:.0f} ms: {'met' if met else 'NOT met'}"
-        " (wire time excluded: a 60-byte line at 9600 baud adds 62 ms)",
-    ]
-    return "\n".join(lines)

@@ -1,10 +1,13 @@
 """`gateway bench modbus`: what polling costs the gateway, and what coalesced reads save.
 
-Simulated devices run in a separate process (``python -m simulators.registers``), so the CPU
-figures are the gateway's alone. The gateway side is the production code: config from TOML text,
-the driver registry, ``DevicePoller``, ``Recorder`` and the SQLite store, with the uplink off (so
-every poll also lands in the outbox, as during an outage). Polling is a tight loop per device: the
-figures are capacity, not a configured poll rate.
+Simulated devices run in a separate process (``gateway.bench.wire``: ``simulators.registers`` banks
+that count the requests they serve), so the CPU figures are the gateway's alone and "requests per
+poll" is what the devices were asked. The gateway side is the production code: config from TOML
+text, the driver registry and the daemon's own wiring (``gateway.bench.polling``), with the uplink
+off (so every poll also lands in the outbox, as during an outage). Polling is a tight loop per
+device: the figures are capacity, not a configured poll rate.
+
+Light at import (the CLI registers it): the daemon is imported when the bench runs.
 """
 
 from __future__ import annotations
@@ -13,34 +16,36 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import select
 import sqlite3
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
+from gateway.bench.harness import (
+    HOST,
+    READY_TIMEOUT,
+    Child,
+    Report,
+    add_json,
+    bad_args,
+    cpu_seconds,
+    gain,
+    log_tail,
+    memory_mb,
+    num,
+    options,
+    ratio,
+    ready_process,
+    run,
+    spawn_daemon,
+    stop_process,
+    workdir,
+)
 
-from drivers.base import Driver
-from drivers.modbus.codec import DataType, register_count
-from drivers.modbus.driver import ModbusDriver
-from gateway.config import load_config
-from gateway.config.schema import GatewayConfig
-from gateway.core import logs
-from gateway.core.data import Quality, Reading
-from gateway.daemon import DB_NAME, build_drivers, open_store
-from gateway.recorder import AsyncStore, Recorder
-from gateway.supervisor import DevicePoller
-
-HOST = "127.0.0.1"
-READY_TIMEOUT = 60.0
-"""Seconds a simulator or a spawned daemon may take to come up before the bench gives up."""
+if TYPE_CHECKING:
+    from gateway.config.schema import GatewayConfig
 
 # One stretch of 20 points as a meter or a pump controller lays them out: mostly 16-bit words,
 # some float32 measurements and a 32-bit counter, all contiguous. (type, unit, scale)
@@ -53,22 +58,34 @@ _MIX: tuple[tuple[str, str | None, float], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the CLI reads the defaults off the class
 class Options:
-    devices: int
-    points: int
-    seconds: float
+    devices: int = 20
+    points: int = 100
+    seconds: float = 10.0
     cold_start: bool = True
     rss: bool = True
     rss_devices: int = 100
     rss_points: int = 20
     rss_seconds: float = 10.0
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        """Attributes the CLI does not (yet) define take their defaults, so any Namespace works."""
-        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        return cls(**given)
+
+def add_command(bench: Any) -> None:
+    """`gateway bench modbus` on the bench subparsers."""
+    p = bench.add_parser("modbus", help="poll throughput against simulated register banks; cold start; daemon RSS")
+    p.add_argument("--devices", type=int, default=Options.devices)
+    p.add_argument("--points", type=int, default=Options.points)
+    p.add_argument("--seconds", type=float, default=Options.seconds)
+    p.add_argument("--no-cold-start", dest="cold_start", action="store_false", help="skip the cold-start figure")
+    p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figure")
+    p.add_argument("--rss-devices", type=int, default=Options.rss_devices)
+    p.add_argument("--rss-points", type=int, default=Options.rss_points)
+    p.add_argument("--rss-seconds", type=float, default=Options.rss_seconds)
+    add_json(p)
+    p.set_defaults(fn=bench_modbus)
+
+
+# -- what is polled ------------------------------------------------------------------------------
 
 
 def point_map(count: int, *, spaced: bool = False) -> list[dict[str, Any]]:
@@ -77,6 +94,8 @@ def point_map(count: int, *, spaced: bool = False) -> list[dict[str, Any]]:
     ``spaced`` leaves one unused register (or bit) after each point; with ``max_gap = 0`` every
     point then costs a read of its own, the one-entity-one-read pattern coalescing replaces.
     """
+    from drivers.modbus.codec import DataType, register_count
+
     coils = min(2, count // 10)
     points: list[dict[str, Any]] = []
     address = 0
@@ -96,6 +115,8 @@ def point_map(count: int, *, spaced: bool = False) -> list[dict[str, Any]]:
 
 def bank_size(*maps: Sequence[dict[str, Any]]) -> int:
     """Entries per table the simulated banks need to hold every map."""
+    from drivers.modbus.codec import DataType, register_count
+
     end = 1
     for points in maps:
         for p in points:
@@ -121,99 +142,15 @@ def config_text(data_dir: Path, first_port: int, devices: int, points: Sequence[
     return "\n".join(text)
 
 
-# -- processes ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far, from /proc (Linux, as the gateway's targets are)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces; it ends at the last ")"
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_mb(pid: int | str = "self") -> tuple[float, float]:
-    """(resident, peak resident) in MB from /proc/PID/status."""
-    found = {"VmRSS": float("nan"), "VmHWM": float("nan")}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in found:
-                found[key] = int(rest.split()[0]) / 1024
-    return found["VmRSS"], found["VmHWM"]
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL if it has not gone within ``grace`` seconds; never leaves it running."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    with contextlib.suppress(OSError):
-        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
-        if text:
-            return "\n  " + "\n  ".join(text)
-    return ""
-
-
-def _await_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """The child's first stdout line, without blocking past ``timeout`` or on a child that died."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"no output within {timeout:g}s")
-        ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.2))
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"exited with code {proc.wait()} before it was ready")
-            buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
-
-
 @contextlib.contextmanager
-def simulator_process(module: str, args: list[str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``python -m module args`` until it prints ``ready <port> ...``; yields it and that port, stops it after."""
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=log_file)
-    try:
-        try:
-            line = _await_line(proc, READY_TIMEOUT)
-        except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"simulator: {exc}{_tail(log_path)}") from exc
-        word, port, _ = [*line.split(), "", "", ""][:3]
-        if word != "ready" or not port.isdigit():
-            raise RuntimeError(f"simulator said {line!r}, expected 'ready <port> <count>'")
-        yield proc, int(port)
-    finally:
-        _stop(proc)
+def simulator(count: int, size: int, work: Path) -> Iterator[Child]:
+    """``count`` register banks with counting data in their own process, counting the requests they serve."""
+    args = ["modbus", "--host", HOST, "--count", str(count), "--size", str(size)]
+    with ready_process("gateway.bench.wire", args, work / f"simulator-{count}.log") as child:
+        yield child
 
 
-@contextlib.contextmanager
-def simulator(count: int, size: int, work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``count`` register banks with counting data in their own process; yields it and its first port."""
-    args = ["--host", HOST, "--count", str(count), "--size", str(size), "--fill"]
-    with simulator_process("simulators.registers", args, work / f"simulator-{count}.log") as running:
-        yield running
-
-
-def _spawn_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=log_file)
+# -- gateway run as a process --------------------------------------------------------------------
 
 
 def _first_sample_ts(db: Path) -> float | None:
@@ -228,275 +165,140 @@ def _first_sample_ts(db: Path) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-def _count_samples(db: Path) -> int:
+def _count_samples(db: Path) -> int | None:
     with contextlib.suppress(sqlite3.Error), \
             contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
-    return -1
+    return None
 
 
-# -- polling in-process ------------------------------------------------------------------------
-
-
-class _CountingRecorder(Recorder):
-    """The production recorder, also counting what it is handed."""
-
-    def __init__(self, store: AsyncStore) -> None:
-        super().__init__(store)
-        self.points = 0
-        self.good = 0
-
-    def snapshot(self, device: str, readings: list[Reading], ts: float | None = None) -> None:
-        self.points += len(readings)
-        self.good += sum(1 for r in readings if r.quality is Quality.GOOD)
-        super().snapshot(device, readings, ts)
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    seconds: float
-    polls: int
-    failed: int
-    points: int
-    good: int
-    reads: int
-    cpu: float
-    sim_cpu: float
-    rss_mb: float
-
-    @property
-    def points_per_s(self) -> float:
-        return self.points / self.seconds
-
-    @property
-    def polls_per_s(self) -> float:
-        return self.polls / self.seconds
-
-    @property
-    def reads_per_s(self) -> float:
-        return self.reads / self.seconds
-
-    @property
-    def reads_per_poll(self) -> float:
-        return self.reads / max(1, self.polls - self.failed)
-
-    @property
-    def cpu_per_1k_points(self) -> float:
-        return 1000 * self.cpu / max(1, self.points)
-
-
-def _reads_per_poll(driver: Driver, device: str) -> int:
-    if not isinstance(driver, ModbusDriver):
-        raise TypeError(f"{device}: the Modbus bench needs a Modbus driver, not {type(driver).__name__}")
-    return len(driver.plans[device].blocks)
-
-
-async def poll_run(cfg: GatewayConfig, seconds: float, sim_pid: int) -> RunResult:
-    """Poll every device back to back for ``seconds``, all devices at once, through the real stack."""
-    store = AsyncStore(open_store(cfg))
-    recorder = _CountingRecorder(store)
-    drivers: dict[str, Driver] = build_drivers(cfg)
-    pollers = [DevicePoller(drivers[d.id], d, recorder) for d in cfg.devices]
-    blocks = {d.id: _reads_per_poll(drivers[d.id], d.id) for d in cfg.devices}
-    writer = asyncio.create_task(recorder.run(), name="bench-recorder")
-    loop = asyncio.get_running_loop()
-    polls = dict.fromkeys(blocks, 0)
-    try:
-        await asyncio.gather(*(p.poll_once() for p in pollers))  # connect outside the clock
-        await recorder.flush()
-        recorder.points = recorder.good = 0
-        failed_before = {p.device.id: p.state.failures for p in pollers}
-        stop_at = loop.time() + seconds
-
-        async def hammer(poller: DevicePoller) -> None:
-            while loop.time() < stop_at:
-                await poller.poll_once()
-                polls[poller.device.id] += 1
-
-        cpu0, sim0, t0 = time.process_time(), cpu_seconds(sim_pid), time.perf_counter()
-        await asyncio.gather(*(hammer(p) for p in pollers))
-        await recorder.flush()  # the last batch's commit is part of the cost
-        elapsed = time.perf_counter() - t0
-        cpu, sim_cpu = time.process_time() - cpu0, cpu_seconds(sim_pid) - sim0
-        failed = {p.device.id: p.state.failures - failed_before[p.device.id] for p in pollers}
-        return RunResult(
-            seconds=elapsed, polls=sum(polls.values()), failed=sum(failed.values()), points=recorder.points,
-            good=recorder.good, reads=sum((polls[d] - failed[d]) * blocks[d] for d in polls), cpu=cpu,
-            sim_cpu=sim_cpu, rss_mb=memory_mb()[0],
-        )
-    finally:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        for driver in set(drivers.values()):
-            with contextlib.suppress(Exception):
-                await driver.close()
-        store.close()
-
-
-# -- the figures -------------------------------------------------------------------------------
-
-
-def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    """First column left-aligned (labels), the rest right-aligned (numbers)."""
-    cells = [list(headers), *[list(r) for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
-
-
-def _num(x: float, digits: int = 1) -> str:
-    return "n/a" if x != x else f"{x:,.{digits}f}"
-
-
-def _gain(better: float, worse: float) -> str:
-    return f"{better / worse:.1f}x" if worse > 0 and better == better and worse == worse else "-"
-
-
-def poll_table(coalesced: RunResult, baseline: RunResult) -> str:
-    c, b = coalesced, baseline
-    rows = [
-        ("points/s", _num(c.points_per_s, 0), _num(b.points_per_s, 0), _gain(c.points_per_s, b.points_per_s)),
-        ("polls/s", _num(c.polls_per_s), _num(b.polls_per_s), _gain(c.polls_per_s, b.polls_per_s)),
-        ("Modbus reads/s", _num(c.reads_per_s, 0), _num(b.reads_per_s, 0), "-"),
-        ("Modbus reads per poll", _num(c.reads_per_poll), _num(b.reads_per_poll),
-         _gain(b.reads_per_poll, c.reads_per_poll)),
-        ("gateway CPU s per 1k points", _num(c.cpu_per_1k_points, 4), _num(b.cpu_per_1k_points, 4),
-         _gain(b.cpu_per_1k_points, c.cpu_per_1k_points)),
-        ("gateway CPU, % of one core", _num(100 * c.cpu / c.seconds, 0), _num(100 * b.cpu / b.seconds, 0), "-"),
-        ("simulator CPU, % of one core", _num(100 * c.sim_cpu / c.seconds, 0),
-         _num(100 * b.sim_cpu / b.seconds, 0), "-"),
-        ("gateway RSS after run, MB", _num(c.rss_mb), _num(b.rss_mb), "-"),
-        ("good points", f"{100 * c.good / max(1, c.points):.1f}%", f"{100 * b.good / max(1, b.points):.1f}%", "-"),
-        ("failed polls", str(c.failed), str(b.failed), "-"),
-    ]
-    return _table(rows, ["", "coalesced", "one read per point", "gain"])
-
-
-def cold_start(work: Path, port: int, points: Sequence[dict[str, Any]]) -> tuple[float, float]:
+def cold_start(work: Path, port: int, points: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Seconds from spawning ``gateway run`` to its first poll, and to that poll stored on disk."""
+    from gateway.daemon import DB_NAME
+
     data = work / "cold-start"
     config = work / "cold-start.toml"
     config.write_text(config_text(data, port, 1, points, interval="100ms"))
     log_path = work / "cold-start.log"
     spawned_wall, spawned = time.time(), time.perf_counter()
-    proc = _spawn_daemon(config, log_path)
+    proc = spawn_daemon(config, log_path)
     try:
         while (first := _first_sample_ts(data / DB_NAME)) is None:
             if proc.poll() is not None:
-                raise RuntimeError(f"gateway run exited with code {proc.returncode}{_tail(log_path)}")
+                raise RuntimeError(f"gateway run exited with code {proc.returncode}{log_tail(log_path)}")
             if time.perf_counter() - spawned > READY_TIMEOUT:
-                raise TimeoutError(f"no sample stored within {READY_TIMEOUT:g}s{_tail(log_path)}")
+                raise TimeoutError(f"no sample stored within {READY_TIMEOUT:g}s{log_tail(log_path)}")
             time.sleep(0.01)
-        return first - spawned_wall, time.perf_counter() - spawned
+        stored = time.perf_counter() - spawned
+        return {"spawn_to_first_poll_s": first - spawned_wall, "spawn_to_first_sample_stored_s": stored}
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonFigures:
-    rss_mb: float
-    peak_mb: float
-    cpu: float
-    samples: int
+def daemon_memory(work: Path, opts: Options) -> dict[str, Any]:
+    """RSS and CPU of ``gateway run`` polling ``rss_devices`` devices once a second, after ``rss_seconds``."""
+    from gateway.daemon import DB_NAME
 
-
-def daemon_memory(work: Path, opts: Options) -> DaemonFigures:
-    """RSS of ``gateway run`` polling ``rss_devices`` devices once a second, after ``rss_seconds``."""
     points = point_map(opts.rss_points)
     data = work / "daemon-rss"
     config = work / "daemon-rss.toml"
     log_path = work / "daemon-rss.log"
-    with simulator(opts.rss_devices, bank_size(points), work) as (_, port):
-        config.write_text(config_text(data, port, opts.rss_devices, points, interval="1s"))
-        proc = _spawn_daemon(config, log_path)
+    with simulator(opts.rss_devices, bank_size(points), work) as sim:
+        config.write_text(config_text(data, sim.port, opts.rss_devices, points, interval="1s"))
+        proc = spawn_daemon(config, log_path)
         try:
             deadline = time.monotonic() + opts.rss_seconds
             while (left := deadline - time.monotonic()) > 0:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"gateway run exited with code {proc.returncode}{_tail(log_path)}")
+                    raise RuntimeError(f"gateway run exited with code {proc.returncode}{log_tail(log_path)}")
                 time.sleep(min(left, 0.25))
             rss, peak = memory_mb(proc.pid)
             cpu = cpu_seconds(proc.pid)
         finally:
-            _stop(proc)
-    return DaemonFigures(rss, peak, cpu, _count_samples(data / DB_NAME))
+            stop_process(proc)
+    return {"rss_mb": rss, "peak_rss_mb": peak, "cpu_s": cpu, "samples_stored": _count_samples(data / DB_NAME)}
 
 
-
-@contextlib.contextmanager
-def workdir(prefix: str, level: str = "warning", base: str | None = None) -> Iterator[Path]:
-    """A scratch directory, with the gateway's logs quietened to `level` on stderr; both undone after."""
-    saved = structlog.get_config()
-    logs.configure(level, "console", stream=sys.stderr)
-    try:
-        with tempfile.TemporaryDirectory(prefix=prefix, dir=base) as tmp:
-            yield Path(tmp)
-    finally:
-        structlog.configure(**saved)
+# -- the bench -----------------------------------------------------------------------------------
 
 
 def bench_modbus(args: argparse.Namespace) -> int:
-    opts = Options.from_args(args)
-    if opts.devices < 1 or opts.points < 1 or opts.seconds <= 0 or opts.rss_devices < 1 or opts.rss_points < 1:
-        print("bench: --devices, --points and --seconds must be positive", file=sys.stderr)
-        return 2
-    try:
+    opts = options(Options, args)
+    if opts.devices < 1 or opts.points < 1 or opts.seconds <= 0 or opts.rss_devices < 1 or opts.rss_points < 1 \
+            or opts.rss_seconds <= 0:
+        return bad_args("--devices, --points, --seconds and the --rss-* options must be positive")
+    report = Report.of("modbus", opts, args)
+
+    def body(report: Report) -> None:
         with workdir("gateway-bench-") as work:  # a device going offline is news; polls are not
-            return _bench(opts, work)
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
+            _bench(opts, work, report)
+
+    return run(report, body)
 
 
-def _bench(opts: Options, work: Path) -> int:
+def _bench(opts: Options, work: Path, report: Report) -> None:
+    from gateway.bench.polling import poll_run, rows
+    from gateway.config import load_config
+
     packed, spaced = point_map(opts.points), point_map(opts.points, spaced=True)
     mix: dict[str, int] = {}
     for p in packed:
         key = "coil" if p["table"] == "coil" else p["type"]
         mix[key] = mix.get(key, 0) + 1
-    print(f"gateway bench modbus: {opts.devices} device(s) x {opts.points} points, {opts.seconds:g} s per run,"
-          " every device polled back to back, uplink off, store synchronous=full")
-    print("points per device: " + ", ".join(f"{n} {t}" for t, n in sorted(mix.items(), key=lambda kv: -kv[1]))
-          + "; simulated in a separate process, registers counting up once a second")
-    _flush()
-    with simulator(opts.devices, bank_size(packed, spaced), work) as (sim, port):
+    report.params["point_types"] = mix
+    report.say(f"gateway bench modbus: {opts.devices} device(s) x {opts.points} points, {opts.seconds:g} s per run,"
+               " every device polled back to back, uplink off, store synchronous=full",
+               "points per device: " + ", ".join(f"{n} {t}" for t, n in sorted(mix.items(), key=lambda kv: -kv[1]))
+               + "; simulated in a separate process that counts the requests it serves, registers counting up"
+               " once a second")
+    with simulator(opts.devices, bank_size(packed, spaced), work) as sim:
         def cfg(name: str, points: list[dict[str, Any]], max_gap: int | None) -> GatewayConfig:
             path = work / f"{name}.toml"
-            path.write_text(config_text(work / name, port, opts.devices, points, max_gap=max_gap))
+            path.write_text(config_text(work / name, sim.port, opts.devices, points, max_gap=max_gap))
             return load_config(path)
 
-        coalesced = asyncio.run(poll_run(cfg("coalesced", packed, None), opts.seconds, sim.pid))
-        baseline = asyncio.run(poll_run(cfg("baseline", spaced, 0), opts.seconds, sim.pid))
-        print()
-        print(poll_table(coalesced, baseline))
-        print("(baseline: the same points one register apart with max_gap = 0, so each is a read of its own;"
-              " gain = how many times better coalesced is)")
-        _flush()
-        cold = cold_start(work, port, packed) if opts.cold_start else None
-    rows: list[tuple[str, str]] = []
+        coalesced = asyncio.run(poll_run(cfg("coalesced", packed, None), opts.seconds, sim)).figures()
+        report.figure(**coalesced)
+        baseline = asyncio.run(poll_run(cfg("baseline", spaced, 0), opts.seconds, sim)).figures()
+        report.figure(one_read_per_point=baseline)
+        gains = {
+            "points_per_s": report.derive("gain_points_per_s", ratio(coalesced["points_per_s"],
+                                                                     baseline["points_per_s"]),
+                                          "points_per_s / one_read_per_point.points_per_s"),
+            "requests_per_poll": report.derive("requests_per_poll_saved",
+                                               ratio(baseline["requests_per_poll"], coalesced["requests_per_poll"]),
+                                               "one_read_per_point.requests_per_poll / requests_per_poll"),
+            "cpu_s_per_1k_points": report.derive("gain_cpu_s_per_1k_points",
+                                                 ratio(baseline["cpu_s_per_1k_points"],
+                                                       coalesced["cpu_s_per_1k_points"]),
+                                                 "one_read_per_point.cpu_s_per_1k_points / cpu_s_per_1k_points"),
+        }
+        from gateway.core.text import table
+
+        report.say("", table(rows(coalesced, baseline, gains={k: gain(v) for k, v in gains.items()}),
+                             ["", "coalesced", "one read per point", "gain (derived)"]),
+                   "(baseline: the same points one register apart with max_gap = 0, so each is a read of its own;"
+                   " gain = how many times better coalesced is, computed from the two measured columns)")
+        cold = cold_start(work, sim.port, packed) if opts.cold_start else None
+    report.figure(cold_start=cold)
+    process_rows: list[tuple[str, str]] = []
     if cold is not None:
         what = f"1 device x {opts.points} points, 100 ms interval"
-        rows.append((f"cold start ({what}): spawn `gateway run` -> first poll, s", _num(cold[0], 2)))
-        rows.append(("cold start: spawn -> first sample stored in SQLite, s", _num(cold[1], 2)))
-    if opts.rss:
-        figures = daemon_memory(work, opts)
+        process_rows.append((f"cold start ({what}): spawn `gateway run` -> first poll, s",
+                             num(cold["spawn_to_first_poll_s"], 2)))
+        process_rows.append(("cold start: spawn -> first sample stored in SQLite, s",
+                             num(cold["spawn_to_first_sample_stored_s"], 2)))
+    figures = daemon_memory(work, opts) if opts.rss else None
+    report.figure(daemon=figures)
+    if figures is not None:
         what = f"{opts.rss_devices} devices x {opts.rss_points} points, 1 s interval, after {opts.rss_seconds:g} s"
-        rows += [
-            (f"daemon RSS ({what}), MB", _num(figures.rss_mb)),
-            ("daemon peak RSS, MB", _num(figures.peak_mb)),
-            ("daemon CPU so far (start-up included), s", _num(figures.cpu, 2)),
-            ("daemon samples stored", str(figures.samples)),
+        process_rows += [
+            (f"daemon RSS ({what}), MB", num(figures["rss_mb"])),
+            ("daemon peak RSS, MB", num(figures["peak_rss_mb"])),
+            ("daemon CPU so far (start-up included), s", num(figures["cpu_s"], 2)),
+            ("daemon samples stored", str(figures["samples_stored"])),
         ]
-    if rows:
-        print()
-        print(_table(rows, ["gateway run as a process", "value"]))
-    return 0
+    if process_rows:
+        from gateway.core.text import table
 
-
-def _flush() -> None:
-    with contextlib.suppress(OSError):
-        sys.stdout.flush()
-
+        report.say("", table(process_rows, ["gateway run as a process", "value"]))

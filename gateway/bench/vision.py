@@ -1,32 +1,44 @@
 """`gateway bench vision`: milliseconds per vision stage (faces, plates, pose + falls) on one core.
 
 Each model family is benched if its files are fetched and skipped with a note otherwise, so a site
-that only runs faces can still bench them.
+that only runs faces can still bench them. Light at import (the CLI registers it): OpenCV, NumPy
+and the models are imported when the bench runs, so the CLI works without the ``vision`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
+from gateway.bench.harness import Report, add_json, bad_args, ratio, run
 
-from models.faces import EMBEDDERS, FacePipeline, align, as_bgr
-from models.falls import FallDetector
-from models.fetch import FetchError, model_path
-from models.plates import PlateReader
-from models.pose import PoseTracker, Roi
+if TYPE_CHECKING:
+    import numpy as np
+
+    Frame = np.ndarray[Any, Any]
 
 RESOLUTIONS = ((640, 480), (1280, 720))
+DEFAULT_CONFIG = "/etc/gateway/config.toml"
+
+
+def add_command(bench: Any) -> None:
+    """`gateway bench vision` on the bench subparsers."""
+    p = bench.add_parser("vision", help="ms per stage (faces, plates, pose + falls) on one core; idle camera CPU")
+    p.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help="config file (TOML)")
+    p.add_argument("--data-dir", type=Path, help="data dir (default: [store] data_dir of the config)")
+    p.add_argument("--image", type=Path, help="a portrait to paste into the frames (default: noise, no face)")
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--idle", type=float, default=15.0, metavar="SECONDS",
+                   help="also measure a real camera worker on a still scene this long, gated and not (0 = skip)")
+    add_json(p)
+    p.set_defaults(fn=bench_vision)
 
 
 def _ms(fn: Callable[[], object], repeat: int) -> dict[str, float]:
@@ -40,8 +52,11 @@ def _ms(fn: Callable[[], object], repeat: int) -> dict[str, float]:
     return {"median": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2)}
 
 
-def _scene(image: np.ndarray[Any, Any], width: int, height: int) -> np.ndarray[Any, Any]:
+def _scene(image: Frame, width: int, height: int) -> Frame:
     """A camera-sized frame with the portrait pasted at about a quarter of the frame height."""
+    import cv2
+    import numpy as np
+
     frame = np.full((height, width, 3), 90, dtype=np.uint8)
     side = height // 2
     face = cv2.resize(image, (side, side))
@@ -50,10 +65,11 @@ def _scene(image: np.ndarray[Any, Any], width: int, height: int) -> np.ndarray[A
     return frame
 
 
-Frame = np.ndarray[Any, Any]
-
 
 def _faces(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
+    from models.faces import EMBEDDERS, FacePipeline, align
+    from models.fetch import model_path
+
     pipeline = FacePipeline.from_data_dir(data_dir, threads=1)
     sface = model_path(data_dir, "sface")
     embedders = {name: cls(sface, threads=1) for name, cls in EMBEDDERS.items()}
@@ -106,6 +122,10 @@ def _door(data_dir: Path, frame: Frame) -> float:
 def _plates(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
     """Detection on the whole frame; rectify + read on a plate-sized quadrilateral (its cost does not
     depend on what the plate says: the crop is always 200x32; a failed read's retries cost more)."""
+    import numpy as np
+
+    from models.plates import PlateReader
+
     reader = PlateReader.from_data_dir(data_dir, threads=1)
     rows = []
     for frame in frames:
@@ -128,6 +148,10 @@ def _pose(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, An
     """Detection, one landmark run, and a tracked frame as the camera worker runs it (frame check,
     landmarks in the previous frame's ROI, fall logic); a tracked frame costs the same with or without
     a person in it."""
+    from models.faces import as_bgr
+    from models.falls import FallDetector
+    from models.pose import PoseTracker, Roi
+
     tracker = PoseTracker.from_data_dir(data_dir, threads=1)
     rows = []
     for frame in frames:
@@ -135,12 +159,12 @@ def _pose(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, An
         roi = tracker.detect_roi(frame) or Roi(w / 2, h / 2, h * 0.9, 0.0)
         falls, clock = FallDetector(), iter(range(10**9))
 
-        def tracked(f: Any = frame, r: Roi = roi, fd: FallDetector = falls, ticks: Any = clock) -> object:
+        def tracked(f: Any = frame, r: Any = roi, fd: Any = falls, ticks: Any = clock) -> object:
             bgr = as_bgr(f)
             pose = None if bgr is None else tracker.estimate(bgr, r, tracked=True)
             return fd.update("bench", next(ticks) / 10, None if pose is None else pose.landmarks)
 
-        def landmarks(f: Any = frame, r: Roi = roi) -> object:
+        def landmarks(f: Any = frame, r: Any = roi) -> object:
             return tracker.landmarker.landmarks(f, r)
 
         def detect(f: Any = frame) -> object:
@@ -159,8 +183,8 @@ def _line(label: str, stat: dict[str, float]) -> str:
     return f"   {label} {stat['median']:5.1f} / {stat['p90']:5.1f} ms"
 
 
-def _print(results: list[dict[str, Any]], repeat: int, skipped: dict[str, str]) -> None:
-    print("one thread per model; median / p90 over", repeat, "runs")
+def _print(report: Report, results: list[dict[str, Any]], repeat: int, skipped: dict[str, str]) -> None:
+    report.say(f"one thread per model; median / p90 over {repeat} runs")
     for r in results:
         line = f"{r['resolution']:>9}"
         if "detect_ms" in r:
@@ -180,60 +204,79 @@ def _print(results: list[dict[str, Any]], repeat: int, skipped: dict[str, str]) 
             line += ("\n          " + _line("pose detect", r["pose_detect_ms"])
                      + _line("pose landmarks", r["pose_landmark_ms"])
                      + _line("tracked frame (landmarks + falls)", r["pose_tracked_frame_ms"]))
-        print(line)
+        report.say(line)
     for stage, why in skipped.items():
-        print(f"{stage}: skipped ({why})")
+        report.say(f"{stage}: skipped ({why})")
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "data_dir", None) is not None:
+        return Path(args.data_dir)
+    from gateway.cli.common import load
+
+    return Path(load(args).store.data_dir)
 
 
 def bench_vision(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir)
+    data_dir = _data_dir(args)
+    image_path = Path(args.image) if getattr(args, "image", None) else None
+    repeat = int(getattr(args, "repeat", None) or 30)
+    idle = float(getattr(args, "idle", 15.0) or 0.0)
+    if repeat < 1 or idle < 0:
+        return bad_args("--repeat must be positive and --idle not negative")
+    if image_path is not None and not image_path.is_file():
+        return bad_args(f"cannot read {image_path}")
+    params = {"data_dir": str(data_dir), "image": None if image_path is None else str(image_path), "repeat": repeat,
+              "idle": idle, "resolutions": [f"{w}x{h}" for w, h in RESOLUTIONS]}
+    report = Report.of("vision", params, args)
+    return run(report, lambda report: _bench(report, data_dir, image_path, repeat, idle))
+
+
+def _bench(report: Report, data_dir: Path, image_path: Path | None, repeat: int, idle: float) -> None:
+    import cv2
+    import numpy as np
+
+    from models.fetch import FetchError
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    image_path = Path(args.image) if args.image else None
     if image_path is not None:
         portrait = cv2.imread(str(image_path))
         if portrait is None:
-            print(f"cannot read {image_path}")
-            return 2
+            raise RuntimeError(f"cannot read {image_path}")
     else:
         rng = np.random.default_rng(0)
         portrait = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
     results: list[dict[str, Any]] = [{"resolution": f"{w}x{h}"} for w, h in RESOLUTIONS]
     frames = [_scene(portrait, w, h) for w, h in RESOLUTIONS]
     skipped: dict[str, str] = {}
-    for stage, run in STAGES.items():
+    for stage, measure in STAGES.items():
         try:
-            rows = run(data_dir, frames, args.repeat)
+            rows = measure(data_dir, frames, repeat)
         except FetchError as exc:
             skipped[stage] = str(exc)
             continue
         for row, extra in zip(results, rows, strict=True):
             row.update(extra)
+    report.figure(stages=results, skipped=skipped, idle_camera=[])
     if len(skipped) == len(STAGES):
-        raise FetchError("; ".join(skipped.values()))
-    if not args.json:
-        _print(results, args.repeat, skipped)
+        report.problem("no model family to bench: " + "; ".join(skipped.values()))
+        return
+    _print(report, results, repeat, skipped)
     detectors = [{"pose": "falls"}.get(s, s) for s in STAGES if s not in skipped]
-    idle = _idle(data_dir, image_path, args.idle, detectors, quiet=args.json)
-    if args.json:
-        print(json.dumps({"stages": results, "idle_camera": idle}, indent=2))
-    return 0
-
-
-def _idle(data_dir: Path, image: Path | None, seconds: float, detect: list[str], *,
-          quiet: bool) -> list[dict[str, Any]]:
-    """A real worker on a still 640x480 10 fps stream, 5 fps analysed: with motion gating, then without."""
-    if seconds <= 0:
-        return []
-    from models.bench_idle import idle_cpu
+    if idle <= 0:
+        return
+    from gateway.bench.vision_idle import idle_cpu
 
     with _scratch(data_dir) as (work, key):
-        runs = [idle_cpu(work, image, seconds=seconds, fps=5, stream_fps=10, gated=gated, detect=detect,
+        runs = [idle_cpu(work, image_path, seconds=idle, fps=5, stream_fps=10, gated=gated, detect=detectors,
                          key_file=key) for gated in (True, False)]
-    if not quiet:
-        gated, ungated = runs
-        ratio = ungated["cpu_percent_of_one_core"] / max(gated["cpu_percent_of_one_core"], 0.01)
-        print(f"idle camera ({'+'.join(detect)}; still scene, 10 fps stream, 5 fps analysed, {seconds:g} s): "
-              f"{gated['cpu_percent_of_one_core']:.1f} % of a core with motion gating, "
-              f"{ungated['cpu_percent_of_one_core']:.1f} % without ({ratio:.0f}x); worker RSS {gated['rss_mb']:.0f} MB")
-    return runs
-
+    report.figure(idle_camera=runs)
+    gated, ungated = runs
+    saved = report.derive("idle_gating_saves", ratio(ungated["cpu_percent_of_one_core"],
+                                                     gated["cpu_percent_of_one_core"]),
+                          "idle_camera[ungated].cpu_percent_of_one_core / idle_camera[gated].cpu_percent_of_one_core")
+    report.say(f"idle camera ({'+'.join(detectors)}; still scene, 10 fps stream, 5 fps analysed, {idle:g} s): "
+               f"{gated['cpu_percent_of_one_core']:.1f} % of a core with motion gating, "
+               f"{ungated['cpu_percent_of_one_core']:.1f} % without"
+               + ("" if saved is None else f" ({saved:.0f}x, derived)")
+               + f"; worker RSS {gated['rss_mb']:.0f} MB")

@@ -3,7 +3,7 @@
 The worker is started exactly as the daemon starts it (``python -m models.worker``, the spec on
 stdin) against the camera simulator on 127.0.0.1, and its CPU time is read from /proc after the
 models have loaded. The same run with motion gating switched off is the baseline: the ratio is
-what gating saves.
+what gating saves. Imported only when `gateway bench vision` measures an idle camera.
 """
 
 from __future__ import annotations
@@ -21,15 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gateway.bench.harness import cpu_seconds, memory_mb, stop_process
 from models.config import CameraConfig, MotionConfig, VisionConfig
 from simulators.camera import MjpegCamera, scene
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def _serve(frame: Any, fps: float, ready: threading.Event, stop: threading.Event, out: dict[str, str]) -> None:
@@ -72,22 +66,20 @@ def idle_cpu(data_dir: Path, image: Path | None, *, seconds: float, fps: float, 
             if msg.get("kind") == "camera.error":
                 raise RuntimeError(msg["payload"].get("error"))
         time.sleep(camera.motion.hold + 2)  # the first frame of a scene is analysed, and the hold after it
-        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(seconds)
-        cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
-        rss = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS:"))
+        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        rss = memory_mb(proc.pid)[0]
         os.set_blocking(proc.stdout.fileno(), False)
         for line in proc.stdout.read().splitlines() or []:
             msg = json.loads(line)
             if msg.get("t") == "status":
                 status = msg
     finally:
-        proc.terminate()
-        proc.wait(5)
+        stop_process(proc, grace=5)
         stop.set()
         server.join(5)
     return {"gated": gated, "detect": detect, "analysis_fps": fps, "stream_fps": stream_fps,
             "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
-            "rss_mb": round(rss / 1024, 1), "analysed": status.get("analysed"), "gated_frames": status.get("gated"),
+            "rss_mb": round(rss, 1), "analysed": status.get("analysed"), "gated_frames": status.get("gated"),
             "frames": status.get("frames")}

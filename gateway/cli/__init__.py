@@ -8,24 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.bench import add_commands as add_bench_commands
 from gateway.cli.alarms import add_commands as add_alarm_commands
 from gateway.cli.common import load
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
 from gateway.cli.points import add_command as add_points_command
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
-from gateway.cli.site import (
-    add_bacnet_bench,
-    cmd_bench,
-    cmd_check,
-    cmd_demo,
-    cmd_events,
-    cmd_run,
-    cmd_schema,
-    cmd_simulate,
-    cmd_status,
-)
-from gateway.cli.vision import add_bench as add_vision_bench
+from gateway.cli.site import cmd_check, cmd_demo, cmd_events, cmd_run, cmd_schema, cmd_simulate, cmd_status
 from gateway.cli.vision import add_commands as add_vision_commands
 from gateway.cli.vision import add_simulate as add_camera_simulate
 
@@ -115,56 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_simulate)
     add_camera_simulate(sim)
-    bench = sub.add_parser("bench", help="print performance figures").add_subparsers(dest="what", required=True)
-    add_vision_bench(bench)
-    add_bacnet_bench(bench)
+    bench = sub.add_parser("bench", help="performance figures (every bench: --json for one JSON object)",
+                           description="Performance figures, measured on this machine against simulated devices."
+                                       " Exit status 1 when a printed target is missed or something was lost."
+                           ).add_subparsers(dest="what", required=True)
+    add_bench_commands(bench)
     _plugin_hooks(sub, sim, bench)
-    p = bench.add_parser("modbus", help="poll throughput against simulated register banks")
-    p.add_argument("--devices", type=int, default=20)
-    p.add_argument("--points", type=int, default=100)
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--no-cold-start", dest="cold_start", action="store_false", help="skip the cold-start figure")
-    p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figure")
-    p.add_argument("--rss-devices", type=int, default=100)
-    p.add_argument("--rss-points", type=int, default=20)
-    p.add_argument("--rss-seconds", type=float, default=10)
-    p.set_defaults(fn=cmd_bench)
-    p = bench.add_parser("uplink", help="outbox replay rate and live-alarm latency to a local broker")
-    p.add_argument("--events", type=int, default=50000)
-    p.add_argument("--batches", type=int, nargs="+", help="outbox rows per round to compare (default 100 500 2000)")
-    p.add_argument("--synchronous", choices=["full", "normal"])
-    p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the one-at-a-time baseline")
-    p.add_argument("--limit", type=float, help="seconds per run at most")
-    p.add_argument("--dir", help="where to put the store (default: a temp dir)")
-    p.set_defaults(fn=cmd_bench)
-    p = bench.add_parser("firepanel", help="fire panel line -> MQTT latency while Modbus devices poll")
-    p.add_argument("--devices", type=int, default=100)
-    p.add_argument("--points", type=int, default=20)
-    p.add_argument("--interval", type=float, default=1.0)
-    p.add_argument("--lines", type=int, default=200)
-    p.add_argument("--rate", type=float, default=10.0)
-    p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--format", default="gst_cn")
-    p.set_defaults(fn=cmd_bench)
-    p = bench.add_parser("rules", help="rule evaluations/s (1,000 rules, one core); event -> alarm latency")
-    p.add_argument("--rules", type=int, default=1000)
-    p.add_argument("--devices", type=int, default=200, help="devices feeding the pure-engine figure")
-    p.add_argument("--points", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=60, help="simulated seconds of input for the engine figure")
-    p.add_argument("--daemon-devices", type=int, default=20, help="Modbus TCP simulators polled by the daemon")
-    p.add_argument("--alarms", type=int, default=300, help="fire alarms injected into the daemon")
-    p.add_argument("--rate", type=float, default=50.0, help="alarms per second")
-    p.add_argument("--no-daemon", dest="daemon", action="store_false", help="only the pure-engine figure")
-    p.set_defaults(fn=cmd_bench)
-    p = bench.add_parser("bus", help="one shared RS-485 line: dead units, write latency; TCP points/s")
-    p.add_argument("--devices", type=int, default=10, help="units on the simulated RS-485 line (2..247)")
-    p.add_argument("--seconds", type=float, default=10, help="measurement window per scenario")
-    p.add_argument("--baud", type=int, default=9600)
-    p.add_argument("--timeout", type=float, default=0.5, help="bus timeout, s (what a dead unit costs per request)")
-    p.add_argument("--writes", type=int, default=50, help="writes per read-back mode and per urgency")
-    p.add_argument("--tcp-devices", type=int, default=100)
-    p.add_argument("--tcp-points", type=int, default=20)
-    p.set_defaults(fn=cmd_bench)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Site-level commands: run the daemon, check the config, status, events, demo, bench."""
+"""Site-level commands: run the daemon, check the config, status, events, demo, simulate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from gateway.cli.common import ago, load, print_json, stored, table
@@ -160,36 +159,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(duration=args.duration, meters=args.meters, camera=args.camera)
-
-
-BENCHES = {
-    "modbus": "gateway.bench",
-    "uplink": "gateway.bench_uplink",
-    "bus": "gateway.bench_bus",
-    "firepanel": "gateway.bench_firepanel",
-    "bacnet": "gateway.bench_bacnet",
-    "rules": "gateway.bench_rules",
-}
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import importlib
-
-    module = importlib.import_module(BENCHES[args.what])
-    runner: Callable[[argparse.Namespace], int] = getattr(module, f"bench_{args.what}")
-    return runner(args)
-def add_bacnet_bench(bench: Any) -> None:
-    """Register `gateway bench bacnet` under the bench subcommands."""
-    p = bench.add_parser("bacnet", help="BACnet/IP points/s with ReadPropertyMultiple and without, simulated devices")
-    p.add_argument("--devices", type=int, default=10)
-    p.add_argument("--points", type=int, default=50, help="analog inputs per device")
-    p.add_argument("--seconds", type=float, default=10, help="measurement window per run")
-    p.set_defaults(fn=cmd_bench_bacnet)
-
-
-
-
-def cmd_bench_bacnet(args: argparse.Namespace) -> int:
-    from gateway.bench_bacnet import bench_bacnet
-
-    return bench_bacnet(args)

@@ -1,4 +1,4 @@
-"""`gateway models ...`, `gateway faces ...`, `gateway bench vision`.
+"""`gateway models ...`, `gateway faces ...`, `gateway simulate camera`.
 
 Heavy imports (onnxruntime, cv2, cryptography) happen inside the commands, so the rest of the
 CLI works on a box without the ``vision`` extra.
@@ -227,18 +227,6 @@ def cmd_faces_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_vision(args: argparse.Namespace) -> int:
-    from models.bench import bench_vision
-    from models.fetch import FetchError
-
-    args.data_dir = _data_dir(args)
-    try:
-        return bench_vision(args)
-    except FetchError as exc:
-        print(f"bench vision: {exc}", file=sys.stderr)
-        return 1
-
-
 def cmd_simulate_camera(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
@@ -333,12 +321,7 @@ def add_simulate(simulate_subparsers: Any) -> None:
 
 
 def add_bench(bench_subparsers: Any) -> None:
-    """`gateway bench vision` on the `bench` subparsers."""
-    p = bench_subparsers.add_parser("vision", help="ms per stage (faces, plates, pose + falls) on one core; "
-                                                   "idle camera CPU")
-    _common(p)
-    p.add_argument("--image", type=Path, help="a portrait to paste into the frames (default: noise, no face)")
-    p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--idle", type=float, default=15.0, metavar="SECONDS",
-                   help="also measure a real camera worker on a still scene this long, gated and not (0 = skip)")
-    p.set_defaults(fn=cmd_bench_vision)
+    """`gateway bench vision` on the `bench` subparsers (it lives in ``gateway.bench.vision``)."""
+    from gateway.bench.vision import add_command
+
+    add_command(bench_subparsers)
