@@ -24,10 +24,7 @@ OVER_LENGTH: dict[str, str] = {
     # is a debt to pay back by splitting the module, not a permission.
 }
 FOREIGN_IMPORTS: dict[tuple[str, str], str] = {
-    # (module, what it imports): why. Both are imports for type checking only (under TYPE_CHECKING),
-    # left for the owners of the rules runtime to replace with a protocol or a kernel type.
-    ("rules/replay.py", "gateway.config.schema"): "type-only: GatewayConfig",
-    ("rules/runtime.py", "gateway.config.schema"): "type-only: GatewayConfig",
+    # (module, what of gateway it imports outside the kernel): why. Empty: none does, not even for types.
 }
 BENCHES = {"modbus", "uplink", "bus", "firepanel", "rules", "vision", "bacnet"}
 
