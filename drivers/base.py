@@ -112,6 +112,10 @@ class Driver(abc.ABC):
             return Urgency.LIFE_SAFETY
         return Urgency.WRITE if write else Urgency.POLL
 
+    def counters(self, device: str) -> dict[str, int]:
+        """What happened on the wire for this device, by kind (timeouts, retries, exceptions by code ...)."""
+        return {}
+
     def describe(self, device: str) -> list[PointInfo]:
         """The device's point catalog (from its config; a driver may add what the device told it)."""
         config: DeviceConfig = self.devices[device]

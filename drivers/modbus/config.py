@@ -93,7 +93,7 @@ class ModbusPoint(StrictModel):
 
     @property
     def datatype(self) -> Datatype:
-        """What the driver's readings of the point hold (drivers/modbus/driver.py ``scaled`` and ``named``)."""
+        """What the driver's readings of the point hold (drivers/modbus/values.py ``scaled`` and ``named``)."""
         if self.type is DataType.BOOL:
             return "bool"
         if self.states is not None:
@@ -151,7 +151,13 @@ class ModbusDevice(DeviceConfig):
 
     driver: Literal["modbus"] = "modbus"
     unit: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
-    timeout: Duration | None = Field(default=None, gt=0, le=60, description="Overrides the bus timeout.")
+    timeout: Duration | None = Field(
+        default=None, gt=0, le=60, description="How long this device's replies may take; default: the bus's timeout.",
+    )
+    retries: int = Field(
+        default=1, ge=0, le=5,
+        description="Immediate tries again of a read whose reply was lost (only while the device answers).",
+    )
     profile: str | None = Field(
         default=None, description="A shipped register map (`gateway profiles list`); points below override it.",
     )

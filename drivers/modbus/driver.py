@@ -2,16 +2,23 @@
 
 Every transaction asks the bus scheduler for the wire, so a write or a life-safety poll never
 waits behind a queue of ordinary polls, and one device's retries cannot monopolise a shared
-line. pymodbus's own retry and reconnect loops are off: the poller, which knows the deadline and
-runs the breaker, decides what a failure means.
+line. pymodbus's own retry and reconnect loops are off; this driver retries what deserves it:
+
+* exception 5/6 (acknowledge, busy): the device is alive and asks for patience: up to three more
+  tries after 0.1, 0.2 and 0.4 s, never counted as a failure;
+* a lost reply: ``retries`` immediate tries (default 1), while the device answered its last poll
+  (a dead unit gets no retries, so it costs the wire one timeout per request and no more);
+* exception 2/3 on a coalesced read: the read plan learns (``plan.py``) and asks again, in the same
+  poll; exception 10/11 from a gateway means the unit behind it is silent: a timeout.
+
+Every retry and every exception is counted per device by kind (``counters``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import math
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,21 +28,11 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 
 from drivers.base import Driver
-from drivers.modbus.codec import (
-    Block,
-    DataType,
-    Order,
-    Span,
-    Table,
-    decode,
-    encode,
-    plan_reads,
-    register_count,
-    slice_for,
-)
-from drivers.modbus.config import ModbusDevice, ModbusPoint, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.modbus.codec import Block, DataType, Table, encode
+from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.modbus.plan import DevicePlan, point_span
 from drivers.scheduler import BusScheduler, Urgency
-from gateway.core.data import Quality, Reading, Value
+from gateway.core.data import Reading, Value
 from gateway.core.errors import (
     BadResponse,
     DeviceTimeout,
@@ -44,18 +41,15 @@ from gateway.core.errors import (
     ExceptionResponse,
     WriteRefused,
 )
-from gateway.core.numbers import float32_shortest
 
 # pymodbus logs through the stdlib logger "pymodbus"; we report failures ourselves, with context,
 # so its own messages would only be noise on stdout (and on the CLI's --json output).
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 logging.getLogger("pymodbus").propagate = False
 
+__all__ = ["DevicePlan", "ModbusDriver"]
+
 AnyModbusBus = ModbusTcpBus | ModbusRtuOverTcpBus | ModbusRtuBus
-_FAST = {
-    DataType.INT16: ">h", DataType.UINT16: ">H", DataType.INT32: ">i", DataType.UINT32: ">I",
-    DataType.INT64: ">q", DataType.UINT64: ">Q", DataType.FLOAT32: ">f", DataType.FLOAT64: ">d",
-}
 _FUNCTION = {
     "read_coils": 1, "read_discrete_inputs": 2, "read_holding_registers": 3, "read_input_registers": 4,
     "write_coil": 5, "write_registers": 16,
@@ -66,6 +60,13 @@ _READ = {
     Table.COIL: "read_coils",
     Table.DISCRETE: "read_discrete_inputs",
 }
+BUSY = frozenset({5, 6})
+"""Acknowledge and server busy: the device is alive and wants a moment."""
+SILENT = frozenset({10, 11})
+"""Gateway path unavailable, gateway target failed to respond: the unit behind a converter is silent."""
+BUSY_DELAYS = (0.1, 0.2, 0.4)
+MAX_SPLITS = 64
+"""Reads one poll may add by splitting refused reads (a 125-register map splits to single points in < 64)."""
 
 
 def _reraise_cancellation() -> None:
@@ -79,115 +80,54 @@ def _reraise_cancellation() -> None:
         raise asyncio.CancelledError
 
 
-def _span(index: int, point: ModbusPoint) -> Span:
-    width = 1 if point.table in (Table.COIL, Table.DISCRETE) else register_count(point.type)
-    return Span(index, point.table, point.address, width)
-
-
-def scaled(raw: int | float | bool, point: ModbusPoint) -> Value:
-    if isinstance(raw, bool):
-        return raw
-    if point.type is DataType.FLOAT32 and isinstance(raw, float):
-        raw = float32_shortest(raw)  # before scaling, which would smear the noise into more digits
-    if point.scale == 1.0 and point.offset == 0.0:
-        return raw
-    return raw * point.scale + point.offset
-
-
-
-def named(value: Value, point: ModbusPoint) -> Value:
-    """Enumerated points read as their state names; an undocumented code stays visible as such."""
-    if point.states is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return value
-    return point.states.get(int(value), f"unknown_{int(value)}")
-
-
-class DevicePlan:
-    """A device's register map turned into the fewest reads the protocol allows."""
-
-    def __init__(self, device: ModbusDevice) -> None:
-        self.device = device
-        self.points = device.points
-        self.blocks: list[Block] = plan_reads(
-            (_span(i, p) for i, p in enumerate(device.points)),
-            max_registers=device.max_registers,
-            max_bits=device.max_bits,
-            max_gap=device.max_gap,
-        )
-        self.by_id = {p.id: p for p in device.points}
-        # Big-endian points (most meters) decode with one struct.unpack_from on the packed reply;
-        # other orders go through codec.decode, which is the reference for both.
-        self._fast: dict[int, struct.Struct] = {
-            i: struct.Struct(_FAST[p.type]) for i, p in enumerate(device.points)
-            if p.type in _FAST and p.word_order is Order.BIG and p.byte_order is Order.BIG
-        }
-
-    def decode_block(self, block: Block, data: Sequence[Any], ts: float) -> list[Reading]:
-        """Pure: a block's raw registers or bits -> readings. A point that does not decode is ``bad``."""
-        readings = []
-        packed: bytes | None = None
-        if block.table not in (Table.COIL, Table.DISCRETE) and len(data) >= block.count:
-            try:
-                packed = struct.pack(f">{block.count}H", *data[: block.count])
-            except (struct.error, TypeError):
-                packed = None  # a register out of 0..65535: let the checked path say which point is bad
-        for span in block.spans:
-            point = self.points[span.key]
-            try:
-                fast = self._fast.get(span.key) if packed is not None else None
-                if fast is not None and packed is not None:
-                    value: Value = scaled(fast.unpack_from(packed, (span.address - block.start) * 2)[0], point)
-                elif block.table in (Table.COIL, Table.DISCRETE):
-                    value = bool(slice_for(block, span, data)[0])
-                else:
-                    part = slice_for(block, span, data)
-                    value = scaled(decode(part, point.type, point.word_order, point.byte_order, point.bit), point)
-                quality = Quality.GOOD
-                if isinstance(value, float) and not math.isfinite(value):
-                    value, quality = None, Quality.BAD
-                else:
-                    value = named(value, point)
-            except (ValueError, struct.error):  # struct.error: a reply shorter than the block
-                value, quality = None, Quality.BAD
-            readings.append(Reading(self.device.id, point.id, value, point.unit, quality, ts))
-        return readings
-
-    def bad_block(self, block: Block, ts: float) -> list[Reading]:
-        return [
-            Reading(self.device.id, self.points[s.key].id, None, self.points[s.key].unit, Quality.BAD, ts)
-            for s in block.spans
-        ]
-
-
 class _Line:
-    """One pymodbus client and what it heard during the current transaction."""
+    """One pymodbus client and what it heard during the current transaction.
+
+    A device that closes the connection mid-request is noticed at once (EOF), not after the
+    timeout: pymodbus leaves the pending request waiting, so the disconnect callback fails it.
+    """
 
     def __init__(self, make: Callable[[Callable[[bool, bytes], bytes]], Any]) -> None:
         self.heard = 0
         self.client = make(self._trace)
+        ctx = self.client.ctx
+        on_disconnect = ctx.callback_disconnected
+
+        def disconnected(exc: Exception | None) -> None:
+            future = getattr(ctx, "response_future", None)
+            if future is not None and not future.done():
+                closed = ConnectionException(f"connection closed by the device ({exc or 'EOF'})")  # type: ignore[no-untyped-call]
+                future.set_exception(closed)
+            on_disconnect(exc)
+
+        ctx.callback_disconnected = disconnected
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self.heard += len(data)
         return data
 
+    def set_timeout(self, seconds: float) -> None:
+        """The reply wait of the next transaction: the device's own timeout, not the bus's."""
+        self.client.ctx.comm_params.timeout_connect = seconds
+
 
 class ModbusDriver(Driver):
-    bus_type = ModbusTcpBus
-    device_type = ModbusDevice
-
     def __init__(self, bus: AnyModbusBus, devices: Sequence[ModbusDevice]) -> None:
         super().__init__(bus, devices)
         self.bus: AnyModbusBus = bus
         self.plans = {d.id: DevicePlan(d) for d in devices}
+        self.counts: dict[str, collections.Counter[str]] = {d.id: collections.Counter() for d in devices}
+        self._answered: dict[str, bool] = {d.id: True for d in devices}
         tcp = type(bus) is ModbusTcpBus
         concurrency = bus.max_in_flight if isinstance(bus, ModbusTcpBus) and tcp else 1
         gap = bus.frame_gap if isinstance(bus, ModbusRtuBus) else bus.gap
         self.scheduler = BusScheduler(concurrency=concurrency, gap=gap)
         self._idle = [_Line(self._client_factory()) for _ in range(concurrency)]
-        # A late TCP reply could be taken for the next request's; a fresh connection rules that
-        # out. On RTU, pymodbus drops what arrived between transactions and the gap lets it land.
-        self._reconnect_after_timeout = tcp
+        # Raw RTU tunnelled over TCP has no transaction id: a late reply could pass for the next
+        # request's, so a timeout there costs a fresh connection. Modbus TCP matches transaction
+        # ids, and a converter's silent unit must cost its timeout and nothing more.
+        self._reconnect_after_timeout = isinstance(bus, ModbusRtuOverTcpBus)
 
     def _client_factory(self) -> Callable[[Callable[[bool, bytes], bytes]], Any]:
         bus = self.bus
@@ -203,10 +143,6 @@ class ModbusDriver(Driver):
     @property
     def endpoint(self) -> str:
         return self.bus.port if isinstance(self.bus, ModbusRtuBus) else f"{self.bus.host}:{self.bus.port}"
-
-    async def connect(self) -> None:
-        for line in self._idle:
-            await self._connect(line)
 
     async def _connect(self, line: _Line) -> None:
         if line.client.connected:
@@ -224,6 +160,12 @@ class ModbusDriver(Driver):
         for line in self._idle:
             line.client.close()
 
+    def counters(self, device: str) -> dict[str, int]:
+        """Per kind: timeouts, retries, exceptions by code, garbage, splits and limits learnt."""
+        return dict(self.counts[device])
+
+    # -- one transaction ------------------------------------------------------------------------------
+
     async def _call(self, device: ModbusDevice, urgency: Urgency, method: str, *args: Any, **kwargs: Any) -> Any:
         limit = device.timeout or self.bus.timeout
         async with self.scheduler.slot(urgency):
@@ -231,16 +173,17 @@ class ModbusDriver(Driver):
             try:
                 await self._connect(line)
                 line.heard = 0
+                line.set_timeout(limit)
                 try:
-                    async with asyncio.timeout(limit + 0.25):
+                    async with asyncio.timeout(limit + 1.0):  # a guard: pymodbus itself waits `limit`
                         response = await getattr(line.client, method)(*args, device_id=device.unit, **kwargs)
                 except (TimeoutError, ModbusIOException) as exc:
                     _reraise_cancellation()
-                    if self._reconnect_after_timeout:
+                    if self._reconnect_after_timeout or not line.client.connected:
                         line.client.close()
                     if line.heard:
                         raise BadResponse(f"unit {device.unit}: {line.heard} bytes but no valid reply "
-                                          "(bad CRC, wrong unit id or truncated)") from exc
+                                          "(bad CRC, wrong unit id or transaction, or truncated)") from exc
                     raise DeviceTimeout(f"unit {device.unit}: no reply within {limit:g}s") from None
                 except ConnectionException as exc:
                     line.client.close()
@@ -256,10 +199,13 @@ class ModbusDriver(Driver):
                               f"asked {_FUNCTION[method]}")
         if response.isError():
             code = getattr(response, "exception_code", 0)
+            if code in SILENT:
+                raise DeviceTimeout(f"unit {device.unit}: the gateway says it does not answer (exception {code})")
             raise ExceptionResponse(code, f"unit {device.unit}: exception code {code}")
         return response
 
-    async def read_block(self, device: ModbusDevice, block: Block, urgency: Urgency) -> Sequence[Any]:
+    async def read_block(self, device: ModbusDevice, block: Block, urgency: Urgency) -> list[Any]:
+        """One read, its reply checked as strictly as pymodbus lets us: function, unit, CRC, length."""
         response = await self._call(device, urgency, _READ[block.table], block.start, count=block.count)
         bits = block.table in (Table.COIL, Table.DISCRETE)
         data = response.bits if bits else response.registers
@@ -269,67 +215,124 @@ class ModbusDriver(Driver):
             raise BadResponse(f"unit {device.unit}: asked {block.count}, got {len(data)}")
         return list(data)
 
+    async def _read_patiently(self, device: ModbusDevice, block: Block, urgency: Urgency, *,
+                              retries: int) -> list[Any]:
+        """A read with the retries its failure deserves (module docstring); what is left is raised."""
+        counts = self.counts[device.id]
+        busy = lost = 0
+        while True:
+            try:
+                return await self.read_block(device, block, urgency)
+            except ExceptionResponse as exc:
+                counts[f"exception_{exc.code}"] += 1
+                if exc.code in BUSY and busy < len(BUSY_DELAYS):
+                    counts["retry_busy"] += 1
+                    await asyncio.sleep(BUSY_DELAYS[busy])  # holding no slot: the wire serves others meanwhile
+                    busy += 1
+                    continue
+                raise
+            except DeviceTimeout:
+                counts["timeout"] += 1
+                if lost < retries:
+                    counts["retry_lost"] += 1
+                    lost += 1
+                    continue
+                raise
+            except BadResponse:
+                counts["garbage"] += 1
+                raise
+            except DeviceUnreachable:
+                counts["unreachable"] += 1
+                raise
+
+    # -- a poll -----------------------------------------------------------------------------------------
+
     async def read(self, device: str) -> list[Reading]:
         plan = self.plans[device]
-        urgency = self.urgency(plan.device)
+        config = plan.device
+        urgency = self.urgency(config)
+        retries = config.retries if self._answered[device] else 0
         readings: list[Reading] = []
         answered = False
         last_error: DriverError | None = None
-        for block in plan.blocks:
+        queue = list(plan.blocks)
+        splits = 0
+        while queue:
+            block = queue.pop(0)
             try:
-                data = await self.read_block(plan.device, block, urgency)
+                data = await self._read_patiently(config, block, urgency, retries=retries)
             except (DeviceTimeout, DeviceUnreachable):
+                self._answered[device] = answered
                 raise  # the device is gone: no point asking for the next block
-            except (ExceptionResponse, BadResponse) as exc:
-                answered = answered or isinstance(exc, ExceptionResponse)
+            except ExceptionResponse as exc:
+                answered = True
+                if exc.code in (2, 3) and splits < MAX_SPLITS:
+                    parts = plan.refused_address(block) if exc.code == 2 else plan.refused_length(block)
+                    self.counts[device]["learnt"] += 1
+                    splits += len(parts)
+                    queue[:0] = parts  # asked again in this same poll
+                    if not parts:  # a point unreadable on its own: bad this once, then left out and reported
+                        readings += plan.bad_block(block, time.time())
+                    continue
+                last_error = exc
+                readings += plan.bad_block(block, time.time())
+                continue
+            except BadResponse as exc:
                 last_error = exc
                 readings += plan.bad_block(block, time.time())
                 continue
             answered = True
             readings += plan.decode_block(block, data, time.time())
+        self._answered[device] = answered or not plan.blocks
         if not answered and last_error is not None:
             raise last_error
         return readings
 
     async def probe(self, device: str) -> bool:
-        """One register (or bit) of the first block, at the lowest urgency: is anybody home?"""
+        """The first read of the plan, at the lowest urgency, checked exactly as a poll checks it.
+
+        A unit that answers garbage stays isolated like a dead one; one that answers with an
+        exception is alive (its next poll finds out what it objects to).
+        """
         plan = self.plans[device]
         if not plan.blocks:
             return True
-        first = plan.blocks[0]
         try:
-            await self._call(plan.device, Urgency.PROBE, _READ[first.table], first.start, count=1)
-        except ExceptionResponse:
+            await self.read_block(plan.device, plan.blocks[0], Urgency.PROBE)
+        except ExceptionResponse as exc:
+            self.counts[device][f"exception_{exc.code}"] += 1
             return True  # it answered, if only to complain
         except DriverError:
             return False
+        self._answered[device] = True
         return True
 
     async def read_point(self, device: str, point: str) -> Reading:
         plan = self.plans[device]
-        spec = plan.by_id[point]
-        span = _span(plan.points.index(spec), spec)
-        block = Block(spec.table, spec.address, span.count, (span,))
+        target = plan.by_id[point]
+        span = point_span(plan.points.index(target), target)
+        block = Block(target.table, target.address, span.count, (span,))
         urgency = self.urgency(plan.device, write=True)
         data = await self.read_block(plan.device, block, urgency)
         return plan.decode_block(block, data, time.time())[0]
 
     async def write(self, device: str, point: str, value: Value) -> None:
         plan = self.plans[device]
-        spec = plan.by_id.get(point)
-        if spec is None:
+        target = plan.by_id.get(point)
+        if target is None:
             raise WriteRefused(f"{device} has no point {point!r}")
         urgency = self.urgency(plan.device, write=True)
-        if spec.table is Table.COIL:
-            await self._call(plan.device, urgency, "write_coil", spec.address, bool(value))
+        if target.table is Table.COIL:
+            await self._call(plan.device, urgency, "write_coil", target.address, bool(value))
             return
-        if spec.table is not Table.HOLDING or spec.type is DataType.BOOL or not isinstance(value, int | float):
-            raise WriteRefused(f"{device}.{point}: cannot write {value!r} to a {spec.table.value} {spec.type.value}")
-        raw: float = (float(value) - spec.offset) / spec.scale
-        if spec.type not in (DataType.FLOAT32, DataType.FLOAT64):
+        if target.table is not Table.HOLDING or target.type is DataType.BOOL or not isinstance(value, int | float):
+            raise WriteRefused(f"{device}.{point}: cannot write {value!r} to a {target.table.value} "
+                               f"{target.type.value}")
+        raw: float = (float(value) - target.offset) / target.scale
+        if target.type not in (DataType.FLOAT32, DataType.FLOAT64):
             raw = round(raw)
         try:
-            registers = encode(raw, spec.type, spec.word_order, spec.byte_order)
+            registers = encode(raw, target.type, target.word_order, target.byte_order)
         except ValueError as exc:
             raise WriteRefused(f"{device}.{point}: {exc}") from exc
-        await self._call(plan.device, urgency, "write_registers", spec.address, registers)
+        await self._call(plan.device, urgency, "write_registers", target.address, registers)
