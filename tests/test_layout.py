@@ -63,9 +63,10 @@ def within(name: str, prefix: str) -> bool:
 
 def test_the_daemon_loads_no_bench_demo_or_simulator() -> None:
     code = "import gateway.daemon, sys; print(sorted(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
-                         timeout=60).stdout
-    loaded: list[str] = ast.literal_eval(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded: list[str] = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     assert "gateway.daemon" in loaded
     banned = [m for m in loaded if within(m, "simulators") or within(m, "gateway.bench") or m.startswith("gateway.demo")
               or m.startswith("models.bench")]
