@@ -45,6 +45,10 @@ class DeviceConfig(StrictModel):
         default=300.0, ge=1, le=86400, description="Longest wait between probes of an offline device.",
     )
     enabled: bool = Field(default=True, description="false: configured but not polled.")
+    stale_after: Duration | None = Field(
+        default=None, gt=0, le=604800,
+        description="A point not refreshed this long is published `stale` once; default: three poll periods.",
+    )
 
     def point_ids(self) -> list[str]:
         return [p.id for p in self.describe()]
@@ -115,6 +119,22 @@ class Driver(abc.ABC):
     def counters(self, device: str) -> dict[str, int]:
         """What happened on the wire for this device, by kind (timeouts, retries, exceptions by code ...)."""
         return {}
+
+    def findings(self, device: str) -> list[tuple[str, dict[str, Any]]]:
+        """What the driver learnt of the device since the last call, each said once: (event kind, data),
+        e.g. ("device.point_unreadable", {"point": ..., "address": ...}) or a counter's reset."""
+        return []
+
+    def learned(self, device: str) -> dict[str, Any] | None:
+        """What the driver learnt of the device that should survive a restart (read limits, counter totals)."""
+        return None
+
+    def restore_learned(self, device: str, data: Any) -> bool:
+        """Take back what ``learned`` gave; False if it no longer fits the device's config."""
+        return False
+
+    def relearn(self, device: str) -> None:  # noqa: B027 (optional: most drivers learn nothing)
+        """Forget what was learnt of the device (`gateway device relearn`)."""
 
     def describe(self, device: str) -> list[PointInfo]:
         """The device's point catalog (from its config; a driver may add what the device told it)."""

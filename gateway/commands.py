@@ -52,12 +52,20 @@ class AlarmCommand(_Command):
     until: float | None = Field(default=None, description="Shelve until (epoch seconds).")
 
 
+class RelearnCommand(_Command):
+    """Forget what was learnt of a device's read limits and unreadable points; the next poll learns again."""
+
+    cmd: Literal["relearn"]
+    device: str = Field(pattern=IDENTIFIER_PATTERN)
+    actor: str = Field(default="unknown", max_length=128)
+
+
 class AlarmsCommand(_Command):
     cmd: Literal["alarms"]
     all: bool = False
 
 
-AnyCommand = WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand
+AnyCommand = WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand | RelearnCommand
 Command = Annotated[AnyCommand, Field(discriminator="cmd")]
 
 
@@ -154,6 +162,10 @@ class CommandHandler:
             raise CommandError(f"no device {command.device!r} (or it is disabled)")
         if isinstance(command, ReadCommand):
             return await self._read(command)
+        if isinstance(command, RelearnCommand):
+            self.drivers[command.device].relearn(command.device)
+            self.sink.audit("relearn", {"device": command.device, "actor": command.actor})
+            return {"relearned": command.device}
         return await self._write(command)
 
     def _alarm(self, command: AlarmCommand | AlarmsCommand) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from gateway.control import SOCKET_NAME, ControlServer
 from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
 from gateway.reporting import UplinkFeed
 from gateway.store import Store
-from gateway.supervisor import DevicePoller, Supervisor
+from gateway.supervisor import Supervisor
 from gateway.uplink import Uplink
 
 log = structlog.get_logger("gateway.daemon")
@@ -79,6 +80,7 @@ class Daemon:
             d.id: DevicePoller(self.drivers[d.id], d, self.bus, clock=clock)
             for d in cfg.devices if d.id in self.drivers and self.drivers[d.id].polls(d.id)
         }
+        self._recall(self.store.store.meta())
         self.uplink: Uplink | None = None
         if cfg.mqtt.enabled:
             self.uplink = Uplink(
@@ -96,6 +98,18 @@ class Daemon:
             self.commands.alarms = self.automation
         self.started = clock.time()
         self._stop = asyncio.Event()
+
+    def _recall(self, meta: dict[str, Any]) -> None:
+        """What the drivers learnt of each device last time (read limits, counter totals), if its config is
+        unchanged; a changed device starts afresh."""
+        for device_id, poller in self.pollers.items():
+            stored = meta.get(f"device:{device_id}")
+            if not isinstance(stored, dict):
+                continue
+            if poller.driver.restore_learned(device_id, stored.get("learned")):
+                unreadable = stored.get("unreadable")
+                poller.unreadable = dict(unreadable) if isinstance(unreadable, dict) else {}
+                log.info("device plan recalled", device=device_id, unreadable=sorted(poller.unreadable))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -25,7 +25,8 @@ from gateway.daemon import Daemon
 from simulators.meter import METER_POINTS, serve_black_holes, serve_meters
 
 POINTS = [{k: v for k, v in p.items() if v is not None} for p in METER_POINTS]  # unitless: no `unit` key
-DEVICE_KEYS = {"id", "state", "since", "last_poll", "last_ok", "error", "polls", "failures"}
+DEVICE_KEYS = {"id", "state", "since", "last_poll", "last_ok", "error", "polls", "failures", "errors", "wire",
+               "unreadable"}
 EVENT_KEYS = {"id", "ts", "kind", "source", "priority", "data"}
 
 

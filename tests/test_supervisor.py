@@ -28,9 +28,10 @@ from gateway.core.data import Quality, Reading, Value
 from gateway.core.errors import WriteRefused
 from gateway.core.timing import SYSTEM_CLOCK, Clock, ManualClock
 from gateway.daemon import build_drivers
+from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
 from gateway.store import Store
-from gateway.supervisor import DevicePoller, Supervisor
+from gateway.supervisor import Supervisor
 from simulators.meter import METER_POINTS, serve_meters
 
 POINTS = [{k: v for k, v in p.items() if v is not None} for p in METER_POINTS]

@@ -49,6 +49,10 @@ class ModbusRtuBus(BusConfig, SerialPortConfig):
         return self.gap if self.gap is not None else max(3.5 * self.char_time, 0.00175)
 
 
+class CounterConfig(StrictModel):
+    bits: Literal[16, 32, 64] = Field(description="Width of the counting register, where it wraps to 0.")
+
+
 class ModbusPoint(StrictModel):
     id: Identifier = Field(description="Point id, unique within its device, e.g. \"voltage_a\".")
     table: Table = Field(default=Table.HOLDING, description="holding, input, coil or discrete.")
@@ -70,6 +74,11 @@ class ModbusPoint(StrictModel):
     min: float | None = Field(default=None, allow_inf_nan=False, description="Lowest value a write may set.")
     max: float | None = Field(default=None, allow_inf_nan=False, description="Highest value a write may set.")
     allowed: list[float] | None = Field(default=None, description="The only values a write may set.")
+    counter: CounterConfig | None = Field(
+        default=None,
+        description="An energy or volume register that only counts up: publish a running total across the "
+                    "register's wrap and across meter resets, e.g. { bits = 32 }.",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:
@@ -89,6 +98,9 @@ class ModbusPoint(StrictModel):
             raise ValueError(f"min {self.min} is above max {self.max}")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
+        if self.counter is not None and (self.type in (DataType.BOOL, DataType.FLOAT32, DataType.FLOAT64)
+                                         or self.states is not None or self.scale < 0):
+            raise ValueError("a counter is an unsigned integer register with a positive scale and no states")
         return self
 
     @property

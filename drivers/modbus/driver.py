@@ -21,6 +21,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -30,9 +31,11 @@ from pymodbus.framer import FramerType
 from drivers.base import Driver
 from drivers.modbus.codec import Block, DataType, Table, encode
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.modbus.counters import Counter
 from drivers.modbus.plan import DevicePlan, point_span
+from drivers.modbus.values import decimals
 from drivers.scheduler import BusScheduler, Urgency
-from gateway.core.data import Reading, Value
+from gateway.core.data import Quality, Reading, Value
 from gateway.core.errors import (
     BadResponse,
     DeviceTimeout,
@@ -89,13 +92,14 @@ class _Line:
 
     def __init__(self, make: Callable[[Callable[[bool, bytes], bytes]], Any]) -> None:
         self.heard = 0
+        self.asking = False
         self.client = make(self._trace)
         ctx = self.client.ctx
         on_disconnect = ctx.callback_disconnected
 
         def disconnected(exc: Exception | None) -> None:
             future = getattr(ctx, "response_future", None)
-            if future is not None and not future.done():
+            if self.asking and future is not None and not future.done():
                 closed = ConnectionException(f"connection closed by the device ({exc or 'EOF'})")  # type: ignore[no-untyped-call]
                 future.set_exception(closed)
             on_disconnect(exc)
@@ -118,6 +122,10 @@ class ModbusDriver(Driver):
         self.bus: AnyModbusBus = bus
         self.plans = {d.id: DevicePlan(d) for d in devices}
         self.counts: dict[str, collections.Counter[str]] = {d.id: collections.Counter() for d in devices}
+        self.totals: dict[str, dict[str, Counter]] = {
+            d.id: {p.id: Counter(p.counter.bits, p.scale) for p in d.points if p.counter is not None} for d in devices
+        }
+        self._findings: dict[str, list[tuple[str, dict[str, Any]]]] = {d.id: [] for d in devices}
         self._answered: dict[str, bool] = {d.id: True for d in devices}
         tcp = type(bus) is ModbusTcpBus
         concurrency = bus.max_in_flight if isinstance(bus, ModbusTcpBus) and tcp else 1
@@ -164,6 +172,48 @@ class ModbusDriver(Driver):
         """Per kind: timeouts, retries, exceptions by code, garbage, splits and limits learnt."""
         return dict(self.counts[device])
 
+    def findings(self, device: str) -> list[tuple[str, dict[str, Any]]]:
+        plan = self.plans[device]
+        found, self._findings[device] = self._findings[device], []
+        for point, why in plan.take_unreadable().items():
+            found.append(("device.point_unreadable", {"point": point, "address": why.split(":")[0],
+                                                      "answer": why.partition(": ")[2]}))
+        return found
+
+    def learned(self, device: str) -> dict[str, Any]:
+        return {"plan": self.plans[device].learned(),
+                "counters": {p: c.state() for p, c in self.totals[device].items()}}
+
+    def restore_learned(self, device: str, data: Any) -> bool:
+        if not isinstance(data, dict):
+            return False
+        for point, state in dict(data.get("counters") or {}).items():
+            if point in self.totals[device]:
+                self.totals[device][point].restore(state)
+        return self.plans[device].restore(data.get("plan"))
+
+    def relearn(self, device: str) -> None:
+        self.plans[device].relearn()
+
+    def _totals(self, device: str, readings: list[Reading]) -> list[Reading]:
+        """Counter points as running totals; a register that went back is a wrap or a reset, said once."""
+        totals = self.totals[device]
+        out = []
+        for r in readings:
+            counter = totals.get(r.point)
+            if counter is None or r.quality is not Quality.GOOD or not isinstance(r.value, int | float):
+                out.append(r)
+                continue
+            total, happened = counter.total(float(r.value))
+            if happened is not None:
+                self._findings[device].append((f"point.counter_{happened}", {
+                    "point": r.point, "register": r.value, "total": round(total, 6)}))
+            value: float | int = round(total, decimals(counter.scale))
+            if counter.scale == 1.0 and isinstance(r.value, int):
+                value = int(value)
+            out.append(replace(r, value=value))
+        return out
+
     # -- one transaction ------------------------------------------------------------------------------
 
     async def _call(self, device: ModbusDevice, urgency: Urgency, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -174,6 +224,7 @@ class ModbusDriver(Driver):
                 await self._connect(line)
                 line.heard = 0
                 line.set_timeout(limit)
+                line.asking = True
                 try:
                     async with asyncio.timeout(limit + 1.0):  # a guard: pymodbus itself waits `limit`
                         response = await getattr(line.client, method)(*args, device_id=device.unit, **kwargs)
@@ -191,6 +242,7 @@ class ModbusDriver(Driver):
                 except ModbusException as exc:
                     raise BadResponse(f"unit {device.unit}: {exc}") from exc
             finally:
+                line.asking = False
                 self._idle.append(line)
         if getattr(response, "function_code", 0) & 0x7F != _FUNCTION[method]:
             # On RTU a late reply to an earlier request can arrive during this one (pymodbus only
@@ -286,7 +338,7 @@ class ModbusDriver(Driver):
         self._answered[device] = answered or not plan.blocks
         if not answered and last_error is not None:
             raise last_error
-        return readings
+        return self._totals(device, readings) if self.totals[device] else readings
 
     async def probe(self, device: str) -> bool:
         """The first read of the plan, at the lowest urgency, checked exactly as a poll checks it.

@@ -64,7 +64,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         "counters": store.counters(),
         "devices": [
             {"id": d.id, "state": d.state, "since": d.since, "last_poll": d.last_poll, "last_ok": d.last_ok,
-             "error": d.error, "polls": d.polls, "failures": d.failures}
+             "error": d.error, "polls": d.polls, "failures": d.failures, "errors": d.errors,
+             "wire": meta.get(f"device:{d.id}", {}).get("counters", {}),
+             "unreadable": meta.get(f"device:{d.id}", {}).get("unreadable", {})}
             for d in store.devices()
         ],
         "cameras": [{"id": c.id, **meta.get(f"camera:{c.id}", {"state": "never started"})}
@@ -91,6 +93,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for d in report["devices"]
     ]
     print(table(rows, ["device", "state", "since", "last poll", "polls", "failures", "last error"]))
+    for d in report["devices"]:
+        for point, found in sorted(d["unreadable"].items()):
+            print(f"  {d['id']}.{point}: unreadable at {found.get('address')} ({found.get('answer')}); "
+                  "check the register map")
     if report["cameras"]:
         print()
         rows = [(c["id"], c.get("state"), ago(c.get("ts"), now), c.get("frames", "-"), c.get("analysed", "-"),
