@@ -5,8 +5,10 @@ answers on the other end. Requests are decoded and served by pymodbus's own serv
 datastore, but the wire is ours, because pymodbus's server is not an honest RS-485 bus:
 - a request for a unit nobody answers to gets silence (pymodbus would send an exception);
 - every frame takes its time on the wire at the configured baud rate, both ways;
-- a unit can be made ``dead`` (silent), ``slow`` (answers after an extra delay) or ``garbage``
-  (answers with a bad CRC, a wrong unit id, a truncated frame or random bytes).
+- a unit can be made ``dead`` (silent), ``slow`` (answers after an extra delay) or ``garbage``:
+  its replies cycle, in a fixed order, through the ways a mad unit gets a reply wrong (``Garble``):
+  a bad CRC, a valid frame from the wrong unit id or for the wrong function code, a truncated
+  frame, and bytes that are no frame at all.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,42 @@ class Behaviour(enum.StrEnum):
     GARBAGE = "garbage"
 
 
+class Garble(enum.StrEnum):
+    """How a garbage unit spoils a reply, each as happens on real lines."""
+
+    CRC = "crc"
+    """The right reply with its CRC broken, as by a flipped bit on the line."""
+    UNIT = "unit"
+    """A valid frame from the wrong unit id, as from a unit set to its neighbour's address."""
+    FUNCTION = "function"
+    """A valid frame for another function code (3 for 4, 15 for 16...): firmware that mixes them up."""
+    TRUNCATE = "truncate"
+    """The first half of the reply: the unit's transmitter dropped out mid-frame."""
+    NOISE = "noise"
+    """Bytes that are no frame, as from a unit at another baud rate (seeded)."""
+
+
+_SWAPPED_FUNCTION = {1: 2, 2: 1, 3: 4, 4: 3, 5: 6, 6: 5, 15: 16, 16: 15}
+
+
+def garble(frame: bytes, how: Garble, rng: random.Random) -> bytes:
+    """Spoil an RTU reply frame (unit id, PDU, CRC) the way ``how`` says; too short a frame becomes noise."""
+    if len(frame) < 4:
+        how = Garble.NOISE
+    if how is Garble.CRC:
+        return frame[:-1] + bytes([frame[-1] ^ 0x5A])
+    if how in (Garble.UNIT, Garble.FUNCTION):
+        unit, fc = frame[0], frame[1]
+        if how is Garble.UNIT:
+            unit = (unit % 247) + 1  # another valid address, never the broadcast 0
+        else:
+            fc = (fc & 0x80) | _SWAPPED_FUNCTION.get(fc & 0x7F, (fc & 0x7F) ^ 0x01)
+        return FramerRTU(DecodePDU(False)).encode(bytes([fc]) + frame[2:-2], unit, 0)
+    if how is Garble.TRUNCATE:
+        return frame[: max(1, len(frame) // 2)]
+    return rng.randbytes(rng.randint(1, 12))
+
+
 @dataclass(slots=True)
 class Unit:
     context: ModbusDeviceContext
@@ -44,6 +83,14 @@ class Unit:
     slow_delay: float = 0.8
     reply: bytes | None = None  # when set, answer exactly these bytes (hostile-device tests)
     requests: int = 0
+    garbage: Sequence[Garble] = tuple(Garble)
+    """A garbage unit's replies go through these in turn, starting again after the last."""
+    garbled: int = 0
+
+    def next_garble(self) -> Garble:
+        how = self.garbage[self.garbled % len(self.garbage)]
+        self.garbled += 1
+        return how
 
 
 @dataclass(slots=True)
@@ -54,6 +101,8 @@ class LineStats:
     answered: int = 0
     collisions: int = 0
     by_unit: dict[int, int] = field(default_factory=dict)
+    garbled: dict[Garble, int] = field(default_factory=dict)
+    """Garbage replies sent, by kind."""
     log: list[tuple[float, int, int]] = field(default_factory=list)
     """(monotonic time, unit id, function code) of every request heard, in wire order."""
 
@@ -190,7 +239,9 @@ class RtuLine:
         response.transaction_id = 0
         frame = self._framer.buildFrame(response) if unit.reply is None else unit.reply
         if unit.behaviour is Behaviour.GARBAGE:
-            frame = self._garble(frame)
+            how = unit.next_garble()
+            self.stats.garbled[how] = self.stats.garbled.get(how, 0) + 1
+            frame = garble(frame, how, self._random)
         delay = self.char_time * request_size + self.turnaround
         if unit.behaviour is Behaviour.SLOW:
             delay += unit.slow_delay
@@ -207,12 +258,3 @@ class RtuLine:
             self._writer.write(frame)
             self.stats.answered += 1
 
-    def _garble(self, frame: bytes) -> bytes:
-        how = self._random.choice(["crc", "unit", "truncate", "noise"])
-        if how == "crc":
-            return frame[:-1] + bytes([frame[-1] ^ 0x5A])
-        if how == "unit":
-            return FramerRTU(DecodePDU(False)).encode(frame[1:-2], (frame[0] + 1) % 248, 0)
-        if how == "truncate":
-            return frame[: max(1, len(frame) // 2)]
-        return self._random.randbytes(self._random.randint(1, 12))
