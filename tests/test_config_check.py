@@ -166,8 +166,8 @@ def test_unknown_key_suggests_the_field(workdir: Path) -> None:
 
 
 def test_unknown_key_without_a_close_match(workdir: Path) -> None:
-    assert report(edit(('type = "uint32"', 'type = "uint32"\ncolour = "red"'))) == [
-        'config.toml:30: devices.0.points.1.colour: unknown key "colour"'
+    assert report(edit(('type = "uint32"', 'type = "uint32"\nmood = "sunny"'))) == [
+        'config.toml:30: devices.0.points.1.mood: unknown key "mood"'
     ]
 
 

@@ -132,6 +132,8 @@ class ModbusDriver(Driver):
         gap = bus.frame_gap if isinstance(bus, ModbusRtuBus) else bus.gap
         self.scheduler = BusScheduler(concurrency=concurrency, gap=gap)
         self._idle = [_Line(self._client_factory()) for _ in range(concurrency)]
+        for line in self._idle:  # pymodbus hangs up after 4 silent requests: a dead unit must not cut off the rest
+            line.client.set_max_no_responses(1_000_000)
         # Raw RTU tunnelled over TCP has no transaction id: a late reply could pass for the next
         # request's, so a timeout there costs a fresh connection. Modbus TCP matches transaction
         # ids, and a converter's silent unit must cost its timeout and nothing more.
