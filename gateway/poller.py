@@ -24,7 +24,7 @@ from drivers.base import DeviceConfig, Driver
 from gateway.bus import Sink
 from gateway.core.data import DeviceState, Event, Priority, Quality, Reading, Value
 from gateway.core.errors import DriverError, error_kind
-from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
+from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock, RateLimiter
 from gateway.supervisor import raise_if_cancelled
 
 log = structlog.get_logger("gateway.poller")
@@ -46,7 +46,7 @@ class DevicePoller:
         self.errors: dict[str, int] = {}
         self.breaker_open = False
         self._failures_in_a_row = 0
-        self._probe_wait = max(device.interval, 1.0)
+        self._probe = Backoff(max(device.interval, 1.0), max(device.probe_max, device.interval, 1.0), jitter=(0.9, 1.1))
         self._last: dict[str, Value] = {}
         self._watched = device.change_events()
         self._chatter: dict[str, RateLimiter] = {}
@@ -69,8 +69,7 @@ class DevicePoller:
             raise_if_cancelled()
             if self.breaker_open:
                 if not await self.probe_once():
-                    due = clock.monotonic() + self._probe_wait * random.uniform(0.9, 1.1)
-                    self._probe_wait = min(self._probe_wait * 2, self.device.probe_max)
+                    due = clock.monotonic() + self._probe.next()
                     continue
                 due = clock.monotonic()
             await self.poll_once()
@@ -108,7 +107,7 @@ class DevicePoller:
         self._failures_in_a_row = 0
         if self._half_open:
             self._half_open = False
-            self._probe_wait = max(self.device.interval, 1.0)
+            self._probe.reset()
         s = self.state
         if s.state != "online":
             if s.state == "offline":
@@ -140,7 +139,7 @@ class DevicePoller:
         if self._half_open:  # the probe's answer was not worth a poll: closed again, backoff goes on
             self._half_open = False
             self.breaker_open = True
-            self._probe_wait = min(self._probe_wait * 2, self.device.probe_max)
+            self._probe.next()  # the probe that let this poll through counts as a failed one
         elif not self.breaker_open and self._failures_in_a_row >= self.device.offline_after:
             self.breaker_open = True
             if s.state != "offline":

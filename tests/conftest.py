@@ -12,6 +12,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from gateway.core.timing import wait_until
 from simulators.broker import Mosquitto, free_port, free_ports, mosquitto_binary
 
 MOSQUITTO = mosquitto_binary() or "/usr/sbin/mosquitto"
@@ -88,9 +89,7 @@ async def collector(broker: Broker) -> AsyncIterator[Collector]:
 
 async def until(predicate: Callable[[], object], within: float = 15.0) -> None:
     """Wait for a condition that other tasks make true; fail after ``within`` seconds (a bound, not a rate)."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 (other tasks change what the predicate reads)
-            await asyncio.sleep(0.02)
+    await wait_until(predicate, within, getattr(predicate, "__qualname__", "the condition"))
 
 
 @contextlib.asynccontextmanager

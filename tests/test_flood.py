@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import running, write_config
+from conftest import running, until, write_config
 from test_rtu_bus import POINTS, bank
 
 from gateway.config import load_config
@@ -35,14 +35,14 @@ async def test_a_dead_bus_raises_one_root_cause_alarm_and_counts_the_rest(tmp_pa
         async with running(daemon):
             await asyncio.sleep(1.0)
             units[2].behaviour = Behaviour.DEAD  # one meter dies: its own alarm
-            await _until(lambda: daemon.automation.book.get("meter-2-offline") is not None)
+            await until(lambda: daemon.automation.book.get("meter-2-offline") is not None)
             for unit in units.values():  # then the whole line (the RS-485 adapter, the cable)
                 unit.behaviour = Behaviour.DEAD
-            await _until(lambda: daemon.automation.book.get("bus/rs485-1/down") is not None)
+            await until(lambda: daemon.automation.book.get("bus/rs485-1/down") is not None)
             await asyncio.sleep(4.0)  # the meters' own `for` runs out while the bus is down
             for unit in units.values():
                 unit.behaviour = Behaviour.OK
-            await _until(lambda: daemon.automation.book.get("bus/rs485-1/down").state.value  # type: ignore[union-attr]
+            await until(lambda: daemon.automation.book.get("bus/rs485-1/down").state.value  # type: ignore[union-attr]
                          != "active_unack", within=30)
             await daemon.recorder.flush()
             events = await daemon.store.run(daemon.store.store.events_after, 0)
@@ -52,10 +52,6 @@ async def test_a_dead_bus_raises_one_root_cause_alarm_and_counts_the_rest(tmp_pa
     assert summary["suppressed_alarms"] == 2 and summary["devices"] == ["meter-1", "meter-2", "meter-3"]
 
 
-async def _until(predicate: object, within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def test_a_chattering_point_is_rate_limited_with_a_summary(tmp_path: Path) -> None:

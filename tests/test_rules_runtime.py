@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import write_config
+from conftest import until, write_config
 
 from gateway.automation import Automation
 from gateway.cli.rules import add_commands
@@ -417,9 +417,9 @@ async def test_a_failing_webhook_is_retried_on_the_clock(tmp_path: Path, monkeyp
     automation, bus, _ = _automation(cfg, clock)
     bus.event(Event("fire.alarm", "panel", Priority.ALARM, {"zone": "04"}))
     for expected in (1, 2):  # the POST runs in a worker thread: wait for it, then step the clock
-        await _until(lambda n=expected: len(posted) == n and clock.sleepers >= 1)
+        await until(lambda n=expected: len(posted) == n and clock.sleepers >= 1)
         await clock.advance(2.0 ** (expected - 1))
-    await _until(lambda: any(e.kind == "rule.action_failed" for e in bus.events))  # no wait after the last
+    await until(lambda: any(e.kind == "rule.action_failed" for e in bus.events))  # no wait after the last
     await automation.close()
     assert posted == [0.0, 1.0, 3.0]  # retries = 2: three attempts, 1 s then 2 s apart
     [failed] = [e for e in bus.events if e.kind == "rule.action_failed"]
@@ -446,10 +446,6 @@ async def test_the_clock_loop_raises_a_for_rule_exactly_when_it_is_due(tmp_path:
         await automation.close()
 
 
-async def _until(predicate: Any, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 # -- layering ------------------------------------------------------------------------------------------------------

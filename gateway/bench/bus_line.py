@@ -33,6 +33,7 @@ from gateway.commands import CommandError, WriteCommand
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
 from gateway.core.errors import DriverError
+from gateway.core.timing import wait_until
 from gateway.daemon import Daemon
 from simulators.endpoints import sequential_block
 from simulators.rtu import Behaviour, RtuLine, Unit
@@ -142,12 +143,7 @@ async def running_gateway(cfg: GatewayConfig, *, baseline: bool = False) -> Asyn
 
 
 async def until(condition: Callable[[], bool], limit: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        if loop.time() > deadline:
-            raise TimeoutError(f"{what} not within {limit:g}s")
-        await asyncio.sleep(0.05)
+    await wait_until(condition, limit, what, every=0.05)
 
 
 def bounded(coro: Coroutine[Any, Any, T], limit: float) -> T:

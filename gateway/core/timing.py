@@ -13,7 +13,7 @@ import itertools
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -86,6 +86,20 @@ class ManualClock:
             await settle()
         self._now = target
         await settle()
+
+
+async def wait_until(condition: Callable[[], object], within: float, what: str = "the condition",
+                     *, every: float = 0.02) -> None:
+    """Wait for something other tasks or processes make true; TimeoutError naming it after ``within`` s.
+
+    For tests and benches: a bound on a hang, never a measure of speed (the condition decides).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} not within {within:g}s")
+        await asyncio.sleep(every)
 
 
 async def settle(turns: int = 20) -> None:
