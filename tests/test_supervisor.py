@@ -76,16 +76,10 @@ def meter_poller(config: Path, rec: Recorder, device: str = "meter-0", *,
 class BuggyDriver(Driver):
     """A device whose driver has a bug: its first ``bugs`` reads raise RuntimeError, then it reads."""
 
-    bus_type = BusConfig
-    device_type = DeviceConfig
-
     def __init__(self, bus: BusConfig, devices: Sequence[DeviceConfig], bugs: int) -> None:
         super().__init__(bus, devices)
         self.bugs = bugs
         self.reads = 0
-
-    async def connect(self) -> None:
-        pass
 
     async def close(self) -> None:
         pass

@@ -59,8 +59,6 @@ def refused(device: BacnetDevice, nack: Nack) -> ExceptionResponse:
 
 
 class BacnetDriver(Driver):
-    bus_type = BacnetBus
-    device_type = BacnetDevice
 
     def __init__(self, bus: BacnetBus, devices: Sequence[BacnetDevice]) -> None:
         super().__init__(bus, devices)
@@ -96,7 +94,8 @@ class BacnetDriver(Driver):
                 self._stack.notify = self.cov.notified
         return self._stack
 
-    async def connect(self) -> None:
+    async def bind(self) -> None:
+        """Open the BACnet/IP socket now (the stream's first step; reads open it on demand)."""
         await self.stack()
 
     async def close(self) -> None:
@@ -110,7 +109,7 @@ class BacnetDriver(Driver):
         """Keep COV subscriptions and hand their notifications to the sink, for as long as the bus runs."""
         while True:
             try:
-                await self.connect()
+                await self.bind()
                 break
             except DriverError as exc:  # the pollers report the same failure per device; retry quietly
                 log.debug("bacnet bind failed", bus=self.bus.id, error=str(exc))

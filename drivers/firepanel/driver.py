@@ -256,9 +256,6 @@ class _Listener(asyncio.Protocol):
 class FirePanelDriver(Driver):
     """One panel on one serial port, listened to; it is never written to."""
 
-    bus_type = SerialLineBus
-    device_type = FirePanel
-
     def __init__(self, bus: SerialLineBus, devices: Sequence[FirePanel]) -> None:
         super().__init__(bus, devices)
         if len(devices) != 1:
@@ -279,9 +276,6 @@ class FirePanelDriver(Driver):
 
     def polls(self, device: str) -> bool:
         return False
-
-    async def connect(self) -> None:
-        """Nothing to do: ``stream`` opens the port and holds it."""
 
     async def close(self) -> None:
         if self._transport is not None:
