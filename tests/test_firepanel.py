@@ -94,7 +94,7 @@ async def test_each_event_type_arrives_with_kind_priority_and_zone(fmt: str, tmp
     ignore = next(p.sample for p in spec.patterns if p.event == "ignore")
     assert ignore is not None
     garbage = b"\x00\xff\xfeNOT A PANEL LINE \x81\r\n"
-    mentions = "火警信号 (unknown layout)" if fmt == "gst_cn" else "FIRE DRILL IN PROGRESS"
+    mentions = "报警信号 (unknown layout)" if fmt == "gst_cn" else "FIRE DRILL IN PROGRESS"
     async with FirePanelSimulator(fmt, heartbeat=0) as sim:
         daemon = Daemon(load_config(panel_config(tmp_path, sim.port, broker.port, fmt=fmt)))
         async with running(daemon):

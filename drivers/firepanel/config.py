@@ -108,10 +108,14 @@ def compile_pattern(regex: str) -> re.Pattern[str]:
         raise ValueError(f"invalid regular expression: {type(exc).__name__}") from None
 
 
+LifeSafetyEvent = Literal["fire", "prealarm", "supervisory"]
+
+
 class FormatInfo(StrictModel):
     description: str
     encoding: Encoding
     alarm_words: list[str] = Field(default_factory=list)
+    keywords: dict[LifeSafetyEvent, list[str]] = Field(default_factory=dict)
 
 
 class SimulatorStyle(StrictModel):
@@ -172,6 +176,11 @@ class FirePanel(DeviceConfig):
         default=None, description="An unparsed line containing one of these is raised as an alarm; default: the "
                                   "format's (e.g. 火警, FIRE).",
     )
+    keywords: dict[LifeSafetyEvent, list[str]] | None = Field(
+        default=None,
+        description="Life-safety words per event (e.g. { fire = [\"火警\"] }): a line carrying one is that event "
+                    "even when line noise defeats every pattern; default: the format's.",
+    )
 
     @field_validator("format")
     @classmethod
@@ -205,6 +214,11 @@ class FirePanel(DeviceConfig):
         shipped = self.panel_format()
         chosen = bus.encoding or (shipped.format.encoding if shipped else "utf-8")
         return "gbk" if chosen == "gb2312" else chosen
+
+    def life_safety_words(self) -> dict[str, list[str]]:
+        shipped = self.panel_format()
+        chosen = self.keywords if self.keywords is not None else (shipped.format.keywords if shipped else {})
+        return {str(event): list(words) for event, words in chosen.items()}
 
     def words(self) -> list[str]:
         shipped = self.panel_format()

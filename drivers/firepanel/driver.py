@@ -110,10 +110,15 @@ class PanelMonitor:
             flags["decode_errors"] = True
         if not text:
             return Outcome({"event": "blank", **flags}, events, self._readings_if_changed(ts))
-        parsed = self.parser.parse(text)
+        parsed = self.parser.parse(text) or self.parser.rescue(text)
         if parsed is None:
             ev = self._unparsed(line.data, text, flags, ts)
             return Outcome(None, [*events, ev], self._readings_if_changed(ts))
+        if "noise" in parsed.fields or "parse_failed" in parsed.fields:
+            flags["noise"] = parsed.fields.pop("noise", "")
+            if parsed.fields.pop("parse_failed", None):
+                flags["parse_failed"] = True  # known only by its life-safety word: raised all the same
+            replaced = True  # keep the raw bytes with the event
         made = self._apply(parsed, text, {**flags, **({"raw_hex": line.data.hex()} if replaced else {})}, ts)
         raw: dict[str, Any] = {"event": parsed.event, "pattern": parsed.pattern, **_renamed(parsed.fields), **flags}
         if made is not None:
@@ -264,7 +269,7 @@ class FirePanelDriver(Driver):
         self.panel = devices[0]
         patterns = [(label, p.event, compile_pattern(p.regex)) for label, p in self.panel.all_patterns()]
         self.monitor = PanelMonitor(
-            self.panel.id, LineParser(patterns, self.panel.encoding(bus)),
+            self.panel.id, LineParser(patterns, self.panel.encoding(bus), self.panel.life_safety_words()),
             alarm_words=self.panel.words(), heartbeat=self.panel.heartbeat,
         )
         self._transport: asyncio.BaseTransport | None = None
