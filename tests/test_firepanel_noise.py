@@ -7,12 +7,16 @@ in plain ASCII, every fire line must come out as a `fire.alarm` naming its zone,
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.firepanel.config import FirePanel, SerialLineBus
 from drivers.firepanel.driver import FirePanelDriver, PanelMonitor
 from drivers.firepanel.parser import LineSplitter
+from gateway.config import ConfigError, load_config
 from simulators.firepanel import FirePanelSimulator
 
 FORMATS = ("gst_cn", "notifier_en")
@@ -77,3 +81,18 @@ def test_a_fire_line_noise_broke_in_the_middle_is_still_a_fire_alarm_and_says_so
     (fire,) = [e for e in feed(fmt, broken) if e["kind"] == "fire.alarm"]
     assert fire["parse_failed"] is True and fire["priority"] == "alarm" and fire["pattern"] == "keyword:火警"
     assert bytes.fromhex(str(fire["raw_hex"])) == broken  # the bytes are kept for the record
+
+
+def test_a_pattern_that_can_backtrack_forever_is_refused_at_check(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[site]\nid = "s"\n[store]\ndata_dir = "' + str(tmp_path) + '"\n[mqtt]\nenabled = false\n'
+        '[[buses]]\nid = "b"\ndriver = "serial_lines"\nport = "/dev/ttyUSB0"\n'
+        '[[devices]]\nid = "panel"\nbus = "b"\n'
+        '[[devices.patterns]]\nevent = "fire"\nregex = \'^FIRE (?P<zone>\\d+)((\\S+\\s*)*)$\'\n'
+        'sample = "FIRE 12 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    (problem,) = caught.value.problems
+    assert problem.line == 16 and problem.path == "devices.0.patterns.0.regex"
+    assert "exponential time" in problem.message

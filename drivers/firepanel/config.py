@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from drivers.base import BusConfig, DeviceConfig
 from drivers.firepanel import formats
+from drivers.firepanel.backtracking import nested_repeat
 from gateway.core.config import Duration, SerialPortConfig, StrictModel
 from gateway.core.points import Datatype, PointInfo
 
@@ -86,6 +87,10 @@ class LinePattern(StrictModel):
             raise ValueError(f"a {event!r} pattern must capture where: a named group (?P<zone>...) or (?P<address>...)")
         if compiled.search("") is not None:
             raise ValueError("matches an empty line, so it would match every line")
+        nested = nested_repeat(regex)
+        if nested is not None:
+            raise ValueError(f"can take exponential time on a line that almost matches: {nested}; "
+                             "repeat one thing at a time, e.g. (\\S+(?:\\s+\\S+)*) becomes (.*?)")
         return regex
 
     @field_validator("sample")
