@@ -10,6 +10,7 @@ from typing import Any
 from gateway import __version__
 from gateway.bench import add_commands as add_bench_commands
 from gateway.cli.alarms import add_commands as add_alarm_commands
+from gateway.cli.commissioning import add_commands as add_commissioning_commands
 from gateway.cli.common import load
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
 from gateway.cli.points import add_command as add_points_command
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alarm_commands(sub, DEFAULT_CONFIG)
     add_rule_commands(sub, DEFAULT_CONFIG)
     add_points_command(sub, DEFAULT_CONFIG)
+    add_commissioning_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
