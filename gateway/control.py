@@ -25,6 +25,10 @@ from gateway.core.errors import DriverError
 log = structlog.get_logger("gateway.control")
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
+MAX_CLIENTS = 32
+"""Connections served at once; more are told to retry, so a flood cannot use up the daemon's descriptors."""
+IDLE = 10.0
+"""Seconds a client may take to send its one line."""
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
@@ -41,29 +45,41 @@ class ControlServer:
         self.path = path
         self.handler = handler
         self._server: asyncio.Server | None = None
+        self._inode: int | None = None
+        self._clients = 0
 
     async def start(self) -> None:
+        """Listen; the caller holds the store's lock, so a socket already there is a killed run's, not a live one's."""
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket from a killed run
+            self.path.unlink()
         self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST)
         os.chmod(self.path, 0o660)
+        self._inode = os.stat(self.path).st_ino
 
     async def close(self) -> None:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()  # only our own socket: never another daemon's
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(b'{"ok": false, "error": "the daemon is busy: try again"}\n')
+            writer.close()
+            return
+        self._clients += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            line = await asyncio.wait_for(reader.readline(), timeout=IDLE)
             reply = await self._answer(line, _peer(writer))
             writer.write(json.dumps(reply, ensure_ascii=False, default=str).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError):
             pass
         finally:
+            self._clients -= 1
             writer.close()
 
     async def _answer(self, line: bytes, peer: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from gateway.control import SOCKET_NAME, ControlServer
 from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.lock import DataDirLock
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
 from gateway.reporting import UplinkFeed
@@ -64,8 +65,10 @@ class Daemon:
     """The wiring: producers hand what they hear to the bus; the recorder, the uplink feed, the rules and
     the live state subscribe to it, in that order (what is stored is never behind what is acted on)."""
 
-    def __init__(self, cfg: GatewayConfig, *, config_hash: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, cfg: GatewayConfig, *, config_hash: str = "", clock: Clock = SYSTEM_CLOCK,
+                 lock: DataDirLock | None = None) -> None:
         self.cfg = cfg
+        self.lock = lock or DataDirLock(cfg.store.data_dir)
         self.config_hash = config_hash
         self.clock = clock
         self.store = AsyncStore(open_store(cfg))
@@ -112,10 +115,13 @@ class Daemon:
                 log.info("device plan recalled", device=device_id, unreadable=sorted(poller.unreadable))
 
     async def run(self) -> None:
+        self.lock.acquire()  # AlreadyRunning before anything is started: one daemon per store
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # never the default: SIGHUP would kill us
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)
         await self.control.start()  # before any task runs, so READY=1 is the first thing systemd hears
         self.supervisor.spawn("recorder", self.recorder.run)
         self.supervisor.spawn("summaries", self.feed.run)
@@ -145,6 +151,9 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _hangup(self) -> None:
+        log.warning("SIGHUP ignored: the config is read at start; restart the service to apply changes")
 
     async def _heartbeat(self) -> None:
         """Liveness for `gateway status` and the systemd watchdog; pings only while the loop turns."""
@@ -183,6 +192,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await driver.close()
         self.store.close()
+        self.lock.release()
         log.info("gateway stopped")
 
     async def _drained(self) -> None:

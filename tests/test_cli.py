@@ -149,7 +149,7 @@ async def test_status_shows_devices_uplink_outbox_and_whether_the_daemon_runs(tm
         assert report["daemon"]["running"] is False and report["daemon"]["state"] == "stopped"
         assert report["outbox"]["telemetry"] > 0  # undelivered messages are still there for next time
         text = await gateway("status", "-c", config)
-        assert text.code == 0 and "daemon NOT RUNNING" in text.out
+        assert text.code == 1 and "daemon NOT RUNNING" in text.out  # no daemon: a non-zero exit
     finally:
         await server.close()
 

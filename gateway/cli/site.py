@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -32,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config.loader import ConfigProblem, config_hash
     from gateway.core import logs
     from gateway.daemon import Daemon
+    from gateway.lock import AlreadyRunning, DataDirLock
 
     warnings: list[ConfigProblem] = []
     cfg = load(args, warnings=warnings)
@@ -39,8 +41,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in warnings:
         structlog.get_logger("gateway.config").warning("config key deprecated", problem=warning.format())
 
+    lock = DataDirLock(cfg.store.data_dir)
+    try:  # before anything is opened: a second daemon on the same store touches nothing
+        lock.acquire()
+    except AlreadyRunning as exc:
+        print(f"gateway run: {exc}", file=sys.stderr)
+        return 2
+    os.umask(os.umask(0o027) | 0o027)  # the store holds residents' data: never world-readable, whoever starts us
+
     async def main() -> None:  # the daemon installs its own SIGTERM handling once the loop runs
-        await Daemon(cfg, config_hash=config_hash(args.config)).run()
+        await Daemon(cfg, config_hash=config_hash(args.config), lock=lock).run()
 
     asyncio.run(main())
     return 0
@@ -48,18 +58,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.daemon import pid_alive
+    from gateway.lock import is_locked
 
     cfg = load(args)
     store = stored(cfg)
     now = time.time()
     meta = store.meta()
     daemon = meta.get("daemon", {})
-    running = daemon.get("state") == "running" and pid_alive(int(daemon.get("pid", 0))) \
+    locked = is_locked(cfg.store.data_dir)  # the kernel's word: a live daemon holds the store's lock
+    running = locked and daemon.get("state") == "running" and pid_alive(int(daemon.get("pid", 0))) \
         and now - float(daemon.get("heartbeat", 0)) < 30
+    uplink = meta.get("uplink", {"state": "unknown"})
+    if not running:  # what the daemon last wrote is history, not the present
+        uplink = {**uplink, "stale": True}
     report = {
         "site": cfg.site.id,
         "daemon": {**daemon, "running": running},
-        "uplink": meta.get("uplink", {"state": "unknown"}),
+        "uplink": uplink,
         "outbox": store.outbox_depth(),
         "counters": store.counters(),
         "devices": [
@@ -74,12 +89,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(report)
-        return 0
+        return 0 if running else 1
     state = "running" if running else "NOT RUNNING"
     print(f"site {cfg.site.id}: daemon {state} (pid {daemon.get('pid', '-')}, version {daemon.get('version', '-')},"
           f" up since {ago(daemon.get('started'), now)})")
     up = report["uplink"]
-    print(f"uplink {up.get('state')} since {ago(up.get('since'), now)}"
+    last_seen = " (last seen by the daemon, which is not running)" if up.get("stale") else ""
+    print(f"uplink {up.get('state')} since {ago(up.get('since'), now)}{last_seen}"
           + (f" - {up['error']}" if up.get("error") else ""))
     depth = report["outbox"]
     print("outbox " + ", ".join(f"{k} {v}" for k, v in depth.items()))
@@ -103,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                  c.get("gated", "-"), " ".join(f"{k} {v}ms" for k, v in (c.get("ms") or {}).items()))
                 for c in report["cameras"]]
         print(table(rows, ["camera", "state", "updated", "frames", "analysed", "gated", "model time"]))
-    return 0
+    return 0 if running else 1
 
 
 def cmd_events(args: argparse.Namespace) -> int:
