@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,5 +139,9 @@ def _load_config(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.load_config = _load_config
-    result: int = args.fn(args)
+    try:
+        result: int = args.fn(args)
+    except BrokenPipeError:  # `gateway read --json | head`: the reader left; that is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     return result

@@ -7,12 +7,11 @@ MQTT commands will take the same path. Listing works from the store when the dae
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 import time
 from typing import Any
 
-from gateway.cli.common import load, print_json, stored, table
+from gateway.cli.common import actor, load, print_json, stored, table
 from gateway.cli.devices import _via_daemon
 from gateway.core.config import parse_duration
 
@@ -36,9 +35,11 @@ def add_commands(sub: Any, config_default: str) -> None:
         q.add_argument("--note", default="", help="why (kept in the trail)")
         if name == "shelve":
             q.add_argument("--for", dest="duration", default="1h", help="how long, e.g. 30m, 2h (default 1h)")
-    for p in (alarms, *verbs.choices.values()):
-        p.add_argument("-c", "--config", default=config_default, help="config file (TOML)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    alarms.add_argument("-c", "--config", default=config_default, help="config file (TOML)")
+    alarms.add_argument("--json", action="store_true", help="machine-readable output")
+    for p in verbs.choices.values():  # after the verb too; SUPPRESS keeps what was given before it
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (TOML)")
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     alarms.set_defaults(fn=cmd_alarms)
 
 
@@ -47,7 +48,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     if args.verb == "list":
         return _list(cfg, args)
     command: dict[str, Any] = {"cmd": "alarm", "action": ACTIONS[args.verb], "key": args.key,
-                               "actor": getpass.getuser(), "note": args.note}
+                               "actor": actor(), "note": args.note}
     if args.verb == "shelve":
         command["until"] = time.time() + parse_duration(args.duration)
     answer = _via_daemon(cfg, command)

@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.core.text import ago, fmt, print_json, table
 
-__all__ = ["ago", "fmt", "load", "print_json", "stored", "table"]
+__all__ = ["actor", "ago", "fmt", "load", "print_json", "stored", "table"]
 
 
 def load(args: argparse.Namespace, warnings: list[Any] | None = None) -> Any:
@@ -32,3 +32,11 @@ def stored(cfg: Any) -> Any:
     return open_store(cfg, read_only=True)
 
 
+def actor() -> str:
+    """Who ran the command, for every audit trail: under sudo, the person behind it too."""
+    import getpass
+    import os
+
+    user = getpass.getuser()
+    sudo = os.environ.get("SUDO_USER")
+    return f"{user} (sudo by {sudo})" if sudo and sudo != user else user

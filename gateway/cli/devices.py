@@ -12,7 +12,7 @@ import sys
 import tomllib
 from typing import Any
 
-from gateway.cli.common import fmt, load, print_json, stored, table
+from gateway.cli.common import actor, fmt, load, print_json, stored, table
 
 
 def _via_daemon(cfg: Any, command: dict[str, Any]) -> dict[str, Any] | None:
@@ -84,12 +84,11 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    import getpass
 
     cfg = load(args)
     device = _device(cfg, args)
     command = {"cmd": "write", "device": device.id, "point": args.point, "value": args.value,
-               "actor": getpass.getuser(), "verify": args.verify}
+               "actor": actor(), "verify": args.verify}
     answer = _via_daemon(cfg, command)
     if answer is None:
         print("the gateway daemon is not running: writes go through its bus scheduler and audit log, "

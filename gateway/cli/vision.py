@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import print_json, table
+from gateway.cli.common import actor, print_json, table
 
 DEFAULT_CONFIG = "/etc/gateway/config.toml"
 
@@ -31,14 +31,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _actor() -> str:
-    """Who ran the command, for the gallery audit; under sudo, the person behind it too."""
-    import getpass
-    import os
-
-    user = getpass.getuser()
-    sudo = os.environ.get("SUDO_USER")
-    return f"{user} (sudo by {sudo})" if sudo and sudo != user else user
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -143,7 +135,7 @@ def cmd_faces_enroll(args: argparse.Namespace) -> int:
     try:
         if accepted:
             with Gallery(data_dir, key) as gallery:
-                total = gallery.enroll(person, accepted, actor=_actor())
+                total = gallery.enroll(person, accepted, actor=actor())
     except GalleryError as exc:
         print(f"faces enroll: {exc}", file=sys.stderr)
         return 1
@@ -182,7 +174,7 @@ def cmd_faces_erase(args: argparse.Namespace) -> int:
     try:
         with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
             snapshots = erase_person(_data_dir(args), args.person)
-            removed = gallery.erase(args.person, actor=_actor(), snapshots=snapshots)
+            removed = gallery.erase(args.person, actor=actor(), snapshots=snapshots)
     except GalleryError as exc:
         print(f"faces erase: {exc}", file=sys.stderr)
         return 1
@@ -198,7 +190,7 @@ def cmd_faces_export(args: argparse.Namespace) -> int:
 
     try:
         with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
-            count = gallery.export(Path(args.output), actor=_actor())
+            count = gallery.export(Path(args.output), actor=actor())
     except (GalleryError, OSError) as exc:
         print(f"faces export: {exc}", file=sys.stderr)
         return 1
