@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
@@ -152,13 +151,15 @@ class CameraConfig(StrictModel):
 
 
 def redact_url(url: str) -> str:
-    """The url with any password replaced, for logs and events (camera urls often carry credentials)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
+    """The url with any password replaced, for logs and events (camera urls often carry credentials).
+
+    Done on the text, before any parser sees it: a password may hold ``#``, ``/``, ``?`` or ``@``,
+    which would make a URL parser take part of it for the path or the fragment and print it. Everything
+    between ``://`` and the last ``@`` is credentials; the user name (up to the first ``:``) stays.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TextIO, Union, get_args,
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from gateway.config.files import MAX_CONFIG_BYTES, file_problem
 from gateway.config.locate import SourceMap
 from gateway.config.renames import ANY, RENAMED, Deprecation, apply_renames
 from gateway.config.schema import GatewayConfig, cross_check, resolve_paths
@@ -105,6 +106,9 @@ def _renamed_keys(deprecated: list[Deprecation]) -> dict[KeyPath, KeyPath]:
 
 def _read(path: Path) -> tuple[str, str, dict[str, Any]]:
     name = str(path)
+    problem = file_problem(path, MAX_CONFIG_BYTES) if _exists(path) else None  # else: read_bytes says why
+    if problem is not None:
+        raise _error(name, None, problem)
     try:
         raw = path.read_bytes()
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
@@ -116,6 +120,13 @@ def _read(path: Path) -> tuple[str, str, dict[str, Any]]:
         bad = raw[exc.start:exc.start + 1].hex()
         raise _error(name, line, f"not UTF-8 text (byte 0x{bad})") from None
     return name, text, _parse(name, text)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _include(path: Path, data: dict[str, Any], sources: Sources) -> None:
@@ -259,9 +270,24 @@ def _from_pydantic(sources: Sources, error: ErrorDetails) -> ConfigProblem:
         path, _ = _walk(loc)
         message = _human(kind, error["msg"], ctx)
         if _worth_showing(kind, message, value):
-            message += f" (got {_show(value)})"
-    shown = None if kind == "missing" else value
+            message += f" (got {_show(_masked(path, value))})"
+    shown = None if kind == "missing" else _masked(path, value)
     return ConfigProblem(*sources.place(path), message, shown)
+
+
+SECRET_KEYS = frozenset({"password", "key", "token", "secret"})
+"""Keys whose values are never echoed back in a problem line (a password with a typo is still a password)."""
+
+
+def _masked(path: KeyPath, value: object) -> object:
+    key = str(path[-1]) if path else ""
+    if key in SECRET_KEYS:
+        return "***"
+    if key == "url" and isinstance(value, str):
+        from models.config import redact_url
+
+        return redact_url(value)
+    return value
 
 
 def _human(kind: str, message: str, ctx: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from drivers import registry
 from drivers.base import BusConfig, DeviceConfig
 from drivers.registry import family_of
+from gateway.config.files import MAX_SECRET_BYTES, file_problem
 from gateway.core.config import Duration, Identifier, Problem, StrictModel
 from models.config import CameraConfig, VisionConfig
 from rules.config import AlarmClassConfig, NotifierConfig, Rule, alarm_classes, references
@@ -220,21 +221,20 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
     mqtt = cfg.mqtt
     if mqtt.password is not None and mqtt.password_file is not None:
         problems.append(Problem(("mqtt", "password"), "set password or password_file, not both"))
-    files: list[tuple[tuple[str | int, ...], Path | None]] = [(("mqtt", "password_file"), mqtt.password_file)]
+    # (where, the file, whether it is a secret only its owner may read)
+    files: list[tuple[tuple[str | int, ...], Path | None, bool]] = [
+        (("mqtt", "password_file"), mqtt.password_file, True)]
     if any("faces" in c.detect for c in cfg.cameras if c.enabled):
-        files.append((("vision", "faces", "key_file"), cfg.vision.faces.key_file))
+        files.append((("vision", "faces", "key_file"), cfg.vision.faces.key_file, True))
     if mqtt.tls:
-        files += [(("mqtt", "tls", key), getattr(mqtt.tls, key)) for key in ("ca_file", "cert_file", "key_file")]
+        files += [(("mqtt", "tls", key), getattr(mqtt.tls, key), key == "key_file")
+                  for key in ("ca_file", "cert_file", "key_file")]
         if (mqtt.tls.cert_file is None) != (mqtt.tls.key_file is None):
             problems.append(Problem(("mqtt", "tls"), "mutual TLS needs both cert_file and key_file"))
-    for loc, path in files:
-        if path is not None:
-            try:
-                with open(path, "rb") as handle:
-                    handle.read(1)
-            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
-                reason = getattr(exc, "strerror", None) or exc
-                problems.append(Problem(loc, f"cannot read {path}: {reason}", str(path)))
+    for loc, path, secret in files:
+        problem = None if path is None else file_problem(path, MAX_SECRET_BYTES, secret=secret)
+        if problem is not None:  # the message names the file and its mode, never what is in it
+            problems.append(Problem(loc, problem, str(path)))
     return problems
 
 

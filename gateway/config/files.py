@@ -1,0 +1,42 @@
+"""Files a config names are inputs like any other: regular files of a sane size, secrets kept private.
+
+A FIFO named by ``include`` would hang ``gateway check`` for ever and ``/dev/zero`` would exhaust its
+memory; a world-readable broker password is a leak waiting to happen. Everything is judged from
+``stat`` before a byte is read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+MAX_CONFIG_BYTES = 4 * 2**20
+"""A config or rule file larger than this is not one a person wrote."""
+MAX_SECRET_BYTES = 1 * 2**20
+"""Keys, certificates and password files are a few kilobytes."""
+
+
+def file_problem(path: Path, max_bytes: int, *, secret: bool = False) -> str | None:
+    """Why this file cannot be used, or None when it can."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        return f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file ({_kind(info.st_mode)})"
+    if info.st_size > max_bytes:
+        return f"{path} is {info.st_size} bytes, more than the {max_bytes} such a file can be"
+    if secret and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"{path} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 it"
+    if not os.access(path, os.R_OK):
+        return f"cannot read {path}: permission denied"
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
