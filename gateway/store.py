@@ -9,6 +9,7 @@ The store is synchronous on purpose: one connection, driven from one writer thre
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -152,6 +153,11 @@ class Store:
             self.db.execute("PRAGMA query_only = ON")
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Residents' data: created owner read-write, group read, whatever the umask of whoever started
+        # us; SQLite gives the WAL and shared-memory files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640))
+        if os.stat(path).st_mode & 0o037:
+            os.chmod(path, 0o640)
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")

@@ -120,3 +120,18 @@ async def test_a_failed_commit_keeps_the_batch_for_the_next_flush(tmp_path: Path
     sent = [json.loads(m.payload)["source"] for m in store.next_batch(10)]
     assert sent == ["z1", "z2"]  # nothing lost, order kept
     assert store.integrity_ok()
+
+
+def test_the_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    import stat
+
+    old = os.umask(0o000)  # a technician's shell at its most careless
+    try:
+        store = Store(tmp_path / "g.db")
+        store.commit(Batch(outgoing=[payloads.event(Event("fire", "z1", Priority.ALARM))]))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes and all(mode & 0o007 == 0 for mode in modes.values()), modes  # nothing for others
+    assert modes["g.db"] == 0o640
+    store.close()
