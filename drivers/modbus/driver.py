@@ -307,7 +307,7 @@ class ModbusDriver(Driver):
         urgency = self.urgency(config)
         retries = config.retries if self._answered[device] else 0
         readings: list[Reading] = []
-        answered = False
+        answered = got_data = False
         last_error: DriverError | None = None
         queue = list(plan.blocks)
         splits = 0
@@ -335,10 +335,12 @@ class ModbusDriver(Driver):
                 last_error = exc
                 readings += plan.bad_block(block, time.time())
                 continue
-            answered = True
+            answered = got_data = True
             readings += plan.decode_block(block, data, time.time())
         self._answered[device] = answered or not plan.blocks
-        if not answered and last_error is not None:
+        if not got_data and last_error is not None:
+            # Nothing but exceptions (or garbage): the device is there but serves none of its map. That is
+            # a failed poll, reported and counted, never "online" with no error.
             raise last_error
         return self._totals(device, readings) if self.totals[device] else readings
 
