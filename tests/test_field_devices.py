@@ -245,6 +245,29 @@ async def test_a_map_with_gaps_is_learnt_once_reported_once_and_kept_across_a_re
         assert set(status["unreadable"]) == set(UNREADABLE)  # still listed for the technician
 
 
+async def test_a_changed_device_config_is_learnt_afresh_at_the_next_start(tmp_path: Path) -> None:
+    """The technician removes the point that was on no register. The stored plan is for another map: the
+    next start learns again, and `gateway status` no longer lists the removed point."""
+    device, expected = gappy_device()
+    stats = device.stats
+    async with await serve_awkward(HOST, 0, device) as server:
+        path = tcp_config(tmp_path, server.ports[0], GAPPY_POINTS)
+        async with daemon_on(path) as (daemon, _):
+            await until(lambda: polls(daemon) >= 2)
+        before = stats.exceptions[2]
+        path = tcp_config(tmp_path, server.ports[0], [p for p in GAPPY_POINTS if p["id"] != "h7"])
+        async with daemon_on(path) as (daemon, tape):
+            await until(lambda: polls(daemon) >= 3)
+            await daemon.recorder.flush()
+            report = await gateway_status(path)
+    # 0..29 refused (the gap 6..7 was bridged) and split at the gaps; input 50 refused: learnt again
+    assert stats.exceptions[2] == before + 2
+    assert [e.payload["point"] for e in tape.kinds("device.point_unreadable")] == ["i50"]
+    assert_arrived(tape, "meter", expected, within=1)
+    (status,) = report["devices"]
+    assert set(status["unreadable"]) == {"i50"}
+
+
 async def test_relearn_over_the_control_socket_makes_the_next_poll_learn_again(tmp_path: Path) -> None:
     device, expected = gappy_device()
     async with await serve_awkward(HOST, 0, device) as server:
