@@ -25,6 +25,7 @@ from gateway.control import SOCKET_NAME, ControlServer
 from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.headroom import Headroom
 from gateway.lock import DataDirLock
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
@@ -44,8 +45,15 @@ def open_store(cfg: GatewayConfig, *, read_only: bool = False) -> Store:
         max_bytes=int(cfg.store.max_mb * 2**20),
         synchronous=cfg.store.synchronous,
         readings_retention=cfg.store.readings_retention,
+        events_keep=cfg.store.events_keep,
+        raw_lines_keep=cfg.store.raw_lines_keep,
         read_only=read_only,
     )
+
+
+def headroom(cfg: GatewayConfig) -> Headroom:
+    return Headroom(cfg.store.data_dir, reserve_bytes=int(cfg.store.reserve_mb * 2**20),
+                    min_free_bytes=int(cfg.store.min_free_mb * 2**20))
 
 
 def build_drivers(cfg: GatewayConfig) -> dict[str, Driver]:
@@ -73,7 +81,7 @@ class Daemon:
         self.clock = clock
         self.store = AsyncStore(open_store(cfg))
         self.bus = LocalBus(clock)
-        self.recorder = Recorder(self.store, self.bus, clock=clock)
+        self.recorder = Recorder(self.store, self.bus, clock=clock, headroom=headroom(cfg))
         self.feed = UplinkFeed(self.bus, self.recorder, clock=clock)
         for device in cfg.devices:
             self.feed.reporter.configure(device.id, device.report, device.report_points)
@@ -88,7 +96,7 @@ class Daemon:
         if cfg.mqtt.enabled:
             self.uplink = Uplink(
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
-                config_hash=config_hash, on_state=self.bus.meta,
+                config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
             )
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
         self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)

@@ -4,12 +4,21 @@ It subscribes to the bus and commits what it hears in batches (one transaction p
 store's own thread, so a slow SD card never delays a poll and SQLite sees a handful of commits a
 second instead of thousands. Alarms, alarm state and audit entries skip the batching delay: they
 are committed and handed to the uplink at once.
+
+A full disk is a state, not a crash. The first commit that finds it full releases the data
+directory's reserve and commits only what matters (alarms, events, alarm state, audit, device
+state); telemetry, readings history and raw lines are shed, with a count, until space returns. A
+``store.disk_full`` alarm is raised once and ``store.disk_recovered`` said when it is over. If even
+the reserve is not enough, alarms and events wait in memory (bounded: events go before alarms), the
+uplink publishes them straight from there (same ids: the platform de-duplicates), and they are
+written as soon as space returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -18,11 +27,16 @@ import structlog
 
 from gateway.bus import LocalBus
 from gateway.core.data import DeviceState, Event, Priority, Reading
-from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
+from gateway.headroom import Headroom, is_disk_full
 from gateway.store import Batch, Outgoing, Store
 
 log = structlog.get_logger("gateway.recorder")
 T = TypeVar("T")
+HELD_LIMIT = 50_000
+"""Alarm and event messages kept in memory while nothing can be written; beyond it events go, then alarms."""
+FULL_RETRY = 1.0
+"""Seconds between tries to write while the disk is full."""
 
 
 class AsyncStore:
@@ -42,10 +56,16 @@ class AsyncStore:
 
 class Recorder:
     def __init__(self, store: AsyncStore, bus: LocalBus, *, flush_interval: float = 0.05,
-                 cap_check_interval: float = 5.0, clock: Clock = SYSTEM_CLOCK) -> None:
+                 cap_check_interval: float = 5.0, clock: Clock = SYSTEM_CLOCK,
+                 headroom: Headroom | None = None) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
+        self.headroom = headroom
+        self.disk_full = False
+        self.shed: dict[str, int] = {}
+        """What was not written while the disk was full, by kind (telemetry, readings, raw lines, events)."""
+        self._said = RateLimiter(1, 60.0)
         self.flush_interval = flush_interval
         self.cap_check_interval = cap_check_interval
         self.committed = asyncio.Event()
@@ -104,8 +124,16 @@ class Recorder:
 
     async def run(self) -> None:
         last_cap_check = self.clock.monotonic()
+        if self.headroom is not None and self.headroom.reserve_bytes and not await self.store.run(self.headroom.hold):
+            # the reserve was spent on alarms (a disk full before a restart) and there is no room to make it again
+            self._enter_full("no room to make the reserve: the disk is still full", released=False)
         while True:
-            await self._wake.wait()
+            if self.disk_full:  # wake to try again even when nothing new arrives
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FULL_RETRY):
+                        await self._wake.wait()
+            else:
+                await self._wake.wait()
             if not self._urgent:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.flush_interval):
@@ -114,34 +142,132 @@ class Recorder:
                             await self._wake.wait()
             await self.flush()
             now = self.clock.monotonic()
-            if now - last_cap_check >= self.cap_check_interval:
+            if now - last_cap_check >= (FULL_RETRY if self.disk_full else self.cap_check_interval):
                 last_cap_check = now
                 await self.check_cap()
 
     async def flush(self) -> None:
         batch, self._pending, self._urgent = self._pending, Batch(), False
         self._wake.clear()
+        if self.disk_full:
+            batch = self._essential(batch)
         if not batch:
             return
         try:
             await self.store.run(self.store.store.commit, batch)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                self._requeue(batch)
+                raise
+            await self._full(batch, exc)
+            return
         except BaseException:
             # Disk full, an I/O error, a cancel mid-commit: the transaction rolled back, so the batch
             # goes back in front of whatever arrived since, to be committed by the next flush.
-            self._pending = batch.then(self._pending)
-            self._urgent = self._urgent or any(o.priority is Priority.ALARM for o in batch.outgoing)
-            self._wake.set()
+            self._requeue(batch)
             raise
         if batch.outgoing:
             self.committed.set()
 
+    def _requeue(self, batch: Batch) -> None:
+        """A commit that did not happen: the batch goes back in front of whatever arrived since."""
+        self._pending = batch.then(self._pending)
+        self._urgent = self._urgent or any(o.priority is Priority.ALARM for o in batch.outgoing)
+        self._wake.set()
+
+    # -- a full disk ------------------------------------------------------------------------------
+
+    async def _full(self, batch: Batch, exc: BaseException) -> None:
+        first = not self.disk_full
+        essential = self._essential(batch)
+        released = self.headroom is not None and await self.store.run(self.headroom.release)
+        try:
+            if essential:
+                await self.store.run(self.store.store.commit, essential)
+        except Exception as again:
+            if not is_disk_full(again):
+                self._requeue(essential)
+                raise
+            self._requeue(essential)
+            self._bound()
+        else:
+            if essential.outgoing:
+                self.committed.set()
+        if first:
+            self._enter_full(str(exc), released=released)
+        elif self._said.allow(self.clock.monotonic()):
+            log.warning("disk still full", held=len(self._pending.outgoing), shed=dict(self.shed))
+
+    def _enter_full(self, reason: str, *, released: bool) -> None:
+        self.disk_full = True
+        log.error("disk full: only alarms and events are written until space returns", error=reason,
+                  reserve_released=released)
+        self.bus.event(Event("store.disk_full", "store", Priority.ALARM,
+                             {"error": reason[:200], "reserve_released": released}, ts=self.clock.time()))
+
+    def _essential(self, batch: Batch) -> Batch:
+        """What a full disk still gets: alarms, events, their state and the audit; the rest is counted and shed."""
+        outgoing = [o for o in batch.outgoing if o.priority is not Priority.TELEMETRY]
+        self._count("telemetry", len(batch.outgoing) - len(outgoing))
+        self._count("readings", len(batch.snapshots))
+        self._count("raw_lines", len(batch.raw_lines))
+        return Batch(outgoing=outgoing, events=batch.events, devices=batch.devices, meta=batch.meta,
+                     audit=batch.audit, alarms=batch.alarms)
+
+    def _count(self, kind: str, n: int) -> None:
+        if n:
+            self.shed[kind] = self.shed.get(kind, 0) + n
+
+    def _bound(self) -> None:
+        """Memory is finite too: past HELD_LIMIT messages (and log rows), the oldest events go first, alarms last."""
+        pending = self._pending
+        pending.outgoing = self._trim(pending.outgoing, lambda o: o.priority, "messages")
+        pending.events = self._trim(pending.events, lambda e: e.priority, "log_rows")
+
+    def _trim(self, items: list[T], priority: Callable[[T], Priority], kind: str) -> list[T]:
+        excess = len(items) - HELD_LIMIT
+        for level in (Priority.EVENT, Priority.ALARM):
+            if excess <= 0:
+                break
+            gone = set([i for i, item in enumerate(items) if priority(item) is level][:excess])
+            items = [item for i, item in enumerate(items) if i not in gone]
+            self._count(f"{kind}_{level.label}", len(gone))
+            excess -= len(gone)
+        return items
+
+    def held(self) -> list[Outgoing]:
+        """Alarms and events that could not be written yet: the uplink publishes them from here."""
+        return [o for o in self._pending.outgoing if o.priority is not Priority.TELEMETRY] if self.disk_full else []
+
+    async def _recovered(self) -> None:
+        if self.headroom is not None:
+            await self.store.run(self.headroom.hold)
+        self.disk_full = False
+        shed, self.shed = self.shed, {}
+        log.warning("disk space back: writing everything again", shed=shed)
+        self.bus.event(Event("store.disk_recovered", "store", Priority.ALARM,
+                             {"shed": shed, "clears": "store.disk_full"}, ts=self.clock.time()))
+
     async def check_cap(self) -> None:
-        dropped = await self.store.run(self.store.store.enforce_cap)
+        low = self.headroom is not None and await self.store.run(self.headroom.low)
+        if self.disk_full and not self._pending.outgoing and self.headroom is not None \
+                and await self.store.run(self.headroom.roomy):
+            await self._recovered()
+        elif not self.disk_full and self.headroom is not None and self.headroom.reserve_bytes \
+                and not await self.store.run(self.headroom.hold):
+            self._enter_full("the reserve is gone and there is no room to make it again", released=False)
+        try:
+            dropped = await self.store.run(functools.partial(self.store.store.enforce_cap, low_disk=low))
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            return  # deleting needs a little room too: the next check tries again
         if dropped:
             log.warning("telemetry dropped for disk cap", dropped=dropped)
             self.bus.event(Event("store.telemetry_dropped", "store", Priority.EVENT, {"dropped": dropped},
                                  ts=self.clock.time()))
-        await self.store.run(self.store.store.prune)
+        with contextlib.suppress(Exception):  # pruning is housekeeping: a full disk can wait for it
+            await self.store.run(self.store.store.prune)
 
     async def close(self) -> None:
         await self.flush()

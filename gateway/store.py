@@ -8,6 +8,7 @@ The store is synchronous on purpose: one connection, driven from one writer thre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -142,12 +143,16 @@ class Store:
         synchronous: str = "full",
         readings_retention: float = 86400.0,
         events_retention: float = 90 * 86400.0,
+        events_keep: int = 1_000_000,
+        raw_lines_keep: int = 200_000,
         read_only: bool = False,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.readings_retention = readings_retention
         self.events_retention = events_retention
+        self.events_keep = events_keep
+        self.raw_lines_keep = raw_lines_keep
         if read_only:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             self.db.execute("PRAGMA query_only = ON")
@@ -273,18 +278,41 @@ class Store:
     # -- disk cap and retention ----------------------------------------------------------------
 
     def used_bytes(self) -> int:
+        """The store's whole footprint that the cap bounds: live pages, and the WAL and shared-memory files."""
         page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
+        return int((pages - free) * page_size) + self._side_files()
 
-    def enforce_cap(self, chunk: int = 500) -> int:
+    def spare_bytes(self) -> int:
+        """Room inside the database file (freed pages) that new rows take before the file must grow."""
+        page_size, free = (self.db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "freelist_count"))
+        return int(page_size * free)
+
+    def _shrink_wal(self) -> int:
+        """Fold the WAL back into the database when it is a large part of the cap; the footprint after."""
+        if self._side_files() > self.max_bytes // 4:
+            with contextlib.suppress(sqlite3.OperationalError):  # a reader may hold the WAL: next time
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self.used_bytes()
+
+    def _side_files(self) -> int:
+        total = 0
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def enforce_cap(self, chunk: int = 500, *, low_disk: bool = False, room: int = 2**20) -> int:
         """Drop telemetry oldest-first until under the cap; alarms and events are never dropped.
 
-        Returns how many telemetry messages were dropped (0 when within the cap).
+        ``low_disk``: the file system is short of space; telemetry also goes until the database holds
+        ``room`` bytes of freed pages, so the next alarms need no new disk. Returns how many telemetry
+        messages were dropped (0 when within the cap).
         """
+        self._shrink_wal()
         dropped = 0
-        while self.used_bytes() > self.max_bytes:
+        while self._shrink_wal() > self.max_bytes or (low_disk and self.spare_bytes() < room):
             with self.transaction():
                 # Recent-readings history goes first: it is only a convenience for the CLI.
                 gone = self.db.execute(
@@ -293,7 +321,7 @@ class Store:
                 if gone:
                     continue
                 # Drop just enough of the oldest telemetry to cover the excess (payload + row overhead).
-                excess = self.used_bytes() - self.max_bytes
+                excess = max(self.used_bytes() - self.max_bytes, room - self.spare_bytes() if low_disk else 0)
                 gone = self.db.execute(
                     "DELETE FROM outbox WHERE prio = ?1 AND seq <= COALESCE("
                     " (SELECT seq FROM (SELECT seq, SUM(length(payload) + 48) OVER (ORDER BY seq) AS run"
@@ -313,6 +341,11 @@ class Store:
             self.db.execute("DELETE FROM samples WHERE ts < ?", (now - self.readings_retention,))
             self.db.execute("DELETE FROM events WHERE ts < ?", (now - self.events_retention,))
             self.db.execute("DELETE FROM raw_lines WHERE ts < ?", (now - self.events_retention,))
+            # Caps of their own, so that no log of ours fills the disk that alarms need (a noisy panel
+            # prints ~1,000 lines a second): the oldest go first.
+            self.db.execute("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (self.events_keep,))
+            self.db.execute("DELETE FROM raw_lines WHERE seq <= (SELECT MAX(seq) FROM raw_lines) - ?",
+                            (self.raw_lines_keep,))
 
     # -- reading, for the CLI ------------------------------------------------------------------
 

@@ -21,8 +21,9 @@ import structlog
 from gateway import payloads
 from gateway.config.schema import MqttConfig
 from gateway.core.timing import Backoff
+from gateway.headroom import is_disk_full
 from gateway.recorder import AsyncStore
-from gateway.store import OutboxMessage
+from gateway.store import OutboxMessage, Outgoing
 
 log = structlog.get_logger("gateway.uplink")
 IN_FLIGHT = 128
@@ -48,6 +49,7 @@ class Uplink:
         *,
         config_hash: str = "",
         on_state: Callable[[str, dict[str, object]], None] | None = None,
+        held: Callable[[], list[Outgoing]] | None = None,
     ) -> None:
         self.config = config
         self.root = f"{config.topic_prefix}/{site_id}"
@@ -59,6 +61,37 @@ class Uplink:
         self.started = time.time()
         self.status = UplinkState(since=self.started)
         self._on_state = on_state
+        self._held = held
+        self._owed: set[int] = set()
+        """Outbox rows the broker acknowledged whose deletion could not be written (a full disk): never sent
+        again, deleted as soon as the store takes writes."""
+        self._sent_held: set[bytes] = set()
+
+    async def _settle(self, acked: list[int]) -> None:
+        """Delete what the broker took; if the disk cannot take the deletion, remember it instead of resending."""
+        owed = sorted(self._owed.union(acked))
+        try:
+            await self.store.run(self.store.store.acknowledge, owed)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._owed.update(acked)
+        else:
+            self._owed.clear()
+
+    async def _publish_held(self, client: aiomqtt.Client) -> None:
+        """Alarms and events the recorder could not write (a full disk): published straight from memory, once.
+        They reach the outbox later too, with the same ids, and the platform drops the second copy."""
+        if self._held is None:
+            return
+        held = self._held()
+        if not held:
+            self._sent_held.clear()
+            return
+        for message in sorted(held, key=lambda m: m.priority):
+            if message.payload not in self._sent_held:
+                await client.publish(f"{self.root}/{message.topic}", message.payload, qos=1)
+                self._sent_held.add(message.payload)
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state != self.status.state:
@@ -136,16 +169,22 @@ class Uplink:
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
             self.committed.clear()
-            batch: list[OutboxMessage] = await self.store.run(self.store.store.next_batch, self.config.batch)
+            await self._publish_held(client)
+            rows = await self.store.run(self.store.store.next_batch, self.config.batch + len(self._owed))
+            batch: list[OutboxMessage] = [m for m in rows if m.seq not in self._owed][: self.config.batch]
             if not batch:
-                await self.committed.wait()
+                if self._owed:
+                    await self._settle([])
+                with contextlib.suppress(TimeoutError):  # while alarms wait in memory, look again each second
+                    async with asyncio.timeout(1.0 if self._held and self._held() else None):
+                        await self.committed.wait()
                 continue
             results = await asyncio.gather(
                 *(client.publish(f"{self.root}/{m.topic}", m.payload, qos=1) for m in batch),
                 return_exceptions=True,
             )
             acked = [m.seq for m, result in zip(batch, results, strict=True) if result is None]
-            await self.store.run(self.store.store.acknowledge, acked)
+            await self._settle(acked)
             self.status.delivered += len(acked)
             failure = next((r for r in results if isinstance(r, BaseException)), None)
             if failure is not None:

@@ -98,27 +98,26 @@ def test_read_only_store_cannot_write(tmp_path: Path) -> None:
     assert os.path.exists(tmp_path / "g.db")
 
 
-async def test_a_failed_commit_keeps_the_batch_for_the_next_flush(tmp_path: Path) -> None:
-    from wiring import wire
-
+async def test_a_full_disk_is_a_state_and_nothing_it_held_is_lost(tmp_path: Path) -> None:
     from gateway.recorder import AsyncStore
+    from wiring import wire
 
     store = Store(tmp_path / "g.db")
     bus, recorder = wire(AsyncStore(store))
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]
     store.db.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL: the disk is full
     bus.event(Event("fire", "z1", Priority.ALARM, {"text": "x" * 20000}))
-    try:
-        await recorder.flush()
-    except sqlite3.OperationalError as exc:
-        assert "full" in str(exc)
-    else:
-        raise AssertionError("the disk-full error was swallowed")
+    bus.snapshot("m1", [_reading("m1", 1)], 1.0)
+    await recorder.flush()  # no exception: a full disk is a state, not a crash
+    assert recorder.disk_full and [m.priority for m in recorder.held()] == [Priority.ALARM, Priority.ALARM]
+    assert recorder.shed == {"telemetry": 1, "readings": 1}
     bus.event(Event("fire", "z2", Priority.ALARM))
     store.db.execute("PRAGMA max_page_count = 1073741823")  # room again
     await recorder.flush()
     sent = [json.loads(m.payload)["source"] for m in store.next_batch(10)]
-    assert sent == ["z1", "z2"]  # nothing lost, order kept
+    assert sent == ["z1", "store", "z2"]  # nothing lost, order kept, and the disk_full alarm between them
+    kinds = [json.loads(m.payload)["kind"] for m in store.next_batch(10)]
+    assert kinds == ["fire", "store.disk_full", "fire"]
     assert store.integrity_ok()
 
 

@@ -75,7 +75,21 @@ class MqttConfig(StrictModel):
 class StoreConfig(StrictModel):
     data_dir: Path = Field(default=Path("/var/lib/gateway"), description="Where the SQLite store lives.")
     max_mb: float = Field(
-        default=512, ge=1, le=1_000_000, description="Disk cap; telemetry is dropped oldest-first above it."
+        default=512, ge=1, le=1_000_000,
+        description="Cap of the whole store (database, WAL, shm); telemetry is dropped oldest-first above it.",
+    )
+    min_free_mb: float = Field(
+        default=64, ge=0, le=1_000_000,
+        description="Free space the disk must keep; below it telemetry yields first, whatever else fills the disk.",
+    )
+    reserve_mb: float = Field(
+        default=8, ge=0, le=1024,
+        description="Space held back in the data directory and released only for alarms and events when the "
+                    "disk is full (store.disk_full alarm); made again when space returns.",
+    )
+    events_keep: int = Field(default=1_000_000, ge=1000, description="Most local event-log rows kept.")
+    raw_lines_keep: int = Field(
+        default=200_000, ge=1000, description="Most raw panel lines kept (a noisy panel prints ~1,000 a second).",
     )
     readings_retention: Duration = Field(
         default=86400.0, ge=0, description="How long recent readings stay for the CLI."
