@@ -13,7 +13,7 @@ from typing import Any
 
 def add_commands(bench_subparsers: Any) -> None:
     """Register every bench (BACnet's comes from its driver plugin) on the `bench` subparsers."""
-    from gateway.bench import bus, chaos, field, firepanel, modbus, rules, uplink, vision
+    from gateway.bench import bus, chaos, field, firepanel, modbus, rules, soak, uplink, vision
 
-    for module in (modbus, uplink, bus, firepanel, rules, vision, field, chaos):
+    for module in (modbus, uplink, bus, firepanel, rules, vision, field, chaos, soak):
         module.add_command(bench_subparsers)
