@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 SCENARIOS = {"broker_kill", "gateway_kill", "disk_full", "clock_jump", "device_flap", "serial_unplug"}
-FIGURES = {"method", "faults", "fault_count", "stored_not_delivered", "telemetry_not_delivered", "alarm_lines",
+FIGURES = {"method", "faults", "fault_count", "stored_not_delivered", "telemetry_not_delivered", "dropped_by_policy",
+           "alarm_lines",
            "duplicates", "order_inversions", "drain_s", "daemon", "delivered", "stored", "seconds"}
 DAEMON = {"rss_mb_start", "rss_mb_end", "rss_growth_mb", "fds_start", "fds_end", "fd_growth", "processes",
           "unexpected_exits", "exit_code"}

@@ -120,8 +120,9 @@ async def _bench(opts: Options, work: Path, report: Report) -> None:
                " inversions = a device's telemetry delivered after a newer one of the same device (counted, allowed);"
                " drain = end of the last fault -> everything stored by then, and every fire line printed, at the"
                " platform; RSS and fd growth = daemon at the end minus after the settle (a restarted daemon is a new"
-               " process)", *(f"{key}: SKIPPED ({r['skipped']}); not a pass" for key, r in results.items()
-                              if not r["ran"]))
+               " process); dropped by policy (not loss: never stored, or let go by the store's rules) = telemetry"
+               " over the disk cap, and what a full disk sheds",
+               *(f"{key}: SKIPPED ({r['skipped']}); not a pass" for key, r in results.items() if not r["ran"]))
 
 
 def _lost(r: dict[str, Any]) -> int:
@@ -182,7 +183,7 @@ async def _scenario(scenario: Scenario, work: Path, plan: Plan, disk: str) -> di
         **out, "faults": faults, "fault_count": len(faults),
         "stored_not_delivered": {"outbox": store["outbox_not_delivered"], "events": store["events_not_delivered"],
                                  "total": store["not_delivered"]},
-        "telemetry_not_delivered": store["telemetry_not_delivered"],
+        "telemetry_not_delivered": store["telemetry_not_delivered"], "dropped_by_policy": store["dropped_by_policy"],
         "alarm_lines": {"sent": len(sent), "delivered": len(sent & arrivals.fire_markers),
                         "missing": sorted(sent - arrivals.fire_markers)[:20]},
         "duplicates": {"count": arrivals.duplicates, "max_copies": arrivals.max_copies},
@@ -207,7 +208,14 @@ def _summary(r: dict[str, Any]) -> str:
     lines = r["alarm_lines"]
     return (f"{r['method']}; {r['fault_count']} faults; stored not delivered {r['stored_not_delivered']['total']},"
             f" telemetry not delivered {r['telemetry_not_delivered']}; fire lines {lines['sent']} printed,"
-            f" {lines['delivered']} delivered; drain {num(r['drain_s'], 2)} s; {r['seconds']:.1f} s")
+            f" {lines['delivered']} delivered; drain {num(r['drain_s'], 2)} s; {r['seconds']:.1f} s"
+            + "".join(f"; {n} {what} dropped by policy" for what, n in _dropped(r["dropped_by_policy"]).items() if n))
+
+
+def _dropped(policy: dict[str, Any]) -> dict[str, int]:
+    """What the store's own rules let go (telemetry over the disk cap, what was shed while the disk was full)."""
+    return {"telemetry messages (over the cap)": policy["telemetry_over_cap"],
+            **{f"{kind} (disk full)": n for kind, n in policy["shed_while_full"].items()}}
 
 
 def _table(results: dict[str, dict[str, Any]]) -> str:

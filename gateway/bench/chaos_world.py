@@ -326,7 +326,14 @@ class World:
                 break
             await asyncio.sleep(0.1)
         kinds = dict(self.query("SELECT kind, COUNT(*) FROM events GROUP BY kind"))
+        shed: dict[str, int] = {}
+        for (payload,) in self.query("SELECT payload FROM events WHERE kind = 'store.disk_recovered'"):
+            for kind, n in (json.loads(payload).get("shed") or {}).items():
+                shed[kind] = shed.get(kind, 0) + int(n)
+        counters = dict(self.query("SELECT name, value FROM counters"))
         return {"outbox_rows": len(stored), "outbox_not_delivered": outbox_left, "events": len(events),
                 "events_not_delivered": events_left, "not_delivered": len((stored | events) - self.arrivals.ids),
                 "samples": len(samples), "telemetry_not_delivered": telemetry_left,
-                "counters": dict(self.query("SELECT name, value FROM counters")), "event_kinds": kinds}
+                "counters": counters, "event_kinds": kinds,
+                "dropped_by_policy": {"telemetry_over_cap": counters.get("store.telemetry_dropped", 0),
+                                      "shed_while_full": shed}}
