@@ -136,6 +136,10 @@ class Driver(abc.ABC):
     def relearn(self, device: str) -> None:  # noqa: B027 (optional: most drivers learn nothing)
         """Forget what was learnt of the device (`gateway device relearn`)."""
 
+    def unreadable(self, device: str) -> dict[str, str]:
+        """Points the device refuses on their own (point -> address and answer), as the driver knows them now."""
+        return {}
+
     def describe(self, device: str) -> list[PointInfo]:
         """The device's point catalog (from its config; a driver may add what the device told it)."""
         config: DeviceConfig = self.devices[device]

@@ -190,6 +190,9 @@ class DevicePoller:
                 self.unreadable[str(data.get("point"))] = data
                 log.warning("point unreadable: check its address", device=device, **data)
             self.sink.event(Event(kind, device, Priority.EVENT, data, ts=now))
+        known = self.driver.unreadable(device)
+        for point in [p for p in self.unreadable if p not in known]:  # readable again (relearnt, map fixed)
+            del self.unreadable[point]
         status = {"counters": self.driver.counters(device), "learned": self.driver.learned(device),
                   "unreadable": self.unreadable}
         due = self.clock.monotonic() - self._status_at >= STATUS_EVERY

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 from gateway import payloads
@@ -99,8 +98,9 @@ def test_read_only_store_cannot_write(tmp_path: Path) -> None:
 
 
 async def test_a_full_disk_is_a_state_and_nothing_it_held_is_lost(tmp_path: Path) -> None:
-    from gateway.recorder import AsyncStore
     from wiring import wire
+
+    from gateway.recorder import AsyncStore
 
     store = Store(tmp_path / "g.db")
     bus, recorder = wire(AsyncStore(store))

@@ -194,6 +194,20 @@ class ModbusDevice(DeviceConfig):
             raise ValueError(f"unknown profile {name!r} (profiles: {', '.join(profiles.available())})")
         return name
 
+    @model_validator(mode="after")
+    def _excluded_exist(self) -> Self:
+        """`exclude` names profile points: one that names nothing would silently poll what it meant to drop."""
+        if not self.exclude:
+            return self
+        if self.profile is None:
+            raise ValueError("`exclude` leaves out points of a `profile`; without one, delete the point instead")
+        shipped = {p["id"] for p in profiles.load(self.profile).get("points", [])}
+        unknown = [name for name in self.exclude if name not in shipped]
+        if unknown:
+            raise ValueError(f"`exclude` names {unknown[0]!r}, which profile {self.profile!r} does not have "
+                             "(a point of your own is removed by deleting its [[devices.points]])")
+        return self
+
     def describe(self) -> list[PointInfo]:
         """Every point, in config order (profile points after the device's own).
 

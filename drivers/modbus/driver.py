@@ -69,7 +69,8 @@ SILENT = frozenset({10, 11})
 """Gateway path unavailable, gateway target failed to respond: the unit behind a converter is silent."""
 BUSY_DELAYS = (0.1, 0.2, 0.4)
 MAX_SPLITS = 64
-"""Reads one poll may add by splitting refused reads (a 125-register map splits to single points in < 64)."""
+"""Reads one poll may add by splitting refused reads, beyond four per configured point (a map with a hole
+every few registers is learnt in one poll, at the cost of one request per split)."""
 
 
 def _reraise_cancellation() -> None:
@@ -126,7 +127,9 @@ class ModbusDriver(Driver):
             d.id: {p.id: Counter(p.counter.bits, p.scale) for p in d.points if p.counter is not None} for d in devices
         }
         self._findings: dict[str, list[tuple[str, dict[str, Any]]]] = {d.id: [] for d in devices}
-        self._answered: dict[str, bool] = {d.id: True for d in devices}
+        self._silent: dict[str, int] = {d.id: 1 for d in devices}
+        """Polls in a row the device answered nothing (1 until first heard). A lost reply is tried again until
+        the device would be declared offline: a lossy device is retried, a dead one stops costing retries."""
         tcp = type(bus) is ModbusTcpBus
         concurrency = bus.max_in_flight if isinstance(bus, ModbusTcpBus) and tcp else 1
         gap = bus.frame_gap if isinstance(bus, ModbusRtuBus) else bus.gap
@@ -138,6 +141,7 @@ class ModbusDriver(Driver):
         # request's, so a timeout there costs a fresh connection. Modbus TCP matches transaction
         # ids, and a converter's silent unit must cost its timeout and nothing more.
         self._reconnect_after_timeout = isinstance(bus, ModbusRtuOverTcpBus)
+        self._mbap = tcp
 
     def _client_factory(self) -> Callable[[Callable[[bool, bytes], bytes]], Any]:
         bus = self.bus
@@ -197,6 +201,9 @@ class ModbusDriver(Driver):
     def relearn(self, device: str) -> None:
         self.plans[device].relearn()
 
+    def unreadable(self, device: str) -> dict[str, str]:
+        return dict(self.plans[device].unreadable)
+
     def _totals(self, device: str, readings: list[Reading]) -> list[Reading]:
         """Counter points as running totals; a register that went back is a wrap or a reset, said once."""
         totals = self.totals[device]
@@ -234,6 +241,13 @@ class ModbusDriver(Driver):
                     _reraise_cancellation()
                     if self._reconnect_after_timeout or not line.client.connected:
                         line.client.close()
+                    if "transaction id" in str(exc):  # a reply to an earlier request, come late: not garbage
+                        self.counts[device.id]["late_reply"] += 1
+                        raise DeviceTimeout(f"unit {device.unit}: only a late reply to an earlier request") from None
+                    if line.heard and self._mbap:  # TCP delivers what was sent: a reply that fits no request
+                        self.counts[device.id]["late_reply"] += 1  # is one that came too late, not garbage
+                        raise DeviceTimeout(f"unit {device.unit}: no reply within {limit:g}s "
+                                            "(a late reply to an earlier request arrived)") from None
                     if line.heard:
                         raise BadResponse(f"unit {device.unit}: {line.heard} bytes but no valid reply "
                                           "(bad CRC, wrong unit id or transaction, or truncated)") from exc
@@ -292,38 +306,54 @@ class ModbusDriver(Driver):
                     lost += 1
                     continue
                 raise
-            except BadResponse:
-                counts["garbage"] += 1
-                raise
             except DeviceUnreachable:
                 counts["unreachable"] += 1
+                if lost < retries:  # the device hung up: ask again on a fresh connection
+                    counts["retry_reconnect"] += 1
+                    lost += 1
+                    continue
+                raise
+            except BadResponse:
+                counts["garbage"] += 1
                 raise
 
     # -- a poll -----------------------------------------------------------------------------------------
 
     async def read(self, device: str) -> list[Reading]:
+        """One poll: every planned read, learning from refusals as it goes.
+
+        A read that still fails after its retries only makes its own points ``bad`` when the device
+        answered something else in this poll: one lost reply is not an outage. Only a device that
+        answered nothing at all fails the poll (the poller's breaker counts those).
+        """
         plan = self.plans[device]
         config = plan.device
         urgency = self.urgency(config)
-        retries = config.retries if self._answered[device] else 0
         readings: list[Reading] = []
         answered = got_data = False
+        gone: DriverError | None = None  # a timeout or a lost connection, while nothing has answered yet
         last_error: DriverError | None = None
         queue = list(plan.blocks)
-        splits = 0
+        budget = MAX_SPLITS + 4 * len(plan.points)
+        version = plan.version
         while queue:
             block = queue.pop(0)
+            retries = config.retries if self._silent[device] < config.offline_after or answered else 0
             try:
                 data = await self._read_patiently(config, block, urgency, retries=retries)
-            except (DeviceTimeout, DeviceUnreachable):
-                self._answered[device] = answered
-                raise  # the device is gone: no point asking for the next block
+            except (DeviceTimeout, DeviceUnreachable) as exc:
+                if not answered:
+                    self._silent[device] += 1
+                    raise  # silent from the first read: the device is gone, no point asking for the rest
+                gone = last_error = exc
+                readings += plan.bad_block(block, time.time())
+                continue
             except ExceptionResponse as exc:
                 answered = True
-                if exc.code in (2, 3) and splits < MAX_SPLITS:
+                if exc.code in (2, 3) and budget > 0:
                     parts = plan.refused_address(block) if exc.code == 2 else plan.refused_length(block)
                     self.counts[device]["learnt"] += 1
-                    splits += len(parts)
+                    budget -= max(1, len(parts))
                     queue[:0] = parts  # asked again in this same poll
                     if not parts:  # a point unreadable on its own: bad this once, then left out and reported
                         readings += plan.bad_block(block, time.time())
@@ -336,12 +366,15 @@ class ModbusDriver(Driver):
                 readings += plan.bad_block(block, time.time())
                 continue
             answered = got_data = True
+            plan.accepted(block)
             readings += plan.decode_block(block, data, time.time())
-        self._answered[device] = answered or not plan.blocks
+        self._silent[device] = 0 if answered or not plan.blocks else self._silent[device] + 1
+        if plan.version != version or plan.searching:
+            plan.settle()  # reads learnt this poll that proved contiguous and readable go back together
         if not got_data and last_error is not None:
-            # Nothing but exceptions (or garbage): the device is there but serves none of its map. That is
-            # a failed poll, reported and counted, never "online" with no error.
-            raise last_error
+            # Nothing but exceptions, garbage or lost replies: the device is there but serves none of its
+            # map. That is a failed poll, reported and counted, never "online" with no error.
+            raise gone if gone is not None and last_error is gone else last_error
         return self._totals(device, readings) if self.totals[device] else readings
 
     async def probe(self, device: str) -> bool:
@@ -353,14 +386,16 @@ class ModbusDriver(Driver):
         plan = self.plans[device]
         if not plan.blocks:
             return True
+        counts = self.counts[device]
+        counts["probe"] += 1
         try:
             await self.read_block(plan.device, plan.blocks[0], Urgency.PROBE)
         except ExceptionResponse as exc:
-            self.counts[device][f"exception_{exc.code}"] += 1
+            counts[f"exception_{exc.code}"] += 1
             return True  # it answered, if only to complain
-        except DriverError:
+        except DriverError as exc:
+            counts[{DeviceTimeout: "timeout", BadResponse: "garbage"}.get(type(exc), "unreachable")] += 1
             return False
-        self._answered[device] = True
         return True
 
     async def read_point(self, device: str, point: str) -> Reading:

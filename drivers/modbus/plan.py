@@ -93,6 +93,10 @@ class DevicePlan:
         self.version = 0
         """Bumped whenever the plan changes, so the owner knows to store it again."""
         self.blocks = self._replan()
+        self._accepted = {False: 1, True: 1}
+        """Largest read the device took, registers (False) and bits (True)."""
+        self._refused: dict[bool, int | None] = {False: None, True: None}
+        """Smallest read it refused as too long; between the two lies its limit, found by halving the gap."""
         # Big-endian points (most meters) decode with one struct.unpack_from on the packed reply;
         # other orders go through codec.decode, which is the reference for both.
         self._fast: dict[int, struct.Struct] = {
@@ -121,12 +125,20 @@ class DevicePlan:
         if len(block.spans) == 1:
             self._unreadable(block.spans[0], "exception 3 (illegal data value)")
             return self._replace(block, [])
+        bits = block.table in BIT_TABLES
+        refused = min(block.count, self._refused[bits] or block.count)
+        self._refused[bits] = refused
         widest = max(s.count for s in block.spans)
-        limit = max(widest, block.count // 2)
-        if block.table in BIT_TABLES:
-            self.max_bits = min(self.max_bits, limit)
+        accepted = self._accepted[bits]
+        limit = max(widest, min(refused - 1, (accepted + refused) // 2 if accepted < refused else refused // 2))
+        self._set_limit(bits, limit)
+        return [b for b in self.blocks if set(b.spans) <= set(block.spans)]
+
+    def _set_limit(self, bits: bool, limit: int) -> None:
+        if bits:
+            self.max_bits = limit
         else:
-            self.max_registers = min(self.max_registers, limit)
+            self.max_registers = limit
         self.version += 1
         # Keep splits learnt from gaps: rebuild each existing read within the new limit.
         rebuilt: list[Block] = []
@@ -134,7 +146,42 @@ class DevicePlan:
             cap = self.max_bits if existing.table in BIT_TABLES else self.max_registers
             rebuilt += plan_reads(existing.spans, max_registers=cap, max_bits=cap, max_gap=existing.count)
         self.blocks = rebuilt
-        return [b for b in rebuilt if set(b.spans) <= set(block.spans)]
+
+    def accepted(self, block: Block) -> None:
+        """A read the device answered: a lower bound of its limit."""
+        bits = block.table in BIT_TABLES
+        if block.count > self._accepted[bits]:
+            self._accepted[bits] = block.count
+
+    @property
+    def searching(self) -> bool:
+        """Whether the read limit is still being narrowed down (a larger read may yet be taken)."""
+        return any(refused is not None and self._accepted[bits] < refused - 1
+                   and self._accepted[bits] >= (self.max_bits if bits else self.max_registers)
+                   for bits, refused in self._refused.items())
+
+    def settle(self) -> None:
+        """After a poll that learnt: try a larger read while the limit is not found, and put back together
+        neighbouring reads that proved readable and touch (no register between them), within the limit."""
+        for bits, refused in self._refused.items():
+            accepted, limit = self._accepted[bits], self.max_bits if bits else self.max_registers
+            if refused is not None and accepted >= limit and accepted < refused - 1:
+                self._set_limit(bits, (accepted + refused) // 2)
+        runs: list[list[Block]] = []
+        for block in sorted(self.blocks, key=lambda b: (b.table.value, b.start)):
+            last = runs[-1][-1] if runs else None
+            if last is not None and last.table == block.table and last.end == block.start:
+                runs[-1].append(block)
+            else:
+                runs.append([block])
+        rebuilt: list[Block] = []
+        for run in runs:  # a run of touching reads, each answered: read it in as few reads as the limit allows
+            cap = self.max_bits if run[0].table in BIT_TABLES else self.max_registers
+            spans = [s for b in run for s in b.spans]
+            rebuilt += plan_reads(spans, max_registers=cap, max_bits=cap, max_gap=65535) if len(run) > 1 else run
+        if rebuilt != self.blocks:
+            self.blocks = rebuilt
+            self.version += 1
 
     def _replace(self, block: Block, parts: list[Block]) -> list[Block]:
         index = self.blocks.index(block) if block in self.blocks else len(self.blocks)
@@ -154,6 +201,7 @@ class DevicePlan:
 
     def relearn(self) -> None:
         self.max_registers, self.max_bits = self.device.max_registers, self.device.max_bits
+        self._accepted, self._refused = {False: 1, True: 1}, {False: None, True: None}
         self.unreadable.clear()
         self.reported.clear()
         self.blocks = self._replan()
