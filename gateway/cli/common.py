@@ -24,12 +24,20 @@ def load(args: argparse.Namespace, warnings: list[Any] | None = None) -> Any:
 
 def stored(cfg: Any) -> Any:
     """The gateway's store, read-only, or exit 1 when the daemon has never run with this config."""
+    import sqlite3
+
     from gateway.daemon import data_path, open_store
 
-    if not data_path(cfg).exists():
-        print(f"no store at {data_path(cfg)}: the gateway has not run yet", file=sys.stderr)
-        raise SystemExit(1)
-    return open_store(cfg, read_only=True)
+    path = data_path(cfg)
+    try:
+        if not path.exists():
+            print(f"no store at {path}: the gateway has not run yet", file=sys.stderr)
+            raise SystemExit(1)
+        return open_store(cfg, read_only=True)
+    except (PermissionError, sqlite3.OperationalError) as exc:
+        print(f"cannot read the store {path} ({exc}): run this as a member of the 'gateway' group, "
+              "or with sudo", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def actor() -> str:

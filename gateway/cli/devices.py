@@ -27,6 +27,10 @@ def _via_daemon(cfg: Any, command: dict[str, Any]) -> dict[str, Any] | None:
         return asyncio.run(request(path, command))
     except (ConnectionRefusedError, FileNotFoundError):
         return None
+    except PermissionError:
+        print(f"no access to the gateway daemon's control socket {path}: run this as a member of the "
+              "'gateway' group, or with sudo", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _readings_direct(cfg: Any, device: Any) -> list[dict[str, Any]]:
