@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ async def _scenario(scenario: Scenario, work: Path, plan: Plan, disk: str) -> di
                           "fds_start": fds0, "fds_end": fds1, "fd_growth": _minus(fds1, fds0),
                           "processes": world.incarnations, "unexpected_exits": world.unexpected_exits,
                           "exit_code": code}
-        except (OSError, RuntimeError, TimeoutError) as exc:
+        except (OSError, RuntimeError, TimeoutError, sqlite3.Error, ValueError) as exc:
             return {**out, "error": f"{type(exc).__name__}: {exc}", "seconds": time.monotonic() - started}
     return {
         **out, "faults": faults, "fault_count": len(faults),
