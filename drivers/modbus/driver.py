@@ -127,6 +127,8 @@ class ModbusDriver(Driver):
             d.id: {p.id: Counter(p.counter.bits, p.scale) for p in d.points if p.counter is not None} for d in devices
         }
         self._findings: dict[str, list[tuple[str, dict[str, Any]]]] = {d.id: [] for d in devices}
+        self._heard: set[str] = set()
+        """Devices that have answered since start: one never heard gets no retries (dead units cost little)."""
         self._silent: dict[str, int] = {d.id: 1 for d in devices}
         """Polls in a row the device answered nothing (1 until first heard). A lost reply is tried again until
         the device would be declared offline: a lossy device is retried, a dead one stops costing retries."""
@@ -338,7 +340,8 @@ class ModbusDriver(Driver):
         version = plan.version
         while queue:
             block = queue.pop(0)
-            retries = config.retries if self._silent[device] < config.offline_after or answered else 0
+            heard = device in self._heard
+            retries = config.retries if answered or (heard and self._silent[device] < config.offline_after) else 0
             try:
                 data = await self._read_patiently(config, block, urgency, retries=retries)
             except (DeviceTimeout, DeviceUnreachable) as exc:
@@ -369,6 +372,8 @@ class ModbusDriver(Driver):
             plan.accepted(block)
             readings += plan.decode_block(block, data, time.time())
         self._silent[device] = 0 if answered or not plan.blocks else self._silent[device] + 1
+        if answered:
+            self._heard.add(device)
         if plan.version != version or plan.searching:
             plan.settle()  # reads learnt this poll that proved contiguous and readable go back together
         if not got_data and last_error is not None:
