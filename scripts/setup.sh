@@ -24,6 +24,9 @@ have mosquitto || packages+=(mosquitto)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 if [ "$want_test" = 1 ]; then
     have socat || packages+=(socat)
+    # libfaketime: the chaos suite moves the daemon's wall clock with it (its clock-jump scenario)
+    [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1 ] \
+        || packages+=(faketime)
     # a real Chinese font, to render the licence plates the plate tests read
     [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || packages+=(fonts-wqy-microhei)
 fi

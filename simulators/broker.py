@@ -8,6 +8,7 @@ never imports this module.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -79,6 +80,8 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         keep = (f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n" if persistence
                 else "persistence false\n")
+        if persistence and os.geteuid() == 0:  # as root Mosquitto drops to its own user, who cannot save here
+            keep += "user root\n"
         self.conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\n{keep}"
                              "max_inflight_messages 0\nmax_queued_messages 0\n")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -812,3 +812,13 @@ def test_camera_mistakes_land_on_their_lines(workdir: Path) -> None:
     # Checks across sections run once every section is valid on its own.
     again = '\n[[cameras]]\nid = "gate"\nurl = "usb:0"\n\n[[cameras]]\nid = "gate"\nurl = "rtsp://10.0.0.9/ch1"\n'
     assert report(BASE + again) == [f"config.toml:{start + 7}: cameras.1.id: duplicate camera id 'gate'"]
+
+
+def test_a_data_dir_too_long_for_the_control_socket_is_a_config_error(tmp_path: Path) -> None:
+    deep = "/tmp/" + "d" * 120
+    config = tmp_path / "site.toml"
+    config.write_text(f'[site]\nid = "s"\n[store]\ndata_dir = "{deep}"\n[mqtt]\nenabled = false\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    (problem,) = caught.value.problems
+    assert problem.path == "store.data_dir" and "too long for the daemon's control socket" in problem.message

@@ -231,6 +231,11 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
                                         f"serial port {port!r} is already bus {ports[port]!r}", port))
             ports.setdefault(port, bus.id)
 
+    socket = cfg.store.data_dir / "control.sock"
+    if len(os.fsencode(socket)) > 107:  # AF_UNIX paths are at most 107 bytes: the daemon could not start
+        problems.append(Problem(("store", "data_dir"), f"the path is too long for the daemon's control socket "
+                                f"({len(os.fsencode(socket))} bytes with /control.sock, at most 107): choose a "
+                                "shorter data_dir", str(cfg.store.data_dir)))
     problems += _check_rules(cfg)
     mqtt = cfg.mqtt
     if mqtt.password is not None and mqtt.password_file is not None:
