@@ -4,8 +4,8 @@ The panel talks unasked, so there is nothing to poll: ``stream`` listens for the
 Every line goes to the store byte for byte (``Sink.raw``) before anything else is made of it, and
 a line no pattern knows still becomes a ``panel.unparsed`` event, so nothing the panel said is
 lost or silently dropped. (Only a full disk sheds raw lines, counted; the events they made, with
-their bytes where the decoding needed help, are kept and delivered.) In ``raw_lines``, ``parsed`` is NULL for exactly those lines: the list a
-pattern author works from. Which priority each event gets:
+their bytes where the decoding needed help, are kept and delivered.) In ``raw_lines``, ``parsed``
+is NULL for exactly those lines: the list a pattern author works from. Which priority each event gets:
 
 - alarm: fire, pre-alarm and supervisory (someone must act now); the panel's reset, because it
   clears fire state and must stay in order with the fire alarms it clears (the uplink keeps order
