@@ -20,6 +20,19 @@ Indexed = Sequence[tuple[int, Any]]
 """(index in the config file's list, entry): problems point at the entry's line."""
 
 
+def unique_per_bus(devices: Indexed, key: str, what: str) -> list[Problem]:
+    """One value of ``key`` per bus (a Modbus unit id, a BACnet device instance): two would answer as one."""
+    problems: list[Problem] = []
+    seen: dict[tuple[str, Any], str] = {}
+    for index, device in devices:
+        value = getattr(device, key)
+        if (device.bus, value) in seen:
+            problems.append(Problem(("devices", index, key), f"{what} {value} on bus {device.bus!r} is already "
+                                    f"device {seen[(device.bus, value)]!r}", value))
+        seen.setdefault((device.bus, value), device.id)
+    return problems
+
+
 def load_object(ref: str) -> Any:
     """Import ``"package.module:name"``; a plugin that fails to import fails loudly, naming itself."""
     module, _, name = ref.partition(":")

@@ -23,7 +23,6 @@ import dataclasses
 import enum
 import random
 import signal
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
@@ -32,7 +31,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
 from simulators.awkward import AwkwardDevice, HookedEndpoints, Link, NoReply, parse_behaviour
-from simulators.endpoints import quiet_pymodbus
+from simulators.endpoints import quiet_pymodbus, serve_until_done
 from simulators.rtu import Behaviour, Garble, garble
 
 GATEWAY_NO_RESPONSE = 0x0B
@@ -271,12 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dead-reply", choices=[r.value for r in DeadReply], default=DeadReply.EXCEPTION.value)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        asyncio.run(_serve(args))
-    except (OSError, ValueError) as exc:
-        print(f"simulators.converter: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_until_done("simulators.converter", _serve(args))
 
 
 if __name__ == "__main__":

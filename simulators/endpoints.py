@@ -10,9 +10,10 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext
 from pymodbus.server import ModbusTcpServer
@@ -157,3 +158,14 @@ class ModbusEndpoints(Endpoints):
         if server is not None:
             # shutdown() closes the listening socket and every client connection at once.
             await server.shutdown()  # type: ignore[no-untyped-call]
+
+
+def serve_until_done(name: str, serve: Coroutine[Any, Any, None]) -> int:
+    """A simulator's own process: serve until stopped; a bad address or option is one line on stderr, exit 1."""
+    try:
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+            asyncio.run(serve)
+    except (OSError, ValueError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0

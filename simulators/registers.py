@@ -17,13 +17,12 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 from collections.abc import Sequence
 
 from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
 
 from drivers.modbus.codec import BIT_TABLES, Table
-from simulators.endpoints import ModbusEndpoints, port_range, quiet_pymodbus, sequential_block
+from simulators.endpoints import ModbusEndpoints, port_range, quiet_pymodbus, sequential_block, serve_until_done
 
 UNIT_ID = 1
 
@@ -192,12 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fill", action="store_true", help="registers count up, bits flip, every tick")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between counter steps")
     args = parser.parse_args(argv)
-    try:
-        asyncio.run(_serve(args))
-    except (OSError, ValueError) as exc:
-        print(f"simulators.registers: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_until_done("simulators.registers", _serve(args))
 
 
 if __name__ == "__main__":

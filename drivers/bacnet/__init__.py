@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from drivers.bacnet.config import BacnetBus, BacnetDevice
-from drivers.plugin import DriverPlugin, Indexed
+from drivers.plugin import DriverPlugin, Indexed, unique_per_bus
 from gateway.core.config import Problem
 
 
 def validate(buses: Indexed, devices: Indexed) -> list[Problem]:
     """A device instance is unique on a BACnet network."""
-    problems: list[Problem] = []
-    seen: dict[tuple[str, int], str] = {}
-    for index, device in devices:
-        key = (device.bus, device.device_instance)
-        if key in seen:
-            problems.append(Problem(("devices", index, "device_instance"),
-                                    f"device {device.device_instance} on bus {device.bus!r} is already {seen[key]!r}",
-                                    device.device_instance))
-        seen.setdefault(key, device.id)
-    return problems
+    return unique_per_bus(devices, "device_instance", "device")
 
 
 PLUGIN = DriverPlugin(

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
-from drivers.plugin import DriverPlugin, Indexed
+from drivers.plugin import DriverPlugin, Indexed, unique_per_bus
 from gateway.core.config import Problem
 
 
 def validate(buses: Indexed, devices: Indexed) -> list[Problem]:
     """One unit id names one device on a bus: two would answer the same requests."""
-    problems: list[Problem] = []
-    seen: dict[tuple[str, int], str] = {}
-    for index, device in devices:
-        key = (device.bus, device.unit)
-        if key in seen:
-            problems.append(Problem(("devices", index, "unit"),
-                                    f"unit {device.unit} on bus {device.bus!r} is already device {seen[key]!r}",
-                                    device.unit))
-        seen.setdefault(key, device.id)
-    return problems
+    return unique_per_bus(devices, "unit", "unit")
 
 
 PLUGIN = DriverPlugin(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -22,6 +21,8 @@ import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from simulators.endpoints import serve_until_done
 
 Served = tuple[Callable[[], Awaitable[None]], Callable[[], dict[str, int]]]
 """How to stop the devices, and their request counts so far."""
@@ -99,13 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--instance", type=int, default=2001, help="BACnet: first device instance")
     parser.add_argument("--analog-inputs", type=int, default=0, help="BACnet: extra analog inputs per device")
     args = parser.parse_args(argv)
-    try:
-        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-            asyncio.run(_serve(args))
-    except (OSError, ValueError) as exc:
-        print(f"gateway.bench.wire: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_until_done("gateway.bench.wire", _serve(args))
 
 
 if __name__ == "__main__":

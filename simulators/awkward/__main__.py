@@ -9,11 +9,11 @@ import json
 import os
 import signal
 import socket
-import sys
 from collections.abc import Sequence
 
 from simulators.awkward.config import AwkwardConfig, parse_behaviour
 from simulators.awkward.device import AwkwardServer, serve_awkward
+from simulators.endpoints import serve_until_done
 
 
 async def _serve_consecutive(host: str, configs: list[AwkwardConfig], tick: float | None,
@@ -93,12 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="device i gets seed + i (unless its spec sets one)")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between counter steps (0: never)")
     args = parser.parse_args(argv)
-    try:
-        asyncio.run(_serve(args))
-    except (OSError, ValueError) as exc:
-        print(f"simulators.awkward: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_until_done("simulators.awkward", _serve(args))
 
 
 if __name__ == "__main__":
