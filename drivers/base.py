@@ -125,6 +125,10 @@ class Driver(abc.ABC):
         e.g. ("device.point_unreadable", {"point": ..., "address": ...}) or a counter's reset."""
         return []
 
+    def learning(self, device: str) -> int:
+        """Goes up whenever something worth storing at once was learnt (a plan change, a counter's wrap)."""
+        return 0
+
     def learned(self, device: str) -> dict[str, Any] | None:
         """What the driver learnt of the device that should survive a restart (read limits, counter totals)."""
         return None

@@ -57,6 +57,7 @@ class DevicePoller:
         self._said: dict[str, RateLimiter] = {}
         self._status_at = -STATUS_EVERY
         self._status_sent: dict[str, Any] = {}
+        self._learning = -1
         self.unreadable: dict[str, dict[str, Any]] = {}
 
     async def run(self) -> None:
@@ -190,14 +191,17 @@ class DevicePoller:
                 self.unreadable[str(data.get("point"))] = data
                 log.warning("point unreadable: check its address", device=device, **data)
             self.sink.event(Event(kind, device, Priority.EVENT, data, ts=now))
+        version = self.driver.learning(device)
+        due = self.clock.monotonic() - self._status_at >= STATUS_EVERY
+        if version == self._learning and not due:  # nothing new learnt: the counters wait for the next round
+            return
         known = self.driver.unreadable(device)
         for point in [p for p in self.unreadable if p not in known]:  # readable again (relearnt, map fixed)
             del self.unreadable[point]
         status = {"counters": self.driver.counters(device), "learned": self.driver.learned(device),
-                  "unreadable": self.unreadable}
-        due = self.clock.monotonic() - self._status_at >= STATUS_EVERY
-        if status != self._status_sent and (due or status["learned"] != self._status_sent.get("learned")):
-            self._status_at = self.clock.monotonic()
+                  "unreadable": dict(self.unreadable)}
+        self._status_at, self._learning = self.clock.monotonic(), version
+        if status != self._status_sent:
             self._status_sent = status
             self.sink.meta(f"device:{device}", {**status, "ts": now})
 

@@ -127,6 +127,7 @@ class ModbusDriver(Driver):
             d.id: {p.id: Counter(p.counter.bits, p.scale) for p in d.points if p.counter is not None} for d in devices
         }
         self._findings: dict[str, list[tuple[str, dict[str, Any]]]] = {d.id: [] for d in devices}
+        self._wraps: dict[str, int] = {d.id: 0 for d in devices}
         self._heard: set[str] = set()
         """Devices that have answered since start: one never heard gets no retries (dead units cost little)."""
         self._silent: dict[str, int] = {d.id: 1 for d in devices}
@@ -188,6 +189,9 @@ class ModbusDriver(Driver):
                                                       "answer": why.partition(": ")[2]}))
         return found
 
+    def learning(self, device: str) -> int:
+        return self.plans[device].version + len(self._findings[device]) + self._wraps[device]
+
     def learned(self, device: str) -> dict[str, Any]:
         return {"plan": self.plans[device].learned(),
                 "counters": {p: c.state() for p, c in self.totals[device].items()}}
@@ -217,6 +221,7 @@ class ModbusDriver(Driver):
                 continue
             total, happened = counter.total(float(r.value))
             if happened is not None:
+                self._wraps[device] += 1
                 self._findings[device].append((f"point.counter_{happened}", {
                     "point": r.point, "register": r.value, "total": round(total, 6)}))
             value: float | int = round(total, decimals(counter.scale))
