@@ -322,6 +322,10 @@ class ModbusDriver(Driver):
                 raise
             except BadResponse:
                 counts["garbage"] += 1
+                if lost < retries:  # a neighbour's stray bytes on a shared line: a heard device is asked again
+                    counts["retry_garbage"] += 1
+                    lost += 1
+                    continue
                 raise
 
     # -- a poll -----------------------------------------------------------------------------------------

@@ -122,9 +122,7 @@ class World:
         from simulators.registers import serve_consecutive
 
         (self.work / "broker").mkdir()
-        self.broker = Mosquitto(self.work / "broker", persistence=True)
-        if os.geteuid() == 0:  # else Mosquitto drops to its own user, who may not write here: nothing is saved
-            self.broker.conf.write_text(self.broker.conf.read_text() + "user root\n")
+        self.broker = Mosquitto(self.work / "broker", persistence=True)  # it saves sessions as root too
         await asyncio.to_thread(self.broker.start)
         self.recorder = Recorder(self.broker.port, f"{PREFIX}/{SITE}/#", self.arrivals.path, self.work / "platform.log")
         await asyncio.to_thread(self.recorder.start)
