@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Broker, Collector, free_ports, write_config
+from conftest import Broker, Collector, free_ports, until, write_config
 
 from simulators.firepanel import FirePanelSimulator
 from simulators.meter import METER_POINTS, serve_meters
@@ -72,6 +72,9 @@ async def test_fire_alarms_survive_a_full_disk_and_a_sigkill_while_full(
                      {"id": "meter", "bus": "meters", "interval": "50ms", "points": POINTS}])
         log = (tmp_path / "gateway.log").open("ab")
 
+        def listening() -> int:  # how many times a daemon has opened the panel's port (its log says so)
+            return (tmp_path / "gateway.log").read_text(errors="replace").count("listening to fire panel")
+
         async def start() -> asyncio.subprocess.Process:
             return await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(config),
                                                         stdout=log, stderr=log)
@@ -79,7 +82,7 @@ async def test_fire_alarms_survive_a_full_disk_and_a_sigkill_while_full(
         daemon = await start()
         try:
             await collector.wait_for(lambda: any(m.get("type") == "telemetry" for _, m in collector.messages), 30)
-            await asyncio.sleep(0.5)  # let the panel's port open (the stream logs it; a line sent before is lost)
+            await until(lambda: listening() >= 1, within=30)  # a line printed before the port is open is lost
             filler = await asyncio.to_thread(fill, small_disk)
             for zone in range(1, 21):  # a burst on a full disk
                 await panel.send("fire", zone=zone, address=zone)
@@ -91,7 +94,7 @@ async def test_fire_alarms_survive_a_full_disk_and_a_sigkill_while_full(
             daemon.send_signal(signal.SIGKILL)  # killed while the disk is full
             await daemon.wait()
             daemon = await start()
-            await asyncio.sleep(1.0)
+            await until(lambda: listening() >= 2, within=30)
             for zone in range(21, 31):  # and a second burst after the restart, still full
                 await panel.send("fire", zone=zone, address=zone)
             await collector.wait_for(lambda: len({m["data"]["zone"] for m in fires(collector)}) == 30, 60)
