@@ -29,6 +29,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
 from drivers.modbus.codec import DataType, Order, Table, decode
+from gateway.core.timing import wait_until
 from simulators.awkward import (
     DEFAULT_GAPS,
     AwkwardConfig,
@@ -237,14 +238,14 @@ async def test_drop_connections_closes_every_client_and_leaves_pending_requests_
     device = AwkwardDevice(delay=0.5)
     async with asyncio.timeout(BOUND), await serve_awkward(HOST, 0, device) as server:
         pairs = [await asyncio.open_connection(HOST, server.ports[0]) for _ in range(2)]
-        await asyncio.sleep(0.05)  # let the server see both connections
+        await wait_until(lambda: device.stats.connections >= 2, BOUND, "both connections seen")
         pairs[0][1].write(mbap_read(1, 0, 1))
-        await asyncio.sleep(0.1)  # the request is being served (0.5 s)
+        await wait_until(lambda: device.stats.requests >= 1, BOUND, "the request being served (0.5 s)")
         assert device.drop_connections() == 2
         for reader, writer in pairs:
             assert await reader.read() == b""
             writer.close()
-        await asyncio.sleep(0.6)  # the pending reply was finished by the device, for nobody
+        await wait_until(lambda: device.stats.abandoned >= 1, BOUND, "the pending reply finished, for nobody")
     assert device.stats.hang_ups == 2
     assert device.stats.abandoned == 1 and device.stats.answered == 0
 
@@ -283,8 +284,7 @@ async def test_the_counter_wraps_at_2_to_the_32_and_resets() -> None:
 async def test_a_served_counter_ticks_on_its_own() -> None:
     device = AwkwardDevice(counter=0, counter_step=5)
     async with asyncio.timeout(BOUND), await serve_awkward(HOST, 0, device, tick_interval=0.05):
-        while device.counter_value < 15:  # noqa: ASYNC110 (the server's ticker task moves it)
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: device.counter_value >= 15, BOUND, "the counter ticking")
     assert device.counter_value % 5 == 0
 
 
@@ -323,7 +323,7 @@ async def test_a_dead_unit_costs_the_serial_timeout_then_exception_11_and_holds_
         assert await dead.connect() and await healthy.connect()
         start = time.monotonic()
         dead_call = asyncio.create_task(outcome(dead.read_holding_registers(0, count=2, device_id=2)))
-        await asyncio.sleep(0.05)  # the dead unit's request is on the line first
+        await wait_until(lambda: server.converter.stats.requests >= 1, BOUND, "the dead unit's request on the line")
         assert await outcome(healthy.read_holding_registers(0, count=2, device_id=1)) == 0
         healthy_done = time.monotonic() - start
         assert await dead_call == 11
