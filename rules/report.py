@@ -113,8 +113,9 @@ class Reporter:
                 if policy.mode != "aggregate" or p.last is None:
                     continue
                 stats: dict[str, Any] = {"last": p.last.value, "count": p.count, "q": p.last.quality.value}
-                if p.count and p.low is not None:
-                    stats.update(min=p.low, max=p.high, mean=p.total / p.count)
+                if p.count and p.low is not None and p.high is not None:
+                    # a running sum drifts by an ulp; a mean outside [min, max] would be a wrong answer
+                    stats.update(min=p.low, max=p.high, mean=min(max(p.total / p.count, p.low), p.high))
                 points[point] = {k: v for k, v in stats.items() if k in (*policy.functions, "q")}
                 if p.last.unit:
                     points[point]["u"] = p.last.unit

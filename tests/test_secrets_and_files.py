@@ -37,11 +37,15 @@ def test_a_camera_url_is_redacted_whatever_its_password_holds(user: str, secret:
 def test_check_never_echoes_a_password(tmp_path_factory: pytest.TempPathFactory, secret: str) -> None:
     tmp = tmp_path_factory.mktemp("cfg")
     config = tmp / "site.toml"
-    # a password of the wrong shape is an error, and the password must not be in it
-    config.write_text(BASE.format(data=tmp, mqtt=f'password = ["{secret}"]\nport = 99999'), encoding="utf-8")
-    out = io.StringIO()
-    assert check_file(config, out) == 2
-    assert secret not in out.getvalue().replace(str(tmp), "")
+
+    def report(password: str) -> str:
+        config.write_text(BASE.format(data=tmp, mqtt=f'password = ["{password}"]\nport = 99999'), encoding="utf-8")
+        out = io.StringIO()
+        assert check_file(config, out) == 2  # a password of the wrong shape is an error
+        return out.getvalue()
+
+    # a secret such as "mqtt" or "site" is in every message anyway: only text that came from the password counts
+    assert secret not in report(secret) or secret in report("placeholder-0")
 
 
 def _config(tmp: Path, mqtt: str) -> Path:
