@@ -18,6 +18,7 @@ from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
 from gateway.cli.points import add_command as add_points_command
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
+from gateway.cli.schema import add_command as add_schema_command
 from gateway.cli.site import cmd_check, cmd_demo, cmd_events, cmd_run, cmd_schema, cmd_simulate, cmd_status
 from gateway.cli.vision import add_commands as add_vision_commands
 from gateway.cli.vision import add_simulate as add_camera_simulate
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alarm_commands(sub, DEFAULT_CONFIG)
     add_rule_commands(sub, DEFAULT_CONFIG)
     add_points_command(sub, DEFAULT_CONFIG)
+    add_schema_command(sub)
     add_commissioning_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
     p = command("events", cmd_events, "show the event log")
