@@ -20,6 +20,7 @@ from gateway.core.config import IDENTIFIER_PATTERN
 from gateway.core.data import Event, Priority, Value
 from gateway.core.errors import DriverError, WriteRefused
 from gateway.core.points import WriteSpec
+from gateway.live import LiveValues
 
 
 class _Command(BaseModel):
@@ -65,7 +66,14 @@ class AlarmsCommand(_Command):
     all: bool = False
 
 
-AnyCommand = WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand | RelearnCommand
+class ValuesCommand(_Command):
+    """The latest value of every point (of one device), from the daemon's memory: no device is asked."""
+
+    cmd: Literal["values"]
+    device: str | None = Field(default=None, pattern=IDENTIFIER_PATTERN)
+
+
+AnyCommand = WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand | RelearnCommand | ValuesCommand
 Command = Annotated[AnyCommand, Field(discriminator="cmd")]
 
 
@@ -149,15 +157,21 @@ def _same(spec: WriteSpec, written: bool | float, read: Value) -> bool:
 
 
 class CommandHandler:
-    def __init__(self, cfg: GatewayConfig, drivers: dict[str, Driver], sink: Sink) -> None:
+    def __init__(self, cfg: GatewayConfig, drivers: dict[str, Driver], sink: Sink,
+                 live: LiveValues | None = None) -> None:
         self.cfg = cfg
         self.drivers = drivers
         self.sink = sink
+        self.live = live
         self.alarms: AlarmDesk | None = None
 
     async def execute(self, command: AnyCommand) -> dict[str, Any]:
         if isinstance(command, AlarmCommand | AlarmsCommand):
             return self._alarm(command)
+        if isinstance(command, ValuesCommand):
+            if command.device is not None and all(d.id != command.device for d in self.cfg.devices):
+                raise CommandError(f"no device {command.device!r}")
+            return {"values": self.live.listing(command.device) if self.live else []}
         if command.device not in self.drivers:
             raise CommandError(f"no device {command.device!r} (or it is disabled)")
         if isinstance(command, ReadCommand):

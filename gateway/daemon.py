@@ -26,10 +26,11 @@ from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.headroom import Headroom
+from gateway.live import LiveValues
 from gateway.lock import DataDirLock
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
-from gateway.reporting import UplinkFeed
+from gateway.reporting import Privacy, UplinkFeed
 from gateway.store import Store
 from gateway.supervisor import Supervisor
 from gateway.uplink import Uplink
@@ -82,9 +83,13 @@ class Daemon:
         self.store = AsyncStore(open_store(cfg))
         self.bus = LocalBus(clock)
         self.recorder = Recorder(self.store, self.bus, clock=clock, headroom=headroom(cfg))
-        self.feed = UplinkFeed(self.bus, self.recorder, clock=clock)
+        history = {d.id for d in cfg.devices if d.history}
+        privacy = Privacy(cfg.mqtt.keep_local, [c.id for c in cfg.cameras if c.upstream is False],
+                          [c.id for c in cfg.cameras if c.upstream is True])
+        self.feed = UplinkFeed(self.bus, self.recorder, clock=clock, history=history.__contains__, privacy=privacy)
         for device in cfg.devices:
             self.feed.reporter.configure(device.id, device.report, device.report_points)
+        self.live = LiveValues(self.bus)
         self.supervisor = Supervisor(self.bus, clock=clock)
         self.drivers = build_drivers(cfg)
         self.pollers = {
@@ -101,7 +106,7 @@ class Daemon:
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
         self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)
                         for c in cfg.cameras if c.enabled}
-        self.commands = CommandHandler(cfg, self.drivers, self.bus)
+        self.commands = CommandHandler(cfg, self.drivers, self.bus, self.live)
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.automation: Automation | None = None
         if cfg.rules:

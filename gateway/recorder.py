@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.bus import LocalBus
-from gateway.core.data import DeviceState, Event, Priority, Reading
+from gateway.core.data import DeviceState, Event, Priority
 from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
+from gateway.facts import Fact
 from gateway.headroom import Headroom, is_disk_full
-from gateway.store import Batch, Outgoing, Store
+from gateway.store import Batch, Store
 
 log = structlog.get_logger("gateway.recorder")
 T = TypeVar("T")
@@ -73,7 +74,6 @@ class Recorder:
         self._pending = Batch()
         self._wake = asyncio.Event()
         self._urgent = False
-        bus.on_readings(self._readings)
         bus.on_event(self._event)
         bus.on_device_state(self._device_state)
         bus.on_alarm_state(self._alarm_state)
@@ -83,15 +83,16 @@ class Recorder:
 
     # -- what the bus hands over (never blocks) --------------------------------------------------
 
-    def outgoing(self, message: Outgoing) -> None:
-        """A message bound upstream, committed to the outbox with the batch it belongs to."""
-        self._pending.outgoing.append(message)
-        if message.priority is Priority.ALARM:
+    def outgoing(self, fact: Fact) -> None:
+        """A fact bound upstream, committed to the outbox with the batch it belongs to."""
+        self._pending.facts.append(fact)
+        if fact.priority is Priority.ALARM:
             self._urgent = True
         self._wake.set()
 
-    def _readings(self, device: str, readings: list[Reading], ts: float) -> None:
-        self._pending.snapshots.append((device, ts, readings))
+    def history(self, device: str, ts: float, body: bytes) -> None:
+        """A poll kept in the readings history (the same points body as its outbox fact)."""
+        self._pending.history.append((device, ts, body))
         self._wake.set()
 
     def _event(self, ev: Event) -> None:
@@ -166,13 +167,13 @@ class Recorder:
             # goes back in front of whatever arrived since, to be committed by the next flush.
             self._requeue(batch)
             raise
-        if batch.outgoing:
+        if batch.facts:
             self.committed.set()
 
     def _requeue(self, batch: Batch) -> None:
         """A commit that did not happen: the batch goes back in front of whatever arrived since."""
         self._pending = batch.then(self._pending)
-        self._urgent = self._urgent or any(o.priority is Priority.ALARM for o in batch.outgoing)
+        self._urgent = self._urgent or any(f.priority is Priority.ALARM for f in batch.facts)
         self._wake.set()
 
     # -- a full disk ------------------------------------------------------------------------------
@@ -191,12 +192,12 @@ class Recorder:
             self._requeue(essential)
             self._bound()
         else:
-            if essential.outgoing:
+            if essential.facts:
                 self.committed.set()
         if first:
             self._enter_full(str(exc), released=released)
         elif self._said.allow(self.clock.monotonic()):
-            log.warning("disk still full", held=len(self._pending.outgoing), shed=dict(self.shed))
+            log.warning("disk still full", held=len(self._pending.facts), shed=dict(self.shed))
 
     def _enter_full(self, reason: str, *, released: bool) -> None:
         self.disk_full = True
@@ -207,11 +208,11 @@ class Recorder:
 
     def _essential(self, batch: Batch) -> Batch:
         """What a full disk still gets: alarms, events, their state and the audit; the rest is counted and shed."""
-        outgoing = [o for o in batch.outgoing if o.priority is not Priority.TELEMETRY]
-        self._count("telemetry", len(batch.outgoing) - len(outgoing))
-        self._count("readings", len(batch.snapshots))
+        kept = [f for f in batch.facts if f.priority is not Priority.TELEMETRY]
+        self._count("telemetry", len(batch.facts) - len(kept))
+        self._count("readings", len(batch.history))
         self._count("raw_lines", len(batch.raw_lines))
-        return Batch(outgoing=outgoing, events=batch.events, devices=batch.devices, meta=batch.meta,
+        return Batch(facts=kept, events=batch.events, devices=batch.devices, meta=batch.meta,
                      audit=batch.audit, alarms=batch.alarms)
 
     def _count(self, kind: str, n: int) -> None:
@@ -221,7 +222,7 @@ class Recorder:
     def _bound(self) -> None:
         """Memory is finite too: past HELD_LIMIT messages (and log rows), the oldest events go first, alarms last."""
         pending = self._pending
-        pending.outgoing = self._trim(pending.outgoing, lambda o: o.priority, "messages")
+        pending.facts = self._trim(pending.facts, lambda f: f.priority, "messages")
         pending.events = self._trim(pending.events, lambda e: e.priority, "log_rows")
 
     def _trim(self, items: list[T], priority: Callable[[T], Priority], kind: str) -> list[T]:
@@ -235,9 +236,9 @@ class Recorder:
             excess -= len(gone)
         return items
 
-    def held(self) -> list[Outgoing]:
+    def held(self) -> list[Fact]:
         """Alarms and events that could not be written yet: the uplink publishes them from here."""
-        return [o for o in self._pending.outgoing if o.priority is not Priority.TELEMETRY] if self.disk_full else []
+        return [f for f in self._pending.facts if f.priority is not Priority.TELEMETRY] if self.disk_full else []
 
     async def _recovered(self) -> None:
         if self.headroom is not None:
@@ -250,7 +251,7 @@ class Recorder:
 
     async def check_cap(self) -> None:
         low = self.headroom is not None and await self.store.run(self.headroom.low)
-        if self.disk_full and not self._pending.outgoing and self.headroom is not None \
+        if self.disk_full and not self._pending.facts and self.headroom is not None \
                 and await self.store.run(self.headroom.roomy):
             await self._recovered()
         elif not self.disk_full and self.headroom is not None and self.headroom.reserve_bytes \

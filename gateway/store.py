@@ -13,108 +13,28 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.core.data import DeviceState, Event, Priority, Quality, Reading
+from gateway import migrations
+from gateway.core.data import DeviceState, Event, Priority
+from gateway.facts import Fact, StoredFact
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    prio     INTEGER NOT NULL,
-    topic    TEXT NOT NULL,
-    payload  BLOB NOT NULL,
-    created  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_by_prio ON outbox (prio, seq);
-CREATE TABLE IF NOT EXISTS events (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    id       TEXT NOT NULL UNIQUE,
-    ts       REAL NOT NULL,
-    kind     TEXT NOT NULL,
-    source   TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    payload  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
-CREATE TABLE IF NOT EXISTS latest (
-    device   TEXT NOT NULL,
-    point    TEXT NOT NULL,
-    value    TEXT,
-    unit     TEXT,
-    quality  TEXT NOT NULL,
-    ts       REAL NOT NULL,
-    PRIMARY KEY (device, point)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS samples (
-    device   TEXT NOT NULL,
-    ts       REAL NOT NULL,
-    points   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_by_device ON samples (device, ts);
-CREATE TABLE IF NOT EXISTS devices (
-    id        TEXT PRIMARY KEY,
-    state     TEXT NOT NULL,
-    since     REAL NOT NULL,
-    last_poll REAL,
-    last_ok   REAL,
-    error     TEXT,
-    polls     INTEGER NOT NULL DEFAULT 0,
-    failures  INTEGER NOT NULL DEFAULT 0,
-    errors    TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts       REAL NOT NULL,
-    action   TEXT NOT NULL,
-    data     TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS raw_lines (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    device   TEXT NOT NULL,
-    ts       REAL NOT NULL,
-    data     BLOB NOT NULL,
-    parsed   TEXT
-);
-CREATE INDEX IF NOT EXISTS raw_lines_by_device ON raw_lines (device, seq);
-CREATE TABLE IF NOT EXISTS alarms (
-    key      TEXT PRIMARY KEY,
-    data     TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    seq: int
-    priority: Priority
-    topic: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message waiting to be committed to the outbox; ``topic`` is relative to the site's root."""
-
-    priority: Priority
-    topic: str
-    payload: bytes
+MAIN_UPLINK = "mqtt"
+"""The uplink name of a site with one broker (``[mqtt]``)."""
 
 
 @dataclass(slots=True)
 class Batch:
     """Everything one writer flush commits in a single transaction."""
 
-    outgoing: list[Outgoing] = field(default_factory=list)
+    facts: list[Fact] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    snapshots: list[tuple[str, float, list[Reading]]] = field(default_factory=list)
+    history: list[tuple[str, float, bytes]] = field(default_factory=list)
+    """Readings history rows: (device, poll ts, the poll's points body, the same bytes its outbox fact holds)."""
     devices: dict[str, DeviceState] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     audit: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
@@ -122,13 +42,13 @@ class Batch:
     alarms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.outgoing or self.events or self.snapshots or self.devices or self.meta or self.audit
+        return bool(self.facts or self.events or self.history or self.devices or self.meta or self.audit
                     or self.raw_lines or self.alarms)
 
     def then(self, later: Batch) -> Batch:
         """This batch followed by a later one: lists keep their order, later states win."""
         return Batch(
-            self.outgoing + later.outgoing, self.events + later.events, self.snapshots + later.snapshots,
+            self.facts + later.facts, self.events + later.events, self.history + later.history,
             {**self.devices, **later.devices}, {**self.meta, **later.meta}, self.audit + later.audit,
             self.raw_lines + later.raw_lines, {**self.alarms, **later.alarms},
         )
@@ -146,6 +66,7 @@ class Store:
         events_keep: int = 1_000_000,
         raw_lines_keep: int = 200_000,
         read_only: bool = False,
+        uplinks: Sequence[str] = (MAIN_UPLINK,),
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
@@ -153,6 +74,8 @@ class Store:
         self.events_retention = events_retention
         self.events_keep = events_keep
         self.raw_lines_keep = raw_lines_keep
+        self.uplinks = tuple(uplinks)
+        """Every uplink that must acknowledge an outbox row before it is deleted."""
         if read_only:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             self.db.execute("PRAGMA query_only = ON")
@@ -168,13 +91,10 @@ class Store:
         self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.db.execute("PRAGMA journal_size_limit = 16777216")
         self.db.execute("PRAGMA busy_timeout = 5000")
-        with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+        self.upgraded = migrations.upgrade(self.db)
+        """The layout steps this opening ran (empty when the file was already current)."""
+        if not read_only:
+            self._forget_gone_uplinks()
 
     def close(self) -> None:
         self.db.close()
@@ -192,12 +112,13 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def commit(self, batch: Batch) -> None:
-        now = time.time()
+    def commit(self, batch: Batch, now: float | None = None) -> None:
+        """One transaction; ``now`` (when the rows were stored) is the caller's only to rebuild an outage's backlog."""
+        now = time.time() if now is None else now
         with self.transaction():
             self.db.executemany(
-                "INSERT INTO outbox (prio, topic, payload, created) VALUES (?, ?, ?, ?)",
-                [(int(m.priority), m.topic, m.payload, now) for m in batch.outgoing],
+                "INSERT INTO outbox (prio, kind, subject, id, ts, body, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(int(f.priority), f.kind, f.subject, f.id, f.ts, f.body, now) for f in batch.facts],
             )
             self.db.executemany(
                 "INSERT OR IGNORE INTO events (id, ts, kind, source, priority, payload) VALUES (?, ?, ?, ?, ?, ?)",
@@ -206,18 +127,7 @@ class Store:
                     for e in batch.events
                 ],
             )
-            latest: dict[tuple[str, str], Reading] = {}
-            for _, _, readings in batch.snapshots:
-                for r in readings:
-                    latest[(r.device, r.point)] = r
-            self.db.executemany(
-                "INSERT INTO samples (device, ts, points) VALUES (?, ?, ?)",
-                [(device, ts, _points_json(readings)) for device, ts, readings in batch.snapshots],
-            )
-            self.db.executemany(
-                "INSERT OR REPLACE INTO latest (device, point, value, unit, quality, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.device, r.point, json.dumps(r.value), r.unit, r.quality.value, r.ts) for r in latest.values()],
-            )
+            self.db.executemany("INSERT INTO samples (device, ts, points) VALUES (?, ?, ?)", batch.history)
             self.db.executemany(
                 "INSERT OR REPLACE INTO devices (id, state, since, last_poll, last_ok, error, polls, failures, errors)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -254,20 +164,55 @@ class Store:
 
     # -- the outbox ----------------------------------------------------------------------------
 
-    def next_batch(self, limit: int) -> list[OutboxMessage]:
-        """Oldest first within a class, alarms before events before telemetry."""
-        rows = self.db.execute(
-            "SELECT seq, prio, topic, payload FROM outbox ORDER BY prio, seq LIMIT ?", (limit,)
-        ).fetchall()
-        return [OutboxMessage(seq, Priority(prio), topic, bytes(payload)) for seq, prio, topic, payload in rows]
+    def next_batch(self, limit: int, uplink: str = MAIN_UPLINK, skip: Sequence[int] = ()) -> list[StoredFact]:
+        """What ``uplink`` has not had acknowledged yet: oldest first within a class, alarms before events
+        before telemetry. ``skip``: rows it has in hand already (acknowledged, the deletion not yet written)."""
+        if len(self.uplinks) > 1:
+            query = ("SELECT seq, prio, kind, subject, id, ts, body, created FROM outbox WHERE NOT EXISTS"
+                     " (SELECT 1 FROM outbox_acks a WHERE a.uplink = ? AND a.seq = outbox.seq)"
+                     " ORDER BY prio, seq LIMIT ?")
+            rows = self.db.execute(query, (uplink, limit + len(skip))).fetchall()
+        else:
+            rows = self.db.execute("SELECT seq, prio, kind, subject, id, ts, body, created FROM outbox"
+                                   " ORDER BY prio, seq LIMIT ?", (limit + len(skip),)).fetchall()
+        skipped = set(skip)
+        return [StoredFact(seq, created, Fact(Priority(prio), kind, subject, id_, ts, bytes(body)))
+                for seq, prio, kind, subject, id_, ts, body, created in rows if seq not in skipped][:limit]
 
-    def acknowledge(self, seqs: Sequence[int]) -> None:
-        """Delete messages the broker has acknowledged (PUBACK received)."""
+    def acknowledge(self, seqs: Sequence[int], uplink: str = MAIN_UPLINK) -> None:
+        """``uplink`` has the broker's PUBACK for these rows; a row goes once every uplink has acknowledged it."""
         if not seqs:
             return
         with self.transaction():
-            self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            self.bump("uplink.delivered", len(seqs))
+            if len(self.uplinks) > 1:
+                self.db.executemany("INSERT OR IGNORE INTO outbox_acks (uplink, seq) VALUES (?, ?)",
+                                    [(uplink, s) for s in seqs])
+                self.db.executemany(
+                    "DELETE FROM outbox WHERE seq = ?1 AND (SELECT COUNT(*) FROM outbox_acks WHERE seq = ?1) >= ?2",
+                    [(s, len(self.uplinks)) for s in seqs])
+                self.db.execute("DELETE FROM outbox_acks WHERE seq NOT IN (SELECT seq FROM outbox)")
+            else:
+                self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self.bump("uplink.delivered" if uplink == MAIN_UPLINK else f"uplink.{uplink}.delivered", len(seqs))
+
+    def next_session(self, uplink: str = MAIN_UPLINK) -> int:
+        """The uplink's birth/death sequence number for a new connection (kept across restarts)."""
+        name = f"uplink.{uplink}.bdseq"
+        with self.transaction():
+            self.bump(name)
+            return int(self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+    def _forget_gone_uplinks(self) -> None:
+        """An uplink removed from the config no longer holds rows back: what every remaining one has is done."""
+        with self.transaction():
+            marks = ",".join("?" * len(self.uplinks))
+            self.db.execute(f"DELETE FROM outbox_acks WHERE uplink NOT IN ({marks})", self.uplinks)
+            if len(self.uplinks) > 1:
+                self.db.execute(f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox_acks GROUP BY seq"
+                                f" HAVING COUNT(*) >= {len(self.uplinks)})")
+            else:
+                self.db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox_acks)")
+            self.db.execute("DELETE FROM outbox_acks WHERE seq NOT IN (SELECT seq FROM outbox)")
 
     def outbox_depth(self) -> dict[str, int]:
         depth = {p.label: 0 for p in Priority}
@@ -324,7 +269,7 @@ class Store:
                 excess = max(self.used_bytes() - self.max_bytes, room - self.spare_bytes() if low_disk else 0)
                 gone = self.db.execute(
                     "DELETE FROM outbox WHERE prio = ?1 AND seq <= COALESCE("
-                    " (SELECT seq FROM (SELECT seq, SUM(length(payload) + 48) OVER (ORDER BY seq) AS run"
+                    " (SELECT seq FROM (SELECT seq, SUM(length(body) + 80) OVER (ORDER BY seq) AS run"
                     "  FROM outbox WHERE prio = ?1) WHERE run >= ?2 ORDER BY seq LIMIT 1),"
                     " (SELECT MAX(seq) FROM outbox WHERE prio = ?1))",
                     (int(Priority.TELEMETRY), excess),
@@ -363,11 +308,6 @@ class Store:
             DeviceState(id_, state, since, last_poll, last_ok, error, polls, failures, json.loads(errors))
             for id_, state, since, last_poll, last_ok, error, polls, failures, errors in rows
         ]
-
-    def latest(self, device: str | None = None) -> list[Reading]:
-        query = "SELECT device, point, value, unit, quality, ts FROM latest"
-        rows = self.db.execute(query + " WHERE device = ?", (device,)) if device else self.db.execute(query)
-        return [Reading(d, p, json.loads(v), u, Quality(q), ts) for d, p, v, u, q, ts in rows]
 
     def events_after(self, after_seq: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         rows = self.db.execute(
@@ -413,6 +353,3 @@ class Store:
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
-
-def _points_json(readings: Iterable[Reading]) -> str:
-    return json.dumps({r.point: r.as_payload() for r in readings}, ensure_ascii=False, separators=(",", ":"))

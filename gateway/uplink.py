@@ -1,8 +1,13 @@
 """The MQTT uplink: drains the outbox to the broker, at least once, in order, alarms first.
 
-Durability lives in the outbox, not here (STYLE §1): a message leaves the outbox only after the
-broker's PUBACK, and while the broker is away nothing is buffered in memory. Each batch is chosen
-afresh by priority, so an alarm raised during a long replay goes out in the next batch.
+Durability lives in the outbox, not here (STYLE §1): a row leaves the outbox only after the
+broker's PUBACK, and while the broker is away nothing is buffered in memory. Each round is chosen
+afresh by priority, so an alarm raised during a long replay goes out in the next round. The
+uplink's encoder turns facts into its dialect's messages; the uplink only paces and delivers.
+
+Replay (rows older than the live window) is paced: it starts after a random delay and at most
+``replay_rate`` messages a second, so a district's gateways coming back from one outage do not
+flood the platform; while replay waits, alarms still go at once.
 """
 
 from __future__ import annotations
@@ -10,20 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import structlog
 
-from gateway import payloads
 from gateway.config.schema import MqttConfig
-from gateway.core.timing import Backoff
+from gateway.core.data import Priority
+from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock
+from gateway.facts import Fact, StoredFact
 from gateway.headroom import is_disk_full
+from gateway.northbound.encoder import Encoded, Encoder, Message, Session
+from gateway.northbound.json_v2 import JsonEncoder
 from gateway.recorder import AsyncStore
-from gateway.store import OutboxMessage, Outgoing
+from gateway.store import MAIN_UPLINK
 
 log = structlog.get_logger("gateway.uplink")
 IN_FLIGHT = 128
@@ -37,6 +47,8 @@ class UplinkState:
     since: float = 0.0
     last_error: str | None = None
     delivered: int = 0
+    replay_waits: int = 0
+    """Rounds in which replay held back for its start delay or its rate cap."""
 
 
 class Uplink:
@@ -49,29 +61,43 @@ class Uplink:
         *,
         config_hash: str = "",
         on_state: Callable[[str, dict[str, object]], None] | None = None,
-        held: Callable[[], list[Outgoing]] | None = None,
+        held: Callable[[], list[Fact]] | None = None,
+        devices: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+        name: str = MAIN_UPLINK,
+        encoder: Encoder | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        self.name = name
         self.root = f"{config.topic_prefix}/{site_id}"
-        self.status_topic = f"{self.root}/status"
         self.client_id = config.client_id or f"gateway-{site_id}"
         self.store = store
         self.committed = committed
-        self.config_hash = config_hash
+        self.clock = clock
+        self.encoder: Encoder = encoder or JsonEncoder(site_id, live_window=config.live_window,
+                                                       replay_batch=config.replay_batch)
         self.started = time.time()
+        self.session = Session(0, self.started, config_hash)
         self.status = UplinkState(since=self.started)
         self._on_state = on_state
         self._held = held
+        self._devices = devices
         self._owed: set[int] = set()
         """Outbox rows the broker acknowledged whose deletion could not be written (a full disk): never sent
         again, deleted as soon as the store takes writes."""
-        self._sent_held: set[bytes] = set()
+        self._sent_held: set[str] = set()
+        self._replay_from = 0.0
+        """Monotonic time before which replay waits (the random start delay, then the rate cap)."""
+
+    @property
+    def config_hash(self) -> str:
+        return self.session.config
 
     async def _settle(self, acked: list[int]) -> None:
         """Delete what the broker took; if the disk cannot take the deletion, remember it instead of resending."""
         owed = sorted(self._owed.union(acked))
         try:
-            await self.store.run(self.store.store.acknowledge, owed)
+            await self.store.run(self.store.store.acknowledge, owed, self.name)
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
@@ -88,10 +114,16 @@ class Uplink:
         if not held:
             self._sent_held.clear()
             return
-        for message in sorted(held, key=lambda m: m.priority):
-            if message.payload not in self._sent_held:
-                await client.publish(f"{self.root}/{message.topic}", message.payload, qos=1)
-                self._sent_held.add(message.payload)
+        now = self.clock.time()
+        for fact in sorted(held, key=lambda f: f.priority):
+            if fact.id not in self._sent_held:
+                for encoded in self.encoder.encode([StoredFact(0, now, fact)], now):
+                    if encoded.message is not None:
+                        await self._publish(client, encoded.message)
+                self._sent_held.add(fact.id)
+
+    async def _publish(self, client: aiomqtt.Client, message: Message) -> None:
+        await client.publish(f"{self.root}/{message.topic}", message.payload, qos=1, retain=message.retain)
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state != self.status.state:
@@ -111,7 +143,8 @@ class Uplink:
             tls_context.check_hostname = cfg.tls.verify_hostname
             if cfg.tls.cert_file and cfg.tls.key_file:
                 tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-        will = aiomqtt.Will(self.status_topic, payloads.status("offline"), qos=1, retain=True)
+        will_message = self.encoder.will(self.session)
+        will = aiomqtt.Will(f"{self.root}/{will_message.topic}", will_message.payload, qos=1, retain=True)
         client = aiomqtt.Client(
             cfg.host,
             cfg.effective_port,
@@ -138,13 +171,11 @@ class Uplink:
         backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, jitter=(0.5, 1.0))
         while True:
             try:
+                self.session.bdseq = await self.store.run(self.store.store.next_session, self.name)
                 async with self._client() as client:
-                    await client.publish(
-                        self.status_topic,
-                        payloads.status("online", self.config_hash, self.started),
-                        qos=1,
-                        retain=True,
-                    )
+                    await self._publish(client, self.encoder.birth(self.session, time.time()))
+                    await self._describe(client)
+                    self._replay_from = self.clock.monotonic() + random.uniform(0, self.config.replay_delay)
                     self._set_state("connected")
                     log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
                     backoff.reset()
@@ -155,7 +186,7 @@ class Uplink:
                         # after the keepalive runs out. Unacked messages stay in the outbox.
                         with contextlib.suppress(Exception):
                             async with asyncio.timeout(2):
-                                await client.publish(self.status_topic, payloads.status("offline"), qos=1, retain=True)
+                                await self._publish(client, self.encoder.goodbye(self.session, time.time()))
                         self._set_state("disconnected", "shutdown")
                         raise
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
@@ -166,26 +197,69 @@ class Uplink:
                                                       retry_in=round(backoff.current, 2))
             await asyncio.sleep(backoff.next())
 
+    async def _describe(self, client: aiomqtt.Client) -> None:
+        """Every device's metadata (retained), and clearing messages for the devices removed since last time."""
+        if self._devices is None:
+            return
+        key = f"announced:{self.name}"
+        meta = await self.store.run(self.store.store.meta)
+        self.session.announced = set(meta.get(key, []))
+        for message in self.encoder.describe(self.session, self._devices(), time.time()):
+            await self._publish(client, message)
+        await self.store.run(self.store.store.set_meta, key, sorted(self.session.announced))
+
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
             self.committed.clear()
             await self._publish_held(client)
-            rows = await self.store.run(self.store.store.next_batch, self.config.batch + len(self._owed))
-            batch: list[OutboxMessage] = [m for m in rows if m.seq not in self._owed][: self.config.batch]
-            if not batch:
+            rows = await self.store.run(self.store.store.next_batch, self.config.batch, self.name, sorted(self._owed))
+            rows = self._paced(rows)
+            if not rows:
                 if self._owed:
                     await self._settle([])
-                with contextlib.suppress(TimeoutError):  # while alarms wait in memory, look again each second
-                    async with asyncio.timeout(1.0 if self._held and self._held() else None):
+                # while alarms wait in memory or replay waits for its turn, look again soon
+                wait = 1.0 if self._held and self._held() else None
+                if self.status.replay_waits and self._replay_from > self.clock.monotonic():
+                    wait = min(wait or 1.0, max(0.01, self._replay_from - self.clock.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
                         await self.committed.wait()
                 continue
-            results = await asyncio.gather(
-                *(client.publish(f"{self.root}/{m.topic}", m.payload, qos=1) for m in batch),
-                return_exceptions=True,
-            )
-            acked = [m.seq for m, result in zip(batch, results, strict=True) if result is None]
-            await self._settle(acked)
-            self.status.delivered += len(acked)
-            failure = next((r for r in results if isinstance(r, BaseException)), None)
-            if failure is not None:
-                raise failure if isinstance(failure, aiomqtt.MqttError) else aiomqtt.MqttError(str(failure))
+            encoded = self.encoder.encode(rows, time.time())
+            self._pace(encoded, rows)
+            await self._deliver(client, encoded)
+
+    def _paced(self, rows: list[StoredFact]) -> list[StoredFact]:
+        """The rows this round may send: replay waits for its start delay and its rate, alarms never do.
+        Rows are in outbox order, so holding back the first replayed row holds back all that follow it."""
+        now = time.time()
+        if self._replay_from <= self.clock.monotonic():
+            return rows
+        for i, row in enumerate(rows):
+            if row.fact.priority is not Priority.ALARM and self.encoder.historical(row, now):
+                self.status.replay_waits += 1
+                return rows[:i]
+        return rows
+
+    def _pace(self, encoded: list[Encoded], rows: list[StoredFact]) -> None:
+        """Charge the replay messages of this round to the rate cap."""
+        if not self.config.replay_rate:
+            return
+        now = time.time()
+        replayed = {r.seq for r in rows if r.fact.priority is not Priority.ALARM and self.encoder.historical(r, now)}
+        count = sum(1 for e in encoded if e.message is not None and replayed.intersection(e.seqs))
+        if count:
+            start = max(self._replay_from, self.clock.monotonic())
+            self._replay_from = start + count / self.config.replay_rate
+
+    async def _deliver(self, client: aiomqtt.Client, encoded: list[Encoded]) -> None:
+        sending = [e for e in encoded if e.message is not None]
+        results = await asyncio.gather(*(self._publish(client, e.message) for e in sending if e.message),
+                                       return_exceptions=True)
+        acked = [seq for e in encoded if e.message is None for seq in e.seqs]
+        acked += [seq for e, result in zip(sending, results, strict=True) if result is None for seq in e.seqs]
+        await self._settle(acked)
+        self.status.delivered += len(acked)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure if isinstance(failure, aiomqtt.MqttError) else aiomqtt.MqttError(str(failure))

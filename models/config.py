@@ -122,6 +122,11 @@ class CameraConfig(StrictModel):
     id: Identifier = Field(description="Camera id, used in events and topics.")
     name: str = Field(default="", description="What the property staff call it.")
     enabled: bool = True
+    upstream: bool | None = Field(
+        default=None,
+        description="Its face and plate events: false = recorded on the box only, true = sent upstream; unset = as "
+                    "mqtt.keep_local says (by default local). Alarms such as falls always go.",
+    )
     url: str = Field(description="rtsp://..., http(s)://... (MJPEG or a stream OpenCV reads), a video file path, "
                                  "or usb:N for /dev/videoN.")
     fps: float = Field(default=5.0, gt=0, le=30, description="Frames analysed per second (the stream may be faster).")

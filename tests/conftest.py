@@ -44,6 +44,7 @@ class Collector:
         self.port = port
         self.topic = topic
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.batches: list[tuple[str, dict[str, Any]]] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -55,9 +56,20 @@ class Collector:
                     await client.subscribe(self.topic, qos=1)
                     self._ready.set()
                     async for message in client.messages:
-                        self.messages.append((str(message.topic), json.loads(bytes(message.payload))))  # type: ignore[arg-type]
+                        self._keep(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)
+
+    def _keep(self, topic: str, payload: bytes) -> None:
+        """A replay batch's items are kept one by one, under their own topics, as a platform reads them;
+        an empty retained message (a cleared topic) is kept as {}."""
+        message = json.loads(payload) if payload else {}
+        if message.get("type") == "batch":
+            self.batches.append((topic, message))
+            root = topic.rsplit("/", 2)[0]
+            self.messages += [(f"{root}/{item['topic']}", item) for item in message["items"]]
+        else:
+            self.messages.append((topic, message))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())

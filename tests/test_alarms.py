@@ -14,14 +14,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gateway import payloads
+from gateway import facts
 from gateway.core.data import Priority
+from gateway.northbound.contract import upstream_schema
+from gateway.northbound.json_v2 import JsonEncoder
 from rules.alarms import ALLOWED, AlarmBook, AlarmClass, AlarmError, AlarmState, Transition
 
 S = AlarmState
 T0 = 1_700_000_000.0
 ROOT = Path(__file__).parent.parent
-SCHEMA = json.loads((ROOT / "schemas" / "upstream-v1.json").read_text())
+SCHEMA = upstream_schema()
 
 FIRE = AlarmClass("fire", Priority.ALARM, latching=True, escalate_after=(60.0, 300.0),
                   tiers=("property", "community", "family"), chatter_limit=3, chatter_window=30.0, max_shelve=3600.0)
@@ -281,7 +283,7 @@ def test_transition_event_carries_the_trail_entry_and_matches_the_schema() -> No
         "level": 0, "colour": "none", "tier": "property", "message": "smoke in 2F corridor", "severity": "critical",
         "context": {"zone": "2F"}}.items()
     assert ev.id == t.to_event(alarm).id  # the same transition always gets the same id
-    message = json.loads(payloads.event(ev).payload)
+    message = json.loads(JsonEncoder("site-1").message(facts.event(ev)).payload)
     jsonschema.Draft202012Validator(SCHEMA).validate(message)
     [ack] = book.acknowledge(ZONE, "guard-1", T0 + 1)
     assert ack.to_event(alarm).id != ev.id and ack.to_event(alarm).id > ev.id

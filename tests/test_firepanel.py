@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -79,9 +80,11 @@ def raw_lines(db: Path) -> list[tuple[bytes, str | None]]:
         return [(bytes(d), p) for d, p in conn.execute("SELECT data, parsed FROM raw_lines ORDER BY seq")]
 
 
-def latest(db: Path) -> dict[str, str]:
+def latest(db: Path) -> dict[str, Any]:
+    """Each point's last value in the panel's readings history."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        return dict(conn.execute("SELECT point, value FROM latest WHERE device = 'panel'").fetchall())
+        rows = conn.execute("SELECT points FROM samples WHERE device = 'panel' ORDER BY ts, rowid").fetchall()
+    return {point: reading["v"] for (points,) in rows for point, reading in json.loads(points).items()}
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -144,7 +147,7 @@ async def test_each_event_type_arrives_with_kind_priority_and_zone(fmt: str, tmp
     assert [data for data, _ in stored] == [data for _, data in sim.sent]  # byte for byte, in order
     assert [parsed is None for _, parsed in stored] == [False] * (len(sent) + 1) + [True, True]
     state = latest(db)
-    assert (state["fire_zones_active"], state["faults_active"], state["disabled_active"]) == ("0", "0", "0")
+    assert (state["fire_zones_active"], state["faults_active"], state["disabled_active"]) == (0, 0, 0)
 
 
 async def test_gbk_text_arrives_intact_upstream(tmp_path: Path, broker: Broker) -> None:

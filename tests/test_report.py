@@ -13,10 +13,11 @@ from test_spine import meter_config
 from gateway.config import load_config
 from gateway.core.data import Quality, Reading
 from gateway.daemon import Daemon
+from gateway.northbound.contract import upstream_schema
 from rules.report import Reporter, ReportPolicy
 from simulators.meter import serve_meters
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "upstream-v1.json").read_text())
+SCHEMA = upstream_schema()
 
 
 def r(value: object, t: float, point: str = "p", quality: Quality = Quality.GOOD) -> Reading:

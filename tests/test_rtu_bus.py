@@ -53,7 +53,7 @@ async def test_rtu_and_tcp_devices_in_one_config(tmp_path: Path) -> None:
             daemon = Daemon(load_config(config))
             async with running(daemon):
                 await asyncio.sleep(1.5)
-                latest = {(r.device, r.point): r for r in await daemon.store.run(daemon.store.store.latest)}
+                latest = {(d, r.point): r for d, points in daemon.live.latest.items() for r in points.values()}
         finally:
             await meters.close()
     assert latest[("unit-1", "r3")].value == 103 and latest[("unit-2", "r9")].value == 209

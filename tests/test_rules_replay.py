@@ -278,14 +278,16 @@ def test_events_export_option_writes_the_recording(tmp_path: Path, capsys: pytes
     from gateway.cli.site import cmd_events
     from gateway.core.data import Quality, Reading
     from gateway.daemon import data_path
+    from gateway.facts import points_body
     from gateway.store import Batch, Store
 
     config = _config(tmp_path)
     cfg = load_config(config)
     store = Store(data_path(cfg))
+    readings = [Reading("meter-0", "voltage_a", 230.0, "V", Quality.GOOD, T0),
+                Reading("meter-0", "status", None, None, Quality.BAD, T0)]
     store.commit(Batch(events=[Event("fire.alarm", "panel", Priority.ALARM, {"zone": "04"}, ts=T0 + 5)],
-                       snapshots=[("meter-0", T0, [Reading("meter-0", "voltage_a", 230.0, "V", Quality.GOOD, T0),
-                                                   Reading("meter-0", "status", None, None, Quality.BAD, T0)])]))
+                       history=[("meter-0", T0, points_body(readings, T0))]))
     store.close()
     parser = argparse.ArgumentParser()
     parser.add_argument("-c", "--config", type=Path)

@@ -69,7 +69,7 @@ async def test_meter_readings_reach_the_broker_with_units(tmp_path: Path, broker
         assert points["voltage_a"] == {"v": 231.5, "u": "V", "q": "good"}
         assert points["energy_import"]["v"] == 123456.789 and points["energy_import"]["u"] == "kWh"
         assert points["status"]["v"] == 0b10
-        assert msg["v"] == 1 and msg["id"]
+        assert msg["v"] == 2 and msg["id"] and msg["site"] == "test-site"
         status = [m for t, m in collector.messages if t.endswith("/status")]
         assert status[0]["state"] == "online" and status[-1]["state"] == "offline"
     finally:

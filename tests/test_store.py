@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from gateway import payloads
+from wiring import outbox
+
+from gateway import facts
 from gateway.core.data import Event, Priority, Quality, Reading
-from gateway.store import Batch, Outgoing, Store
+from gateway.facts import Fact
+from gateway.store import Batch, Store
 
 
 def _reading(device: str, i: int) -> Reading:
@@ -19,31 +21,32 @@ def test_alarms_before_events_before_telemetry_and_order_within_class(tmp_path: 
     store = Store(tmp_path / "g.db")
     batch = Batch()
     for i in range(5):
-        batch.outgoing.append(payloads.telemetry("m1", 1000.0 + i, [_reading("m1", i)]))
-        batch.outgoing.append(payloads.event(Event("device.offline", f"d{i}", Priority.EVENT)))
-        batch.outgoing.append(payloads.event(Event("fire", f"z{i}", Priority.ALARM)))
+        batch.facts.append(facts.readings("m1", 1000.0 + i, [_reading("m1", i)]))
+        batch.facts.append(facts.event(Event("device.offline", f"d{i}", Priority.EVENT)))
+        batch.facts.append(facts.event(Event("fire", f"z{i}", Priority.ALARM)))
     store.commit(batch)
     sent = store.next_batch(100)
-    assert [m.priority for m in sent] == [Priority.ALARM] * 5 + [Priority.EVENT] * 5 + [Priority.TELEMETRY] * 5
-    assert [json.loads(m.payload)["source"] for m in sent[:5]] == [f"z{i}" for i in range(5)]
-    values = [json.loads(m.payload)["points"]["p"]["v"] for m in sent[10:]]
+    assert [m.fact.priority for m in sent] == [Priority.ALARM] * 5 + [Priority.EVENT] * 5 + [Priority.TELEMETRY] * 5
+    messages = [m for _, m in outbox(store)]
+    assert [m["source"] for m in messages[:5]] == [f"z{i}" for i in range(5)]
+    values = [m["points"]["p"]["v"] for m in messages[10:]]
     assert values == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_acknowledged_messages_leave_and_the_rest_stay_in_order(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db")
-    store.commit(Batch(outgoing=[payloads.telemetry("m1", i, [_reading("m1", i)]) for i in range(10)]))
-    first = store.next_batch(4)
-    store.acknowledge([m.seq for m in first[:3]])  # the 4th was never acked (connection dropped)
-    again = store.next_batch(100)
-    assert [json.loads(m.payload)["points"]["p"]["v"] for m in again] == [float(i) for i in range(3, 10)]
-    assert again[0].payload == first[3].payload  # a redelivery carries the same message id
+    store.commit(Batch(facts=[facts.readings("m1", i, [_reading("m1", i)]) for i in range(10)]))
+    first = outbox(store, 4)
+    store.acknowledge([m.seq for m in store.next_batch(3)])  # the 4th was never acked (connection dropped)
+    again = outbox(store)
+    assert [m["points"]["p"]["v"] for _, m in again] == [float(i) for i in range(3, 10)]
+    assert again[0] == first[3]  # a redelivery is the same message, with the same id
     assert store.counters()["uplink.delivered"] == 3
 
 
 def test_outbox_survives_reopen(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db")
-    store.commit(Batch(outgoing=[payloads.event(Event("fire", "z1", Priority.ALARM))]))
+    store.commit(Batch(facts=[facts.event(Event("fire", "z1", Priority.ALARM))]))
     store.close()
     reopened = Store(tmp_path / "g.db")
     assert reopened.outbox_depth() == {"alarm": 1, "event": 0, "telemetry": 0}
@@ -56,8 +59,8 @@ def test_disk_cap_drops_oldest_telemetry_only(tmp_path: Path) -> None:
     for round_ in range(30):
         batch = Batch()
         for i in range(100):
-            batch.outgoing.append(payloads.telemetry("m1", round_ * 100 + i, big))
-        batch.outgoing.append(payloads.event(Event("fire", f"zone-{round_}", Priority.ALARM)))
+            batch.facts.append(facts.readings("m1", round_ * 100 + i, big))
+        batch.facts.append(facts.event(Event("fire", f"zone-{round_}", Priority.ALARM)))
         store.commit(batch)
         store.enforce_cap()
     assert store.used_bytes() <= 1 * 2**20
@@ -65,24 +68,25 @@ def test_disk_cap_drops_oldest_telemetry_only(tmp_path: Path) -> None:
     depth = store.outbox_depth()
     assert depth["alarm"] == 30  # every alarm kept
     assert dropped > 0 and depth["telemetry"] + dropped == 3000
-    remaining = [json.loads(m.payload)["ts"] for m in store.next_batch(10_000) if m.priority is Priority.TELEMETRY]
+    remaining = [m["ts"] for _, m in outbox(store, 10_000) if m["type"] == "telemetry"]
     assert remaining == sorted(remaining) and remaining[-1] == 2999  # the newest kept, the oldest gone
 
 
 def test_cap_never_drops_alarms_even_when_they_alone_exceed_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db", max_bytes=1 * 2**20)
-    payload = b"x" * 4000
-    store.commit(Batch(outgoing=[Outgoing(Priority.ALARM, "alarm/fire", payload) for _ in range(600)]))
+    body = facts.dumps({"kind": "fire", "data": {"text": "x" * 4000}})
+    store.commit(Batch(facts=[Fact(Priority.ALARM, "event", "fire", f"id-{i}", 0.0, body) for i in range(600)]))
     assert store.enforce_cap() == 0
     assert store.outbox_depth()["alarm"] == 600
 
 
-def test_retention_prunes_samples_and_keeps_latest(tmp_path: Path) -> None:
+def test_retention_prunes_samples(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db", readings_retention=60)
-    store.commit(Batch(snapshots=[("m1", 1000.0, [_reading("m1", 1)]), ("m1", 1100.0, [_reading("m1", 2)])]))
+    store.commit(Batch(history=[("m1", ts, facts.points_body([_reading("m1", i)], ts))
+                                for i, ts in ((1, 1000.0), (2, 1100.0))]))
     store.prune(now=1130.0)
     assert store.db.execute("SELECT ts FROM samples").fetchall() == [(1100.0,)]
-    assert [r.value for r in store.latest("m1")] == [2.0]
+    assert [points["p"]["v"] for _, _, points in store.samples_since()] == [2.0]
 
 
 def test_read_only_store_cannot_write(tmp_path: Path) -> None:
@@ -114,9 +118,9 @@ async def test_a_full_disk_is_a_state_and_nothing_it_held_is_lost(tmp_path: Path
     bus.event(Event("fire", "z2", Priority.ALARM))
     store.db.execute("PRAGMA max_page_count = 1073741823")  # room again
     await recorder.flush()
-    sent = [json.loads(m.payload)["source"] for m in store.next_batch(10)]
+    sent = [m["source"] for _, m in outbox(store, 10)]
     assert sent == ["z1", "store", "z2"]  # nothing lost, order kept, and the disk_full alarm between them
-    kinds = [json.loads(m.payload)["kind"] for m in store.next_batch(10)]
+    kinds = [m["kind"] for _, m in outbox(store, 10)]
     assert kinds == ["fire", "store.disk_full", "fire"]
     assert store.integrity_ok()
 
@@ -127,7 +131,7 @@ def test_the_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o000)  # a technician's shell at its most careless
     try:
         store = Store(tmp_path / "g.db")
-        store.commit(Batch(outgoing=[payloads.event(Event("fire", "z1", Priority.ALARM))]))
+        store.commit(Batch(facts=[facts.event(Event("fire", "z1", Priority.ALARM))]))
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from gateway.bus import LocalBus
 from gateway.core.timing import SYSTEM_CLOCK, Clock
+from gateway.northbound.json_v2 import JsonEncoder
 from gateway.recorder import AsyncStore, Recorder
 from gateway.reporting import UplinkFeed
+from gateway.store import Store
 
 
 def wire(store: AsyncStore, clock: Clock = SYSTEM_CLOCK) -> tuple[LocalBus, Recorder]:
@@ -13,3 +18,11 @@ def wire(store: AsyncStore, clock: Clock = SYSTEM_CLOCK) -> tuple[LocalBus, Reco
     recorder = Recorder(store, bus, clock=clock)
     UplinkFeed(bus, recorder, clock=clock)  # it lives on through its subscriptions
     return bus, recorder
+
+
+def outbox(store: Store, limit: int = 100_000, site: str = "test-site") -> list[tuple[str, dict[str, Any]]]:
+    """What the outbox holds, as the JSON uplink would send it now: (topic, message), in delivery order."""
+    rows = store.next_batch(limit)
+    now = max((r.created for r in rows), default=0.0)  # as if sent at once: live, one message per row
+    return [(e.message.topic, json.loads(e.message.payload))
+            for e in JsonEncoder(site).encode(rows, now) if e.message is not None]

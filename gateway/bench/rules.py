@@ -232,8 +232,8 @@ async def daemon_run(opts: Options, config: Path) -> DaemonResult:
     committed: dict[str, float] = {}
     commit = store.commit
 
-    def timed_commit(batch: Batch) -> None:  # runs on the store's thread
-        commit(batch)
+    def timed_commit(batch: Batch, now: float | None = None) -> None:  # runs on the store's thread
+        commit(batch, now)
         done = time.perf_counter()
         for ev in batch.events:
             if ev.kind == "alarm.raise":

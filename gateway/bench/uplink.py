@@ -28,7 +28,8 @@ from gateway.bench.harness import Report, add_json, bad_args, gain, latency_ms, 
 
 if TYPE_CHECKING:
     from gateway.bench.mqtt import Subscriber
-    from gateway.store import Outgoing, Store
+    from gateway.facts import Fact
+    from gateway.store import Store
 
 DEVICES = 20
 POLL_INTERVAL = 10.0
@@ -134,7 +135,10 @@ async def _bench(port: int, work: Path, opts: Options, report: Report) -> None:
     from gateway.store import Batch, Store
 
     backlog = telemetry_backlog(opts.events)
-    size = sum(len(m.payload) for m in backlog) / len(backlog)
+    from gateway.northbound.json_v2 import JsonEncoder
+
+    encoder = JsonEncoder("bench")
+    size = sum(len(encoder.message(f).payload) for f in backlog) / len(backlog)
     hours = opts.events / DEVICES * POLL_INTERVAL / 3600
     report.params.update(devices=DEVICES, points_per_message=len(_METER), mean_payload_bytes=round(size),
                          outage_hours=round(hours, 2), alarm_period_s=ALARM_PERIOD)
@@ -149,8 +153,8 @@ async def _bench(port: int, work: Path, opts: Options, report: Report) -> None:
         report.say(f"replaying with batch {batch} ...")
         fill_started = time.monotonic()
         store = Store(work / f"replay-{batch}.db", synchronous=opts.synchronous)
-        for chunk in _chunks(backlog, FILL_CHUNK):
-            store.commit(Batch(outgoing=list(chunk)))
+        for chunk in _chunks(backlog, FILL_CHUNK):  # stored when it happened: the replay is historical
+            store.commit(Batch(facts=list(chunk)), now=chunk[-1].ts)
         fill = time.monotonic() - fill_started
         result = await _replay(port, store, len(backlog), batch, opts.run_limit)
         result.fill_seconds = fill
@@ -219,8 +223,9 @@ async def _replay(port: int, store: Store, expected: int, batch: int, limit: flo
             connected_at.append(time.time())
 
     uplink = Uplink(
+        # the uplink's own speed: no start delay, no rate cap (the defaults pace a fleet, see docs/upstream.md)
         MqttConfig(host="127.0.0.1", port=port, batch=batch, topic_prefix=PREFIX, reconnect_min=0.1,
-                   reconnect_max=1.0),
+                   reconnect_max=1.0, replay_rate=0, replay_delay=0),
         site, astore, recorder.committed, on_state=on_state,
     )
     subscriber = Subscriber(port, f"{PREFIX}/{site}/#", expected)
@@ -271,10 +276,13 @@ async def _raise_alarms(raise_event: Callable[[Any], None], sent: dict[str, floa
         lag.append(loop.time() - slept - ALARM_PERIOD)
 
 
-async def _naive(port: int, backlog: list[Outgoing], limit: float) -> RunResult:
+async def _naive(port: int, backlog: list[Fact], limit: float) -> RunResult:
     import aiomqtt
 
     from gateway.bench.mqtt import Subscriber
+    from gateway.northbound.json_v2 import JsonEncoder
+
+    encoder = JsonEncoder("naive")
 
     result = RunResult("naive", len(backlog))
     subscriber = Subscriber(port, f"{PREFIX}/naive/#", len(backlog))
@@ -284,7 +292,8 @@ async def _naive(port: int, backlog: list[Outgoing], limit: float) -> RunResult:
             started = time.time()
             try:
                 async with asyncio.timeout(limit):
-                    for m in backlog:
+                    for fact in backlog:  # one message per fact, each awaiting its PUBACK
+                        m = encoder.message(fact, hist=True)
                         await client.publish(f"{PREFIX}/naive/{m.topic}", m.payload, qos=1)
             except TimeoutError:
                 result.timed_out = True
@@ -321,20 +330,20 @@ def _fill(result: RunResult, summary: dict[str, Any], started: float) -> None:
         result.seconds = summary["last"] - started
 
 
-def _chunks(items: Sequence[Outgoing], size: int) -> Iterator[Sequence[Outgoing]]:
+def _chunks(items: Sequence[Fact], size: int) -> Iterator[Sequence[Fact]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def telemetry_backlog(count: int, devices: int = DEVICES, seed: int = 1) -> list[Outgoing]:
+def telemetry_backlog(count: int, devices: int = DEVICES, seed: int = 1) -> list[Fact]:
     """``count`` snapshots, round-robin over the meters in time order, as an outage leaves them."""
-    from gateway import payloads
+    from gateway import facts
     from gateway.core.data import Quality, Reading
 
     rng = random.Random(seed)
     start = time.time() - count / devices * POLL_INTERVAL
     energy = [rng.uniform(5_000.0, 80_000.0) for _ in range(devices)]
-    backlog: list[Outgoing] = []
+    backlog: list[Fact] = []
     for n in range(count):
         k, d = divmod(n, devices)
         ts = start + k * POLL_INTERVAL + d * 0.013
@@ -347,5 +356,5 @@ def telemetry_backlog(count: int, devices: int = DEVICES, seed: int = 1) -> list
             elif spread is not None:
                 value = round(rng.gauss(float(typical), spread / 3), 4)
             readings.append(Reading(f"meter-{d + 1:03d}", point, value, unit, Quality.GOOD, ts))
-        backlog.append(payloads.telemetry(f"meter-{d + 1:03d}", ts, readings))
+        backlog.append(facts.readings(f"meter-{d + 1:03d}", ts, readings))
     return backlog

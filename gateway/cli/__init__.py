@@ -14,7 +14,7 @@ from gateway.bench import add_commands as add_bench_commands
 from gateway.cli.alarms import add_commands as add_alarm_commands
 from gateway.cli.commissioning import add_commands as add_commissioning_commands
 from gateway.cli.common import load
-from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_write
+from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_values, cmd_write
 from gateway.cli.points import add_command as add_points_command
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("read", cmd_read, "read a device live, bypassing the store")
     p.add_argument("device")
     p.add_argument("point", nargs="?")
+    p = command("values", cmd_values, "the latest value of every point, from the running daemon's memory")
+    p.add_argument("device", nargs="?")
     p = command("write", cmd_write, "write a point (checked, queued ahead of polls, read back, audited)")
     p.add_argument("device")
     p.add_argument("point")

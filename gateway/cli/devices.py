@@ -87,6 +87,28 @@ def cmd_read(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_values(args: argparse.Namespace) -> int:
+    """The latest values the running daemon holds (no device is asked: `gateway read` asks)."""
+    cfg = load(args)
+    if args.device is not None:
+        _device(cfg, args)
+    answer = _via_daemon(cfg, {"cmd": "values", "device": args.device})
+    if answer is None:
+        print("the gateway daemon is not running: latest values live in its memory; "
+              "`gateway read DEVICE` asks a device directly", file=sys.stderr)
+        return 1
+    if not answer["ok"]:
+        print(answer["error"], file=sys.stderr)
+        return 1
+    values = answer["values"]
+    if args.json:
+        print_json(values)
+        return 0
+    print(table([(v["device"], v["point"], fmt(v["value"]), v["unit"] or "", v["quality"]) for v in values],
+                ["device", "point", "value", "unit", "quality"]))
+    return 0
+
+
 def cmd_write(args: argparse.Namespace) -> int:
 
     cfg = load(args)

@@ -66,6 +66,31 @@ class MqttConfig(StrictModel):
         default=200, ge=1, le=10000,
         description="Messages taken from the outbox per round; new alarms are looked for between rounds.",
     )
+    encoding: Literal["json"] = Field(
+        default="json", description="The dialect this uplink speaks: json = the native contract v2 (docs/upstream.md).",
+    )
+    live_window: Duration = Field(
+        default=60.0, ge=1, le=86400,
+        description="Anything delivered later than this after it was stored is replay: flagged hist, batched, "
+                    "paced by replay_rate.",
+    )
+    replay_batch: int = Field(
+        default=100, ge=1, le=1000, description="Replayed telemetry or events per batch message (alarms: one each).",
+    )
+    replay_rate: float = Field(
+        default=100.0, ge=0, le=100_000,
+        description="Replay messages per second at most (0: no cap); live data and alarms are never held back. "
+                    "Protects the platform when a district's gateways reconnect at once.",
+    )
+    replay_delay: Duration = Field(
+        default=10.0, ge=0, le=3600,
+        description="Replay starts after a random delay of up to this after connecting (alarms go at once).",
+    )
+    keep_local: list[str] = Field(
+        default_factory=lambda: ["face.*", "plate.*"],
+        description="Event kinds (glob patterns) recorded on the box only, never sent upstream; the default keeps "
+                    "residents' face and plate events local. [] sends everything.",
+    )
 
     @property
     def effective_port(self) -> int:
@@ -117,6 +142,11 @@ class Reporting(StrictModel):
     )
     report_points: dict[str, ReportPolicy] = Field(
         default_factory=dict, description="Per-point policies where they differ from `report`.",
+    )
+    history: bool = Field(
+        default=True,
+        description="Keep every poll in the local readings history (for store.readings_retention), whatever goes "
+                    "upstream; false saves disk and CPU on a device nobody replays.",
     )
 
 
