@@ -276,9 +276,18 @@ def _k(kind: str, data: type[Data], priority: str, source: str, about: str, clea
     return KindInfo(kind, data, tuple(priority.split("|")), source, about, clears)  # type: ignore[arg-type]
 
 
-_FIRE = {"fire.alarm": "alarm", "fire.prealarm": "alarm", "fire.supervisory": "alarm", "fire.reset": "alarm",
-         "fire.fault": "event", "fire.fault_cleared": "event", "fire.disable": "event", "fire.enable": "event",
-         "fire.activation": "event", "fire.silence": "event"}
+_FIRE = {  # kind: (priority, what the panel printed)
+    "fire.alarm": ("alarm", "a fire alarm at a detector or zone"),
+    "fire.prealarm": ("alarm", "a pre-alarm (early warning)"),
+    "fire.supervisory": ("alarm", "a supervisory condition (sprinkler valve, pump)"),
+    "fire.reset": ("alarm", "the panel was reset (`cleared`: what it cleared)"),
+    "fire.fault": ("event", "a fault (detector, loop, power)"),
+    "fire.fault_cleared": ("event", "a fault cleared"),
+    "fire.disable": ("event", "a point or zone disabled"),
+    "fire.enable": ("event", "a point or zone enabled again"),
+    "fire.activation": ("event", "an output activated (sounder, damper, lift recall)"),
+    "fire.silence": ("event", "sounders silenced"),
+}
 _ALARM_ABOUT = {
     "raise": "condition came (a new episode from normal or latched)",
     "clear": "condition went; NOT the end of the alarm",
@@ -317,9 +326,9 @@ KINDS: tuple[KindInfo, ...] = (
     _k("flood.summary", FloodSummary, "event", "bus id", "a whole bus is back; its device alarms were held"),
     *(_k(f"alarm.{action}", AlarmTransition, "alarm|event", "what the alarm is about (device, camera, bus)",
          _ALARM_ABOUT[action]) for action in ALARM_ACTIONS),
-    *(_k(kind, PanelLine, priority, "panel device id", f"panel printed a {kind[5:].replace('_', ' ')} line",
+    *(_k(kind, PanelLine, priority, "panel device id", about,
          {"fire.fault_cleared": "fire.fault", "fire.enable": "fire.disable"}.get(kind))
-      for kind, priority in _FIRE.items()),
+      for kind, (priority, about) in _FIRE.items()),
     _k("panel.unparsed", PanelUnparsed, "event|alarm", "panel device id", "a line no pattern matched (alarm "
        "when it mentions a life-safety word)"),
     _k("panel.comm_lost", CommLost, "alarm", "panel device id", "the panel went silent or its port failed"),
