@@ -63,7 +63,10 @@ class Collector:
     def _keep(self, topic: str, payload: bytes) -> None:
         """A replay batch's items are kept one by one, under their own topics, as a platform reads them;
         an empty retained message (a cleared topic) is kept as {}."""
-        message = json.loads(payload) if payload else {}
+        try:
+            message = json.loads(payload) if payload else {}
+        except ValueError:  # not ours to judge here: kept as it came
+            message = {"raw": payload.decode(errors="replace")}
         if message.get("type") == "batch":
             self.batches.append((topic, message))
             root = topic.rsplit("/", 2)[0]
