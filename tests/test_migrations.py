@@ -105,7 +105,8 @@ async def test_every_row_a_v1_store_held_reaches_the_broker(tmp_path: Path, brok
     wanted = [json.loads(p)["id"] if p.startswith(b"{") else None for _, _, p in rows]
     assert sorted(i for i in ids if i) == sorted(i for i in wanted if i)  # the same ids: platforms de-duplicate
     by_topic = {t: m for t, m in delivered}
-    assert by_topic["alarm/fire.alarm"]["data"] == {"zone": "07", "text": "火警"} and by_topic["alarm/fire.alarm"]["v"] == 2
+    fire = by_topic["alarm/fire.alarm"]
+    assert fire["data"] == {"zone": "07", "text": "火警"} and fire["v"] == 2
     assert by_topic["alarm/alarm.acknowledge"]["type"] == "alarm"  # the one rule: every alarm transition on alarm/
     telemetry = [m for t, m in delivered if t == "telemetry/meter-1"]
     assert [m["points"]["voltage_a"]["v"] for m in telemetry] == [231.0, 232.0]  # order kept
