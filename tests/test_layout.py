@@ -26,7 +26,8 @@ OVER_LENGTH: dict[str, str] = {
 FOREIGN_IMPORTS: dict[tuple[str, str], str] = {
     # (module, what of gateway it imports outside the kernel): why. Empty: none does, not even for types.
 }
-BENCHES = {"modbus", "uplink", "bus", "firepanel", "rules", "vision", "bacnet", "field", "chaos", "soak", "noise"}
+BENCHES = {"modbus", "uplink", "bus", "firepanel", "rules", "vision", "bacnet", "field", "chaos", "soak", "noise",
+           "pipeline"}
 
 
 def modules(*packages: str) -> Iterator[Path]:
