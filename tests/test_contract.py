@@ -238,18 +238,13 @@ def test_the_topic_rule_and_batches_are_enforced() -> None:
                "items": [{**tel, "topic": "telemetry/other"}]})
 
 
-def test_topics_types_history_and_privacy_helpers() -> None:
+def test_topics_types_and_history_helpers() -> None:
     assert [topic_of(m) for m in (telemetry(), summary(), event("fire.alarm", {}, "alarm"))] == [
         "telemetry/meter-1", "summary/meter-1", "alarm/fire.alarm"]
     assert topic_of({"type": "status"}) == "status" and topic_of({"type": "batch", "class": "event"}) == "batch/event"
     assert event_type("alarm.acknowledge", "event") == "alarm" and event_type("device.offline", "event") == "event"
     assert historical(100.0, 160.5) and not historical(100.0, 160.0) and historical(0.0, 11.0, live_window=10)
-    kept = catalogue.kept_local
-    assert kept("face.recognized", "event", "lobby") and kept("plate.read", "event", "gate")
-    assert not kept("face.recognized", "event", "lobby", keep_local=[])
-    assert kept("camera.lost", "event", "bedroom", local_sources={"bedroom"})
-    assert not kept("fall.detected", "alarm", "bedroom", keep_local=["*"], local_sources={"bedroom"})
-    assert not kept("alarm.raise", "event", "bedroom", keep_local=["*"], local_sources={"bedroom"})
+
 
 
 @settings(max_examples=150, deadline=None)

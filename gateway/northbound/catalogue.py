@@ -9,8 +9,6 @@ here fails the suite, and ``docs/upstream.md`` carries ``markdown()`` verbatim.
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -25,8 +23,6 @@ AlarmState = Literal["normal", "active_unack", "active_ack", "cleared_unack", "l
 AlarmAction = Literal["raise", "clear", "acknowledge", "reset", "shelve", "unshelve", "out_of_service", "in_service",
                       "escalate", "chatter"]
 ALARM_ACTIONS: tuple[str, ...] = get_args(AlarmAction)
-DEFAULT_KEEP_LOCAL = ("face.*", "plate.*")
-"""``mqtt.keep_local`` by default: events naming residents (person ids, plate numbers) stay on the box."""
 
 
 class Data(BaseModel):
@@ -353,15 +349,6 @@ def data_model(kind: str) -> type[Data] | None:
     """The model of ``data`` for a known kind; None for a kind nobody catalogued (a rule's own)."""
     info = CATALOGUE.get(kind)
     return info.data if info else None
-
-
-def kept_local(kind: str, priority: str, source: str, keep_local: Iterable[str] = DEFAULT_KEEP_LOCAL,
-               local_sources: Collection[str] = ()) -> bool:
-    """Whether an event stays on the box: its kind matches ``mqtt.keep_local`` or its source is a camera with
-    ``upstream = false``. Never an alarm (priority alarm, or ``alarm.*``): ``alarm/#`` must miss nothing."""
-    if priority == "alarm" or kind.startswith("alarm."):
-        return False
-    return source in local_sources or any(fnmatch.fnmatchcase(kind, pattern) for pattern in keep_local)
 
 
 def fields_of(model: type[Data]) -> list[str]:
