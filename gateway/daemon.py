@@ -27,6 +27,7 @@ from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.headroom import Headroom
 from gateway.live import LiveValues
+from gateway.northbound.catalog import device_meta
 from gateway.lock import DataDirLock
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
@@ -102,6 +103,7 @@ class Daemon:
             self.uplink = Uplink(
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
                 config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
+                devices=functools.partial(device_meta, cfg),
             )
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
         self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)

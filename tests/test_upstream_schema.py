@@ -25,7 +25,8 @@ async def test_published_messages_match_the_schema(tmp_path: Path, broker: Broke
         daemon = Daemon(load_config(meter_config(tmp_path, server.ports, broker.port)))
         async with running(daemon):
             await collector.wait_for(lambda: len(collector.of_type("telemetry")) >= 4)
-            daemon.bus.event(Event("fire.alarm", "panel-1", Priority.ALARM, {"zone": "B3-2F", "text": "火警"}))
+            daemon.bus.event(Event("fire.alarm", "panel-1", Priority.ALARM,
+                                  {"zone": "B3-2F", "text": "火警", "pattern": "gst_cn.fire"}))
             await server.stop_one(1)
             await collector.wait_for(lambda: any(m.get("kind") == "device.offline" for _, m in collector.messages))
         await asyncio.sleep(0.3)
