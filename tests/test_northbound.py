@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -21,7 +20,7 @@ from conftest import Broker, Collector, until
 from gateway import facts
 from gateway.config.schema import MqttConfig
 from gateway.core.data import Event, Priority, Quality, Reading
-from gateway.core.timing import ManualClock
+from gateway.core.timing import SYSTEM_CLOCK, ManualClock
 from gateway.northbound.contract import upstream_schema
 from gateway.recorder import AsyncStore
 from gateway.store import Batch, Store
@@ -44,7 +43,7 @@ async def uplinked(store: AsyncStore, port: int, *, clock: ManualClock | None = 
     committed.set()
     uplink = Uplink(MqttConfig(host="127.0.0.1", port=port, **{"replay_delay": 0, "replay_rate": 0, **mqtt}), SITE,
                     store, committed, config_hash="abc", devices=(lambda: devices) if devices is not None else None,
-                    **({"clock": clock} if clock else {}))
+                    clock=clock or SYSTEM_CLOCK)
     task = asyncio.create_task(uplink.run())
     try:
         await until(lambda: uplink.status.state == "connected")
@@ -99,18 +98,19 @@ async def test_a_killed_gateway_leaves_a_will_without_ts_that_names_its_session(
                                                                                collector: Collector) -> None:
     db = tmp_path / "g.db"
     Store(db).close()
-    for n in (1, 2):  # bdseq 1 and 2, each ended by SIGKILL
-        child = subprocess.Popen([sys.executable, "-c", _KILLED, str(db), str(broker.port)], stdout=subprocess.PIPE,
-                                 cwd=Path(__file__).parent.parent, env={**os.environ, "PYTHONPATH": "."})
+    for births in (1, 2):  # bdseq 1 and 2, each ended by SIGKILL
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _KILLED, str(db), str(broker.port), stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).parent.parent, env={**os.environ, "PYTHONPATH": "."})
         try:
             assert child.stdout is not None
             async with asyncio.timeout(20):
-                while (line := await asyncio.to_thread(child.stdout.readline)).strip() != b"connected":
+                while (line := await child.stdout.readline()).strip() != b"connected":
                     assert line, "the uplink process ended before it connected"
         finally:
             child.send_signal(signal.SIGKILL)
-            child.wait(10)
-        await collector.wait_for(lambda: len(_of(collector, "status")) == 2 * n)  # the birth and the will
+            await child.wait()
+        await collector.wait_for(lambda n=births: len(_of(collector, "status")) == 2 * n)  # the birth and the will
     statuses = [(m["state"], m["bdseq"], "ts" in m) for m in _of(collector, "status")]
     # the will is composed at connect: it has no ts, and its bdseq says which birth it ends
     assert statuses == [("online", 1, True), ("offline", 1, False), ("online", 2, True), ("offline", 2, False)]
