@@ -39,6 +39,7 @@ from drivers.modbus.codec import (
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.values import named, scaled
 from gateway.core.data import Quality, Reading, Value
+from gateway.core.numbers import float32_shortest
 
 _FAST = {
     DataType.INT16: ">h", DataType.UINT16: ">H", DataType.INT32: ">i", DataType.UINT32: ">I",
@@ -103,6 +104,10 @@ class DevicePlan:
             i: struct.Struct(_FAST[p.type]) for i, p in enumerate(device.points)
             if p.type in _FAST and p.word_order is Order.BIG and p.byte_order is Order.BIG
         }
+        # The commonest point of all, a plain big-endian float32 (no scale, offset or states), skips the
+        # general path: its value is its shortest float32 form and nothing else (a third of a poll's CPU).
+        self._plain_float = {i for i, p in enumerate(device.points) if i in self._fast and p.type is DataType.FLOAT32
+                             and p.scale == 1.0 and p.offset == 0.0 and p.states is None}
 
     # -- learning ---------------------------------------------------------------------------------
 
@@ -216,8 +221,16 @@ class DevicePlan:
                 packed = struct.pack(f">{block.count}H", *data[: block.count])
             except (struct.error, TypeError):
                 packed = None  # a register out of 0..65535: let the checked path say which point is bad
+        device, points, plain_float, start = self.device.id, self.points, self._plain_float, block.start
         for span in block.spans:
-            point = self.points[span.key]
+            point = points[span.key]
+            if packed is not None and span.key in plain_float:
+                raw = self._fast[span.key].unpack_from(packed, (span.address - start) * 2)[0]
+                if math.isfinite(raw):
+                    readings.append(Reading(device, point.id, float32_shortest(raw), point.unit, Quality.GOOD, ts))
+                else:
+                    readings.append(Reading(device, point.id, None, point.unit, Quality.BAD, ts))
+                continue
             try:
                 fast = self._fast.get(span.key) if packed is not None else None
                 if fast is not None and packed is not None:
@@ -234,7 +247,7 @@ class DevicePlan:
                     value = named(value, point)
             except (ValueError, struct.error):  # struct.error: a reply shorter than the block
                 value, quality = None, Quality.BAD
-            readings.append(Reading(self.device.id, point.id, value, point.unit, quality, ts))
+            readings.append(Reading(device, point.id, value, point.unit, quality, ts))
         return readings
 
     def bad_block(self, block: Block, ts: float) -> list[Reading]:
