@@ -70,7 +70,7 @@ class Uplink:
         self.config = config
         self.name = name
         self.root = f"{config.topic_prefix}/{site_id}"
-        self.client_id = config.client_id or f"gateway-{site_id}"
+        self.client_id = config.client_id or site_id  # the topic's own segment: one ACL pattern (%c) fits all
         self.store = store
         self.committed = committed
         self.clock = clock

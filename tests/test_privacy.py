@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from wiring import outbox
 
 from gateway.bus import LocalBus
@@ -44,3 +45,13 @@ async def test_a_site_can_send_identities_and_keep_one_camera_local(tmp_path: Pa
 async def test_one_camera_may_send_what_the_site_keeps(tmp_path: Path) -> None:
     upstream, _ = await _run(tmp_path, Privacy(shared_sources=["gate"]))  # the car park's barrier platform
     assert sorted(upstream) == ["camera.lost", "fall.detected", "fire.alarm", "plate.read"]
+
+
+def test_no_privacy_pattern_may_keep_an_alarm_from_the_platform(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_config
+
+    config = tmp_path / "site.toml"
+    config.write_text(f'[site]\nid = "s"\n[store]\ndata_dir = "{tmp_path}"\n[mqtt]\nkeep_local = ["face.*", "f*"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert "site.toml:6: mqtt.keep_local" in str(caught.value) and "fire.alarm" in str(caught.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,11 +47,19 @@ class TlsConfig(StrictModel):
     verify_hostname: bool = Field(default=True, description="Check the broker's name against its certificate.")
 
 
+LIFE_SAFETY_KINDS = ("fire.alarm", "fire.prealarm", "fire.supervisory", "fall.detected", "alarm.raise",
+                     "alarm.escalate", "elevator.entrapment", "store.disk_full")
+"""Kinds no privacy setting may keep from the platform (a sample of every family of alarms)."""
+
+
 class MqttConfig(StrictModel):
     enabled: bool = Field(default=True, description="false: keep everything in the outbox, send nothing.")
     host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
     port: int | None = Field(default=None, ge=1, le=65535, description="Default 1883, or 8883 with [mqtt.tls].")
-    client_id: str | None = Field(default=None, max_length=128, description="Default: gateway-<site.id>.")
+    client_id: str | None = Field(
+        default=None, max_length=128,
+        description="Default: the site id, the topic's own segment, so one broker ACL pattern (%c) serves every site.",
+    )
     username: str | None = Field(default=None, description="Broker user name.")
     password: SecretStr | None = Field(default=None, description="Prefer password_file; both may not be set.")
     password_file: Path | None = Field(default=None, description="File holding the password (first line).")
@@ -91,6 +100,16 @@ class MqttConfig(StrictModel):
         description="Event kinds (glob patterns) recorded on the box only, never sent upstream; the default keeps "
                     "residents' face and plate events local. [] sends everything.",
     )
+
+    @field_validator("keep_local")
+    @classmethod
+    def _never_an_alarm(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            kept = [kind for kind in LIFE_SAFETY_KINDS if fnmatchcase(kind, pattern)]
+            if kept:
+                raise ValueError(f"{pattern!r} would keep {kept[0]} on the box: only identity events (face.*, "
+                                 "plate.*) and other non-alarm kinds may be kept local")
+        return patterns
 
     @property
     def effective_port(self) -> int:
