@@ -8,12 +8,18 @@ on doubling, so a unit that answers garbage stays as isolated as a dead one.
 
 Each failure kind is logged once when it starts (one structured line, never a traceback) and then
 at most once a minute; the device's wire counters, what the driver learnt (read limits, counter
-totals) and its unreadable points go to the store as ``device:<id>`` status, for `gateway status`
-and the next start.
+totals), its unreadable points and its pace (``poll``: configured and actual period, slots missed)
+go to the store as ``device:<id>`` status, for `gateway status` and the next start.
+
+A poll that outlasts the interval is followed at once by the next one: slots stretch evenly to the
+poll's length, with no burst of catch-up polls. The slots it covered are missed and counted; a
+device more than 10 % late over its last OVERRUN_WINDOW polls raises ``device.overrun`` (at most
+once a minute), and ``device.overrun_cleared`` (``clears``) once it keeps up again.
 """
 
 from __future__ import annotations
 
+import collections
 import random
 from dataclasses import replace
 from typing import Any
@@ -33,6 +39,15 @@ CHATTER_LIMIT = 10
 CHATTER_WINDOW = 60.0
 STATUS_EVERY = 10.0
 """Seconds between stores of a device's counters when nothing else about it changed."""
+OVERRUN_WINDOW = 10
+"""Polls over which a device's pace is judged and its actual period measured."""
+OVERRUN_LATE = 0.10
+"""Slots missed per poll (over the window) beyond which a device is overrunning: more than 10 % late, and
+behind after at least half of those polls (one long poll is a hiccup, counted but not an overrun)."""
+OVERRUN_KEPT = 0.05
+"""At or below this it keeps up again (a gap, so a device on the edge does not flap)."""
+OVERRUN_EVERY = 60.0
+"""Seconds: at most one device.overrun event per device in any such window."""
 
 
 class DevicePoller:
@@ -59,6 +74,29 @@ class DevicePoller:
         self._status_sent: dict[str, Any] = {}
         self._learning = -1
         self.unreadable: dict[str, dict[str, Any]] = {}
+        self.missed = 0.0
+        """Slots missed since start, fractional: a 0.31 s poll every 0.1 s misses 2.1 slots."""
+        self._pace: collections.deque[float] = collections.deque(maxlen=OVERRUN_WINDOW)
+        """Slots missed after each of the last polls."""
+        self.overrunning = False
+        self._overrun_said = RateLimiter(1, OVERRUN_EVERY)
+        self._overrun_open = False
+        """A device.overrun event is out and its clear is owed."""
+        self._missed_said = 0
+        """``overruns`` when the last device.overrun event went out."""
+
+    @property
+    def overruns(self) -> int:
+        """Whole slots missed since start: polls that should have started but were not (the poll before
+        was still running)."""
+        return int(self.missed + 1e-6)  # 0.21 / 0.1 is 2.0999999999999996 in floating point
+
+    @property
+    def actual(self) -> float:
+        """The period the device is really polled at, over the last polls (the configured one when it keeps up)."""
+        if not self._pace:
+            return float(self.device.interval)
+        return self.device.interval * (1 + sum(self._pace) / len(self._pace))
 
     async def run(self) -> None:
         clock = self.clock
@@ -69,6 +107,7 @@ class DevicePoller:
             await clock.sleep(max(0.0, due - clock.monotonic()))
             raise_if_cancelled()
             if self.breaker_open:
+                self._pace.clear()  # offline: the failures that got it there say nothing of its pace
                 if not await self.probe_once():
                     due = clock.monotonic() + self._probe.next()
                     continue
@@ -76,8 +115,12 @@ class DevicePoller:
             await self.poll_once()
             raise_if_cancelled()
             due += interval
-            if due < clock.monotonic():  # overran (slow device): skip missed slots rather than burst
-                due = clock.monotonic() + interval
+            now = clock.monotonic()
+            if due < now:  # overran (slow device): the next poll starts now; the slots in between are missed
+                self._kept_pace((now - due) / interval)
+                due = now
+            else:
+                self._kept_pace(0.0)
 
     async def poll_once(self) -> None:
         now = self.clock.time()
@@ -161,6 +204,37 @@ class DevicePoller:
         self.sink.device_state(self.state)
         self._learnt(now)
 
+    def _kept_pace(self, missed: float) -> None:
+        """Count the slots the last poll made the device miss; say when it stops keeping up, and when it
+        keeps up again."""
+        self._pace.append(missed)
+        self.missed += missed
+        if (missed == 0.0 and not self.overrunning) or len(self._pace) < OVERRUN_WINDOW:
+            return  # an on-time poll cannot start an overrun
+        late = sum(self._pace) / OVERRUN_WINDOW
+        if self.overrunning and late <= OVERRUN_KEPT:
+            self.overrunning = False
+            if self._overrun_open:
+                self._overrun_open = False
+                log.info("device keeps its poll interval again", device=self.device.id)
+                self._overrun_event("device.overrun_cleared", {"clears": "device.overrun"})
+        elif not self.overrunning and late > OVERRUN_LATE \
+                and sum(1 for m in self._pace if m > 1e-6) * 2 >= OVERRUN_WINDOW:  # behind half the time: no hiccup
+            self.overrunning = True
+        if self.overrunning and not self._overrun_open and self._overrun_said.allow(self.clock.monotonic()):
+            self._overrun_open = True
+            log.warning("device cannot keep its poll interval", device=self.device.id,
+                        interval=self.device.interval, actual=round(self.actual, 3))
+            self._overrun_event("device.overrun", {})
+            self._missed_said = self.overruns
+
+    def _overrun_event(self, kind: str, extra: dict[str, Any]) -> None:
+        now = self.clock.time()
+        data = {"interval": self.device.interval, "actual": round(self.actual, 3),
+                "missed": self.overruns - self._missed_said, **extra}
+        self.sink.event(Event(kind, self.device.id, Priority.EVENT, data, ts=now))
+        self._status(now, self.driver.learning(self.device.id))  # `gateway status` shows it at once
+
     def _say(self, kind: str, error: str) -> None:
         """One structured line when a kind of failure starts, then at most one a minute (no tracebacks)."""
         limiter = self._said.setdefault(kind, RateLimiter(1, 60.0))
@@ -195,11 +269,17 @@ class DevicePoller:
         due = self.clock.monotonic() - self._status_at >= STATUS_EVERY
         if version == self._learning and not due:  # nothing new learnt: the counters wait for the next round
             return
+        self._status(now, version)
+
+    def _status(self, now: float, version: int) -> None:
+        device = self.device.id
         known = self.driver.unreadable(device)
         for point in [p for p in self.unreadable if p not in known]:  # readable again (relearnt, map fixed)
             del self.unreadable[point]
         status = {"counters": self.driver.counters(device), "learned": self.driver.learned(device),
-                  "unreadable": dict(self.unreadable)}
+                  "unreadable": dict(self.unreadable),
+                  "poll": {"interval": self.device.interval, "actual": round(self.actual, 3),
+                           "overruns": self.overruns, "overrunning": self.overrunning}}
         self._status_at, self._learning = self.clock.monotonic(), version
         if status != self._status_sent:
             self._status_sent = status

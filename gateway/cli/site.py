@@ -81,7 +81,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             {"id": d.id, "state": d.state, "since": d.since, "last_poll": d.last_poll, "last_ok": d.last_ok,
              "error": d.error, "polls": d.polls, "failures": d.failures, "errors": d.errors,
              "wire": meta.get(f"device:{d.id}", {}).get("counters", {}),
-             "unreadable": meta.get(f"device:{d.id}", {}).get("unreadable", {})}
+             "unreadable": meta.get(f"device:{d.id}", {}).get("unreadable", {}),
+             **_overrun(meta.get(f"device:{d.id}", {}))}
             for d in store.devices()
         ],
         "cameras": [{"id": c.id, **meta.get(f"camera:{c.id}", {"state": "never started"})}
@@ -113,6 +114,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for point, found in sorted(d["unreadable"].items()):
             print(f"  {d['id']}.{point}: unreadable at {found.get('address')} ({found.get('answer')}); "
                   "check the register map")
+    for d in report["devices"]:
+        pace = d.get("overrun", {})
+        if pace.get("overrunning"):
+            print(f"overrun: {d['id']} polls every {pace['actual']:.2f} s (configured {pace['interval']:.2f} s), "
+                  f"{pace['overruns']:,} slots missed")
     if report["cameras"]:
         print()
         rows = [(c["id"], c.get("state"), ago(c.get("ts"), now), c.get("frames", "-"), c.get("analysed", "-"),
@@ -120,6 +126,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for c in report["cameras"]]
         print(table(rows, ["camera", "state", "updated", "frames", "analysed", "gated", "model time"]))
     return 0 if running else 1
+
+
+def _overrun(status: dict[str, Any]) -> dict[str, Any]:
+    """A device's pace (the poller's ``poll`` figures) once it has missed a slot; absent for one that never has."""
+    pace = status.get("poll")
+    if not isinstance(pace, dict) or not (pace.get("overruns") or pace.get("overrunning")):
+        return {}
+    return {"overrun": pace}
 
 
 def cmd_events(args: argparse.Namespace) -> int:
