@@ -179,6 +179,7 @@ class Uplink:
                     self._set_state("connected")
                     log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
                     backoff.reset()
+                    watcher = asyncio.create_task(self._watch_status(client))
                     try:
                         await self._pump(client)
                     except asyncio.CancelledError:
@@ -189,6 +190,8 @@ class Uplink:
                                 await self._publish(client, self.encoder.goodbye(self.session, time.time()))
                         self._set_state("disconnected", "shutdown")
                         raise
+                    finally:
+                        watcher.cancel()
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
                 first = self.status.state != "disconnected"
                 self._set_state("disconnected", str(exc) or type(exc).__name__)
@@ -196,6 +199,20 @@ class Uplink:
                 (log.warning if first else log.debug)("uplink down", error=str(exc),
                                                       retry_in=round(backoff.current, 2))
             await asyncio.sleep(backoff.next())
+
+    async def _watch_status(self, client: aiomqtt.Client) -> None:
+        """A last will from an older session that arrives after our birth (a broker cluster, a session
+        takeover) would leave "offline" retained while we are online: say the birth again when one does."""
+        topic = f"{self.root}/{self.encoder.birth(self.session, 0).topic}"
+        try:
+            await client.subscribe(topic, qos=1)
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                if message.topic.matches(topic) and self.encoder.superseded(payload, self.session):
+                    log.warning("an older session's last will overwrote our birth: saying it again")
+                    await self._publish(client, self.encoder.birth(self.session, time.time()))
+        except aiomqtt.MqttError as exc:  # a broker ACL that forbids reading our own status: live without it
+            log.info("not watching our own status topic", error=str(exc))
 
     async def _describe(self, client: aiomqtt.Client) -> None:
         """Every device's metadata (retained), and clearing messages for the devices removed since last time."""

@@ -194,3 +194,29 @@ async def test_replay_waits_for_its_start_delay_and_rate_while_a_live_alarm_goes
         await collector.wait_for(lambda: len(_of(collector, "telemetry/")) == 20)
     assert [m["kind"] for m in _of(collector, "alarm/")] == ["fire.alarm", "fall.detected"]
     astore.close()
+
+
+async def test_an_older_sessions_late_will_does_not_leave_us_offline(tmp_path: Path, broker: Broker,
+                                                                    collector: Collector) -> None:
+    import aiomqtt
+    import orjson
+
+    store = AsyncStore(Store(tmp_path / "g.db"))
+    await store.run(store.store.next_session)  # a session before this one (bdseq 1)
+    async with uplinked(store, broker.port) as uplink:
+        assert uplink.session.bdseq == 2
+        await collector.wait_for(lambda: len(_of(collector, "status")) == 1)
+        stale = {"v": 2, "site": SITE, "type": "status", "state": "offline", "bdseq": 1}
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="cluster-peer") as peer:
+            await peer.publish(f"{ROOT}/status", orjson.dumps(stale), qos=1, retain=True)
+        await collector.wait_for(lambda: len(_of(collector, "status")) == 3)
+        late = Collector(broker.port, f"{ROOT}/status")
+        await late.start()
+        try:
+            await late.wait_for(lambda: late.messages)
+            assert [(m["state"], m["bdseq"]) for _, m in late.messages] == [("online", 2)]
+        finally:
+            await late.stop()
+    assert [(m["state"], m["bdseq"]) for m in _of(collector, "status")][:3] == [
+        ("online", 2), ("offline", 1), ("online", 2)]
+    store.close()

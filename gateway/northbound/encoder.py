@@ -60,6 +60,10 @@ class Encoder(Protocol):
 
     def encode(self, rows: Sequence[StoredFact], now: float) -> list[Encoded]: ...
 
+    def superseded(self, status: bytes, session: Session) -> bool:
+        """A retained status message an older session left behind (its will arriving late)."""
+        ...
+
     def historical(self, row: StoredFact, now: float) -> bool:
         """Delivered later than its live window: replay (rate-capped, batched, flagged)."""
         ...

@@ -66,6 +66,16 @@ class JsonEncoder:
             data["ts"] = round(ts, 3)
         return Message("status", orjson.dumps({**data, **more}), retain=True)
 
+    def superseded(self, status: bytes, session: Session) -> bool:
+        try:
+            data = orjson.loads(status)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(data, dict):
+            return False
+        bdseq = data.get("bdseq")
+        return data.get("state") == "offline" and isinstance(bdseq, int) and bdseq < session.bdseq
+
     def describe(self, session: Session, devices: Mapping[str, Mapping[str, Any]], now: float) -> list[Message]:
         messages = [
             Message(f"meta/{device}", orjson.dumps({
