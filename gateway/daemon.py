@@ -27,8 +27,8 @@ from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.headroom import Headroom
 from gateway.live import LiveValues
-from gateway.northbound.catalog import device_meta
 from gateway.lock import DataDirLock
+from gateway.northbound.catalog import device_meta
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
 from gateway.reporting import Privacy, UplinkFeed
