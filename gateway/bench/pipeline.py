@@ -194,6 +194,7 @@ def _bench(opts: Options, work: Path, report: Report) -> None:
             config.write_text(config_text(work / "data", broker.port, ports, opts))
             measured = _measure("gateway", [sys.executable, "-m", "gateway", "run", "-c", str(config)], SITE,
                                 broker.port, others, opts, work, report)
+            measured["store"] = store_cost(work / "data" / "gateway.db")
             base = None
             if opts.baseline:
                 report.say("measuring the baseline (pymodbus + json + aiomqtt QoS 1, no store) ...")
@@ -266,6 +267,24 @@ def _measure(label: str, argv: list[str], site: str, broker_port: int, others: d
             "expected_points": round(opts.devices * opts.points * window / opts.interval),
             "cpu_s": cpu1 - cpu0, "rss_mb": rss, "peak_rss_mb": peak, "latency": seen.pop("latency"),
             "helpers_cpu_percent": helpers_cpu, "subscriber": seen, "profile": profile}
+
+
+def store_cost(path: Path) -> dict[str, Any]:
+    """What a point costs on disk, read off the daemon's store after it stopped: the readings history holds every
+    poll, and an outbox row waiting for the broker holds the same points body (plus a row's few fixed fields)."""
+    from gateway.store import Store
+
+    store = Store(path, read_only=True)
+    try:
+        rows, body, points = store.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(points)), 0),"
+            " COALESCE(SUM((SELECT COUNT(*) FROM json_each(points))), 0) FROM samples").fetchone()
+        used = store.used_bytes()
+    finally:
+        store.close()
+    return {"history_polls": rows, "history_points": points, "used_bytes": used,
+            "body_bytes_per_point": round(body / points, 2) if points else None,
+            "store_bytes_per_history_point": round(used / points, 2) if points else None}
 
 
 def _alive(proc: subprocess.Popen[bytes], label: str, log_path: Path) -> None:
@@ -401,6 +420,11 @@ def _report(opts: Options, report: Report, gw: dict[str, Any], base: dict[str, A
                "latency = arrival at the subscriber - the message's poll ts; delivered % = points whose poll ts is in"
                f" the window that arrived by {opts.grace:g} s after it, over devices x points x window / interval",
                *([f"gateway CPU per 1k points vs the baseline's (derived): {gain(versus)}"] if base else []))
+    cost = gw.get("store") or {}
+    if cost.get("history_points"):
+        report.say(f"store: {num(cost['body_bytes_per_point'])} B per point in a poll's body (an outbox row waiting"
+                   f" for the broker, and the history row, hold the same bytes); whole store / points in history ="
+                   f" {num(cost['store_bytes_per_history_point'])} B (computed, {cost['history_points']:,} points)")
     if profile and profile.get("top_own"):
         report.say("", f"py-spy, {profile['samples']:,} samples over the window ({profile['file']}):",
                    table([(p["function"], f"{p['percent']:.1f}") for p in profile["top_own"]],
