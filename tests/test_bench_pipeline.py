@@ -46,6 +46,8 @@ def test_bench_pipeline_json_counts_what_the_subscriber_saw(capsys: pytest.Captu
         assert run["expected_points"] == round(2 * 10 * run["window_s"] / 0.2)
         assert run["latency"]["n"] == run["polled_points"] // 10 and run["rss_mb"] > 0
     assert set(FIGURES) <= set(doc) and doc["profile"] is None
+    store = doc["store"]  # every poll is in the history: at least what reached the broker in the window
+    assert store["history_points"] >= doc["points"] and store["body_bytes_per_point"] > 0
     for name in ("cpu_s_per_1k_points", "delivered_percent", "baseline_cpu_s_per_1k_points",
                  "baseline_delivered_percent", "cpu_per_1k_vs_baseline"):
         assert {"value", "from"} <= set(doc["derived"][name]), name
