@@ -76,6 +76,10 @@ def _line(topic: str, msg: dict[str, Any]) -> str:
         return f"{stamp}  {marker} {msg['priority'].upper()} {msg['kind']} from {msg['source']} {data}"
     if msg.get("type") == "status":
         return f"{stamp}  -- gateway {msg['state']} (retained status on {topic})"
+    if msg.get("type") == "meta":
+        return f"{stamp}  -- {msg['device']}: {len(msg.get('points', {}))} points described (retained on {topic})"
+    if msg.get("type") == "state":
+        return f"{stamp}  -- {msg['device']} is {msg['state']} (retained on {topic})"
     return f"{stamp}  {topic} {msg}"
 
 

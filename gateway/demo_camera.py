@@ -50,7 +50,9 @@ def prepare(workdir: Path) -> tuple[list[Any], str]:
               + [posed(eileen, ASTRONAUT_HIPS, *lying)] * int((FALL_HOLD + 3) * FPS))
     config = (f'\n[vision.faces]\nkey_file = "{key}"\ncooldown = "20s"\n\n[vision.falls]\nhold = "{FALL_HOLD:g}s"\n\n'
               f'[[cameras]]\nid = "lobby"\nname = "Building 3 lobby"\nurl = "{{url}}"\nfps = {FPS}\n'
-              'detect = ["faces", "falls"]\n\n'
+              'detect = ["faces", "falls"]\n'
+              '# faces stay on the box by default (mqtt.keep_local); this site shows its lobby\'s to the platform\n'
+              'upstream = true\n\n'
               '[[rules]]\nid = "fall"\nwhen = { event = "fall.detected" }\n'
               'alarm = { class = "fall", severity = "critical", message = "Possible fall seen by {camera}", '
               'instance = "{camera}" }\n')

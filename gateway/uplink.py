@@ -86,6 +86,7 @@ class Uplink:
         """Outbox rows the broker acknowledged whose deletion could not be written (a full disk): never sent
         again, deleted as soon as the store takes writes."""
         self._sent_held: set[str] = set()
+        self._describe_due = False
         self._replay_from = 0.0
         """Monotonic time before which replay waits (the random start delay, then the rate cap)."""
 
@@ -174,7 +175,7 @@ class Uplink:
                 self.session.bdseq = await self.store.run(self.store.store.next_session, self.name)
                 async with self._client() as client:
                     await self._publish(client, self.encoder.birth(self.session, time.time()))
-                    await self._describe(client)
+                    self._describe_due = True
                     self._replay_from = self.clock.monotonic() + random.uniform(0, self.config.replay_delay)
                     self._set_state("connected")
                     log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
@@ -230,6 +231,9 @@ class Uplink:
             self.committed.clear()
             await self._publish_held(client)
             rows = await self.store.run(self.store.store.next_batch, self.config.batch, self.name, sorted(self._owed))
+            if self._describe_due and not (rows and rows[0].fact.priority is Priority.ALARM):
+                await self._describe(client)  # after the waiting alarms, before everything else
+                self._describe_due = False
             rows = self._paced(rows)
             if not rows:
                 if self._owed:

@@ -83,8 +83,12 @@ class Arrivals:
         return self
 
     def _take(self, msg: Any) -> None:
+        if isinstance(msg, dict) and msg.get("type") == "batch":  # a replay batch: its items, one by one
+            for item in msg.get("items", []):
+                self._take(item)
+            return
         if not isinstance(msg, dict) or "id" not in msg:
-            return  # the retained status message has no id
+            return  # retained status, state and meta messages have no id
         self.count += 1
         self.copies[msg["id"]] += 1
         if self.copies[msg["id"]] > 1:

@@ -313,9 +313,10 @@ class World:
         deadline = time.monotonic() + within
         while True:
             self.arrivals.update()
-            stored = {json.loads(p)["id"] for (p,) in self.query("SELECT payload FROM outbox")}
+            stored = {i for (i,) in self.query("SELECT id FROM outbox WHERE kind != 'state'")}
             outbox_left = len(stored - self.arrivals.ids)
-            events = {i for (i,) in self.query("SELECT id FROM events")}
+            events = {i for (i,) in self.query(  # faces and plates stay on the box (mqtt.keep_local)
+                "SELECT id FROM events WHERE kind NOT LIKE 'face.%' AND kind NOT LIKE 'plate.%'")}
             events_left = len(events - self.arrivals.ids)
             samples = {(d, round(ts, 3)) for d, ts in self.query("SELECT device, ts FROM samples")}
             telemetry_left = len(samples - self.arrivals.telemetry)

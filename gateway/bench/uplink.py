@@ -173,7 +173,12 @@ async def _bench(port: int, work: Path, opts: Options, report: Report) -> None:
     for r in [*results, *([baseline] if baseline else [])]:
         if (text := r.problem()) is not None:
             report.problem(text)
-    for r in results:  # issue 13: replay >= 10k events/s while a live alarm still arrives within 100 ms (p99)
+    if opts.events < Options.events:  # a short run measures start-up more than replay
+        report.say(f"targets: none printed (they hold from --events {Options.events} up)")
+        results_with_targets: list[RunResult] = []
+    else:
+        results_with_targets = results
+    for r in results_with_targets:  # issue 13: replay >= 10k events/s, a live alarm meanwhile p99 < 100 ms
         report.target(f"replays[batch={r.label}].messages_per_s", f"replay rate, batch {r.label}", ">=",
                       TARGET_RATE, r.rate, "msg/s")
         p99 = (r.figures()["alarm_latency"] or {}).get("p99_ms")
