@@ -3,6 +3,7 @@ late replies, the probes of a dead unit counted, and relearn clearing what it fi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from conftest import until
@@ -21,8 +22,11 @@ from test_field_devices import (
 from test_field_devices_plans import GAPPY, GAPPY_POINTS, gappy_device
 
 from drivers.modbus.codec import Table
+from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from drivers.modbus.driver import ModbusDriver
 from gateway.control import request
 from gateway.core.data import Quality
+from gateway.core.timing import wait_until
 from gateway.daemon import control_path
 from simulators.awkward import AwkwardDevice, serve_awkward
 from simulators.converter import serve_converter
@@ -55,14 +59,55 @@ async def test_the_wire_counters_count_what_the_probes_of_a_dead_unit_cost(tmp_p
         devices = [{"id": "dead", "bus": "conv", "unit": 1, "interval": "250ms", "points": holding(0, 1)}]
         async with daemon_on(config(tmp_path, buses, devices)) as (daemon, _):
             sent = converter.converter.stats.unit(1)
-            await until(lambda: daemon.pollers["dead"].breaker_open and sent.requests >= 6, within=30)
-            await until(lambda: sent.timeouts == sent.requests)  # (none still on the line)
-            counted = daemon.drivers["dead"].counters("dead")
+            driver = daemon.drivers["dead"]
+            assert isinstance(driver, ModbusDriver)
+            finished = driver.scheduler.stats  # transactions the driver has seen to their end
+            # (until every request the converter took has been answered, and each answer heard by the driver:
+            # the converter counts its timeout as it sends exception 11, the driver a moment later)
+            await until(lambda: daemon.pollers["dead"].breaker_open and sent.requests >= 6
+                        and sent.timeouts == sent.requests == finished.transactions, within=30)
+            counted = driver.counters("dead")
     finally:
         await converter.close()
     assert sent.exceptions == {11: sent.requests}
-    # 4 requests in the polls (the first one retried), then one per probe; each was a timeout
+    # 3 requests in the polls (offline_after; a unit never heard gets no retries), then one per probe; each
+    # was a timeout
     assert counted.get("timeout") == sent.requests, (counted, sent)
+    assert counted.get("probe") == sent.requests - 3, (counted, sent)
+
+
+async def test_a_probe_cancelled_as_its_reply_arrives_ends_cancelled() -> None:
+    """Shutdown cancels a probe at any moment, also when its reply has arrived and the task has not yet run
+    on: pymodbus (asyncio.wait_for on Python 3.11) then returns the reply and drops the cancel. The probe
+    must end cancelled all the same, or the poller goes on to wait out its probe backoff (up to probe_max)
+    before it honours the cancel, and the daemon's shutdown with it."""
+    async with await serve_converter(HOST, 0, {1: "dead"}, serial_timeout=0.05) as converter:
+        sent = converter.converter.stats.unit(1)
+        bus = ModbusTcpBus(id="conv", driver="modbus_tcp", host=HOST, port=converter.ports[0], timeout=1.0)
+        device = ModbusDevice.model_validate({"id": "dead", "bus": "conv", "unit": 1, "points": holding(0)})
+        driver = ModbusDriver(bus, [device])
+        outcomes = []
+        try:
+            for turns in range(8):  # cancelled 0, 1, 2 ... loop turns after the converter answered
+                probe = asyncio.create_task(driver.probe("dead"))
+                answered = sent.timeouts
+                # (every loop turn, not every 20 ms: the window is a few turns wide)
+                await wait_until(lambda: sent.timeouts > answered, 5, "the converter's answer", every=0)  # noqa: B023
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                if not probe.cancel():
+                    outcomes.append((turns, "done before the cancel"))
+                    continue
+                try:
+                    await probe
+                except asyncio.CancelledError:
+                    outcomes.append((turns, "cancelled"))
+                else:
+                    outcomes.append((turns, "cancel dropped"))
+        finally:
+            await driver.close()
+    assert not [o for o in outcomes if o[1] == "cancel dropped"], outcomes
+    assert [o for o in outcomes if o[1] == "cancelled"], outcomes  # (the cancels did land mid-probe)
 
 
 # A meter whose map is read in three requests (three register groups far apart).

@@ -101,7 +101,8 @@ async def test_a_map_with_gaps_is_learnt_once_reported_once_and_kept_across_a_re
             done = polls(daemon)
             asked_now = stats.requests - asked
         assert sum(stats.exceptions.values()) == answered_with, f"exceptions in the second run: {stats.exceptions}"
-        assert asked_now in (done * reads_per_poll, (done + 1) * reads_per_poll)  # (a poll may be on the wire)
+        # (a poll may be on the wire, some of its reads sent: its count goes up only when it ends)
+        assert done * reads_per_poll <= asked_now <= (done + 1) * reads_per_poll, (asked_now, done, reads_per_poll)
         assert_arrived(tape, "meter", expected, within=1)
         assert not tape.kinds("device.point_unreadable") and not set(UNREADABLE) & {r.point for _, r in tape.readings}
         (status,) = report["devices"]

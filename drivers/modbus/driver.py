@@ -74,10 +74,12 @@ every few registers is learnt in one poll, at the cost of one request per split)
 
 
 def _reraise_cancellation() -> None:
-    """pymodbus 3.11 turns a CancelledError into ModbusIOException; give shutdown its cancel back.
+    """Give shutdown back a cancel that pymodbus 3.11 ate.
 
-    Our own asyncio.timeout has already uncancelled the task by the time we get here, so a task
-    still marked as cancelling was cancelled from outside (shutdown, supervisor).
+    It turns a CancelledError into ModbusIOException; and when the reply has arrived but the task has
+    not yet resumed as the cancel comes, its ``asyncio.wait_for`` (Python 3.11) returns the reply and
+    drops the cancel. Our own asyncio.timeout has already uncancelled the task by the time we get
+    here, so a task still marked as cancelling was cancelled from outside (shutdown, supervisor).
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
@@ -264,6 +266,9 @@ class ModbusDriver(Driver):
                     raise DeviceUnreachable(f"unit {device.unit}: {exc}") from exc
                 except ModbusException as exc:
                     raise BadResponse(f"unit {device.unit}: {exc}") from exc
+                # A reply that came as we were cancelled: the caller (a probe, then a backoff of up to
+                # probe_max) must not carry on as if nothing had happened, or shutdown waits for it.
+                _reraise_cancellation()
             finally:
                 line.asking = False
                 self._idle.append(line)
