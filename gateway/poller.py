@@ -109,6 +109,7 @@ class DevicePoller:
             if self.breaker_open:
                 self._pace.clear()  # offline: the failures that got it there say nothing of its pace
                 if not await self.probe_once():
+                    raise_if_cancelled()  # a library that swallowed our cancel must not cost a whole backoff
                     due = clock.monotonic() + self._probe.next()
                     continue
                 due = clock.monotonic()
