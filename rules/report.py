@@ -59,8 +59,11 @@ class _Device:
     policies: dict[str, ReportPolicy]
     default: ReportPolicy
     points: dict[str, _Point] = field(default_factory=dict)
+    """State of the points whose policy needs it; an ``every`` point needs none (every reading goes)."""
     window_start: float | None = None
     last_periodic: float | None = None
+    every: bool = False
+    """Every point goes every poll (the default policy): ``offer`` passes the poll through untouched."""
 
 
 class Reporter:
@@ -68,21 +71,25 @@ class Reporter:
         self.devices: dict[str, _Device] = {}
 
     def configure(self, device: str, default: ReportPolicy, per_point: dict[str, ReportPolicy]) -> None:
-        self.devices[device] = _Device(per_point, default)
+        every = default.mode == "every" and all(p.mode == "every" for p in per_point.values())
+        self.devices[device] = _Device(per_point, default, every=every)
 
     def offer(self, device: str, readings: list[Reading], now: float) -> list[Reading]:
         """The readings of one poll that go upstream now (aggregates come out of `due`)."""
         state = self.devices.get(device)
-        if state is None:
+        if state is None or state.every:
             return readings
         out = []
         periodic_due = state.last_periodic is None or now - state.last_periodic >= state.default.period
         for r in readings:
             policy = state.policies.get(r.point, state.default)
+            if policy.mode == "every":  # goes whatever its quality did: nothing to remember
+                out.append(r)
+                continue
             p = state.points.setdefault(r.point, _Point())
             quality_changed = p.quality is not None and r.quality is not p.quality
             p.quality, p.last = r.quality, r
-            if policy.mode == "every" or quality_changed:
+            if quality_changed:
                 keep = True
             elif policy.mode == "change":
                 keep = (p.reported_at is None or now - p.reported_at >= policy.max_interval

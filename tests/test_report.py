@@ -31,6 +31,23 @@ def test_change_mode_respects_deadband_and_max_interval() -> None:
     assert sent == [1, 0, 1, 0, 1, 1, 0]  # first, moves > 0.5 from the last *reported*, heartbeat at 60 s
 
 
+def test_every_poll_goes_up_as_it_came_and_leaves_nothing_behind() -> None:
+    """The default policy: the poll's own list goes up, and no point state is kept (it was 126 bytes a point)."""
+    rep = Reporter()
+    rep.configure("m", ReportPolicy(), {})
+    poll = [r(1.0, 0), r(None, 0, "q", Quality.BAD)]
+    assert rep.offer("m", poll, 0) is poll
+    assert rep.devices["m"].points == {}
+
+
+def test_an_every_point_under_another_policy_goes_every_poll_without_state() -> None:
+    rep = Reporter()
+    rep.configure("m", ReportPolicy(mode="change", deadband=1.0), {"alarm": ReportPolicy(mode="every")})
+    sent = [[x.point for x in rep.offer("m", [r(230.0 + t / 10, t), r(False, t, "alarm")], t)] for t in range(3)]
+    assert sent == [["p", "alarm"], ["alarm"], ["alarm"]]
+    assert list(rep.devices["m"].points) == ["p"]
+
+
 def test_quality_change_is_reported_at_once_whatever_the_policy() -> None:
     rep = Reporter()
     rep.configure("m", ReportPolicy(mode="periodic", period=3600), {})
