@@ -91,6 +91,10 @@ class Store:
         self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.db.execute("PRAGMA journal_size_limit = 16777216")
         self.db.execute("PRAGMA busy_timeout = 5000")
+        # The outbox and history are appended at one end and deleted at the other: their working set is a few
+        # dozen pages, and SQLite's default 2 MB page cache filled up with pages nobody reads again (1.5 MB of
+        # the daemon's RSS at 100 devices x 100 points; a miss is a pread from the OS page cache).
+        self.db.execute("PRAGMA cache_size = -512")  # KiB
         self.upgraded = migrations.upgrade(self.db)
         """The layout steps this opening ran (empty when the file was already current)."""
         if not read_only:

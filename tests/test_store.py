@@ -89,6 +89,13 @@ def test_retention_prunes_samples(tmp_path: Path) -> None:
     assert [points["p"]["v"] for _, _, points in store.samples_since()] == [2.0]
 
 
+def test_the_page_cache_is_small(tmp_path: Path) -> None:
+    """Half a megabyte of page cache: the outbox's working set, not SQLite's default 2 MB of pages read once."""
+    store = Store(tmp_path / "g.db")
+    assert store.db.execute("PRAGMA cache_size").fetchone()[0] == -512
+    store.close()
+
+
 def test_read_only_store_cannot_write(tmp_path: Path) -> None:
     Store(tmp_path / "g.db").close()
     ro = Store(tmp_path / "g.db", read_only=True)
