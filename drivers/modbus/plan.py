@@ -236,7 +236,10 @@ class DevicePlan:
         for span in block.spans:
             point = points[span.key]
             if packed is not None and (plain := plain_float[span.key]) is not None:
-                raw = plain.unpack_from(packed, (span.address - start) * 2)[0]
+                try:
+                    raw = plain.unpack_from(packed, (span.address - start) * 2)[0]
+                except struct.error:  # a reply shorter than the block claims
+                    raw = math.nan
                 if math.isfinite(raw):
                     readings.append(Reading(device, point.id, float32_shortest(raw), point.unit, Quality.GOOD, ts))
                 else:
