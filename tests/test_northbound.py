@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import jsonschema
+import orjson
 import pytest
 from conftest import Broker, Collector, until
 
@@ -131,9 +133,12 @@ async def test_device_metadata_is_retained_and_a_removed_device_is_cleared(tmp_p
     late = Collector(broker.port, f"{ROOT}/meta/#")  # a platform subscribing later sees only what exists
     await late.start()
     try:
-        await late.wait_for(lambda: late.messages)
-        await asyncio.sleep(0.3)  # retained messages come at once after SUBACK; give a moment for a wrong extra
-        assert [t for t, _ in late.messages] == [f"{ROOT}/meta/m1"]
+        # the broker sends the retained messages on SUBACK, before anything published after it: a marker
+        # published now arrives after every retained one, so "nothing more" needs no waiting on the clock
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="marker") as marker:
+            await marker.publish(f"{ROOT}/meta/~marker", b"{}", qos=1)
+        await late.wait_for(lambda: any(t.endswith("/~marker") for t, _ in late.messages))
+        assert [t for t, _ in late.messages] == [f"{ROOT}/meta/m1", f"{ROOT}/meta/~marker"]
     finally:
         await late.stop()
     store.close()
@@ -198,9 +203,6 @@ async def test_replay_waits_for_its_start_delay_and_rate_while_a_live_alarm_goes
 
 async def test_an_older_sessions_late_will_does_not_leave_us_offline(tmp_path: Path, broker: Broker,
                                                                     collector: Collector) -> None:
-    import aiomqtt
-    import orjson
-
     store = AsyncStore(Store(tmp_path / "g.db"))
     await store.run(store.store.next_session)  # a session before this one (bdseq 1)
     async with uplinked(store, broker.port) as uplink:
