@@ -31,6 +31,7 @@ from gateway.lock import DataDirLock
 from gateway.northbound.catalog import device_meta
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
+from gateway.remote.service import PlatformCommands
 from gateway.reporting import Privacy, UplinkFeed
 from gateway.store import Store
 from gateway.supervisor import Supervisor
@@ -98,17 +99,22 @@ class Daemon:
             for d in cfg.devices if d.id in self.drivers and self.drivers[d.id].polls(d.id)
         }
         self._recall(self.store.store.meta())
+        self.commands = CommandHandler(cfg, self.drivers, self.bus, self.live)
+        self.platform: PlatformCommands | None = None
         self.uplink: Uplink | None = None
         if cfg.mqtt.enabled:
+            if cfg.commands.enabled:
+                self.platform = PlatformCommands(cfg, self.commands, self.store, self.recorder.committed, clock=clock,
+                                                 birth=self._rebirth, status=self.status_report)
             self.uplink = Uplink(
                 cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
                 config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
                 devices=functools.partial(device_meta, cfg),
+                commands=self.platform.received if self.platform else None,
             )
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
         self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)
                         for c in cfg.cameras if c.enabled}
-        self.commands = CommandHandler(cfg, self.drivers, self.bus, self.live)
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.automation: Automation | None = None
         if cfg.rules:
@@ -142,6 +148,8 @@ class Daemon:
         self.supervisor.spawn("summaries", self.feed.run)
         if self.uplink:
             self.supervisor.spawn("uplink", self.uplink.run)
+        if self.platform:
+            self.supervisor.spawn("commands", self.platform.run)
         else:
             self.bus.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
         for device_id, poller in self.pollers.items():
@@ -166,6 +174,26 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _rebirth(self) -> None:
+        if self.uplink:
+            self.uplink.rebirth()
+
+    async def status_report(self) -> dict[str, Any]:
+        """What the platform's ``status`` command answers: the daemon, its uplink, its devices, its outbox."""
+        depth = await self.store.run(self.store.store.outbox_depth)
+        states = await self.store.run(self.store.store.devices)
+        return {
+            "version": __version__, "config": self.config_hash, "started": round(self.started, 3),
+            "uptime_s": round(self.clock.time() - self.started, 1),
+            "uplink": {"state": self.uplink.status.state, "delivered": self.uplink.status.delivered}
+            if self.uplink else {"state": "disabled"},
+            "outbox": depth,
+            "devices": {d.id: d.state for d in states},
+            "alarms": len(self.automation.listing()) if self.automation else 0,
+            "commands": {"answered": dict(self.platform.answered), "dropped": dict(self.platform.dropped)}
+            if self.platform else {},
+        }
 
     def _hangup(self) -> None:
         log.warning("SIGHUP ignored: the config is read at start; restart the service to apply changes")
@@ -200,6 +228,8 @@ class Daemon:
                 async with asyncio.timeout(2.0):
                     await self._drained()
         await self.supervisor.stop()
+        if self.platform:
+            await self.platform.close()
         if self.automation:
             await self.automation.close()
         await self.recorder.flush()

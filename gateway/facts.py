@@ -20,8 +20,9 @@ import orjson
 from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.ids import new_id
 
-Kind = Literal["readings", "event", "summary", "state", "wire"]
-"""``wire``: a message stored already encoded (rows a v1 store held that could not be read back as facts)."""
+Kind = Literal["readings", "event", "summary", "state", "wire", "result"]
+"""``wire``: a message stored already encoded (rows a v1 store held that could not be read back as facts);
+``result``: a platform command's outcome (subject: the request id)."""
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 SAME_POLL = 1.0

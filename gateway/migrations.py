@@ -77,6 +77,16 @@ def _v2(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """Platform commands' ids and results, so that a redelivered command is answered, never executed twice."""
+    _script(db, """
+        CREATE TABLE commands (
+            id TEXT PRIMARY KEY, received REAL NOT NULL, actor TEXT NOT NULL, cmd TEXT NOT NULL, status TEXT,
+            result BLOB) WITHOUT ROWID;
+        CREATE INDEX commands_by_received ON commands (received);
+    """)
+
+
 def _fact_row(seq: int, prio: int, topic: str, payload: bytes, created: float) -> tuple[Any, ...]:
     """A v1 outbox row (topic + v1 JSON) as a fact row, keeping its seq, class, id and time."""
     with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
@@ -96,7 +106,7 @@ def _fact_row(seq: int, prio: int, topic: str, payload: bytes, created: float) -
     return (seq, prio, "wire", topic, f"v1-{seq}", created, payload, created)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 """Step N builds layout N from layout N-1 (index N-1). Append; never edit a released step."""
 LATEST = len(MIGRATIONS)
 

@@ -40,17 +40,19 @@ class Batch:
     audit: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     raw_lines: list[tuple[str, float, bytes, dict[str, Any] | None]] = field(default_factory=list)
     alarms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: list[tuple[str, str, bytes]] = field(default_factory=list)
+    """Platform commands' outcomes (request id, status, result body), written with the result's outbox fact."""
 
     def __bool__(self) -> bool:
         return bool(self.facts or self.events or self.history or self.devices or self.meta or self.audit
-                    or self.raw_lines or self.alarms)
+                    or self.raw_lines or self.alarms or self.results)
 
     def then(self, later: Batch) -> Batch:
         """This batch followed by a later one: lists keep their order, later states win."""
         return Batch(
             self.facts + later.facts, self.events + later.events, self.history + later.history,
             {**self.devices, **later.devices}, {**self.meta, **later.meta}, self.audit + later.audit,
-            self.raw_lines + later.raw_lines, {**self.alarms, **later.alarms},
+            self.raw_lines + later.raw_lines, {**self.alarms, **later.alarms}, self.results + later.results,
         )
 
 
@@ -156,6 +158,28 @@ class Store:
                 "INSERT INTO audit (ts, action, data) VALUES (?, ?, ?)",
                 [(ts, action, json.dumps(data, ensure_ascii=False, default=str)) for ts, action, data in batch.audit],
             )
+            self.db.executemany("UPDATE commands SET status = ?, result = ? WHERE id = ?",
+                                [(status, body, rid) for rid, status, body in batch.results])
+
+    # -- platform commands' ledger ---------------------------------------------------------------
+
+    def claim_command(self, request_id: str, received: float, actor: str,
+                      cmd: str) -> tuple[str | None, bytes | None] | None:
+        """Note a command before it runs: None the first time; else what it came to then (status None: it was
+        running when the gateway stopped, and is not run again)."""
+        with self.transaction():
+            if self.db.execute("INSERT OR IGNORE INTO commands (id, received, actor, cmd) VALUES (?, ?, ?, ?)",
+                               (request_id, received, actor, cmd)).rowcount:
+                return None
+            return self.command_outcome(request_id)
+
+    def command_outcome(self, request_id: str) -> tuple[str | None, bytes | None] | None:
+        """(status, result body) of a command run before; None when its id is not known."""
+        row = self.db.execute("SELECT status, result FROM commands WHERE id = ?", (request_id,)).fetchone()
+        return None if row is None else (row[0], None if row[1] is None else bytes(row[1]))
+
+    def forget_commands(self, before: float) -> int:
+        return self.db.execute("DELETE FROM commands WHERE received < ?", (before,)).rowcount
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))

@@ -24,6 +24,9 @@ from typing import Any
 
 import aiomqtt
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config.schema import MqttConfig
 from gateway.core.data import Priority
@@ -33,10 +36,12 @@ from gateway.headroom import is_disk_full
 from gateway.northbound.encoder import Encoded, Encoder, Message, Session
 from gateway.northbound.json_v2 import JsonEncoder
 from gateway.recorder import AsyncStore
+from gateway.remote.envelope import Delivery
 from gateway.store import MAIN_UPLINK
 
 log = structlog.get_logger("gateway.uplink")
 IN_FLIGHT = 128
+INCOMING = 1000
 _MQTT_LOG = logging.getLogger("gateway.mqtt")
 _MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter; our own log says what matters, with context
 
@@ -66,6 +71,7 @@ class Uplink:
         name: str = MAIN_UPLINK,
         encoder: Encoder | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        commands: Callable[[bytes, Delivery], None] | None = None,
     ) -> None:
         self.config = config
         self.name = name
@@ -80,6 +86,8 @@ class Uplink:
         self.session = Session(0, self.started, config_hash)
         self.status = UplinkState(since=self.started)
         self._on_state = on_state
+        self._commands = commands
+        """Where ``cmd/req`` messages go (``PlatformCommands.received``); None: the uplink does not subscribe."""
         self._held = held
         self._devices = devices
         self._owed: set[int] = set()
@@ -87,12 +95,22 @@ class Uplink:
         again, deleted as soon as the store takes writes."""
         self._sent_held: set[str] = set()
         self._describe_due = False
+        self._birth_due = False
         self._replay_from = 0.0
         """Monotonic time before which replay waits (the random start delay, then the rate cap)."""
 
     @property
     def config_hash(self) -> str:
         return self.session.config
+
+    def rebirth(self, config_hash: str | None = None) -> None:
+        """Say the birth (with this config hash) and every device's metadata again on the live connection: a
+        platform's ``birth`` command, a reloaded config. Nothing happens while disconnected: the next connect
+        says them anyway."""
+        if config_hash is not None:
+            self.session.config = config_hash
+        self._birth_due = True
+        self.committed.set()  # wake the pump
 
     async def _settle(self, acked: list[int]) -> None:
         """Delete what the broker took; if the disk cannot take the deletion, remember it instead of resending."""
@@ -124,7 +142,12 @@ class Uplink:
                 self._sent_held.add(fact.id)
 
     async def _publish(self, client: aiomqtt.Client, message: Message) -> None:
-        await client.publish(f"{self.root}/{message.topic}", message.payload, qos=1, retain=message.retain)
+        properties = None
+        if message.correlation is not None and self.config.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = message.correlation
+        await client.publish(f"{self.root}/{message.topic}", message.payload, qos=1, retain=message.retain,
+                             properties=properties)
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state != self.status.state:
@@ -161,7 +184,12 @@ class Uplink:
             # (measured: 2,868 msg/s at 2000 in flight, 7,369 with this window).
             max_concurrent_outgoing_calls=IN_FLIGHT,
             max_inflight_messages=IN_FLIGHT,
-            clean_session=True,
+            # Clean sessions, in both versions: a broker must never hand us a pile of stale actuations queued
+            # during an outage (commands carry their own expiry besides; docs/commands.md).
+            **({"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True} if cfg.protocol == "5"
+               else {"clean_session": True}),
+            # What the broker sends us (commands) waits here at most this deep; a flood beyond it is discarded.
+            max_queued_incoming_messages=INCOMING,
             logger=_MQTT_LOG,
         )
         client.pending_calls_threshold = cfg.batch + 10  # a replay batch is pending by design: no warning
@@ -174,13 +202,14 @@ class Uplink:
             try:
                 self.session.bdseq = await self.store.run(self.store.store.next_session, self.name)
                 async with self._client() as client:
+                    await self._subscribe(client)  # before the birth: a platform that waits for it may command at once
                     await self._publish(client, self.encoder.birth(self.session, time.time()))
-                    self._describe_due = True
+                    self._describe_due, self._birth_due = True, False
                     self._replay_from = self.clock.monotonic() + random.uniform(0, self.config.replay_delay)
                     self._set_state("connected")
                     log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
                     backoff.reset()
-                    watcher = asyncio.create_task(self._watch_status(client))
+                    watcher = asyncio.create_task(self._listen(client))
                     try:
                         await self._pump(client)
                     except asyncio.CancelledError:
@@ -201,19 +230,51 @@ class Uplink:
                                                       retry_in=round(backoff.current, 2))
             await asyncio.sleep(backoff.next())
 
-    async def _watch_status(self, client: aiomqtt.Client) -> None:
-        """A last will from an older session that arrives after our birth (a broker cluster, a session
-        takeover) would leave "offline" retained while we are online: say the birth again when one does."""
-        topic = f"{self.root}/{self.encoder.birth(self.session, 0).topic}"
-        try:
-            await client.subscribe(topic, qos=1)
-            async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                if message.topic.matches(topic) and self.encoder.superseded(payload, self.session):
-                    log.warning("an older session's last will overwrote our birth: saying it again")
-                    await self._publish(client, self.encoder.birth(self.session, time.time()))
-        except aiomqtt.MqttError as exc:  # a broker ACL that forbids reading our own status: live without it
-            log.info("not watching our own status topic", error=str(exc))
+    def _status_topic(self) -> str:
+        return f"{self.root}/{self.encoder.birth(self.session, 0).topic}"
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """Our own status topic (to notice a late last will) and, with commands on, ``cmd/req``. A broker ACL
+        that forbids either is lived with, and said."""
+        topics = [self._status_topic()] + ([f"{self.root}/cmd/req"] if self._commands else [])
+        for topic in topics:
+            try:
+                granted = await client.subscribe(topic, qos=1)
+            except aiomqtt.MqttError as exc:
+                log.warning("subscription refused", topic=topic, error=str(exc))
+                continue
+            if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
+                (log.error if topic.endswith("/cmd/req") else log.info)("subscription refused by the broker",
+                                                                        topic=topic)
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        """Route what the broker sends: platform commands, and a last will from an older session that arrives
+        after our birth (a broker cluster, a session takeover) and would leave "offline" retained while we are
+        online: the birth is said again."""
+        status = self._status_topic()
+        requests = f"{self.root}/cmd/req"
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if self._commands is not None and message.topic.matches(requests):
+                self._commands(payload, self._delivery(message))
+            elif message.topic.matches(status) and self.encoder.superseded(payload, self.session):
+                log.warning("an older session's last will overwrote our birth: saying it again")
+                await self._publish(client, self.encoder.birth(self.session, time.time()))
+
+    def _delivery(self, message: aiomqtt.Message) -> Delivery:
+        """MQTT 5's response topic (only under our own root: we publish nowhere else), correlation and expiry."""
+        props = message.properties
+        if props is None:
+            return Delivery()
+        reply = getattr(props, "ResponseTopic", None)
+        prefix = f"{self.root}/"
+        relative = reply[len(prefix):] if isinstance(reply, str) and reply.startswith(prefix) else None
+        if relative is not None and ("+" in relative or "#" in relative or not relative):
+            relative = None
+        correlation = getattr(props, "CorrelationData", None)
+        expiry = getattr(props, "MessageExpiryInterval", None)
+        return Delivery(relative, bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+                        float(expiry) if isinstance(expiry, int) else None)
 
     async def _describe(self, client: aiomqtt.Client) -> None:
         """Every device's metadata (retained), and clearing messages for the devices removed since last time."""
@@ -229,6 +290,10 @@ class Uplink:
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
             self.committed.clear()
+            if self._birth_due:
+                self._birth_due = False
+                await self._publish(client, self.encoder.birth(self.session, time.time()))
+                self._describe_due = True
             await self._publish_held(client)
             rows = await self.store.run(self.store.store.next_batch, self.config.batch, self.name, sorted(self._owed))
             if self._describe_due and not (rows and rows[0].fact.priority is Priority.ALARM):

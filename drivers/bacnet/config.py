@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal, Self
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from drivers.base import BusConfig, DeviceConfig
-from gateway.core.config import Duration, Identifier, StrictModel
+from gateway.core.config import Duration, Identifier, RemoteWrite, StrictModel
 from gateway.core.data import Value
 from gateway.core.points import PointInfo, WriteSpec
 
@@ -99,6 +99,7 @@ class BacnetPoint(StrictModel):
         default=8, ge=1, le=16,
         description="Priority array slot a write commands (1 highest, 8 manual operator, 16 lowest).",
     )
+    remote: RemoteWrite = False
     min: float | None = Field(default=None, allow_inf_nan=False, description="Lowest value a write may set.")
     max: float | None = Field(default=None, allow_inf_nan=False, description="Highest value a write may set.")
     allowed: list[float] | None = Field(default=None, description="The only values a write may set.")
@@ -148,6 +149,8 @@ class BacnetPoint(StrictModel):
     def _check_limits(self) -> Self:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.remote and not self.writable:
+            raise ValueError("remote = true needs writable = true")
         return self
 
     @builtins.property
@@ -171,12 +174,13 @@ class BacnetPoint(StrictModel):
         if not self.writable:
             return None
         if self.kind == "binary":
-            return WriteSpec("bool", relinquish=True)
+            return WriteSpec("bool", relinquish=True, remote=self.remote)
         allowed = tuple(self.allowed) if self.allowed else None
         if self.kind == "multistate":
             low = 1.0 if self.min is None else max(1.0, self.min)
-            return WriteSpec("number", low, self.max, allowed, self.states, resolution=1.0, relinquish=True)
-        return WriteSpec("number", self.min, self.max, allowed, None, relinquish=True)
+            return WriteSpec("number", low, self.max, allowed, self.states, resolution=1.0, relinquish=True,
+                             remote=self.remote)
+        return WriteSpec("number", self.min, self.max, allowed, None, relinquish=True, remote=self.remote)
 
     def info(self) -> PointInfo:
         """Its catalog entry: limits are the write's (multi-state values start at 1), none when read-only."""

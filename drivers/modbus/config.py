@@ -10,7 +10,7 @@ from drivers.base import BusConfig, DeviceConfig
 from drivers.modbus import profiles
 from drivers.modbus.codec import DataType, Order, Table, register_count
 from drivers.modbus.profiles import apply_profile
-from gateway.core.config import Duration, Identifier, SerialPortConfig, StrictModel
+from gateway.core.config import Duration, Identifier, RemoteWrite, SerialPortConfig, StrictModel
 from gateway.core.data import Value
 from gateway.core.points import Datatype, PointInfo, WriteSpec
 
@@ -71,6 +71,7 @@ class ModbusPoint(StrictModel):
         default=None, description="Publish a point.changed event (or alarm) whenever the value changes.",
     )
     writable: bool = Field(default=False, description="May be written (CLI, rules, platform commands).")
+    remote: RemoteWrite = False
     min: float | None = Field(default=None, allow_inf_nan=False, description="Lowest value a write may set.")
     max: float | None = Field(default=None, allow_inf_nan=False, description="Highest value a write may set.")
     allowed: list[float] | None = Field(default=None, description="The only values a write may set.")
@@ -96,6 +97,8 @@ class ModbusPoint(StrictModel):
             raise ValueError("writing single bits of a register is not supported; write the whole register")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.remote and not self.writable:
+            raise ValueError("remote = true needs writable = true")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
         if self.counter is not None and (self.type in (DataType.BOOL, DataType.FLOAT32, DataType.FLOAT64)
@@ -118,11 +121,11 @@ class ModbusPoint(StrictModel):
         if not self.writable:
             return None
         if self.type is DataType.BOOL:
-            return WriteSpec("bool")
+            return WriteSpec("bool", remote=self.remote)
         integer = self.type not in (DataType.FLOAT32, DataType.FLOAT64)
         return WriteSpec(
             "number", self.min, self.max, tuple(self.allowed) if self.allowed else None, self.states,
-            resolution=abs(self.scale) if integer else 0.0,
+            resolution=abs(self.scale) if integer else 0.0, remote=self.remote,
         )
 
     def info(self) -> PointInfo:

@@ -17,6 +17,7 @@ from drivers.base import BusConfig, DeviceConfig
 from drivers.registry import family_of
 from gateway.config.files import MAX_SECRET_BYTES, file_problem
 from gateway.core.config import Duration, Identifier, Problem, StrictModel
+from gateway.remote.config import CommandsConfig
 from models.config import CameraConfig, VisionConfig
 from rules.config import AlarmClassConfig, NotifierConfig, Rule, alarm_classes, references
 from rules.report import ReportPolicy
@@ -68,6 +69,11 @@ class MqttConfig(StrictModel):
         description="Topics are <topic_prefix>/<site.id>/...; no wildcards.",
     )
     keepalive: Duration = Field(default=30.0, ge=5, le=3600)
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1",
+        description="MQTT version. With 5, platform commands may name a response topic (under this site), "
+                    "correlation data and a message expiry, and results honour them.",
+    )
     tls: TlsConfig | None = Field(default=None, description="Present = connect with TLS.")
     reconnect_min: Duration = Field(default=1.0, gt=0, le=60, description="First reconnect delay.")
     reconnect_max: Duration = Field(default=60.0, gt=0, le=3600, description="Cap of the doubling delay.")
@@ -183,6 +189,9 @@ class GatewayConfig(StrictModel):
 
     site: SiteConfig = Field(description="Who this gateway is.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The uplink to the community platform.")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Commands from the community platform over MQTT (off by default).",
+    )
     store: StoreConfig = Field(default_factory=StoreConfig, description="The local SQLite store and outbox.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     buses: list[AnyBus] = Field(default_factory=list, description="Physical endpoints: TCP hosts, serial ports.")

@@ -61,6 +61,13 @@ Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, title="Identifier"
 """Ids end up in MQTT topics and CLI arguments: no spaces, slashes, '+' or '#'."""
 
 
+REMOTE_WRITE_HELP = (
+    "May the community platform write it over MQTT ([commands] allow \"write\")? false (default), true, or "
+    "\"life_safety\": needed, point by point, on a life-safety device (fire panel, elevator), where true is refused."
+)
+RemoteWrite = Annotated[bool | Literal["life_safety"], Field(description=REMOTE_WRITE_HELP)]
+
+
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors (typos must fail, not be ignored)."""
 

@@ -19,6 +19,8 @@ class WriteSpec:
     states: dict[int, str] | None = None
     resolution: float = 0.0  # smallest step the device stores (read-back is compared within half of it)
     relinquish: bool = False  # a write of "null" withdraws the command (BACnet priority arrays)
+    remote: bool | Literal["life_safety"] = False
+    """Whether the platform may write it over MQTT; "life_safety" also on a life-safety device."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,8 @@ class Message:
     """Relative to the uplink's root (``<topic_prefix>/<site id>``)."""
     payload: bytes
     retain: bool = False
+    correlation: bytes | None = None
+    """MQTT 5 correlation data echoed to a request that carried it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,11 +35,13 @@ def topic(fact: Fact) -> str:
         return f"state/{fact.subject}"
     if fact.kind == "event":
         return f"{'alarm' if is_alarm(fact) else 'event'}/{fact.subject}"
+    if fact.kind == "result":
+        return "cmd/res"
     return fact.subject  # wire: stored with its topic
 
 
 def is_alarm(fact: Fact) -> bool:
-    return fact.priority is Priority.ALARM or fact.subject.startswith("alarm.")
+    return fact.kind != "result" and (fact.priority is Priority.ALARM or fact.subject.startswith("alarm."))
 
 
 class JsonEncoder:
@@ -116,6 +118,8 @@ class JsonEncoder:
     def message(self, fact: Fact, hist: bool = False) -> Message:
         if fact.kind == "wire":
             return Message(fact.subject, fact.body)
+        if fact.kind == "result":
+            return _result(fact)
         if fact.kind == "state":
             data = {"v": V, "site": self.site, "type": "state", "device": fact.subject, **fact.data(),
                     "ts": round(fact.ts, 3)}
@@ -141,3 +145,13 @@ class JsonEncoder:
         items = [{**self._item(r.fact, True), "topic": topic(r.fact)} for r in rows]
         envelope = {"v": V, "id": new_id(), "site": self.site, "type": "batch", "class": group, "items": items}
         return Encoded(Message(f"batch/{group}", orjson.dumps(envelope)), tuple(r.seq for r in rows))
+
+
+def _result(fact: Fact) -> Message:
+    """A command result as stored, on ``cmd/res`` or the MQTT 5 response topic the request named."""
+    data = fact.data()
+    reply = data.pop("_mqtt5", None) if isinstance(data, dict) else None
+    if not reply:
+        return Message("cmd/res", fact.body)
+    correlation = bytes.fromhex(reply["correlation"]) if reply.get("correlation") else None
+    return Message(reply.get("reply_to") or "cmd/res", orjson.dumps(data), correlation=correlation)

@@ -1,0 +1,207 @@
+"""The request envelope a platform wraps around a command, and the result it gets back.
+
+A request is ``{"v": 1, "id", "expires_at", "actor", "cmd", ...the command's own fields}``; a signed
+request carries that JSON text verbatim in ``signed``, with an Ed25519 signature over its UTF-8 bytes in
+``sig`` and the key's id in ``key``, so no JSON canonicalisation is needed on either side. Everything
+here runs on hostile bytes: it raises ``Dropped`` (nothing to answer: no id, not for this site) or
+``Rejected`` (answered ``rejected``), never anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+V = 1
+MAX_REQUEST = 16 * 1024
+"""Bytes; the largest command (a write with a note) is well under 1 KiB."""
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+ACTOR_PATTERN = r"^[^\x00-\x1f\x7f/]{1,64}$"
+_ID = re.compile(ID_PATTERN)
+ENVELOPE_KEYS = frozenset({"v", "id", "expires_at", "actor", "site"})
+Status = Literal["ok", "rejected", "failed", "expired", "duplicate"]
+
+
+class Envelope(BaseModel):
+    """What every request carries besides its command."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    v: Literal[1] = Field(description="Envelope version.")
+    id: str = Field(pattern=ID_PATTERN, description="Chosen by the platform, unique per request: a redelivery "
+                                                    "with the same id is answered `duplicate`, never executed again.")
+    expires_at: float = Field(description="Epoch seconds after which the command must not be executed.")
+    actor: str = Field(pattern=ACTOR_PATTERN, description="Who on the platform asked (a guard, an engineer, a job).")
+    site: str | None = Field(default=None, description="Optional: the site it is meant for; others drop it.")
+    cmd: str = Field(description="read, write, alarm, alarms, values, birth, reload or status.")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of epoch seconds")
+        return value
+
+    def command(self) -> dict[str, Any]:
+        """The command's own fields, as ``gateway.commands.parse_command`` takes them."""
+        return {k: v for k, v in (self.model_extra or {}).items() if k not in ENVELOPE_KEYS} | {"cmd": self.cmd}
+
+
+class SignedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1]
+    signed: str = Field(max_length=MAX_REQUEST, description="The request's JSON text, exactly as signed.")
+    key: str = Field(max_length=64, description="Id of the public key (``[commands] public_keys``) that signed it.")
+    sig: str = Field(max_length=200, description="Base64 Ed25519 signature over the UTF-8 bytes of `signed`.")
+
+
+class Dropped(Exception):
+    """Not answered (there is no id to answer, or it is another site's); counted by reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Rejected(Exception):
+    """Answered ``rejected`` with this reason."""
+
+    def __init__(self, request_id: str, reason: str, actor: str = "", cmd: str = "") -> None:
+        super().__init__(reason)
+        self.request_id, self.reason, self.actor, self.cmd = request_id, reason, actor, cmd
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What MQTT 5 adds to a request: where to answer, what to echo, how long the broker kept it."""
+
+    reply_to: str | None = None
+    """Relative to the uplink's root; None: the default ``cmd/res``."""
+    correlation: bytes | None = None
+    expiry: float | None = None
+    """Seconds the broker says the request has left to live (Message Expiry Interval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    envelope: Envelope
+    signer: str | None
+    """The key id that signed it; None when the site takes unsigned commands."""
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+
+def decode(payload: bytes, site: str, keys: Mapping[str, Ed25519PublicKey]) -> Request:
+    """Bytes off the wire to a request for this site, or ``Dropped``/``Rejected``."""
+    if len(payload) > MAX_REQUEST:
+        raise Dropped("too large")
+    data = _json(payload)
+    signer = None
+    if keys or "signed" in data:
+        request_id = _id_of(data.get("signed")) if isinstance(data.get("signed"), str) else None
+        if not keys:
+            raise _rejected(request_id, "signed commands are not configured here (no [commands] public_keys)")
+        try:
+            signed = SignedRequest.model_validate(data)
+        except ValidationError:
+            raise _rejected(request_id or _id_of(data), "unsigned: this site takes only signed commands") from None
+        public = keys.get(signed.key)
+        if public is None:
+            raise _rejected(request_id, f"bad signature: unknown key {signed.key[:64]!r}")
+        if not _verified(public, signed):
+            raise _rejected(request_id, "bad signature")
+        data, signer = _json(signed.signed.encode()), signed.key
+    site_named = data.get("site")
+    if site_named is not None and site_named != site:
+        raise Dropped("other site")
+    try:
+        envelope = Envelope.model_validate(data)
+    except ValidationError as exc:
+        raise _rejected(_id_of(data), _first_error(exc), _text(data.get("actor")), _text(data.get("cmd"))) from None
+    return Request(envelope, signer)
+
+
+def result_body(request_id: str, site: str, cmd: str, status: Status, ts: float, *,
+                result: dict[str, Any] | None = None, error: str | None = None,
+                original: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"v": V, "type": "cmd_result", "site": site, "req": request_id, "cmd": cmd,
+                            "status": status, "ts": round(ts, 3)}
+    if result is not None:
+        body["result"] = result
+    if error is not None:
+        body["error"] = error[:500]
+    if original is not None:
+        body["original"] = original  # a duplicate's first outcome
+    return body
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise Dropped("not JSON") from None
+    if not isinstance(data, dict):
+        raise Dropped("not a JSON object")
+    return data
+
+
+def _id_of(data: Any) -> str | None:
+    """The request id, if there is one worth answering to."""
+    if isinstance(data, str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+    if not isinstance(data, dict):
+        return None
+    request_id = data.get("id")
+    return request_id if isinstance(request_id, str) and _ID.fullmatch(request_id) else None
+
+
+def _rejected(request_id: str | None, reason: str, actor: str = "", cmd: str = "") -> Exception:
+    if request_id is None:
+        return Dropped("no id")
+    return Rejected(request_id, reason, actor, cmd)
+
+
+def _verified(public: Ed25519PublicKey, signed: SignedRequest) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public.verify(base64.b64decode(signed.sig, validate=True), signed.signed.encode())
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"bad request: {where}: {first['msg']}" if where else f"bad request: {first['msg']}"
+
+
+def _text(value: Any) -> str:
+    return value[:64] if isinstance(value, str) else ""
+
+
+def public_keys(configured: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+    """``[commands] public_keys`` as key objects (validated by the config already)."""
+    if not configured:
+        return {}
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return {k: Ed25519PublicKey.from_public_bytes(base64.b64decode(v)) for k, v in configured.items()}
