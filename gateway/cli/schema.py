@@ -1,4 +1,4 @@
-"""`gateway schema upstream|kinds`: the native JSON contract, generated from its models (no config needed)."""
+"""`gateway schema upstream|commands|kinds`: the native JSON contract, generated from its models (no config needed)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def add_command(sub: Any) -> None:
     what = p.add_subparsers(dest="sub", required=True)
     upstream = what.add_parser("upstream", help="print the JSON Schema (2020-12) of every upstream message")
     upstream.set_defaults(fn=cmd_upstream)
+    commands = what.add_parser("commands", help="print the JSON Schema of platform commands (cmd/req, cmd/res)")
+    commands.set_defaults(fn=cmd_commands)
     kinds = what.add_parser("kinds", help="print the catalogue of event and alarm kinds")
     kinds.add_argument("--json", action="store_true", help="machine-readable output")
     kinds.set_defaults(fn=cmd_kinds)
@@ -20,6 +22,13 @@ def add_command(sub: Any) -> None:
 
 def cmd_upstream(args: argparse.Namespace) -> int:
     from gateway.northbound.contract import render_schema
+
+    sys.stdout.write(render_schema())
+    return 0
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    from gateway.remote.contract import render_schema
 
     sys.stdout.write(render_schema())
     return 0
