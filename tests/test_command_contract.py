@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.remote.contract import commands_schema
-from gateway.remote.envelope import Dropped, Rejected, decode, public_keys, result_body
+from gateway.remote.envelope import Dropped, Rejected, Status, decode, public_keys, result_body
 
 pytestmark = pytest.mark.timeout(30)
 SCHEMA = commands_schema()
@@ -71,8 +71,9 @@ def test_a_signed_request_validates_and_verifies() -> None:
 
 
 @pytest.mark.parametrize("status", ["ok", "rejected", "failed", "expired", "duplicate"])
-def test_every_result_the_gateway_writes_is_valid(status: str) -> None:
-    body = result_body("req-1", "site-a", "write", status, NOW, result={"result": "verified"} if status == "ok" else None,  # type: ignore[arg-type]
+def test_every_result_the_gateway_writes_is_valid(status: Status) -> None:
+    body = result_body("req-1", "site-a", "write", status, NOW,
+                       result={"result": "verified"} if status == "ok" else None,
                        error=None if status == "ok" else "why", original="ok" if status == "duplicate" else None)
     result_schema = {"$ref": "#/$defs/Result", "$defs": SCHEMA["$defs"]}
     assert not list(jsonschema.Draft202012Validator(result_schema).iter_errors(body))
