@@ -58,7 +58,7 @@ def test_a_v1_store_upgrades_in_place_keeping_every_row(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
     rows = _v1_store(path)
     store = Store(path)
-    assert store.upgraded == [2] and migrations.version(store.db) == migrations.LATEST
+    assert store.upgraded == [2, 3] and migrations.version(store.db) == migrations.LATEST
     assert store.integrity_ok()
     kept = store.next_batch(100)
     assert [r.fact.priority for r in kept] == sorted(int(prio) for prio, _, _ in rows)  # alarms first, still
@@ -113,3 +113,55 @@ async def test_every_row_a_v1_store_held_reaches_the_broker(tmp_path: Path, brok
     assert all(m["hist"] is True and m["site"] == SITE for m in telemetry)  # stored long ago: replay
     assert by_topic["summary/meter-2"]["points"]["power"]["max"] == 2.0
     assert "event/odd" in by_topic  # kept verbatim
+
+
+def _v2_store(path: Path) -> list[tuple[int, str, str, bytes]]:
+    """Release 0.2's layout (issues 10-13: facts and per-uplink acks, no command ledger) with undelivered rows."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for step in migrations.MIGRATIONS[:2]:  # released steps are never edited: this is 0.2's layout
+            step(db)
+        db.execute("PRAGMA user_version = 2")
+        rows = [
+            (int(Priority.ALARM), "event", "fire.alarm",
+             b'{"kind":"fire.alarm","priority":"alarm","source":"panel-1","ts":1790000000.0,"data":{"zone":"07"}}'),
+            (int(Priority.TELEMETRY), "readings", "meter-1", b'{"voltage_a":{"v":231.0,"q":"good","u":"V"}}'),
+            (int(Priority.TELEMETRY), "readings", "meter-1", b'{"voltage_a":{"v":232.0,"q":"good","u":"V"}}'),
+            (int(Priority.EVENT), "state", "meter-2", b'{"state":"offline","since":1790000000.0}'),
+        ]
+        db.executemany("INSERT INTO outbox (prio, kind, subject, id, ts, body, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [(prio, kind, subject, f"0190-{i}", NOW + i, body, NOW)
+                        for i, (prio, kind, subject, body) in enumerate(rows)])
+        db.execute("INSERT INTO counters (name, value) VALUES ('uplink.mqtt.bdseq', 7)")
+    return rows
+
+
+async def test_a_release_0_2_store_gains_the_command_ledger_and_delivers_everything(
+        tmp_path: Path, broker: Broker, collector: Collector) -> None:
+    path = tmp_path / "gateway.db"
+    rows = _v2_store(path)
+    plain = Store(path)
+    assert plain.upgraded == [3] and migrations.version(plain.db) == migrations.LATEST
+    assert plain.claim_command("req-1", NOW, "mqtt:unsigned/guard", "status") is None  # the ledger works
+    assert plain.claim_command("req-1", NOW, "mqtt:unsigned/guard", "status") == (None, None)
+    plain.close()
+    store = AsyncStore(Store(path))
+    committed = asyncio.Event()
+    committed.set()
+    uplink = Uplink(MqttConfig(host="127.0.0.1", port=broker.port, replay_delay=0, replay_rate=0), SITE, store,
+                    committed)
+    task = asyncio.create_task(uplink.run())
+    try:
+        await collector.wait_for(lambda: uplink.status.delivered >= len(rows))
+        await collector.wait_for(lambda: len([m for t, m in collector.messages if "/status" not in t]) >= len(rows))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await store.run(store.store.next_batch, 100) == []
+    store.close()
+    delivered = [(t.removeprefix(f"community/{SITE}/"), m) for t, m in collector.messages if "/status" not in t]
+    assert delivered[0][0] == "alarm/fire.alarm"  # the alarm first, still
+    assert [m["points"]["voltage_a"]["v"] for t, m in delivered if t == "telemetry/meter-1"] == [231.0, 232.0]
+    assert {m.get("id") for t, m in delivered if t != "state/meter-2"} == {"0190-0", "0190-1", "0190-2"}
+    births = [m for t, m in collector.messages if t.endswith("/status") and m.get("state") == "online"]
+    assert births[0]["bdseq"] == 8  # the session counter carried over
