@@ -85,9 +85,10 @@ class PlatformCommands:
         limiter = self._actors.setdefault(actor, RateLimiter(self.rules.actor_rate, 60.0))
         if len(self._actors) > 10_000:  # a flood of made-up actors must not grow memory without bound
             self._actors = {actor: limiter}
+        who = _who(request)
         if not (limiter.allow(now) and self._everyone.allow(now)):
             self._refuse(Rejected(request.id, "rate limited: too many commands, try again in a minute", actor,
-                                  request.envelope.cmd), delivery, now)
+                                  request.envelope.cmd), delivery, now, who)
             return
         lane = self._lane(request)
         queue = self._lanes.get(lane)
@@ -98,7 +99,7 @@ class PlatformCommands:
             queue.put_nowait((request, delivery, now))
         except asyncio.QueueFull:
             self._refuse(Rejected(request.id, f"busy: {LANE_DEPTH} commands already wait for {lane}", actor,
-                                  request.envelope.cmd), delivery, now)
+                                  request.envelope.cmd), delivery, now, who)
 
     def _lane(self, request: Request) -> str:
         cmd = request.envelope.cmd
@@ -114,13 +115,15 @@ class PlatformCommands:
             self.handler.sink.event(Event("command.dropped", self.site, Priority.EVENT,
                                           {"reason": reason, "dropped": dict(self.dropped)}, now))
 
-    def _refuse(self, exc: Rejected, delivery: Delivery, now: float) -> None:
+    def _refuse(self, exc: Rejected, delivery: Delivery, now: float, who: str | None = None) -> None:
+        """Answer ``rejected`` (a bad signature's actor is only what the request claims: "unverified")."""
         if not self._flood.allow(now):
             self._drop("flood", now)
             return
+        who = who or f"mqtt:unverified/{exc.actor or '?'}"
         task = asyncio.get_running_loop().create_task(
-            self._answer(exc.request_id, exc.cmd, f"mqtt:unverified/{exc.actor or '?'}", "rejected", delivery, now,
-                         error=exc.reason, check_ledger=True))
+            self._answer(exc.request_id, exc.cmd, who, "rejected", delivery, now, error=exc.reason,
+                         check_ledger=True))
         self._spare(task)
 
     # -- the lanes -----------------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ class PlatformCommands:
 
     async def _execute(self, request: Request, delivery: Delivery, received: float) -> None:
         env = request.envelope
-        who = f"mqtt:{request.signer or 'unsigned'}/{env.actor}"
+        who = _who(request)
         now = self.clock.time()
         answer = functools.partial(self._answer, request.id, env.cmd, who, delivery=delivery, received=received)
         refusal = self._check(request, delivery, received, now)
@@ -275,3 +278,9 @@ def counters(commands: PlatformCommands | None) -> Mapping[str, Any]:
     if commands is None:
         return {}
     return {"answered": dict(commands.answered), "dropped": dict(commands.dropped)}
+
+
+def _who(request: Request) -> str:
+    """The audit's actor: the key that signed (or "unsigned": only the broker's ACL vouches) and the platform's
+    own name for the person."""
+    return f"mqtt:{request.signer or 'unsigned'}/{request.envelope.actor}"
