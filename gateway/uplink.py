@@ -202,7 +202,8 @@ class Uplink:
             try:
                 self.session.bdseq = await self.store.run(self.store.store.next_session, self.name)
                 async with self._client() as client:
-                    await self._subscribe(client)  # before the birth: a platform that waits for it may command at once
+                    if self._commands:  # before the birth: a platform that waits for it may command at once
+                        await self._subscribe(client, f"{self.root}/cmd/req")
                     await self._publish(client, self.encoder.birth(self.session, time.time()))
                     self._describe_due, self._birth_due = True, False
                     self._replay_from = self.clock.monotonic() + random.uniform(0, self.config.replay_delay)
@@ -233,19 +234,15 @@ class Uplink:
     def _status_topic(self) -> str:
         return f"{self.root}/{self.encoder.birth(self.session, 0).topic}"
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
-        """Our own status topic (to notice a late last will) and, with commands on, ``cmd/req``. A broker ACL
-        that forbids either is lived with, and said."""
-        topics = [self._status_topic()] + ([f"{self.root}/cmd/req"] if self._commands else [])
-        for topic in topics:
-            try:
-                granted = await client.subscribe(topic, qos=1)
-            except aiomqtt.MqttError as exc:
-                log.warning("subscription refused", topic=topic, error=str(exc))
-                continue
-            if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
-                (log.error if topic.endswith("/cmd/req") else log.info)("subscription refused by the broker",
-                                                                        topic=topic)
+    async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
+        """A broker ACL that forbids a subscription is lived with, and said."""
+        try:
+            granted = await client.subscribe(topic, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("subscription refused", topic=topic, error=str(exc))
+            return
+        if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
+            (log.error if topic.endswith("/cmd/req") else log.info)("subscription refused by the broker", topic=topic)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         """Route what the broker sends: platform commands, and a last will from an older session that arrives
@@ -253,13 +250,15 @@ class Uplink:
         online: the birth is said again."""
         status = self._status_topic()
         requests = f"{self.root}/cmd/req"
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if self._commands is not None and message.topic.matches(requests):
-                self._commands(payload, self._delivery(message))
-            elif message.topic.matches(status) and self.encoder.superseded(payload, self.session):
-                log.warning("an older session's last will overwrote our birth: saying it again")
-                await self._publish(client, self.encoder.birth(self.session, time.time()))
+        await self._subscribe(client, status)  # after the birth: what is retained there then is ours, or a late will
+        with contextlib.suppress(aiomqtt.MqttError):  # the connection went: the pump notices and reconnects
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                if self._commands is not None and message.topic.matches(requests):
+                    self._commands(payload, self._delivery(message))
+                elif message.topic.matches(status) and self.encoder.superseded(payload, self.session):
+                    log.warning("an older session's last will overwrote our birth: saying it again")
+                    await self._publish(client, self.encoder.birth(self.session, time.time()))
 
     def _delivery(self, message: aiomqtt.Message) -> Delivery:
         """MQTT 5's response topic (only under our own root: we publish nowhere else), correlation and expiry."""
