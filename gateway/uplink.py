@@ -255,7 +255,10 @@ class Uplink:
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else b""
                 if self._commands is not None and message.topic.matches(requests):
-                    self._commands(payload, self._delivery(message))
+                    try:
+                        self._commands(payload, self._delivery(message))
+                    except Exception:  # a bug in one command's handling must not deafen the gateway to the next
+                        log.exception("platform command not handled", size=len(payload))
                 elif message.topic.matches(status) and self.encoder.superseded(payload, self.session):
                     log.warning("an older session's last will overwrote our birth: saying it again")
                     await self._publish(client, self.encoder.birth(self.session, time.time()))
