@@ -78,9 +78,9 @@ class Dropped(Exception):
 class Rejected(Exception):
     """Answered ``rejected`` with this reason."""
 
-    def __init__(self, request_id: str, reason: str, actor: str = "", cmd: str = "") -> None:
+    def __init__(self, request_id: str, reason: str, actor: str = "", cmd: str = "", target: str = "") -> None:
         super().__init__(reason)
-        self.request_id, self.reason, self.actor, self.cmd = request_id, reason, actor, cmd
+        self.request_id, self.reason, self.actor, self.cmd, self.target = request_id, reason, actor, cmd, target
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,26 +112,27 @@ def decode(payload: bytes, site: str, keys: Mapping[str, Ed25519PublicKey]) -> R
     data = _json(payload)
     signer = None
     if keys or "signed" in data:
-        request_id = _id_of(data.get("signed")) if isinstance(data.get("signed"), str) else None
+        claimed = _claims(data.get("signed"))  # unverified: for the answer and the audit only
+        if claimed is None or _id_of(claimed) is None:
+            claimed = data
+        _for_this_site(claimed, site)  # another site's request is not ours to answer, signed or not
         if not keys:
-            raise _rejected(request_id, "signed commands are not configured here (no [commands] public_keys)")
+            raise _rejected(claimed, "signed commands are not configured here (no [commands] public_keys)")
         try:
             signed = SignedRequest.model_validate(data)
         except ValidationError:
-            raise _rejected(request_id or _id_of(data), "unsigned: this site takes only signed commands") from None
+            raise _rejected(claimed, "unsigned: this site takes only signed commands") from None
         public = keys.get(signed.key)
         if public is None:
-            raise _rejected(request_id, f"bad signature: unknown key {signed.key[:64]!r}")
+            raise _rejected(claimed, f"bad signature: unknown key {signed.key[:64]!r}")
         if not _verified(public, signed):
-            raise _rejected(request_id, "bad signature")
+            raise _rejected(claimed, "bad signature")
         data, signer = _json(signed.signed.encode()), signed.key
-    site_named = data.get("site")
-    if site_named is not None and site_named != site:
-        raise Dropped("other site")
+    _for_this_site(data, site)
     try:
         envelope = Envelope.model_validate(data)
     except ValidationError as exc:
-        raise _rejected(_id_of(data), _first_error(exc), _text(data.get("actor")), _text(data.get("cmd"))) from None
+        raise _rejected(data, _first_error(exc)) from None
     return Request(envelope, signer)
 
 
@@ -159,23 +160,45 @@ def _json(payload: bytes) -> dict[str, Any]:
     return data
 
 
-def _id_of(data: Any) -> str | None:
-    """The request id, if there is one worth answering to."""
-    if isinstance(data, str):
-        try:
-            data = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-    if not isinstance(data, dict):
+def _for_this_site(data: Mapping[str, Any], site: str) -> None:
+    named = data.get("site")
+    if named is not None and named != site:
+        raise Dropped("other site")
+
+
+def _claims(signed: Any) -> dict[str, Any] | None:
+    """What a signed request's text says, before its signature is checked (None: not a JSON object)."""
+    if not isinstance(signed, str):
         return None
+    try:
+        data = orjson.loads(signed)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _id_of(data: Mapping[str, Any]) -> str | None:
+    """The request id, if there is one worth answering to."""
     request_id = data.get("id")
     return request_id if isinstance(request_id, str) and _ID.fullmatch(request_id) else None
 
 
-def _rejected(request_id: str | None, reason: str, actor: str = "", cmd: str = "") -> Exception:
+def target_of(data: Mapping[str, Any]) -> str:
+    """What a request points at, as it says (for the audit): ``device.point``, a device, an alarm's key, or ""."""
+    device, point, key = data.get("device"), data.get("point"), data.get("key")
+    if data.get("cmd") == "alarm" and isinstance(key, str):
+        return key[:128]
+    if isinstance(device, str):
+        return f"{device[:64]}.{point[:64]}" if isinstance(point, str) else device[:64]
+    return ""
+
+
+def _rejected(data: Mapping[str, Any], reason: str) -> Exception:
+    """Rejected when there is an id to answer (with what the request claims, for the audit), else dropped."""
+    request_id = _id_of(data)
     if request_id is None:
         return Dropped("no id")
-    return Rejected(request_id, reason, actor, cmd)
+    return Rejected(request_id, reason, _text(data.get("actor")), _text(data.get("cmd")), target_of(data))
 
 
 def _verified(public: Ed25519PublicKey, signed: SignedRequest) -> bool:

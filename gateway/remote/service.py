@@ -28,7 +28,18 @@ from gateway.core.ids import new_id
 from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
 from gateway.facts import Fact
 from gateway.recorder import AsyncStore
-from gateway.remote.envelope import Delivery, Dropped, Rejected, Request, Status, decode, public_keys, result_body
+from gateway.remote.envelope import (
+    Delivery,
+    Dropped,
+    Envelope,
+    Rejected,
+    Request,
+    Status,
+    decode,
+    public_keys,
+    result_body,
+    target_of,
+)
 from gateway.store import Batch
 
 log = structlog.get_logger("gateway.remote")
@@ -123,7 +134,7 @@ class PlatformCommands:
         who = who or f"mqtt:unverified/{exc.actor or '?'}"
         task = asyncio.get_running_loop().create_task(
             self._answer(exc.request_id, exc.cmd, who, "rejected", delivery, now, error=exc.reason,
-                         check_ledger=True))
+                         check_ledger=True, target=exc.target))
         self._spare(task)
 
     # -- the lanes -----------------------------------------------------------------------------------------------
@@ -140,7 +151,8 @@ class PlatformCommands:
         env = request.envelope
         who = _who(request)
         now = self.clock.time()
-        answer = functools.partial(self._answer, request.id, env.cmd, who, delivery=delivery, received=received)
+        answer = functools.partial(self._answer, request.id, env.cmd, who, delivery=delivery, received=received,
+                                   target=target_of(env.command()), value=_written(env))
         refusal = self._check(request, delivery, received, now)
         if refusal is not None:
             status, reason = refusal
@@ -148,7 +160,7 @@ class PlatformCommands:
             return
         before = await self.store.run(self.store.store.claim_command, request.id, received, who, env.cmd)
         if before is not None:
-            await self._duplicate(request.id, env.cmd, who, delivery, received, before)
+            await self._duplicate(request.id, env.cmd, who, delivery, received, before, target_of(env.command()))
             return
         try:
             status, result, error = await self._run(request, who)
@@ -178,11 +190,12 @@ class PlatformCommands:
         if cmd == "status":
             return "ok", (await self.status()) if self.status else {}, None
         fields = request.envelope.command()
-        if cmd == "alarm" and fields.get("action") in ALARM_ALIASES:
-            fields["action"] = ALARM_ALIASES[fields["action"]]
+        action = fields.get("action")
+        if cmd == "alarm" and isinstance(action, str) and action in ALARM_ALIASES:  # any JSON may stand there
+            fields["action"] = ALARM_ALIASES[action]
         try:
             if cmd in ("write", "alarm", "reload"):
-                fields["actor"] = who
+                fields["actor"] = who[:128]  # the handler's limit; a 64-character key id and actor reach 134
             command = parse_command(fields)
             if isinstance(command, WriteCommand):
                 self._authorise(command)
@@ -218,11 +231,12 @@ class PlatformCommands:
 
     async def _answer(self, request_id: str, cmd: str, who: str, status: Status, delivery: Delivery,
                       received: float, *, result: dict[str, Any] | None = None, error: str | None = None,
-                      original: str | None = None, ledger: bool = False, check_ledger: bool = False) -> None:
+                      original: str | None = None, ledger: bool = False, check_ledger: bool = False,
+                      target: str = "", value: Any = None) -> None:
         if check_ledger:  # a refused redelivery of a command that ran: say what it came to, not why it is refused
             before = await self.store.run(self.store.store.command_outcome, request_id)
             if before is not None:
-                await self._duplicate(request_id, cmd, who, delivery, received, before)
+                await self._duplicate(request_id, cmd, who, delivery, received, before, target)
                 return
         now = self.clock.time()
         body = result_body(request_id, self.site, cmd, status, now, result=result, error=error, original=original)
@@ -232,7 +246,13 @@ class PlatformCommands:
                               "correlation": delivery.correlation.hex() if delivery.correlation else None}
         priority = Priority.ALARM if cmd in ("alarm", "alarms") else Priority.EVENT
         fact = Fact(priority, "result", request_id, new_id(), now, orjson.dumps(wire, default=str))
-        audit = {"actor": who, "req": request_id, "cmd": cmd, "result": status, **({"error": error} if error else {})}
+        audit: dict[str, Any] = {"actor": who, "req": request_id, "cmd": cmd, "result": status}
+        if target:
+            audit["target"] = target
+        if value is not None:
+            audit["value"] = value
+        if error:
+            audit["error"] = error
         batch = Batch(facts=[fact], audit=[(now, "command", audit)])
         if ledger:
             batch.results.append((request_id, status, orjson.dumps(body, default=str)))
@@ -247,12 +267,12 @@ class PlatformCommands:
             "platform command", request=request_id, cmd=cmd, actor=who, status=status, error=error)
 
     async def _duplicate(self, request_id: str, cmd: str, who: str, delivery: Delivery, received: float,
-                         before: tuple[str | None, bytes | None]) -> None:
+                         before: tuple[str | None, bytes | None], target: str = "") -> None:
         status, body = before
         first = orjson.loads(body) if body else {}
         error = first.get("error") if status else "it was being executed when the gateway stopped; not executed again"
         await self._answer(request_id, cmd, who, "duplicate", delivery, received, result=first.get("result"),
-                           error=error, original=status or "unknown")
+                           error=error, original=status or "unknown", target=target)
 
     # -- housekeeping ------------------------------------------------------------------------------------------
 
@@ -278,6 +298,12 @@ def counters(commands: PlatformCommands | None) -> Mapping[str, Any]:
     if commands is None:
         return {}
     return {"answered": dict(commands.answered), "dropped": dict(commands.dropped)}
+
+
+def _written(envelope: Envelope) -> Any:
+    """A write's value as the audit keeps it (a long text cut short); None for other commands."""
+    value = (envelope.model_extra or {}).get("value") if envelope.cmd == "write" else None
+    return value if value is None or isinstance(value, bool | int | float) else str(value)[:100]
 
 
 def _who(request: Request) -> str:
