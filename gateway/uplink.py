@@ -271,8 +271,8 @@ class Uplink:
         reply = getattr(props, "ResponseTopic", None)
         prefix = f"{self.root}/"
         relative = reply[len(prefix):] if isinstance(reply, str) and reply.startswith(prefix) else None
-        if relative is not None and ("+" in relative or "#" in relative or not relative):
-            relative = None
+        if relative is not None and ("+" in relative or "#" in relative or not relative or relative == "cmd/req"):
+            relative = None  # and never onto cmd/req: the answer would come back to us as a request
         correlation = getattr(props, "CorrelationData", None)
         expiry = getattr(props, "MessageExpiryInterval", None)
         return Delivery(relative, bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,

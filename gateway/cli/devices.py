@@ -165,8 +165,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print_json(entries)
         return 0
     rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])), e.get("actor", ""), e["action"],
-             f"{e.get('device')}.{e.get('point')}", e.get("value"), e.get("result"),
-             e.get("error") or (f"read back {e['read_back']}" if "read_back" in e else ""))
-            for e in entries]
-    print(table(rows, ["time", "who", "action", "point", "value", "result", "detail"]))
+             *_audited(e)) for e in entries]
+    print(table(rows, ["time", "who", "action", "target", "value", "result", "detail"]))
     return 0
+
+
+def _audited(entry: dict[str, Any]) -> tuple[str, Any, Any, str]:
+    """An audit entry's target, value, result and detail: a platform command says its request and why it was
+    refused; a write, what it read back."""
+    if entry["action"] == "command":
+        request = f"{entry.get('cmd', '?')} {entry.get('req', '?')}"
+        detail = f"{request}: {entry['error']}" if entry.get("error") else request
+        return entry.get("target") or "", entry.get("value", ""), entry.get("result"), detail
+    target = ".".join(str(entry[k]) for k in ("device", "point") if entry.get(k) is not None)
+    detail = entry.get("error") or (f"read back {entry['read_back']}" if "read_back" in entry else "")
+    return target, entry.get("value"), entry.get("result"), detail
