@@ -25,6 +25,7 @@ from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock
 from rules.alarms import AlarmBook
 from rules.config import NotifierConfig
 from rules.engine import Engine
+from rules.reconfigure import reconfigured
 from rules.runtime import MAX_CHAIN, Action, ChainStopped, Notify, PersistAlarm, Publish, RulesRuntime, Write
 
 __all__ = ["MAX_CHAIN", "Automation", "RulesBus"]
@@ -209,6 +210,15 @@ class Automation:
 
     def listing(self, everything: bool = False) -> list[dict[str, Any]]:
         return self.runtime.listing(everything)
+
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """A reloaded config's rules, alarm classes and notifiers, in place of the running ones: the alarm book
+        and the state of unchanged rules are carried over (``rules.reconfigure``). Actions already under way
+        (a write being retried, a webhook) finish as they started."""
+        self.runtime = reconfigured(self.runtime, cfg, now=self.clock.time())
+        self.cfg = cfg
+        self.notifiers = {n.id: n for n in cfg.notifiers}
+        self._wake.set()  # the next deadline may be another one now
 
     async def close(self) -> None:
         for task in list(self._tasks):
