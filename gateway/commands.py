@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,7 +74,15 @@ class ValuesCommand(_Command):
     device: str | None = Field(default=None, pattern=IDENTIFIER_PATTERN)
 
 
-AnyCommand = WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand | RelearnCommand | ValuesCommand
+class ReloadCommand(_Command):
+    """Apply the config file as it is now: checked first, then only what changed restarts (gateway.reloader)."""
+
+    cmd: Literal["reload"]
+    actor: str = Field(default="unknown", max_length=128)
+
+
+AnyCommand = (WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand | RelearnCommand | ValuesCommand
+              | ReloadCommand)
 Command = Annotated[AnyCommand, Field(discriminator="cmd")]
 
 
@@ -164,6 +173,8 @@ class CommandHandler:
         self.sink = sink
         self.live = live
         self.alarms: AlarmDesk | None = None
+        self.reloader: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        """Where reload commands go (the daemon's ``reload``); None: this process cannot reload."""
 
     async def execute(self, command: AnyCommand) -> dict[str, Any]:
         if isinstance(command, AlarmCommand | AlarmsCommand):
@@ -172,6 +183,10 @@ class CommandHandler:
             if command.device is not None and all(d.id != command.device for d in self.cfg.devices):
                 raise CommandError(f"no device {command.device!r}")
             return {"values": self.live.listing(command.device) if self.live else []}
+        if isinstance(command, ReloadCommand):
+            if self.reloader is None:
+                raise CommandError("this process cannot reload its config")
+            return await self.reloader(command.actor)
         if command.device not in self.drivers:
             raise CommandError(f"no device {command.device!r} (or it is disabled)")
         if isinstance(command, ReadCommand):

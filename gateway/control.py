@@ -19,7 +19,15 @@ from typing import Any
 
 import structlog
 
-from gateway.commands import AlarmCommand, CommandError, CommandHandler, RelearnCommand, WriteCommand, parse_command
+from gateway.commands import (
+    AlarmCommand,
+    CommandError,
+    CommandHandler,
+    RelearnCommand,
+    ReloadCommand,
+    WriteCommand,
+    parse_command,
+)
 from gateway.core.errors import DriverError
 
 log = structlog.get_logger("gateway.control")
@@ -86,7 +94,7 @@ class ControlServer:
         try:
             data = json.loads(line)
             command = parse_command(data)
-            if isinstance(command, WriteCommand | AlarmCommand | RelearnCommand):
+            if isinstance(command, WriteCommand | AlarmCommand | RelearnCommand | ReloadCommand):
                 command = command.model_copy(update={"actor": f"{peer} ({command.actor})"})
             return {"ok": True, **await self.handler.execute(command)}
         except (ValueError, CommandError) as exc:

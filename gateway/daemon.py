@@ -31,6 +31,7 @@ from gateway.lock import DataDirLock
 from gateway.northbound.catalog import device_meta
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
+from gateway.reloader import Reloader
 from gateway.remote.service import PlatformCommands
 from gateway.reporting import Privacy, UplinkFeed
 from gateway.store import Store
@@ -77,7 +78,7 @@ class Daemon:
     the live state subscribe to it, in that order (what is stored is never behind what is acted on)."""
 
     def __init__(self, cfg: GatewayConfig, *, config_hash: str = "", clock: Clock = SYSTEM_CLOCK,
-                 lock: DataDirLock | None = None) -> None:
+                 lock: DataDirLock | None = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.lock = lock or DataDirLock(cfg.store.data_dir)
         self.config_hash = config_hash
@@ -100,18 +101,7 @@ class Daemon:
         }
         self._recall(self.store.store.meta())
         self.commands = CommandHandler(cfg, self.drivers, self.bus, self.live)
-        self.platform: PlatformCommands | None = None
-        self.uplink: Uplink | None = None
-        if cfg.mqtt.enabled:
-            if cfg.commands.enabled:
-                self.platform = PlatformCommands(cfg, self.commands, self.store, self.recorder.committed, clock=clock,
-                                                 birth=self._rebirth, status=self.status_report)
-            self.uplink = Uplink(
-                cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
-                config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
-                devices=functools.partial(device_meta, cfg),
-                commands=self.platform.received if self.platform else None,
-            )
+        self.platform, self.uplink = self.northbound(cfg, config_hash)
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
         self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)
                         for c in cfg.cameras if c.enabled}
@@ -120,8 +110,28 @@ class Daemon:
         if cfg.rules:
             self.automation = Automation(cfg, self.bus, self.commands, self.store.store.alarm_states(), clock=clock)
             self.commands.alarms = self.automation
+        self.reloader = Reloader(self, config_path)
+        self.commands.reloader = self.reload
         self.started = clock.time()
         self._stop = asyncio.Event()
+        self._hangups: set[asyncio.Task[dict[str, Any]]] = set()
+
+    def northbound(self, cfg: GatewayConfig, config_hash: str) -> tuple[PlatformCommands | None, Uplink | None]:
+        """The uplink and the platform commands wired into it, as ``cfg`` says (at start, and when a reload
+        changes [mqtt] or turns commands on or off)."""
+        if not cfg.mqtt.enabled:
+            return None, None
+        platform = None
+        if cfg.commands.enabled:
+            platform = PlatformCommands(cfg, self.commands, self.store, self.recorder.committed, clock=self.clock,
+                                        birth=self._rebirth, status=self.status_report)
+        uplink = Uplink(
+            cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
+            config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
+            devices=lambda: device_meta(self.cfg),  # the running config's, whatever a reload made it
+            commands=platform.received if platform else None,
+        )
+        return platform, uplink
 
     def _recall(self, meta: dict[str, Any]) -> None:
         """What the drivers learnt of each device last time (read limits, counter totals), if its config is
@@ -148,10 +158,10 @@ class Daemon:
         self.supervisor.spawn("summaries", self.feed.run)
         if self.uplink:
             self.supervisor.spawn("uplink", self.uplink.run)
-        if self.platform:
-            self.supervisor.spawn("commands", self.platform.run)
         else:
             self.bus.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
+        if self.platform:
+            self.supervisor.spawn("commands", self.platform.run)
         for device_id, poller in self.pollers.items():
             self.supervisor.spawn(f"device:{device_id}", poller.run)
         for driver in {id(d): d for d in self.drivers.values()}.values():
@@ -195,16 +205,30 @@ class Daemon:
             if self.platform else {},
         }
 
+    # -- reloading the config (gateway.reloader) ----------------------------------------------------------------
+
+    async def reload(self, source: str) -> dict[str, Any]:
+        """Apply the config file as it is now, only what changed (see ``gateway.reloader``); ``source`` is who
+        asked. ``applied`` false (and ``problems``) when the file is refused: then nothing changed."""
+        return await self.reloader.reload(source)
+
     def _hangup(self) -> None:
-        log.warning("SIGHUP ignored: the config is read at start; restart the service to apply changes")
+        """SIGHUP (`systemctl reload gateway`): reload; the outcome is logged, audited and an event."""
+        task = asyncio.get_running_loop().create_task(self.reload("signal:SIGHUP"))
+        self._hangups.add(task)
+        task.add_done_callback(self._hangups.discard)
+
+    def beat(self) -> None:
+        """The daemon's status line for `gateway status` (pid, version, the config it runs)."""
+        self.bus.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": self.clock.time(),
+                                 "version": __version__, "config": self.config_hash, "state": "running"})
 
     async def _heartbeat(self) -> None:
         """Liveness for `gateway status` and the systemd watchdog; pings only while the loop turns."""
         watchdog = systemd.watchdog_interval()
         period = min(watchdog or 5.0, 5.0)
         while True:
-            self.bus.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": self.clock.time(),
-                                     "version": __version__, "config": self.config_hash, "state": "running"})
+            self.beat()
             if watchdog:
                 systemd.notify("WATCHDOG=1")
             await self.clock.sleep(period)

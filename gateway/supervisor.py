@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -71,6 +71,17 @@ class Supervisor:
                      "restart_in": round(delay, 2), "restarts": self.restarts[name]}, ts=self.clock.time(),
                 ))
             await self.clock.sleep(backoff.next())
+
+    async def end(self, names: Iterable[str], *, within: float = 10.0) -> list[str]:
+        """Stop these tasks for good (a reload removes or replaces them) and wait for them, at most ``within``
+        seconds; the names of those that had not ended by then (they were cancelled and go on ending)."""
+        tasks = {name: self.tasks.pop(name) for name in names if name in self.tasks}
+        for task in tasks.values():
+            task.cancel()
+        if not tasks:
+            return []
+        _, pending = await asyncio.wait(tasks.values(), timeout=within)
+        return sorted(name for name, task in tasks.items() if task in pending)
 
     async def stop(self) -> None:
         for task in self.tasks.values():

@@ -16,6 +16,7 @@ from gateway.cli.commissioning import add_commands as add_commissioning_commands
 from gateway.cli.common import load
 from gateway.cli.devices import cmd_audit, cmd_profiles, cmd_read, cmd_values, cmd_write
 from gateway.cli.points import add_command as add_points_command
+from gateway.cli.reload import cmd_reload
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
 from gateway.cli.schema import add_command as add_schema_command
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("run", cmd_run, "run the gateway daemon", json_=False)
     command("check", cmd_check, "validate a config file; exit 2 on problems", json_=False)
+    command("reload", cmd_reload, "the running daemon applies its changed config: what changed, or the file's "
+            "problems (exit 1, nothing changed)")
     cfg = sub.add_parser("config", help="config helpers").add_subparsers(dest="sub", required=True)
     schema = cfg.add_parser("schema", help="print the config JSON Schema (for editors)")
     schema.set_defaults(fn=cmd_schema)

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import ago, load, print_json, stored, table
@@ -49,8 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     os.umask(os.umask(0o027) | 0o027)  # the store holds residents' data: never world-readable, whoever starts us
 
+    path = Path(os.path.abspath(args.config))  # not resolved: a reload follows a symlinked config anew
+
     async def main() -> None:  # the daemon installs its own SIGTERM handling once the loop runs
-        await Daemon(cfg, config_hash=config_hash(args.config), lock=lock).run()
+        await Daemon(cfg, config_hash=config_hash(path), lock=lock, config_path=path).run()
 
     asyncio.run(main())
     return 0

@@ -53,6 +53,24 @@ class TaskCrashed(TaskEnded):
     restarts: int = Field(description="Crashes of this task since the daemon started.")
 
 
+class ConfigApplied(Data):
+    config: str = Field(description="sha256 of the config file now running (the birth carries it too).")
+    previous: str = Field(description="sha256 of the config it replaced.")
+    changed: dict[str, list[str]] = Field(
+        description="What changed, by part: devices_added/removed/changed, buses_*, rebuild (buses restarted), "
+                    "restart (pollers restarted), reporting, rules, mqtt (uplink reconnected), privacy, cameras_*, "
+                    "commands, log, other; {} when only the file's bytes changed.")
+    by: str = Field(description="Who asked: signal:SIGHUP, local:<user> (...) or the platform's actor.")
+
+
+class ConfigRejected(Data):
+    reason: str = Field(description="Why nothing was changed.")
+    problems: list[str] = Field(description="The file's problems, each FILE:LINE: key: message.")
+    running: str = Field(description="sha256 of the config still running.")
+    config: str | Absent = Field(None, description="sha256 of the refused file, when it could be read.")
+    by: str = Field(description="Who asked.")
+
+
 # -- devices and points -----------------------------------------------------------------------------------------
 class DeviceOnline(Data):
     offline_for: float = Field(description="Seconds the device had been offline.")
@@ -303,6 +321,8 @@ KINDS: tuple[KindInfo, ...] = (
     _k("gateway.task_ended", TaskEnded, "event", "task name", "a task returned; restarted"),
     _k("gateway.task_crashed", TaskCrashed, "event", "task name (device:ID, bus:ID, camera:ID, ...)",
        "a task raised; restarted with backoff"),
+    _k("config.applied", ConfigApplied, "event", "site id", "a reload applied the config file: what changed"),
+    _k("config.rejected", ConfigRejected, "event", "site id", "a reload was refused: nothing changed"),
     _k("device.online", DeviceOnline, "event", "device id", "an offline device answers again"),
     _k("device.offline", DeviceOffline, "event", "device id", "offline_after polls failed in a row; points bad"),
     _k("device.write", DeviceWrite, "event", "device id", "a write, audited, whatever its outcome"),
