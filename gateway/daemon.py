@@ -116,13 +116,14 @@ class Daemon:
         self._stop = asyncio.Event()
         self._hangups: set[asyncio.Task[dict[str, Any]]] = set()
 
-    def northbound(self, cfg: GatewayConfig, config_hash: str) -> tuple[PlatformCommands | None, Uplink | None]:
+    def northbound(self, cfg: GatewayConfig, config_hash: str, *, platform: PlatformCommands | None = None,
+                   ) -> tuple[PlatformCommands | None, Uplink | None]:
         """The uplink and the platform commands wired into it, as ``cfg`` says (at start, and when a reload
-        changes [mqtt] or turns commands on or off)."""
+        changes [mqtt] or turns commands on or off); ``platform``: the running one, kept (its commands under way
+        are answered through the new uplink)."""
         if not cfg.mqtt.enabled:
             return None, None
-        platform = None
-        if cfg.commands.enabled:
+        if platform is None and cfg.commands.enabled:
             platform = PlatformCommands(cfg, self.commands, self.store, self.recorder.committed, clock=self.clock,
                                         birth=self._rebirth, status=self.status_report)
         uplink = Uplink(
@@ -185,6 +186,10 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def _rebirth(self) -> None:
         if self.uplink:
             self.uplink.rebirth()
@@ -236,6 +241,7 @@ class Daemon:
     async def shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         log.info("gateway stopping")
+        await self.reloader.idle()  # a reload under way ends first: it would start tasks after ours stopped
         await self.control.close()
         inputs = ("device:", "bus:", "camera:", "heartbeat", "summaries")
         pollers = [t for n, t in self.supervisor.tasks.items() if n.startswith(inputs)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_ports, running, until
+from conftest import Broker, free_ports, running, until
 
 from gateway.config import load_config
 from gateway.config.schema import GatewayConfig
@@ -315,3 +315,34 @@ async def test_gateway_reload_and_sighup_apply_the_changed_file(tmp_path: Path) 
         assert code == 1 and "not running" in err
     finally:
         await server.close()
+
+
+async def test_mqtt_and_commands_changes_rebuild_the_uplink_and_keep_or_drop_the_platform(
+        tmp_path: Path, broker: Broker) -> None:
+    path = tmp_path / "gateway.toml"
+    mqtt = f'host = "127.0.0.1"\nport = {broker.port}\nreconnect_min = "200ms"\nkeepalive = {{}}\n'
+
+    def write(keepalive: int, commands: str) -> None:
+        path.write_text(config_text(tmp_path / "data", ports=[], mqtt=mqtt.format(keepalive), extra=commands))
+
+    write(30, '\n[commands]\nenabled = true\nallow = ["status"]\n')
+    daemon = Daemon(load_config(path), config_path=path)
+    async with running(daemon):
+        await until(lambda: daemon.uplink is not None and daemon.uplink.status.state == "connected")
+        platform, uplink = daemon.platform, daemon.uplink
+        assert platform is not None
+        write(30, '\n[commands]\nenabled = true\nallow = ["status", "values"]\n')
+        answer = await daemon.reload("test")
+        assert answer["changed"] == {"commands": ["allow"]}
+        assert daemon.platform is platform and daemon.uplink is uplink and platform.rules.allow == ["status", "values"]
+        write(45, '\n[commands]\nenabled = true\nallow = ["status", "values"]\n')
+        assert (await daemon.reload("test"))["changed"] == {"mqtt": ["keepalive"]}
+        assert daemon.platform is platform and daemon.uplink is not uplink  # commands under way go on
+        assert daemon.uplink is not None and daemon.uplink.config.keepalive == 45
+        await until(lambda: daemon.uplink is not None and daemon.uplink.status.state == "connected")
+        write(45, "")
+        assert (await daemon.reload("test"))["changed"] == {"commands": ["allow", "enabled"]}
+        assert daemon.platform is None and "commands" not in daemon.supervisor.tasks
+        path.write_text(path.read_text().replace("[mqtt]\n", "[mqtt]\nenabled = false\n"))
+        assert (await daemon.reload("test"))["changed"] == {"mqtt": ["enabled"]}
+        assert daemon.uplink is None and "uplink" not in daemon.supervisor.tasks
