@@ -7,12 +7,15 @@ never imports this module.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -22,6 +25,8 @@ START_TIMEOUT = 10.0
 """Seconds Mosquitto may take to accept connections before ``start`` gives up."""
 STOP_GRACE = 10.0
 """Seconds a stopped Mosquitto may take to exit before it is killed."""
+PBKDF2_ROUNDS = 101
+"""What ``mosquitto_passwd`` of Mosquitto 2 writes (``$7$``: PBKDF2-SHA512, 12 bytes of salt, 64 of hash)."""
 
 
 def mosquitto_binary() -> str | None:
@@ -30,6 +35,13 @@ def mosquitto_binary() -> str | None:
     if found:
         return found
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+
+
+def password_line(user: str, password: str, salt: bytes | None = None) -> str:
+    """One line of a Mosquitto 2 password file, as ``mosquitto_passwd`` writes it (no need for the tool)."""
+    salt = os.urandom(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ROUNDS, 64)
+    return f"{user}:$7${PBKDF2_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def free_port(host: str = HOST, *, udp: bool = False) -> int:
@@ -69,20 +81,31 @@ class Mosquitto:
     In-flight and queued messages per client are unlimited: with Mosquitto's defaults (20 and 1000)
     the broker would drop what a slow subscriber has not yet taken, and that is never what a test or
     a bench means to measure. ``persistence`` keeps sessions (and the QoS 1 messages queued for them)
-    across a graceful restart, so a test can tell "never sent" from "nobody listened". The config
-    file is written once, here; ``start`` uses ``conf`` as it then is and waits for ``port``.
+    across a graceful restart, so a test can tell "never sent" from "nobody listened". ``users``
+    (name -> password) turns anonymous access off and writes a password file; ``acl`` is the text of an
+    ACL file (``docs/commands.md`` has the templates). The config file is written once, here; ``start``
+    uses ``conf`` as it then is and waits for ``port``.
     """
 
     def __init__(self, workdir: Path, *, persistence: bool = False, binary: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, users: Mapping[str, str] | None = None, acl: str | None = None) -> None:
         self.binary = binary or mosquitto_binary()
         self.port = free_port() if port is None else port
         self.conf = workdir / "mosquitto.conf"
         keep = (f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n" if persistence
                 else "persistence false\n")
-        if persistence and os.geteuid() == 0:  # as root Mosquitto drops to its own user, who cannot save here
-            keep += "user root\n"
-        self.conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\n{keep}"
+        access = "allow_anonymous true\n"
+        if users is not None:
+            passwords = workdir / "mosquitto.passwd"
+            passwords.write_text("".join(password_line(u, p) + "\n" for u, p in users.items()))
+            passwords.chmod(0o600)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
+        if acl is not None:
+            (workdir / "mosquitto.acl").write_text(acl)
+            access += f"acl_file {workdir / 'mosquitto.acl'}\n"
+        if (persistence or users is not None or acl is not None) and os.geteuid() == 0:
+            keep += "user root\n"  # as root Mosquitto drops to its own user, who can neither save nor read here
+        self.conf.write_text(f"listener {self.port} {HOST}\n{access}{keep}"
                              "max_inflight_messages 0\nmax_queued_messages 0\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
