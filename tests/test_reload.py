@@ -157,6 +157,20 @@ def test_site_id_and_store_keys_are_refused_with_the_reason(tmp_path: Path) -> N
     assert diff(base, moved).refused == ("store.data_dir",) and diff(base, moved).restart == ("meter-0",)
 
 
+def test_a_camera_restarts_when_it_or_vision_changes_and_upstream_is_privacy_too(tmp_path: Path) -> None:
+    def cameras(fps: float = 5.0, upstream: str = "", vision: str = "") -> GatewayConfig:
+        lobby = f'\n[[cameras]]\nid = "lobby"\nurl = "usb:0"\ndetect = ["falls"]\nfps = {fps}\n{upstream}'
+        gate = '\n[[cameras]]\nid = "gate"\nurl = "usb:1"\ndetect = ["plates"]\n'
+        return load(tmp_path, config_text(tmp_path / "d", ports=[], extra=lobby + gate + vision))
+
+    base = cameras()
+    assert diff(base, cameras(fps=2.0)).summary() == {"cameras_changed": ["lobby"]}
+    assert diff(base, cameras(upstream="upstream = true\n")).summary() == {
+        "privacy": ["cameras.upstream"], "cameras_changed": ["lobby"]}
+    assert diff(base, cameras(vision='\n[vision.falls]\nhold = "5s"\n')).summary() == {
+        "cameras_changed": ["gate", "lobby"]}
+
+
 # -- the rule set swapped ------------------------------------------------------------------------------------
 
 
