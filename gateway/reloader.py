@@ -68,6 +68,7 @@ class Reloader:
         self.files = mqtt_files(daemon.cfg.mqtt)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
+        self._applying = False
 
     async def reload(self, source: str) -> dict[str, Any]:
         """Apply the config file as it is now; ``source`` says who asked (audited). Never raises for a bad file:
@@ -86,9 +87,12 @@ class Reloader:
             systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
                 answer = await self._reload(source)
-            except Exception as exc:  # a bug half-way: say so, keep running what runs
+            except Exception as exc:  # a bug: say so, keep running what runs
                 log.exception("reload failed", source=source)
-                answer = self._refused(source, f"internal error: {type(exc).__name__}: {exc}", [], "")
+                partly = ": it may be partly applied, restart the service" if self._applying else ""
+                answer = self._refused(source, f"internal error: {type(exc).__name__}: {exc}{partly}", [], "")
+            finally:
+                self._applying = False
             systemd.notify("READY=1\nSTATUS=" + ("config applied" if answer["applied"]
                                                  else f"config refused: {answer['reason']}")[:200])
             return answer
@@ -122,7 +126,9 @@ class Reloader:
             built = self._build(cfg, change)
         except Exception as exc:
             return self._refused(source, f"cannot apply the new config: {type(exc).__name__}: {exc}", [], new_hash)
+        self._applying = True
         await self._apply(cfg, change, built, new_hash)
+        self._applying = False
         self.files = files
         summary = change.summary()
         daemon.bus.event(Event("config.applied", cfg.site.id, Priority.EVENT,
