@@ -360,3 +360,26 @@ async def test_mqtt_and_commands_changes_rebuild_the_uplink_and_keep_or_drop_the
         path.write_text(path.read_text().replace("[mqtt]\n", "[mqtt]\nenabled = false\n"))
         assert (await daemon.reload("test"))["changed"] == {"mqtt": ["enabled"]}
         assert daemon.uplink is None and "uplink" not in daemon.supervisor.tasks
+
+
+async def test_two_reloads_at_once_never_interleave(tmp_path: Path) -> None:
+    server = await serve_meters("127.0.0.1", free_ports(1), count=1)
+    path = tmp_path / "gateway.toml"
+    path.write_text(config_text(tmp_path / "data", ports=server.ports))
+    try:
+        daemon = Daemon(load_config(path), config_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
+                        config_path=path)
+        async with running(daemon):
+            first = daemon.pollers["meter-0"]
+            path.write_text(config_text(tmp_path / "data", ports=server.ports, devices={"meter-0": {"interval": 2.0}}))
+            answers = await asyncio.gather(*(daemon.reload(f"asker-{n}") for n in range(3)))
+            assert [a["changed"] for a in answers] == [{"devices_changed": ["meter-0"], "restart": ["meter-0"]}, {},
+                                                       {}]  # the later ones found the change already applied
+            assert daemon.pollers["meter-0"] is not first and daemon.pollers["meter-0"].device.interval == 2.0
+            assert list(daemon.supervisor.tasks).count("device:meter-0") == 1
+            stopping = asyncio.ensure_future(daemon.reload("late"))
+            daemon.stop()
+        late = await stopping  # asked just as the daemon stops: refused, never half-applied behind the shutdown
+        assert late["applied"] is False and late["reason"] == "the daemon is stopping"
+    finally:
+        await server.close()
