@@ -182,6 +182,9 @@ class PlatformCommands:
 
     async def _run(self, request: Request, who: str) -> tuple[Status, dict[str, Any] | None, str | None]:
         cmd = request.envelope.cmd
+        unknown = sorted(set(request.envelope.command()) - {"cmd"}) if cmd in ("birth", "status") else []
+        if unknown:  # as the contract says (gateway schema commands) and as parse_command does for the others
+            return "rejected", None, f"bad command: {unknown[0][:64]}: Extra inputs are not permitted"
         if cmd == "birth":
             if self.birth is None:
                 return "failed", None, "no uplink to republish on"
