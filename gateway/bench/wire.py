@@ -1,10 +1,13 @@
 """Simulated devices that count what reaches them: request counts measured at the server side.
 
 ``python -m gateway.bench.wire modbus --count N --size S`` serves ``simulators.registers`` banks
-(counting up once a second) and ``python -m gateway.bench.wire bacnet --port P --count N ...``
-serves ``simulators.bacnet`` controllers. Both print ``ready <first_port> <count>`` once listening,
-then answer every ``requests`` line on stdin with ``requests <json>``: the requests served so far
-over all devices, by Modbus function code or BACnet service. End of stdin or SIGTERM stops them.
+(counting up once a second), ``python -m gateway.bench.wire meter --port P --count N`` serves
+``simulators.meter`` meters (a relay that can be written) on ports P, P + 1, ..., and
+``python -m gateway.bench.wire bacnet --port P --count N ...`` serves ``simulators.bacnet``
+controllers. Each prints ``ready <first_port> <count>`` once listening, then answers every
+``requests`` line on stdin with ``requests <json>``: the requests served so far over all devices, by
+Modbus function code (reads for banks, writes for meters) or BACnet service. End of stdin or
+SIGTERM stops them.
 
 A bench asks before and after its window, so a figure such as "requests per poll" is what the
 devices were asked, not what the gateway's read plan says it should ask.
@@ -46,6 +49,24 @@ async def _modbus(args: argparse.Namespace) -> Served:
     return server.close, lambda: dict(counts)
 
 
+async def _meter(args: argparse.Namespace) -> Served:
+    from simulators.meter import serve_meters
+
+    counts: Counter[str] = Counter()
+    server = await serve_meters(args.host, args.port, count=args.count)
+    for meter in server.meters:
+        context = meter.context
+        write = context.async_setValues
+
+        async def counted(func_code: int, address: int, values: Any, _write: Any = write) -> Any:
+            counts[f"fc{func_code}"] += 1  # a client's write: the meters' own ticks set values directly
+            return await _write(func_code, address, values)
+
+        context.async_setValues = counted  # type: ignore[method-assign]
+    print(f"ready {server.ports[0]} {args.count}", flush=True)
+    return server.close, lambda: dict(counts)
+
+
 async def _bacnet(args: argparse.Namespace) -> Served:
     from simulators.bacnet import serve_bacnet
 
@@ -67,7 +88,7 @@ async def _bacnet(args: argparse.Namespace) -> Served:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    close, totals = await (_modbus if args.kind == "modbus" else _bacnet)(args)
+    close, totals = await {"modbus": _modbus, "meter": _meter, "bacnet": _bacnet}[args.kind](args)
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str] = asyncio.Queue()
 
@@ -92,11 +113,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.bench.wire", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["modbus", "bacnet"])
+    parser.add_argument("kind", choices=["modbus", "meter", "bacnet"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--count", type=int, default=1, help="devices, one port each")
     parser.add_argument("--size", type=int, default=1000, help="Modbus: entries in each of the four tables")
-    parser.add_argument("--port", type=int, default=47901, help="BACnet: first UDP port")
+    parser.add_argument("--port", type=int, default=47901, help="meter, BACnet: first TCP / UDP port")
     parser.add_argument("--instance", type=int, default=2001, help="BACnet: first device instance")
     parser.add_argument("--analog-inputs", type=int, default=0, help="BACnet: extra analog inputs per device")
     args = parser.parse_args(argv)
