@@ -13,7 +13,20 @@ from typing import Any
 
 def add_commands(bench_subparsers: Any) -> None:
     """Register every bench (BACnet's comes from its driver plugin) on the `bench` subparsers."""
-    from gateway.bench import bus, chaos, field, firepanel, modbus, noise, pipeline, rules, soak, uplink, vision
+    from gateway.bench import (
+        bus,
+        chaos,
+        commands,
+        field,
+        firepanel,
+        modbus,
+        noise,
+        pipeline,
+        rules,
+        soak,
+        uplink,
+        vision,
+    )
 
-    for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise):
+    for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise, commands):
         module.add_command(bench_subparsers)
