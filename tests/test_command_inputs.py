@@ -29,11 +29,11 @@ from test_platform_commands import SITE, Signer, WireWrites, config
 
 from gateway.config import load_config
 from gateway.core.data import Priority
-from gateway.daemon import Daemon
+from gateway.daemon import Daemon, data_path
 from gateway.northbound.json_v2 import JsonEncoder
 from gateway.remote.envelope import MAX_REQUEST, Delivery, Dropped, Rejected, decode, public_keys
 from gateway.remote.service import PlatformCommands
-from gateway.store import MAIN_UPLINK
+from gateway.store import MAIN_UPLINK, Store
 from simulators.meter import MeterServer, serve_meters
 
 pytestmark = pytest.mark.timeout(300)
@@ -438,3 +438,25 @@ def test_a_flood_of_made_up_actors_is_answered_within_the_limits_and_memory_stay
     assert grown < 12 * 2**20, f"{grown / 2**20:.1f} MiB more after 30,000 requests from new actors"
     assert sum(answered.values()) <= 2 * 120 and answered["ok"] <= 120  # a minute's worth, whoever asks
     assert dropped == {"flood": 41_000 - sum(answered.values())}
+
+
+def test_answers_in_flight_when_the_daemon_stops_are_still_stored(tmp_path: Path) -> None:
+    """A refusal is answered by a task of its own: stopping the daemon waits for it, so none goes unanswered."""
+    s = Site(tmp_path, OPEN)
+    try:
+        s.run(s._start())
+        ids = [new_id() for _ in range(200)]
+
+        async def refuse_and_stop() -> None:
+            for rid in ids:
+                s.platform.received(_dump({"v": 1, "id": rid, "expires_at": "soon", "actor": "a", "cmd": "status"}))
+            await s._stop()
+
+        s.run(refuse_and_stop())
+    finally:
+        s.loop.close()
+    assert s.daemon is not None
+    with contextlib.closing(Store(data_path(s.daemon.cfg), read_only=True)) as store:
+        audited = {e["req"]: e["result"] for e in store.audit_entries(10_000) if e["action"] == "command"}
+        waiting = [r.fact.subject for r in store.next_batch(10_000) if r.fact.kind == "result"]
+    assert audited == dict.fromkeys(ids, "rejected") and sorted(waiting) == sorted(ids)

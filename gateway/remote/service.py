@@ -291,6 +291,9 @@ class PlatformCommands:
         for task in self._workers.values():
             task.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # refusals being answered: stored before the store closes
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*self._spared, return_exceptions=True)
 
     def _spare(self, task: asyncio.Task[None]) -> None:
         self._spared.add(task)
