@@ -92,6 +92,7 @@ DATA: dict[str, dict[str, Any]] = {
                        "by": "signal:SIGHUP"},
     "config.rejected": {"reason": "restart the service to apply store.max_mb", "problems": [],
                         "running": "cd" * 32, "config": "ab" * 32, "by": "local:ops (ops)"},
+    "command.dropped": {"reason": "not JSON", "dropped": {"not JSON": 3, "flood": 120}},
     "device.online": {"offline_for": 61.2},
     "device.offline": {"error": "DeviceTimeout: no answer", "kind": "timeout", "failures": 3},
     "device.write": {"device": "pump", "point": "setpoint", "value": 21.5, "actor": "ops (sudo by li)",

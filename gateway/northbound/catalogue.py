@@ -71,6 +71,11 @@ class ConfigRejected(Data):
     by: str = Field(description="Who asked.")
 
 
+class CommandDropped(Data):
+    reason: str = Field(description="Why the latest one was dropped: not JSON, no id, other site, flood, ...")
+    dropped: dict[str, int] = Field(description="Requests dropped since start, by reason.")
+
+
 # -- devices and points -----------------------------------------------------------------------------------------
 class DeviceOnline(Data):
     offline_for: float = Field(description="Seconds the device had been offline.")
@@ -323,6 +328,8 @@ KINDS: tuple[KindInfo, ...] = (
        "a task raised; restarted with backoff"),
     _k("config.applied", ConfigApplied, "event", "site id", "a reload applied the config file: what changed"),
     _k("config.rejected", ConfigRejected, "event", "site id", "a reload was refused: nothing changed"),
+    _k("command.dropped", CommandDropped, "event", "site id", "platform commands not answered (no id to answer, "
+       "another site's, a flood beyond the rate); at most one a minute"),
     _k("device.online", DeviceOnline, "event", "device id", "an offline device answers again"),
     _k("device.offline", DeviceOffline, "event", "device id", "offline_after polls failed in a row; points bad"),
     _k("device.write", DeviceWrite, "event", "device id", "a write, audited, whatever its outcome"),

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from gateway.commands import AlarmCommand, AlarmsCommand, ReadCommand, ValuesCommand, WriteCommand
+from gateway.commands import AlarmCommand, AlarmsCommand, ReadCommand, ReloadCommand, ValuesCommand, WriteCommand
 from gateway.remote.envelope import ACTOR_PATTERN, ID_PATTERN, SignedRequest, V
 
 SCHEMA_ID = "https://community-gateway.example/schemas/commands-v1.json"
@@ -31,12 +31,6 @@ class StatusCommand(_Platform):
     """The daemon's version, config hash, uplink, outbox depth and device states."""
 
     cmd: Literal["status"]
-
-
-class ReloadCommand(_Platform):
-    """Check the config file on the box and apply what changed (``gateway reload``)."""
-
-    cmd: Literal["reload"]
 
 
 class RemoteAlarmCommand(AlarmCommand):

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import structlog
 
-from gateway.commands import CommandError, CommandHandler, WriteCommand, parse_command
+from gateway.commands import CommandError, CommandHandler, ReloadCommand, WriteCommand, parse_command
 from gateway.config.schema import GatewayConfig
 from gateway.core.data import Event, Priority
 from gateway.core.errors import DriverError
@@ -207,6 +207,9 @@ class PlatformCommands:
             return "rejected", None, str(exc)
         except DriverError as exc:
             return "failed", None, f"{type(exc).__name__}: {exc}"
+        if isinstance(command, ReloadCommand) and result.get("applied") is False:
+            problems = "; ".join(result.get("problems") or [])
+            return "rejected", result, f"{result.get('reason')}{': ' + problems if problems else ''}"
         if isinstance(command, WriteCommand) and result.get("result") == "mismatch":
             return "failed", result, f"read back {result.get('read_back')!r} after writing {command.value!r}"
         return "ok", result, None
