@@ -33,8 +33,8 @@ from gateway.core.data import Priority
 from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock
 from gateway.facts import Fact, StoredFact
 from gateway.headroom import is_disk_full
+from gateway.northbound.dialects import make_encoder
 from gateway.northbound.encoder import Encoded, Encoder, Message, Session
-from gateway.northbound.json_v2 import JsonEncoder
 from gateway.recorder import AsyncStore
 from gateway.remote.envelope import Delivery
 from gateway.store import MAIN_UPLINK
@@ -80,8 +80,7 @@ class Uplink:
         self.store = store
         self.committed = committed
         self.clock = clock
-        self.encoder: Encoder = encoder or JsonEncoder(site_id, live_window=config.live_window,
-                                                       replay_batch=config.replay_batch)
+        self.encoder: Encoder = encoder or make_encoder(config, site_id)
         self.started = time.time()
         self.session = Session(0, self.started, config_hash)
         self.status = UplinkState(since=self.started)
@@ -146,8 +145,11 @@ class Uplink:
         if message.correlation is not None and self.config.protocol == "5":
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = message.correlation
-        await client.publish(f"{self.root}/{message.topic}", message.payload, qos=1, retain=message.retain,
+        await client.publish(self._topic(message), message.payload, qos=message.qos, retain=message.retain,
                              properties=properties)
+
+    def _topic(self, message: Message) -> str:
+        return message.topic if message.absolute else f"{self.root}/{message.topic}"
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state != self.status.state:
@@ -168,7 +170,8 @@ class Uplink:
             if cfg.tls.cert_file and cfg.tls.key_file:
                 tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
         will_message = self.encoder.will(self.session)
-        will = aiomqtt.Will(f"{self.root}/{will_message.topic}", will_message.payload, qos=1, retain=True)
+        will = aiomqtt.Will(self._topic(will_message), will_message.payload, qos=will_message.qos,
+                            retain=will_message.retain)
         client = aiomqtt.Client(
             cfg.host,
             cfg.effective_port,
@@ -202,10 +205,14 @@ class Uplink:
             try:
                 self.session.bdseq = await self.store.run(self.store.store.next_session, self.name)
                 async with self._client() as client:
-                    if self._commands:  # before the birth: a platform that waits for it may command at once
-                        await self._subscribe(client, f"{self.root}/cmd/req")
-                    await self._publish(client, self.encoder.birth(self.session, time.time()))
-                    self._describe_due, self._birth_due = True, False
+                    # before the birth: a platform that waits for it may command at once
+                    for topic in self.encoder.listens(self.root, self._commands is not None):
+                        await self._subscribe(client, topic)
+                    if self.encoder.ready():
+                        await self._publish(client, self.encoder.birth(self.session, time.time()))
+                        self._describe_due, self._birth_due = True, False
+                    else:  # e.g. a Sparkplug node waits for its primary host to be online
+                        self._birth_due = True
                     self._replay_from = self.clock.monotonic() + random.uniform(0, self.config.replay_delay)
                     self._set_state("connected")
                     log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
@@ -232,7 +239,7 @@ class Uplink:
             await asyncio.sleep(backoff.next())
 
     def _status_topic(self) -> str:
-        return f"{self.root}/{self.encoder.birth(self.session, 0).topic}"
+        return self._topic(self.encoder.birth(self.session, 0))
 
     async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
         """A broker ACL that forbids a subscription is lived with, and said."""
@@ -242,26 +249,39 @@ class Uplink:
             log.warning("subscription refused", topic=topic, error=str(exc))
             return
         if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
-            (log.error if topic.endswith("/cmd/req") else log.info)("subscription refused by the broker", topic=topic)
+            (log.info if topic == self._status_topic() else log.error)("subscription refused by the broker",
+                                                                       topic=topic)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
-        """Route what the broker sends: platform commands, and a last will from an older session that arrives
-        after our birth (a broker cluster, a session takeover) and would leave "offline" retained while we are
-        online: the birth is said again."""
+        """Route what the broker sends: what the dialect listens for (platform commands, a host's state), and a
+        last will from an older session that arrives after our birth (a broker cluster, a session takeover) and
+        would leave "offline" retained while we are online: the birth is said again."""
         status = self._status_topic()
-        requests = f"{self.root}/cmd/req"
         await self._subscribe(client, status)  # after the birth: what is retained there then is ours, or a late will
         with contextlib.suppress(aiomqtt.MqttError):  # the connection went: the pump notices and reconnects
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else b""
-                if self._commands is not None and message.topic.matches(requests):
-                    try:
-                        self._commands(payload, self._delivery(message))
-                    except Exception:  # a bug in one command's handling must not deafen the gateway to the next
-                        log.exception("platform command not handled", size=len(payload))
-                elif message.topic.matches(status) and self.encoder.superseded(payload, self.session):
-                    log.warning("an older session's last will overwrote our birth: saying it again")
-                    await self._publish(client, self.encoder.birth(self.session, time.time()))
+                topic = str(message.topic)
+                if topic == status:
+                    if self.encoder.superseded(payload, self.session):
+                        log.warning("an older session's last will overwrote our birth: saying it again")
+                        self.rebirth()
+                    continue
+                try:
+                    self._inbound(topic, payload, message)
+                except Exception:  # a bug in one message's handling must not deafen the gateway to the next
+                    log.exception("message from the broker not handled", topic=topic[:200], size=len(payload))
+
+    def _inbound(self, topic: str, payload: bytes, message: aiomqtt.Message) -> None:
+        inbound = self.encoder.inbound(topic, payload, self.root)
+        if inbound is None:
+            return
+        if inbound.request is not None and self._commands is not None:
+            self._commands(inbound.request, self._delivery(message))
+        if inbound.rebirth:
+            self.rebirth()
+        elif inbound.wake:
+            self.committed.set()
 
     def _delivery(self, message: aiomqtt.Message) -> Delivery:
         """MQTT 5's response topic (only under our own root: we publish nowhere else), correlation and expiry."""
@@ -292,6 +312,11 @@ class Uplink:
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
             self.committed.clear()
+            if not self.encoder.ready():  # held: everything stays in the outbox until the dialect may speak
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.committed.wait()
+                continue
             if self._birth_due:
                 self._birth_due = False
                 await self._publish(client, self.encoder.birth(self.session, time.time()))

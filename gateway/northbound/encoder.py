@@ -25,6 +25,9 @@ class Message:
     retain: bool = False
     correlation: bytes | None = None
     """MQTT 5 correlation data echoed to a request that carried it."""
+    absolute: bool = False
+    """The topic is whole, not under the uplink's root (Sparkplug's ``spBv1.0/...``, a discovery prefix)."""
+    qos: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,19 @@ class Session:
     """Devices whose metadata this uplink has published (retained), to clear the ones removed since."""
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What a dialect made of a message the broker sent to one of the topics it ``listens`` on."""
+
+    request: bytes | None = None
+    """A platform command as the native envelope (JSON bytes): it goes through ``PlatformCommands`` whatever
+    dialect it came in, so authorisation, limits, idempotency and audit are the same for all."""
+    rebirth: bool = False
+    """Say the birth and the devices' metadata again (Sparkplug's Node Control/Rebirth, a host coming online)."""
+    wake: bool = False
+    """The dialect's readiness may have changed (``ready``): look at the outbox again."""
+
+
 class Encoder(Protocol):
     def birth(self, session: Session, now: float) -> Message: ...
 
@@ -68,4 +84,17 @@ class Encoder(Protocol):
 
     def historical(self, row: StoredFact, now: float) -> bool:
         """Delivered later than its live window: replay (rate-capped, batched, flagged)."""
+        ...
+
+    def listens(self, root: str, commands: bool) -> list[str]:
+        """Topic filters to subscribe to after every connect, before the birth (commands, a host's state)."""
+        ...
+
+    def inbound(self, topic: str, payload: bytes, root: str) -> Inbound | None:
+        """A message on one of those topics; None: not for this dialect (counted by nobody, ignored)."""
+        ...
+
+    def ready(self) -> bool:
+        """False holds the outbox back (Sparkplug: the primary host application is offline); alarms wait too,
+        stored, as they do while the broker is away."""
         ...

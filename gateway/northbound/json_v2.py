@@ -19,7 +19,7 @@ from gateway import __version__
 from gateway.core.data import Priority
 from gateway.core.ids import new_id
 from gateway.facts import Fact, StoredFact
-from gateway.northbound.encoder import Encoded, Message, Session
+from gateway.northbound.encoder import Encoded, Inbound, Message, Session
 
 V = 2
 _BATCHED = {"readings": "telemetry", "summary": "telemetry", "event": "event"}
@@ -94,6 +94,17 @@ class JsonEncoder:
 
     def historical(self, row: StoredFact, now: float) -> bool:
         return now - row.created > self.live_window
+
+    # -- what comes down -----------------------------------------------------------------------
+
+    def listens(self, root: str, commands: bool) -> list[str]:
+        return [f"{root}/cmd/req"] if commands else []
+
+    def inbound(self, topic: str, payload: bytes, root: str) -> Inbound | None:
+        return Inbound(request=payload) if topic == f"{root}/cmd/req" else None
+
+    def ready(self) -> bool:
+        return True
 
     def encode(self, rows: Sequence[StoredFact], now: float) -> list[Encoded]:
         out: list[Encoded] = []
