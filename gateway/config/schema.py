@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
 from drivers.base import BusConfig, DeviceConfig
 from drivers.registry import family_of
 from gateway.config.files import MAX_SECRET_BYTES, file_problem
+from gateway.config.uplink import LIFE_SAFETY_KINDS, MqttConfig, TlsConfig, UplinkConfig
 from gateway.core.config import Duration, Identifier, Problem, StrictModel
 from gateway.remote.config import CommandsConfig
 from models.config import CameraConfig, VisionConfig
 from rules.config import AlarmClassConfig, NotifierConfig, Rule, alarm_classes, references
 from rules.report import ReportPolicy
+
+__all__ = ["LIFE_SAFETY_KINDS", "GatewayConfig", "MqttConfig", "TlsConfig", "UplinkConfig"]
 
 
 class SiteConfig(StrictModel):
@@ -39,87 +41,6 @@ class SiteConfig(StrictModel):
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError(f"unknown time zone {name!r} (e.g. \"Asia/Shanghai\")") from None
         return name
-
-
-class TlsConfig(StrictModel):
-    ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker's certificate.")
-    cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
-    key_file: Path | None = Field(default=None, description="Private key of cert_file (keep it 0600).")
-    verify_hostname: bool = Field(default=True, description="Check the broker's name against its certificate.")
-
-
-LIFE_SAFETY_KINDS = ("fire.alarm", "fire.prealarm", "fire.supervisory", "fall.detected", "alarm.raise",
-                     "alarm.escalate", "elevator.entrapment", "store.disk_full")
-"""Kinds no privacy setting may keep from the platform (a sample of every family of alarms)."""
-
-
-class MqttConfig(StrictModel):
-    enabled: bool = Field(default=True, description="false: keep everything in the outbox, send nothing.")
-    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
-    port: int | None = Field(default=None, ge=1, le=65535, description="Default 1883, or 8883 with [mqtt.tls].")
-    client_id: str | None = Field(
-        default=None, max_length=128,
-        description="Default: the site id, the topic's own segment, so one broker ACL pattern (%c) serves every site.",
-    )
-    username: str | None = Field(default=None, description="Broker user name.")
-    password: SecretStr | None = Field(default=None, description="Prefer password_file; both may not be set.")
-    password_file: Path | None = Field(default=None, description="File holding the password (first line).")
-    topic_prefix: str = Field(
-        default="community", pattern=r"^[^#+\s]+(/[^#+\s]+)*$",
-        description="Topics are <topic_prefix>/<site.id>/...; no wildcards.",
-    )
-    keepalive: Duration = Field(default=30.0, ge=5, le=3600)
-    protocol: Literal["3.1.1", "5"] = Field(
-        default="3.1.1",
-        description="MQTT version. With 5, platform commands may name a response topic (under this site), "
-                    "correlation data and a message expiry, and results honour them.",
-    )
-    tls: TlsConfig | None = Field(default=None, description="Present = connect with TLS.")
-    reconnect_min: Duration = Field(default=1.0, gt=0, le=60, description="First reconnect delay.")
-    reconnect_max: Duration = Field(default=60.0, gt=0, le=3600, description="Cap of the doubling delay.")
-    batch: int = Field(
-        default=200, ge=1, le=10000,
-        description="Messages taken from the outbox per round; new alarms are looked for between rounds.",
-    )
-    encoding: Literal["json"] = Field(
-        default="json", description="The dialect this uplink speaks: json = the native contract v2 (docs/upstream.md).",
-    )
-    live_window: Duration = Field(
-        default=60.0, ge=1, le=86400,
-        description="Anything delivered later than this after it was stored is replay: flagged hist, batched, "
-                    "paced by replay_rate.",
-    )
-    replay_batch: int = Field(
-        default=100, ge=1, le=1000, description="Replayed telemetry or events per batch message (alarms: one each).",
-    )
-    replay_rate: float = Field(
-        default=100.0, ge=0, le=100_000,
-        description="Replay messages per second at most (0: no cap); live data and alarms are never held back. "
-                    "Protects the platform when a district's gateways reconnect at once.",
-    )
-    replay_delay: Duration = Field(
-        default=10.0, ge=0, le=3600,
-        description="Replay starts after a random delay of up to this after connecting (alarms go at once).",
-    )
-    keep_local: list[str] = Field(
-        default_factory=lambda: ["face.*", "plate.*"],
-        description="Event kinds (glob patterns) recorded on the box only, never sent upstream; the default keeps "
-                    "residents' face and plate events local. [] sends everything.",
-    )
-
-    @field_validator("keep_local")
-    @classmethod
-    def _never_an_alarm(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            kept = [kind for kind in LIFE_SAFETY_KINDS if fnmatchcase(kind, pattern)]
-            if kept:
-                raise ValueError(f"{pattern!r} would keep {kept[0]} on the box: only identity events (face.*, "
-                                 "plate.*) and other non-alarm kinds may be kept local")
-        return patterns
-
-    @property
-    def effective_port(self) -> int:
-        return self.port or (8883 if self.tls else 1883)
 
 
 class StoreConfig(StrictModel):
@@ -189,6 +110,11 @@ class GatewayConfig(StrictModel):
 
     site: SiteConfig = Field(description="Who this gateway is.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The uplink to the community platform.")
+    uplinks: list[UplinkConfig] = Field(
+        default_factory=list,
+        description="More uplinks beside [mqtt] (named \"mqtt\"), each with its broker(s), dialect and share of the "
+                    "outbox: e.g. Sparkplug B to the property company's SCADA and Home Assistant in the building.",
+    )
     commands: CommandsConfig = Field(
         default_factory=CommandsConfig, description="Commands from the community platform over MQTT (off by default).",
     )
@@ -257,6 +183,11 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
     duplicates([b.id for b in cfg.buses], ("buses",), "bus")
     duplicates([d.id for d in cfg.devices], ("devices",), "device")
     duplicates([c.id for c in cfg.cameras], ("cameras",), "camera")
+    names = [u.name for u in cfg.uplinks]
+    for index, name in enumerate(names):
+        if name == "mqtt" or names.index(name) != index:
+            problems.append(Problem(("uplinks", index, "name"), f"uplink name {name!r} is taken ([mqtt] is \"mqtt\")",
+                                    name))
     device_ids = {d.id for d in cfg.devices}
     for index, camera in enumerate(cfg.cameras):
         if camera.id in device_ids:  # events carry the id as their source: it must name one thing
