@@ -25,6 +25,7 @@ import pytest
 from conftest import free_port, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.client import MQTTMessage
 from test_platform_commands import SITE, Signer, WireWrites, config
 
 from gateway.config import load_config
@@ -34,6 +35,7 @@ from gateway.northbound.json_v2 import JsonEncoder
 from gateway.remote.envelope import MAX_REQUEST, Delivery, Dropped, Rejected, decode, public_keys
 from gateway.remote.service import PlatformCommands
 from gateway.store import MAIN_UPLINK, Store
+from gateway.uplink import INCOMING
 from simulators.meter import MeterServer, serve_meters
 
 pytestmark = pytest.mark.timeout(300)
@@ -460,3 +462,29 @@ def test_answers_in_flight_when_the_daemon_stops_are_still_stored(tmp_path: Path
         audited = {e["req"]: e["result"] for e in store.audit_entries(10_000) if e["action"] == "command"}
         waiting = [r.fact.subject for r in store.next_batch(10_000) if r.fact.kind == "result"]
     assert audited == dict.fromkeys(ids, "rejected") and sorted(waiting) == sorted(ids)
+
+
+def test_a_burst_read_off_the_socket_in_one_go_is_taken_whole(tmp_path: Path) -> None:
+    """paho reads as many packets per socket wake-up as there are publishes in flight (up to 128), so a command
+    flood arriving while the uplink is busy lands faster than a queue consumer turns: every command must still be
+    taken (answered or dropped with a count), none discarded by aiomqtt's full queue. The burst is handed to the
+    uplink's real aiomqtt client exactly as paho hands each packet it read (``_on_message``), with no turn of the
+    loop in between."""
+    with site(tmp_path, "[commands]\nenabled = true\n") as s:
+        assert s.daemon is not None and s.daemon.uplink is not None
+        uplink, burst = s.daemon.uplink, 5 * INCOMING
+
+        async def read_in_one_go() -> None:
+            client = uplink._client()  # not connected: only its message path is used
+            before = s.total()
+            for n in range(burst):
+                packet = MQTTMessage(mid=n + 1, topic=f"community/{SITE}/cmd/req".encode())
+                packet.payload = b"not json" if n % 2 else _dump({"v": 1, "id": new_id(), "actor": "a", "cmd": "x"})
+                packet.qos = 1
+                client._on_message(client._client, None, packet)
+            assert client._queue.qsize() == 0  # nothing left waiting in a bounded queue
+            await until(lambda: s.total() == before + burst, within=30)
+
+        s.run(read_in_one_go())
+        dropped = dict(s.platform.dropped)
+    assert dropped["not JSON"] == burst // 2

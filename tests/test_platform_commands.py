@@ -606,7 +606,8 @@ async def test_a_flood_of_commands_never_starves_polling_or_the_alarm_and_every_
                     assert daemon.supervisor.tasks["uplink"].done() is False
             # polling and the alarm kept going while the flood went on (the loop above ends only when they did)
             assert alarmed() and polled()
-            await until(lambda: sum(platform.answered.values()) + sum(platform.dropped.values()) == sent, within=60)
+            with contextlib.suppress(TimeoutError):  # a request lost unseen is the failure said below, with counts
+                await until(lambda: sum(platform.answered.values()) + sum(platform.dropped.values()) == sent, within=30)
             structure = (len(platform._actors), max((q.qsize() for q in platform._lanes.values()), default=0),
                          len(platform._spared), len(platform._lanes))
             await until(lambda: not platform._spared, within=30)  # every answer committed
@@ -616,7 +617,7 @@ async def test_a_flood_of_commands_never_starves_polling_or_the_alarm_and_every_
             audited = await daemon.store.run(daemon.store.store.audit_entries, 100_000)
 
     # every request accounted for: answered, or dropped with a reason that is counted
-    assert sum(answered.values()) + sum(dropped.values()) == sent
+    assert sum(answered.values()) + sum(dropped.values()) == sent, (sent, answered, dropped)
     assert set(dropped) <= {"not JSON", "not a JSON object", "no id", "other site", "too large", "flood"}, dropped
     assert dropped["flood"] > 0 and dropped["too large"] > 0 and dropped["other site"] > 0
     assert answered.get("rejected", 0) > 0 and answered.get("ok", 0) > 0
