@@ -59,4 +59,8 @@ extra=""
 [ "$want_vision" = 1 ] && extra="[vision]"
 [ "$want_test" = 1 ] && extra="[test]"
 .venv/bin/python -m pip install --disable-pip-version-check -q -e ".${extra}"
+# Sparkplug B's protobuf module (the Eclipse Tahu sparkplug_b.proto, generated) as pysparkplug ships it: pinned by
+# hash and installed without its dependencies, because pysparkplug declares paho-mqtt<2 and aiomqtt needs paho-mqtt 2;
+# the gateway loads only its generated module (gateway/northbound/sparkplug_proto.py), never its MQTT client.
+.venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --require-hashes -r requirements-sparkplug.txt
 echo "setup: ready (.venv/bin/gateway)" >&2
