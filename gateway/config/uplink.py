@@ -43,6 +43,12 @@ class SparkplugConfig(StrictModel):
         description="Obey NCMD/DCMD writes (through [commands]: allow, remote points, limits, audit); Node "
                     "Control/Rebirth is always answered.",
     )
+    qos: Literal[0, 1] = Field(
+        default=1,
+        description="MQTT QoS of births, data and DDEATH. 1 (default): a row leaves the outbox only on the broker's "
+                    "PUBACK, as on every uplink; 0: the spec's letter (a message dropped with the link is lost). "
+                    "The NDEATH will is QoS 1 either way.",
+    )
 
 
 class HomeAssistantConfig(StrictModel):
