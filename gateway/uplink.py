@@ -81,7 +81,7 @@ class Uplink:
         self.store = store
         self.committed = committed
         self.clock = clock
-        self.encoder: Encoder = encoder or make_encoder(config, site_id)
+        self.encoder: Encoder = encoder or make_encoder(config, site_id, devices)
         self.started = time.time()
         self.session = Session(0, self.started, config_hash)
         self.status = UplinkState(since=self.started)
@@ -96,6 +96,9 @@ class Uplink:
         self._sent_held: set[str] = set()
         self._describe_due = False
         self._birth_due = False
+        self._status = self._topic(self.encoder.birth(Session(0, self.started, config_hash), 0))
+        """Where the birth goes, worked out once before any connection: a dialect's birth may start its session
+        (Sparkplug's seq 0), so it is said only when it is sent."""
         self._replay_from = 0.0
         """Monotonic time before which replay waits (the random start delay, then the rate cap)."""
 
@@ -244,7 +247,7 @@ class Uplink:
             await asyncio.sleep(backoff.next())
 
     def _status_topic(self) -> str:
-        return self._topic(self.encoder.birth(self.session, 0))
+        return self._status
 
     async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
         """A broker ACL that forbids a subscription is lived with, and said."""
@@ -307,8 +310,10 @@ class Uplink:
         inbound = self.encoder.inbound(topic, payload, self.root)
         if inbound is None:
             return
-        if inbound.request is not None and self._commands is not None:
-            self._commands(inbound.request, self._delivery(message))
+        if self._commands is not None:
+            for request in (inbound.request, *inbound.requests):
+                if request is not None:
+                    self._commands(request, self._delivery(message))
         if inbound.rebirth:
             self.rebirth()
         elif inbound.wake:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from gateway.config.schema import MqttConfig
 from gateway.northbound.encoder import Encoder
 
 
-def make_encoder(config: MqttConfig, site_id: str) -> Encoder:
+def make_encoder(config: MqttConfig, site_id: str,
+                 devices: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None) -> Encoder:
+    """``devices``: the running config's device catalog (``catalog.device_meta``), for dialects that must describe
+    a device before its first data whenever that comes (Sparkplug's DBIRTH)."""
     if config.encoding == "json":
         from gateway.northbound.json_v2 import JsonEncoder
 
         return JsonEncoder(site_id, live_window=config.live_window, replay_batch=config.replay_batch)
+    if config.encoding == "sparkplug_b":
+        from gateway.northbound.sparkplug import SparkplugEncoder
+
+        return SparkplugEncoder(site_id, config, devices)
     raise ValueError(f"unknown encoding {config.encoding!r}")  # the config's Literal makes this unreachable

@@ -59,6 +59,8 @@ class Inbound:
     request: bytes | None = None
     """A platform command as the native envelope (JSON bytes): it goes through ``PlatformCommands`` whatever
     dialect it came in, so authorisation, limits, idempotency and audit are the same for all."""
+    requests: tuple[bytes, ...] = ()
+    """More commands from the same message (a Sparkplug DCMD writing several metrics), in order after ``request``."""
     rebirth: bool = False
     """Say the birth and the devices' metadata again (Sparkplug's Node Control/Rebirth, a host coming online)."""
     wake: bool = False
