@@ -94,6 +94,7 @@ def command_value(metric: Any, kind: int | None) -> tuple[bool, Any]:
         kind = int(metric.datatype) if metric.HasField("datatype") else kind
         bits = _SIGNED_BITS.get(kind or 0)
         if bits is not None:
+            bits = min(bits, 32 if which == "int_value" else 64)  # an Int64 sent in the 32-bit field: its width
             raw &= (1 << bits) - 1
             if raw >> (bits - 1):
                 raw -= 1 << bits
