@@ -40,7 +40,8 @@ def points_meta(catalog: Iterable[PointInfo]) -> dict[str, dict[str, Any]]:
 
 def device_meta(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
     """Device id -> the device-specific part of its `meta` message: ``driver``, ``name`` (when set) and
-    ``points``. Enabled devices only: a disabled device is announced as removed (its retained topics cleared)."""
+    ``points``, a point the platform may write saying ``remote: true``. Enabled devices only: a disabled device is
+    announced as removed (its retained topics cleared)."""
     out: dict[str, dict[str, Any]] = {}
     for device in cfg.devices:
         if not device.enabled:
@@ -49,5 +50,9 @@ def device_meta(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
         if device.name:
             meta["name"] = device.name
         meta["points"] = points_meta(device.describe())
+        for point_id, point in meta["points"].items():
+            spec = device.write_spec(point_id) if point["writable"] else None
+            if spec is not None and spec.remote and (spec.remote == "life_safety" or not device.life_safety):
+                point["remote"] = True  # the platform may write it: what a remote write is checked against
         out[device.id] = meta
     return out

@@ -163,6 +163,9 @@ class PointMeta(Open):
     allowed: list[float] | Absent = Field(None, description="The only values a write may carry.")
     states: dict[str, str] | Absent = Field(None, description="Value -> state name, e.g. {\"0\": \"idle\"}.")
     description: str | Absent = Field(None, description="What it is, for people.")
+    remote: bool | Absent = Field(
+        None, description="true: the platform may write it (a remote command); absent: it may not.",
+    )
 
 
 class MetaMessage(Message):

@@ -17,6 +17,12 @@ def make_encoder(config: MqttConfig, site_id: str,
         from gateway.northbound.json_v2 import JsonEncoder
 
         return JsonEncoder(site_id, live_window=config.live_window, replay_batch=config.replay_batch)
+    if config.encoding == "homeassistant":
+        from gateway.northbound.homeassistant import HomeAssistantEncoder
+
+        ha = config.homeassistant
+        return HomeAssistantEncoder(site_id, topic_prefix=config.topic_prefix, discovery_prefix=ha.discovery_prefix,
+                                    commands=ha.commands, carries=config.carries, live_window=config.live_window)
     if config.encoding == "sparkplug_b":
         from gateway.northbound.sparkplug import SparkplugEncoder
 
