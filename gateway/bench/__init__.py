@@ -17,6 +17,7 @@ def add_commands(bench_subparsers: Any) -> None:
         bus,
         chaos,
         commands,
+        encoders,
         field,
         firepanel,
         modbus,
@@ -28,5 +29,6 @@ def add_commands(bench_subparsers: Any) -> None:
         vision,
     )
 
-    for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise, commands):
+    for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise, commands,
+                   encoders):
         module.add_command(bench_subparsers)
