@@ -143,11 +143,16 @@ def coerce(spec: WriteSpec, value: bool | int | float | str | None, where: str) 
         raise WriteRefused(f"{where} takes a number{names} (got {value!r})") from None
     if isinstance(value, bool) or not math.isfinite(number):
         raise WriteRefused(f"{where} takes a finite number (got {value!r})")
-    if spec.states and int(number) not in spec.states:
+    if spec.states and (number != int(number) or int(number) not in spec.states):
         raise WriteRefused(f"{where}: {value!r} is not one of its states {spec.states}")
     if spec.allowed is not None and number not in spec.allowed:
         allowed = ", ".join(f"{a:g}" for a in spec.allowed)
         raise WriteRefused(f"{where}: {number:g} is not an allowed value ({allowed})")
+    if spec.resolution > 0 and not spec.states:
+        steps = (number - spec.origin) / spec.resolution
+        if abs(steps - round(steps)) > 1e-6 * max(1.0, abs(steps)):  # a register holds whole steps: never round
+            raise WriteRefused(f"{where} takes steps of {spec.resolution:g}"
+                               f"{f' from {spec.origin:g}' if spec.origin else ''} (got {number:g})")
     if spec.min is not None and number < spec.min:
         raise WriteRefused(f"{where}: {number:g} is below its minimum {spec.min:g}")
     if spec.max is not None and number > spec.max:

@@ -125,7 +125,7 @@ class ModbusPoint(StrictModel):
         integer = self.type not in (DataType.FLOAT32, DataType.FLOAT64)
         return WriteSpec(
             "number", self.min, self.max, tuple(self.allowed) if self.allowed else None, self.states,
-            resolution=abs(self.scale) if integer else 0.0, remote=self.remote,
+            resolution=abs(self.scale) if integer else 0.0, origin=self.offset, remote=self.remote,
         )
 
     def info(self) -> PointInfo:

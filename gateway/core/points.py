@@ -18,6 +18,8 @@ class WriteSpec:
     allowed: tuple[float, ...] | None = None
     states: dict[int, str] | None = None
     resolution: float = 0.0  # smallest step the device stores (read-back is compared within half of it)
+    origin: float = 0.0
+    """Where the steps start: values a device stores are origin + k * resolution (a register's offset)."""
     relinquish: bool = False  # a write of "null" withdraws the command (BACnet priority arrays)
     remote: bool | Literal["life_safety"] = False
     """Whether the platform may write it over MQTT; "life_safety" also on a life-safety device."""
