@@ -398,6 +398,18 @@ def test_without_ha_commands_or_platform_commands_no_entity_takes_commands(tmp_p
         assert encoder.listens(ROOT, obeyed) == ["homeassistant/status"]
 
 
+def test_an_uplink_without_events_announces_no_event_entity_and_no_device_availability(tmp_path: Path) -> None:
+    """A device's state travels as an event-class fact: an uplink that does not carry events never gets it, so its
+    entities must not wait for it (they would stay unavailable)."""
+    encoder = HomeAssistantEncoder(SITE, carries=("alarm", "telemetry"))
+    configs = {m.topic: orjson.loads(m.payload)
+               for m in encoder.describe(Session(1, 0.0, ""), synthetic(tmp_path), 0.0)}
+    entities = validated(configs)
+    assert not any(t.endswith("/_event/config") for t in configs) and any(t.endswith("/_alarm/config") for t in configs)
+    assert all([a.topic for a in e.availability or []] == [f"{ROOT}/ha/status"] for e in entities.values()
+               if e.availability)
+
+
 def test_the_schema_models_refuse_what_ha_would(tmp_path: Path) -> None:
     """The models can fail: an unknown key, an abbreviation, a class whose unit or state class HA refuses."""
     _, configs = described(synthetic(tmp_path))
@@ -438,6 +450,11 @@ def test_templates_read_the_state_message_to_what_ha_compares(tmp_path: Path) ->
     # availability: the device's state fact, read by the template every point entity carries
     avail = next(e for e in entities.values() if e.unique_id == f"{SITE}.ahu-1.pump_on").availability
     assert avail is not None
+    session = Session(7, now, "abc")  # the gateway's birth, last will and goodbye, as the first check reads them
+    for message, expected in ((encoder.birth(session, now), "online"), (encoder.will(session), "offline"),
+                              (encoder.goodbye(session, now), "offline")):
+        assert f"{ROOT}/{message.topic}" == avail[0].topic and message.retain
+        assert render(avail[0].value_template, message.payload) == expected
     for device_state, expected in (("online", "online"), ("offline", "offline"), ("unknown", "offline")):
         fact = facts.Fact(Priority.EVENT, "state", "ahu-1", "x", now, orjson.dumps({"state": device_state}))
         [encoded] = encoder.encode([StoredFact(4, now, fact)], now)

@@ -193,12 +193,17 @@ class HomeAssistantEncoder:
                     "name": point, "unique_id": f"{self.site}.{device}.{point}",
                     "default_entity_id": f"{component}.{_slug(self.site)}_{_slug(device)}_{_slug(point)}",
                     "state_topic": f"{self.root}/ha/{device}/state", **shape,
-                    "availability": [self._status, {
-                        "topic": f"{self.root}/ha/{device}/availability",
-                        "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
-                        "payload_available": "online", "payload_not_available": "offline"}],
+                    "availability": [self._status, *self._device_state(device)],
                     "availability_mode": "all", "device": block, "origin": ORIGIN}
         return out
+
+    def _device_state(self, device: str) -> list[dict[str, str]]:
+        """The device's own availability, when this uplink carries it (a device's state is an event-class fact)."""
+        if "event" not in self.carries:
+            return []
+        return [{"topic": f"{self.root}/ha/{device}/availability",
+                 "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
+                 "payload_available": "online", "payload_not_available": "offline"}]
 
     def _topic(self, component: str, object_id: str) -> str:
         return f"{self.prefix}/{component}/{self.site}/{object_id}/config"
