@@ -93,6 +93,16 @@ def test_summaries_dead_devices_unknown_points_and_seq_wrap() -> None:
                               StoredFact(4, now, reading(now - 5))], now))
     assert [k for k, _, _ in out] == ["DDEATH", "-", "DBIRTH", "DDATA", "DDEATH"]  # bad: what DDEATH said
     assert enc.unsent["dead device"] == 1
+    calls = []
+
+    def catalog() -> dict[str, Any]:
+        calls.append(1)
+        return DEVICES
+
+    enc._catalog = catalog
+    ghost = facts.readings("ghost", now, [Reading("ghost", "x", 1, None, Quality.GOOD, now)])
+    ghosts = enc.encode([StoredFact(20 + i, now, ghost) for i in range(50)], now)
+    assert [e.message for e in ghosts] == [None] * 50 and enc.unsent["unknown device"] == 50 and len(calls) == 1
     seqs = [p.seq for _, p, _ in out if p is not None]
     seqs += [p.seq for _, p, _ in decoded(enc.encode(
         [StoredFact(10 + i, now, facts.event(Event("e", "s", Priority.EVENT, {}, now))) for i in range(600)], now))]

@@ -63,6 +63,7 @@ class SparkplugEncoder:
         self._born: dict[str, dict[str, tuple[int, int]]] = {}
         """Devices born in this session: metric -> (alias, datatype)."""
         self._births_due = False
+        self._unknown: set[str] = set()
         self._offline: set[str] = set()
         self._last: dict[str, dict[str, tuple[Any, str | None, float]]] = {}
         """Each point's last live value, quality and time: what a DBIRTH says a metric's current value is."""
@@ -99,6 +100,7 @@ class SparkplugEncoder:
     def birth(self, session: Session, now: float) -> Message:
         self._seq = 0
         self._born.clear()
+        self._unknown.clear()
         self._births_due = True
         payload = self._payload(now)
         self._bdseq(payload, session)
@@ -140,10 +142,14 @@ class SparkplugEncoder:
                 if device not in self._born and device not in self._offline]
 
     def _device(self, device: str) -> Mapping[str, Any] | None:
+        """What the device offers, from the running config's catalog (asked again for a device not known yet, once
+        per session: the rows of a device removed from the config must not each rebuild every catalog)."""
         meta = self._meta.get(device)
-        if meta is None and self._catalog is not None:
+        if meta is None and self._catalog is not None and device not in self._unknown:
             self._meta = dict(self._catalog())
             meta = self._meta.get(device)
+            if meta is None:
+                self._unknown.add(device)
         return meta
 
     def _alias(self, device: str, name: str) -> int:
