@@ -277,17 +277,23 @@ class SparkplugEncoder:
             data = _data(fact)
             summary = fact.kind == "summary"
             points = data.get("points", {}) if summary else data
+            when = data.get("end", fact.ts) if summary else fact.ts
+            when_ms = ms(when) if isinstance(when, int | float) else ms(fact.ts)
             for point, item in points.items() if isinstance(points, dict) else ():
                 if point not in born or not isinstance(item, dict):
                     self.unsent["unknown point"] += 1
                     continue
                 alias, kind = born[point]
                 value, quality = item.get("last" if summary else "v"), item.get("q")
-                ts = data.get("end", fact.ts) if summary else item.get("ts", fact.ts)
-                metric = payload.metrics.add(alias=alias, timestamp=ms(ts))
+                own = None if summary else item.get("ts")  # a point read at its own time (the hot path: none)
+                ts = when if own is None else own
+                metric = payload.metrics.add()
+                metric.alias = alias
+                metric.timestamp = when_ms if own is None else ms(own)
                 if hist:
                     metric.is_historical = True
-                set_quality(metric, quality, set_value(metric, kind, value))
+                if not set_value(metric, kind, value) or quality != "good":
+                    set_quality(metric, quality, not metric.is_null)
                 if summary:
                     for stat in ("min", "max", "mean"):
                         if isinstance(item.get(stat), int | float):
