@@ -29,12 +29,13 @@ from gateway.headroom import Headroom
 from gateway.live import LiveValues
 from gateway.lock import DataDirLock
 from gateway.northbound.catalog import device_meta
+from gateway.northbound.routes import status_key, store_uplinks, uplink_configs
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
 from gateway.reloader import Reloader
 from gateway.remote.service import PlatformCommands
 from gateway.reporting import Privacy, UplinkFeed
-from gateway.store import Store
+from gateway.store import MAIN_UPLINK, Store
 from gateway.supervisor import Supervisor
 from gateway.uplink import Uplink
 
@@ -52,6 +53,7 @@ def open_store(cfg: GatewayConfig, *, read_only: bool = False) -> Store:
         events_keep=cfg.store.events_keep,
         raw_lines_keep=cfg.store.raw_lines_keep,
         read_only=read_only,
+        uplinks=store_uplinks(cfg),
     )
 
 
@@ -101,7 +103,7 @@ class Daemon:
         }
         self._recall(self.store.store.meta())
         self.commands = CommandHandler(cfg, self.drivers, self.bus, self.live)
-        self.platform, self.uplink = self.northbound(cfg, config_hash)
+        self.platform, self.uplinks = self.northbound(cfg, config_hash)
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
         self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)
                         for c in cfg.cameras if c.enabled}
@@ -117,22 +119,26 @@ class Daemon:
         self._hangups: set[asyncio.Task[dict[str, Any]]] = set()
 
     def northbound(self, cfg: GatewayConfig, config_hash: str, *, platform: PlatformCommands | None = None,
-                   ) -> tuple[PlatformCommands | None, Uplink | None]:
-        """The uplink and the platform commands wired into it, as ``cfg`` says (at start, and when a reload
-        changes [mqtt] or turns commands on or off); ``platform``: the running one, kept (its commands under way
-        are answered through the new uplink)."""
-        if not cfg.mqtt.enabled:
-            return None, None
-        if platform is None and cfg.commands.enabled:
+                   only: set[str] | None = None) -> tuple[PlatformCommands | None, dict[str, Uplink]]:
+        """The enabled uplinks (or those of them in ``only``) and the platform commands wired into every one, as
+        ``cfg`` says (at start, and when a reload changes an uplink or turns commands on or off); ``platform``:
+        the running one, kept (its commands under way are answered through the new uplinks)."""
+        enabled = {n: c for n, c in uplink_configs(cfg).items() if c.enabled and (only is None or n in only)}
+        if platform is None and cfg.commands.enabled and any(c.enabled for c in uplink_configs(cfg).values()):
             platform = PlatformCommands(cfg, self.commands, self.store, self.recorder.committed, clock=self.clock,
                                         birth=self._rebirth, status=self.status_report)
-        uplink = Uplink(
-            cfg.mqtt, cfg.site.id, self.store, self.recorder.committed,
+        uplinks = {name: Uplink(
+            config, cfg.site.id, self.store, self.recorder.committed.subscribe(), name=name,
             config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
             devices=lambda: device_meta(self.cfg),  # the running config's, whatever a reload made it
-            commands=platform.received if platform else None,
-        )
-        return platform, uplink
+            commands=platform.received if platform else None,  # answered on the uplink each came in on
+        ) for name, config in enabled.items()}
+        return platform, uplinks
+
+    @property
+    def uplink(self) -> Uplink | None:
+        """The ``[mqtt]`` uplink; None when it is disabled."""
+        return self.uplinks.get(MAIN_UPLINK)
 
     def _recall(self, meta: dict[str, Any]) -> None:
         """What the drivers learnt of each device last time (read limits, counter totals), if its config is
@@ -157,9 +163,9 @@ class Daemon:
         await self.control.start()  # before any task runs, so READY=1 is the first thing systemd hears
         self.supervisor.spawn("recorder", self.recorder.run)
         self.supervisor.spawn("summaries", self.feed.run)
-        if self.uplink:
-            self.supervisor.spawn("uplink", self.uplink.run)
-        else:
+        for name, uplink in self.uplinks.items():
+            self.supervisor.spawn(status_key(name), uplink.run)
+        if MAIN_UPLINK not in self.uplinks:
             self.bus.meta("uplink", {"state": "disabled", "since": self.started, "error": None})
         if self.platform:
             self.supervisor.spawn("commands", self.platform.run)
@@ -191,8 +197,8 @@ class Daemon:
         return self._stop.is_set()
 
     def _rebirth(self) -> None:
-        if self.uplink:
-            self.uplink.rebirth()
+        for uplink in self.uplinks.values():
+            uplink.rebirth()
 
     async def status_report(self) -> dict[str, Any]:
         """What the platform's ``status`` command answers: the daemon, its uplink, its devices, its outbox."""
@@ -203,6 +209,8 @@ class Daemon:
             "uptime_s": round(self.clock.time() - self.started, 1),
             "uplink": {"state": self.uplink.status.state, "delivered": self.uplink.status.delivered}
             if self.uplink else {"state": "disabled"},
+            "uplinks": {n: {"state": u.status.state, "broker": u.status.broker, "delivered": u.status.delivered}
+                        for n, u in self.uplinks.items()},
             "outbox": depth,
             "devices": {d.id: d.state for d in states},
             "alarms": len(self.automation.listing()) if self.automation else 0,
@@ -253,7 +261,7 @@ class Daemon:
         self.bus.meta("daemon", {"pid": os.getpid(), "started": self.started, "heartbeat": self.clock.time(),
                                  "version": __version__, "config": self.config_hash, "state": "stopped"})
         await self.recorder.flush()
-        if self.uplink:  # a last chance to deliver what is queued, then a clean "offline"
+        if self.uplinks:  # a last chance to deliver what is queued, then a clean "offline"
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._drained()
@@ -271,8 +279,10 @@ class Daemon:
         log.info("gateway stopped")
 
     async def _drained(self) -> None:
-        while sum((await self.store.run(self.store.store.outbox_depth)).values()):
-            if not self.uplink or self.uplink.status.state != "connected":
+        """Until every connected uplink has nothing left to deliver (one that is down keeps its backlog)."""
+        while True:
+            live = [n for n, u in self.uplinks.items() if u.status.state == "connected"]
+            if not any([await self.store.run(self.store.store.next_batch, 1, n) for n in live]):
                 return
             await asyncio.sleep(0.05)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -38,6 +39,26 @@ HELD_LIMIT = 50_000
 """Alarm and event messages kept in memory while nothing can be written; beyond it events go, then alarms."""
 FULL_RETRY = 1.0
 """Seconds between tries to write while the disk is full."""
+
+
+class Broadcast(asyncio.Event):
+    """An event that also sets each of its subscribers' own events: every uplink waits on its own, so one that
+    clears its event after a round never swallows the wake-up another was about to wait for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscribers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
+
+    def subscribe(self) -> asyncio.Event:
+        event = asyncio.Event()
+        event.set()  # whatever was committed before it subscribed is looked at once
+        self._subscribers.add(event)
+        return event
+
+    def set(self) -> None:
+        super().set()
+        for event in list(self._subscribers):
+            event.set()
 
 
 class AsyncStore:
@@ -69,8 +90,8 @@ class Recorder:
         self._said = RateLimiter(1, 60.0)
         self.flush_interval = flush_interval
         self.cap_check_interval = cap_check_interval
-        self.committed = asyncio.Event()
-        """Set after every commit that added outbox messages; the uplink waits on it."""
+        self.committed = Broadcast()
+        """Set after every commit that added outbox messages; each uplink waits on its own subscription."""
         self._pending = Batch()
         self._wake = asyncio.Event()
         self._urgent = False

@@ -14,7 +14,8 @@ Entries are compared by ``model_dump()``. The daemon (``gateway.reloader``) appl
 - Rules, alarm classes, notifiers, the site's time zone and which device is on which bus swap the rule set; the
   alarm book is carried over whole.
 - ``[mqtt]`` (but ``keep_local``), or the contents of the files it names (CA, client certificate and key,
-  password file), reconnect the uplink. ``vision`` restarts every camera; a camera's own change restarts it.
+  password file), reconnect the uplink. An ``[[uplinks]]`` entry added, removed or changed (or its files) starts,
+  stops or reconnects that uplink alone. ``vision`` restarts every camera; a camera's own change restarts it.
 - ``site.id`` and every ``[store]`` key cannot change while the daemon runs (the store is open, topics are named
   after the site): a reload that changes one is refused as a whole and says which to restart for.
 """
@@ -35,8 +36,8 @@ POLLER_FIELDS = frozenset({"interval", "probe_max", "stale_after", "name"})
 REPORTING_FIELDS = frozenset({"report", "report_points", "history"})
 """Device keys the uplink feed reads: applied in place."""
 RULE_SECTIONS = ("rules", "alarm_classes", "notifiers")
-HANDLED = frozenset({"site", "mqtt", "commands", "store", "log", "buses", "devices", "include", "alarm_classes",
-                     "rules", "notifiers", "vision", "cameras"})
+HANDLED = frozenset({"site", "mqtt", "uplinks", "commands", "store", "log", "buses", "devices", "include",
+                     "alarm_classes", "rules", "notifiers", "vision", "cameras"})
 """Top-level sections this module knows how to apply; a section added later and not listed here refuses the
 reload until it is (a restart applies it), never silently ignored."""
 
@@ -62,6 +63,10 @@ class ConfigChange:
     mqtt: tuple[str, ...] = ()
     """[mqtt] keys (and "files": the TLS or password files' contents) that make the uplink reconnect."""
     privacy: tuple[str, ...] = ()
+    uplinks_added: tuple[str, ...] = ()
+    uplinks_removed: tuple[str, ...] = ()
+    uplinks_changed: tuple[str, ...] = ()
+    """``[[uplinks]]`` entries (by name) whose keys or files changed: each reconnects, the others go on."""
     cameras_added: tuple[str, ...] = ()
     cameras_removed: tuple[str, ...] = ()
     cameras_changed: tuple[str, ...] = ()
@@ -88,9 +93,12 @@ class ConfigChange:
         return f"restart the service to apply {', '.join(self.refused)} (a running daemon cannot change them)"
 
 
-def diff(old: GatewayConfig, new: GatewayConfig, *, old_files: str = "", new_files: str = "") -> ConfigChange:
-    """What changes from ``old`` to ``new``; ``*_files`` are ``mqtt_files()`` digests (certificates rotated in
-    place change no key but must reconnect the uplink)."""
+def diff(old: GatewayConfig, new: GatewayConfig, *, old_files: str | Mapping[str, str] = "",
+         new_files: str | Mapping[str, str] = "") -> ConfigChange:
+    """What changes from ``old`` to ``new``; ``*_files`` are ``mqtt_files()`` digests, of ``[mqtt]`` or by uplink
+    name (``uplink_files()``): certificates rotated in place change no key but must reconnect the uplink."""
+    old_files = {"mqtt": old_files} if isinstance(old_files, str) else old_files
+    new_files = {"mqtt": new_files} if isinstance(new_files, str) else new_files
     out: dict[str, Any] = {}
     out["refused"] = _refused(old, new)
     d_added, d_removed, d_changed = _entries(old.devices, new.devices)
@@ -110,13 +118,19 @@ def diff(old: GatewayConfig, new: GatewayConfig, *, old_files: str = "", new_fil
         rules.append("devices")
     out["rules"] = tuple(rules)
     mqtt = _keys(old.mqtt, new.mqtt, skip={"keep_local"})
-    if old_files != new_files:
+    if old_files.get("mqtt", "") != new_files.get("mqtt", ""):
         mqtt.append("files")
     out["mqtt"] = tuple(mqtt)
     privacy = ["mqtt.keep_local"] if old.mqtt.keep_local != new.mqtt.keep_local else []
     if _upstream(old) != _upstream(new):
         privacy.append("cameras.upstream")
     out["privacy"] = tuple(privacy)
+    before = {u.name: _dump(u) for u in old.uplinks}
+    after = {u.name: _dump(u) for u in new.uplinks}
+    out["uplinks_added"] = tuple(sorted(set(after) - set(before)))
+    out["uplinks_removed"] = tuple(sorted(set(before) - set(after)))
+    out["uplinks_changed"] = tuple(sorted(n for n in set(before) & set(after)
+                                          if before[n] != after[n] or old_files.get(n, "") != new_files.get(n, "")))
     c_added, c_removed, c_changed = _entries(old.cameras, new.cameras)
     if _dump(old.vision) != _dump(new.vision):
         c_changed = tuple(sorted({*c_changed, *(c.id for c in new.cameras if _find(old.cameras, c.id))}))
@@ -128,6 +142,11 @@ def diff(old: GatewayConfig, new: GatewayConfig, *, old_files: str = "", new_fil
         other.append("include")
     out["other"] = tuple(other)
     return ConfigChange(**out)
+
+
+def uplink_files(cfg: GatewayConfig) -> dict[str, str]:
+    """``mqtt_files`` of every uplink, by name ("mqtt" for ``[mqtt]``)."""
+    return {"mqtt": mqtt_files(cfg.mqtt), **{u.name: mqtt_files(u) for u in cfg.uplinks}}
 
 
 def mqtt_files(mqtt: MqttConfig) -> str:

@@ -11,7 +11,9 @@ pollers, the rule set, camera workers), and only then are the old parts stopped 
   driver learnt of a device whose map did not change is handed over);
 - changed rules, alarm classes or notifiers swap the rule set; the alarm book and unchanged rules' state stay;
 - a changed ``[mqtt]`` (or its certificate files, rotated in place) reconnects the uplink, which then says its
-  birth with the new config hash; any other change says the birth again on the live connection;
+  birth with the new config hash; an ``[[uplinks]]`` entry added, removed or changed starts, stops or reconnects
+  that uplink alone (a removed one's cursor is forgotten: it holds no row back); any other change says the birth
+  again on every live connection;
 - cameras restart when they (or ``[vision]``) changed; reporting and privacy are swapped in place.
 
 The outbox, the recorder, the alarm book and every poller that did not change are never touched: an unchanged
@@ -38,8 +40,9 @@ from gateway.cameras import CameraWorker
 from gateway.config.loader import ConfigError, ConfigProblem, config_hash, load_config
 from gateway.config.schema import GatewayConfig
 from gateway.core.data import Event, Priority
+from gateway.northbound.routes import status_key, store_uplinks, uplink_configs
 from gateway.poller import DevicePoller
-from gateway.reload import ConfigChange, diff, mqtt_files
+from gateway.reload import ConfigChange, diff, uplink_files
 from gateway.reporting import Privacy
 from rules.runtime import RulesRuntime
 
@@ -65,7 +68,7 @@ class Reloader:
     def __init__(self, daemon: Daemon, path: Path | None) -> None:
         self.daemon = daemon
         self.path = path
-        self.files = mqtt_files(daemon.cfg.mqtt)
+        self.files = uplink_files(daemon.cfg)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
         self._applying = False
@@ -141,12 +144,12 @@ class Reloader:
                 "took_ms": took}
 
     @staticmethod
-    def _load(path: Path) -> tuple[str, GatewayConfig, str, list[str]]:
+    def _load(path: Path) -> tuple[str, GatewayConfig, dict[str, str], list[str]]:
         """The file's hash, its config checked as `gateway check` does, its uplink files' digest, its warnings."""
         digest = config_hash(path)
         warnings: list[ConfigProblem] = []
         cfg = load_config(path, warnings=warnings)
-        return digest, cfg, mqtt_files(cfg.mqtt), [w.format() for w in warnings]
+        return digest, cfg, uplink_files(cfg), [w.format() for w in warnings]
 
     def _refused(self, source: str, reason: str, problems: list[str], new_hash: str) -> dict[str, Any]:
         daemon = self.daemon
@@ -188,8 +191,8 @@ class Reloader:
         northbound = self._reconnects(cfg, change)
         names = [f"device:{i}" for i in sorted(stopping)] + [f"bus:{b}" for b in sorted(rebuilt)]
         keep = self._keeps_platform(cfg)
-        names += [f"camera:{c}" for c in sorted(cameras)] + (["uplink"] if northbound else [])
-        names += ["commands"] if northbound and not keep else []
+        names += [f"camera:{c}" for c in sorted(cameras)] + [status_key(n) for n in sorted(northbound)]
+        names += ["commands"] if self._remakes_platform(cfg) and not keep else []
         late = await supervisor.end(names, within=STOP_WITHIN)
         if late:
             log.error("tasks did not stop in time; the reload goes on", tasks=late)
@@ -225,12 +228,12 @@ class Reloader:
             logs.configure(cfg.log.level, cfg.log.format)
         daemon.config_hash = new_hash
         if northbound:
-            await self._reconnect(cfg, new_hash, keep)
-        else:
-            if daemon.platform is not None:
-                daemon.platform.configure(cfg)
-            if daemon.uplink is not None:
-                daemon.uplink.rebirth(new_hash)  # the birth carries the hash; devices are described again
+            await self._reconnect(cfg, new_hash, keep, northbound)
+        elif daemon.platform is not None:
+            daemon.platform.configure(cfg)
+        for name, uplink in daemon.uplinks.items():
+            if name not in northbound:
+                uplink.rebirth(new_hash)  # the birth carries the hash; devices are described again
         daemon.beat()
 
         for device_id, poller in built.pollers.items():
@@ -287,17 +290,26 @@ class Reloader:
             daemon.commands.alarms = daemon.automation
             daemon.supervisor.spawn("rules", daemon.automation.run)
 
-    def _reconnects(self, cfg: GatewayConfig, change: ConfigChange) -> bool:
-        """Whether the uplink (and the platform commands wired into it) is made again."""
+    def _reconnects(self, cfg: GatewayConfig, change: ConfigChange) -> set[str]:
+        """The uplinks made again (by name): each one whose config changed, was added or removed; all of them
+        when the platform commands wired into every one are turned on or off."""
+        old = uplink_configs(self.daemon.cfg)
+        if self._remakes_platform(cfg):
+            return set(old) | set(uplink_configs(cfg))
+        return ({"mqtt"} if change.mqtt else set()) | {*change.uplinks_added, *change.uplinks_removed,
+                                                       *change.uplinks_changed}
+
+    def _remakes_platform(self, cfg: GatewayConfig) -> bool:
+        """Whether the platform commands are turned on or off (commands, or whether any uplink is enabled)."""
         old = self.daemon.cfg
-        return bool(change.mqtt) or old.commands.enabled != cfg.commands.enabled or (
-            old.mqtt.enabled != cfg.mqtt.enabled)
+        return (old.commands.enabled and any(c.enabled for c in uplink_configs(old).values())) != (
+            cfg.commands.enabled and any(c.enabled for c in uplink_configs(cfg).values()))
 
     def _keeps_platform(self, cfg: GatewayConfig) -> bool:
         """Whether the running platform commands go on (with the new config): unless they are turned off, or on."""
-        return self.daemon.platform is not None and cfg.mqtt.enabled and cfg.commands.enabled
+        return self.daemon.platform is not None and not self._remakes_platform(cfg)
 
-    async def _reconnect(self, cfg: GatewayConfig, new_hash: str, keep: bool) -> None:
+    async def _reconnect(self, cfg: GatewayConfig, new_hash: str, keep: bool, names: set[str]) -> None:
         daemon = self.daemon
         kept = daemon.platform if keep else None
         if kept is not None:
@@ -305,10 +317,17 @@ class Reloader:
         elif daemon.platform is not None:
             with contextlib.suppress(Exception):
                 await daemon.platform.close()
-        daemon.platform, daemon.uplink = daemon.northbound(cfg, new_hash, platform=kept)
-        if daemon.uplink is not None:
-            daemon.supervisor.spawn("uplink", daemon.uplink.run)
-        else:
-            daemon.bus.meta("uplink", {"state": "disabled", "since": daemon.clock.time(), "error": None})
+        for name in names:
+            daemon.uplinks.pop(name, None)
+        wanted = store_uplinks(cfg)
+        if wanted != daemon.store.store.uplinks:  # before a new uplink asks for its first rows
+            await daemon.store.run(daemon.store.store.set_uplinks, wanted)
+        daemon.platform, made = daemon.northbound(cfg, new_hash, platform=kept, only=names)
+        daemon.uplinks.update(made)
+        for name, uplink in made.items():
+            daemon.supervisor.spawn(status_key(name), uplink.run)
+        for name, config in uplink_configs(cfg).items():
+            if name in names and not config.enabled:
+                daemon.bus.meta(status_key(name), {"state": "disabled", "since": daemon.clock.time(), "error": None})
         if daemon.platform is not None and kept is None:
             daemon.supervisor.spawn("commands", daemon.platform.run)

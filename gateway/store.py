@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway import migrations
 from gateway.core.data import DeviceState, Event, Priority
+from gateway.cursors import Cursors
 from gateway.facts import Fact, StoredFact
 
 MAIN_UPLINK = "mqtt"
@@ -81,6 +82,7 @@ class Store:
         if read_only:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             self.db.execute("PRAGMA query_only = ON")
+            self.cursors = Cursors(self.db)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # Residents' data: created owner read-write, group read, whatever the umask of whoever started
@@ -97,6 +99,7 @@ class Store:
         # dozen pages, and SQLite's default 2 MB page cache filled up with pages nobody reads again (1.5 MB of
         # the daemon's RSS at 100 devices x 100 points; a miss is a pread from the OS page cache).
         self.db.execute("PRAGMA cache_size = -512")  # KiB
+        self.cursors = Cursors(self.db)
         self.upgraded = migrations.upgrade(self.db)
         """The layout steps this opening ran (empty when the file was already current)."""
         if not read_only:
@@ -196,10 +199,7 @@ class Store:
         """What ``uplink`` has not had acknowledged yet: oldest first within a class, alarms before events
         before telemetry. ``skip``: rows it has in hand already (acknowledged, the deletion not yet written)."""
         if len(self.uplinks) > 1:
-            query = ("SELECT seq, prio, kind, subject, id, ts, body, created FROM outbox WHERE NOT EXISTS"
-                     " (SELECT 1 FROM outbox_acks a WHERE a.uplink = ? AND a.seq = outbox.seq)"
-                     " ORDER BY prio, seq LIMIT ?")
-            rows = self.db.execute(query, (uplink, limit + len(skip))).fetchall()
+            rows = self.cursors.unacknowledged(limit + len(skip), uplink)
         else:
             rows = self.db.execute("SELECT seq, prio, kind, subject, id, ts, body, created FROM outbox"
                                    " ORDER BY prio, seq LIMIT ?", (limit + len(skip),)).fetchall()
@@ -208,17 +208,13 @@ class Store:
                 for seq, prio, kind, subject, id_, ts, body, created in rows if seq not in skipped][:limit]
 
     def acknowledge(self, seqs: Sequence[int], uplink: str = MAIN_UPLINK) -> None:
-        """``uplink`` has the broker's PUBACK for these rows; a row goes once every uplink has acknowledged it."""
-        if not seqs:
+        """``uplink`` has the broker's PUBACK for these rows; a row goes once every uplink has acknowledged it.
+        An uplink no longer configured (a reload removed it while it was delivering) acknowledges nothing."""
+        if not seqs or uplink not in self.uplinks:
             return
         with self.transaction():
             if len(self.uplinks) > 1:
-                self.db.executemany("INSERT OR IGNORE INTO outbox_acks (uplink, seq) VALUES (?, ?)",
-                                    [(uplink, s) for s in seqs])
-                self.db.executemany(
-                    "DELETE FROM outbox WHERE seq = ?1 AND (SELECT COUNT(*) FROM outbox_acks WHERE seq = ?1) >= ?2",
-                    [(s, len(self.uplinks)) for s in seqs])
-                self.db.execute("DELETE FROM outbox_acks WHERE seq NOT IN (SELECT seq FROM outbox)")
+                self.cursors.acknowledge(seqs, uplink, self.uplinks)
             else:
                 self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
             self.bump("uplink.delivered" if uplink == MAIN_UPLINK else f"uplink.{uplink}.delivered", len(seqs))
@@ -230,17 +226,22 @@ class Store:
             self.bump(name)
             return int(self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
+    def set_uplinks(self, uplinks: Sequence[str]) -> None:
+        """The configured uplinks changed (a reload): a removed one's cursor is forgotten, so it holds nothing
+        back; an added one starts from what the outbox holds."""
+        self.uplinks = tuple(uplinks)
+        self._forget_gone_uplinks()
+
     def _forget_gone_uplinks(self) -> None:
         """An uplink removed from the config no longer holds rows back: what every remaining one has is done."""
         with self.transaction():
-            marks = ",".join("?" * len(self.uplinks))
-            self.db.execute(f"DELETE FROM outbox_acks WHERE uplink NOT IN ({marks})", self.uplinks)
-            if len(self.uplinks) > 1:
-                self.db.execute(f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox_acks GROUP BY seq"
-                                f" HAVING COUNT(*) >= {len(self.uplinks)})")
-            else:
-                self.db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox_acks)")
-            self.db.execute("DELETE FROM outbox_acks WHERE seq NOT IN (SELECT seq FROM outbox)")
+            self.cursors.forget_gone(self.uplinks)
+
+    def backlog(self, uplink: str = MAIN_UPLINK) -> int:
+        """Rows ``uplink`` has still to deliver (or to pass over, when it does not carry them)."""
+        if len(self.uplinks) > 1:
+            return self.cursors.backlog(uplink)
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def outbox_depth(self) -> dict[str, int]:
         depth = {p.label: 0 for p in Priority}
@@ -306,6 +307,8 @@ class Store:
                     break  # only alarms and events are left: keep them and let the disk fill
                 dropped += gone
                 self.bump("store.telemetry_dropped", gone)
+                if len(self.uplinks) > 1:  # what the live uplinks acknowledged of them goes too
+                    self.cursors.forget_orphans()
         return dropped
 
     def prune(self, now: float | None = None) -> None:

@@ -31,13 +31,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config.schema import MqttConfig
 from gateway.core.data import Priority
-from gateway.core.timing import SYSTEM_CLOCK, Backoff, Clock
+from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.facts import Fact, StoredFact
 from gateway.headroom import is_disk_full
+from gateway.northbound.brokers import BrokerWalk, credentials
 from gateway.northbound.dialects import make_encoder
 from gateway.northbound.encoder import Encoded, Encoder, Message, Session
+from gateway.northbound.routes import Route, status_key
 from gateway.recorder import AsyncStore
-from gateway.remote.envelope import Delivery
+from gateway.remote.envelope import Delivery, delivery
 from gateway.store import MAIN_UPLINK
 
 log = structlog.get_logger("gateway.uplink")
@@ -55,6 +57,7 @@ class UplinkState:
     delivered: int = 0
     replay_waits: int = 0
     """Rounds in which replay held back for its start delay or its rate cap."""
+    broker: str = ""  # the one it is on, or trying ("host:port")
 
 
 class Uplink:
@@ -84,7 +87,10 @@ class Uplink:
         self.encoder: Encoder = encoder or make_encoder(config, site_id, devices)
         self.started = time.time()
         self.session = Session(0, self.started, config_hash)
-        self.status = UplinkState(since=self.started)
+        self.route = Route(config, name)
+        self.walk = BrokerWalk(config.brokers(), config.reconnect_min, config.reconnect_max)
+        self.status = UplinkState(since=self.started, broker=self.walk.label)
+        self.log = log if name == MAIN_UPLINK else log.bind(uplink=name)
         self._on_state = on_state
         self._commands = commands
         """Where ``cmd/req`` messages go (``PlatformCommands.received``); None: the uplink does not subscribe."""
@@ -138,7 +144,7 @@ class Uplink:
             return
         now = self.clock.time()
         for fact in sorted(held, key=lambda f: f.priority):
-            if fact.id not in self._sent_held:
+            if fact.id not in self._sent_held and self.route.carries(fact):
                 for encoded in self.encoder.encode([StoredFact(0, now, fact)], now):
                     if encoded.message is not None:
                         await self._publish(client, encoded.message)
@@ -160,25 +166,18 @@ class Uplink:
             self.status.state, self.status.since = state, time.time()
         self.status.last_error = error
         if self._on_state:
-            self._on_state("uplink", {"state": state, "since": self.status.since, "error": error})
+            self._on_state(status_key(self.name), {"state": state, "since": self.status.since, "error": error,
+                                                   "broker": self.status.broker})
 
     def _client(self) -> aiomqtt.Client:
         cfg = self.config
-        password = cfg.password.get_secret_value() if cfg.password else None
-        if cfg.password_file:
-            password = cfg.password_file.read_text().splitlines()[0] if cfg.password_file.stat().st_size else ""
-        tls_context = None
-        if cfg.tls:
-            tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
-            tls_context.check_hostname = cfg.tls.verify_hostname
-            if cfg.tls.cert_file and cfg.tls.key_file:
-                tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+        password, tls_context = credentials(cfg)
         will_message = self.encoder.will(self.session)
         will = aiomqtt.Will(self._topic(will_message), will_message.payload, qos=will_message.qos,
                             retain=will_message.retain)
+        self.status.broker = self.walk.label
         client = aiomqtt.Client(
-            cfg.host,
-            cfg.effective_port,
+            *self.walk.current,
             identifier=self.client_id,
             username=cfg.username,
             password=password,
@@ -207,8 +206,7 @@ class Uplink:
         return client
 
     async def run(self) -> None:
-        """Connect, pump, and on any failure back off (capped, jittered) and go again. Never returns."""
-        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, jitter=(0.5, 1.0))
+        """Connect, pump; on a failure go on to the next broker, backing off after each round (``BrokerWalk``)."""
         while True:
             try:
                 self.session.bdseq = await self.store.run(self.store.store.next_session, self.name)
@@ -223,8 +221,8 @@ class Uplink:
                         self._birth_due = True
                     self._replay_from = self.clock.monotonic() + random.uniform(0, self.config.replay_delay)
                     self._set_state("connected")
-                    log.info("uplink connected", broker=f"{self.config.host}:{self.config.effective_port}")
-                    backoff.reset()
+                    self.log.info("uplink connected", broker=self.walk.label)
+                    self.walk.connected()
                     watcher = asyncio.create_task(self._listen(client))
                     try:
                         await self._pump(client)
@@ -239,12 +237,12 @@ class Uplink:
                     finally:
                         watcher.cancel()
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
-                first = self.status.state != "disconnected"
+                first, broker, delay = self.status.state != "disconnected", self.walk.label, self.walk.failed()
                 self._set_state("disconnected", str(exc) or type(exc).__name__)
                 # The first failure is news; the hundredth retry of an outage is not.
-                (log.warning if first else log.debug)("uplink down", error=str(exc),
-                                                      retry_in=round(backoff.current, 2))
-            await asyncio.sleep(backoff.next())
+                (self.log.warning if first else self.log.debug)("uplink down", broker=broker, error=str(exc),
+                                                                next=self.walk.label, retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
 
     def _status_topic(self) -> str:
         return self._status
@@ -313,27 +311,11 @@ class Uplink:
         if self._commands is not None:
             for request in (inbound.request, *inbound.requests):
                 if request is not None:
-                    self._commands(request, self._delivery(message))
+                    self._commands(request, delivery(message.properties, self.root, self.name))
         if inbound.rebirth:
             self.rebirth()
         elif inbound.wake:
             self.committed.set()
-
-    def _delivery(self, message: aiomqtt.Message) -> Delivery:
-        """MQTT 5's response topic (only under our own root: we publish nowhere else), correlation and expiry."""
-        props = message.properties
-        if props is None:
-            return Delivery()
-        reply = getattr(props, "ResponseTopic", None)
-        prefix = f"{self.root}/"
-        relative = reply[len(prefix):] if isinstance(reply, str) and reply.startswith(prefix) else None
-        if relative is not None and ("+" in relative or "#" in relative or not relative.startswith("cmd/res")):
-            relative = None  # only cmd/res[/...], which a broker ACL grants the gateway (docs/commands.md): a refused
-            # MQTT 5 publish is still PUBACKed, and its result would be gone
-        correlation = getattr(props, "CorrelationData", None)
-        expiry = getattr(props, "MessageExpiryInterval", None)
-        return Delivery(relative, bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
-                        float(expiry) if isinstance(expiry, int) else None)
 
     async def _describe(self, client: aiomqtt.Client) -> None:
         """Every device's metadata (retained), and clearing messages for the devices removed since last time."""
@@ -360,11 +342,12 @@ class Uplink:
                 self._describe_due = True
             await self._publish_held(client)
             rows = await self.store.run(self.store.store.next_batch, self.config.batch, self.name, sorted(self._owed))
+            rows, passed = self.route.split(rows)  # what this uplink does not carry is acknowledged unsent
             if self._describe_due and not (rows and rows[0].fact.priority is Priority.ALARM):
                 await self._describe(client)  # after the waiting alarms, before everything else
                 self._describe_due = False
             rows = self._paced(rows)
-            if not rows:
+            if not rows and not passed:
                 if self._owed:
                     await self._settle([])
                 # while alarms wait in memory or replay waits for its turn, look again soon
@@ -375,8 +358,9 @@ class Uplink:
                     async with asyncio.timeout(wait):
                         await self.committed.wait()
                 continue
-            encoded = self.encoder.encode(rows, time.time())
+            encoded = self.encoder.encode(rows, time.time()) if rows else []
             self._pace(encoded, rows)
+            encoded += passed
             await self._deliver(client, encoded)
 
     def _paced(self, rows: list[StoredFact]) -> list[StoredFact]:

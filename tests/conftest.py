@@ -37,6 +37,16 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+@pytest.fixture
+def second(tmp_path: Path, broker: Broker) -> Iterator[Broker]:
+    """Another Mosquitto beside ``broker``, as independent of it as two platforms (or two cluster nodes) are."""
+    (tmp_path / "second").mkdir()
+    other = Broker(tmp_path / "second")
+    other.start()
+    yield other
+    other.stop()
+
+
 class Collector:
     """Subscribes to everything under the site's root and keeps every message, decoded."""
 

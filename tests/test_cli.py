@@ -105,13 +105,16 @@ async def test_status_shows_devices_uplink_outbox_and_whether_the_daemon_runs(tm
             await daemon.recorder.flush()
 
             report = (await gateway("status", "--json", "-c", config)).json()
-            assert set(report) == {"site", "daemon", "uplink", "outbox", "counters", "devices", "cameras"}
+            assert set(report) == {"site", "daemon", "uplink", "uplinks", "outbox", "counters", "devices", "cameras"}
             assert report["site"] == "test-site"
             assert {"pid", "started", "heartbeat", "version", "config", "state", "running"} <= set(report["daemon"])
             assert report["daemon"]["running"] is True and report["daemon"]["state"] == "running"
             assert report["daemon"]["pid"] == os.getpid() and report["daemon"]["version"] == __version__
-            assert set(report["uplink"]) == {"state", "since", "error"}
+            assert set(report["uplink"]) == {"state", "since", "error", "broker"}
             assert report["uplink"]["state"] == "connected" and report["uplink"]["error"] is None
+            assert report["uplink"]["broker"] == f"127.0.0.1:{broker.port}"
+            assert report["uplinks"] == [{"name": "mqtt", **report["uplink"],
+                                          "backlog": report["uplinks"][0]["backlog"]}]
             assert set(report["outbox"]) == {"alarm", "event", "telemetry"}
             assert all(isinstance(n, int) for n in report["outbox"].values())
             assert report["counters"]["uplink.delivered"] > 0
@@ -308,8 +311,8 @@ async def test_config_schema_is_json_schema_with_devices_and_points(tmp_path: Pa
     schema = result.json()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"site", "mqtt", "uplinks", "commands", "store", "log", "buses", "devices", "include",
-                                         "alarm_classes", "rules", "notifiers", "vision", "cameras"}
+    assert set(schema["properties"]) == {"site", "mqtt", "uplinks", "commands", "store", "log", "buses", "devices",
+                                         "include", "alarm_classes", "rules", "notifiers", "vision", "cameras"}
     assert "site" in schema["required"]
     defs = schema["$defs"]
 

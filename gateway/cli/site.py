@@ -74,10 +74,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     uplink = meta.get("uplink", {"state": "unknown"})
     if not running:  # what the daemon last wrote is history, not the present
         uplink = {**uplink, "stale": True}
+    uplinks = _uplinks(cfg, store, meta, running)
     report = {
         "site": cfg.site.id,
         "daemon": {**daemon, "running": running},
         "uplink": uplink,
+        "uplinks": uplinks,
         "outbox": store.outbox_depth(),
         "counters": store.counters(),
         "devices": [
@@ -97,10 +99,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = "running" if running else "NOT RUNNING"
     print(f"site {cfg.site.id}: daemon {state} (pid {daemon.get('pid', '-')}, version {daemon.get('version', '-')},"
           f" up since {ago(daemon.get('started'), now)})")
-    up = report["uplink"]
-    last_seen = " (last seen by the daemon, which is not running)" if up.get("stale") else ""
-    print(f"uplink {up.get('state')} since {ago(up.get('since'), now)}{last_seen}"
-          + (f" - {up['error']}" if up.get("error") else ""))
+    last_seen = " (last seen by the daemon, which is not running)" if uplink.get("stale") else ""
+    for up in uplinks if len(uplinks) > 1 else [{**uplink, "name": "mqtt"}]:
+        name = "" if up["name"] == "mqtt" else f" {up['name']}"
+        more = (f", broker {up['broker']}" if up.get("broker") else "") + (
+            f", backlog {up['backlog']}" if len(uplinks) > 1 else "")
+        print(f"uplink{name} {up.get('state')} since {ago(up.get('since'), now)}{last_seen}{more}"
+              + (f" - {up['error']}" if up.get("error") else ""))
     depth = report["outbox"]
     print("outbox " + ", ".join(f"{k} {v}" for k, v in depth.items()))
     dropped = report["counters"].get("store.telemetry_dropped", 0)
@@ -129,6 +134,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for c in report["cameras"]]
         print(table(rows, ["camera", "state", "updated", "frames", "analysed", "gated", "model time"]))
     return 0 if running else 1
+
+
+def _uplinks(cfg: Any, store: Any, meta: dict[str, Any], running: bool) -> list[dict[str, Any]]:
+    """Every configured uplink: its state as the daemon last wrote it, its broker, and what it has still to
+    deliver (its backlog in the one outbox)."""
+    from gateway.northbound.routes import status_key, uplink_configs
+
+    out = []
+    for name, config in uplink_configs(cfg).items():
+        if not config.enabled:
+            out.append({"name": name, "state": "disabled", "backlog": 0})
+            continue
+        entry = {"name": name, **meta.get(status_key(name), {"state": "unknown"}), "backlog": store.backlog(name)}
+        out.append(entry if running else {**entry, "stale": True})
+    return out
 
 
 def _overrun(status: dict[str, Any]) -> dict[str, Any]:

@@ -226,19 +226,30 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
                                 f"({len(os.fsencode(socket))} bytes with /control.sock, at most 107): choose a "
                                 "shorter data_dir", str(cfg.store.data_dir)))
     problems += _check_rules(cfg)
-    mqtt = cfg.mqtt
-    if mqtt.password is not None and mqtt.password_file is not None:
-        problems.append(Problem(("mqtt", "password"), "set password or password_file, not both"))
     # (where, the file, whether it is a secret only its owner may read)
-    files: list[tuple[tuple[str | int, ...], Path | None, bool]] = [
-        (("mqtt", "password_file"), mqtt.password_file, True)]
+    files: list[tuple[tuple[str | int, ...], Path | None, bool]] = []
     if any("faces" in c.detect for c in cfg.cameras if c.enabled):
         files.append((("vision", "faces", "key_file"), cfg.vision.faces.key_file, True))
-    if mqtt.tls:
-        files += [(("mqtt", "tls", key), getattr(mqtt.tls, key), key == "key_file")
-                  for key in ("ca_file", "cert_file", "key_file")]
-        if (mqtt.tls.cert_file is None) != (mqtt.tls.key_file is None):
-            problems.append(Problem(("mqtt", "tls"), "mutual TLS needs both cert_file and key_file"))
+    uplinks: list[tuple[tuple[str | int, ...], MqttConfig]] = [(("mqtt",), cfg.mqtt)]
+    uplinks += [(("uplinks", i), u) for i, u in enumerate(cfg.uplinks)]
+    sessions: dict[tuple[str, int, str], str] = {}
+    for where, mqtt in uplinks:
+        name = "mqtt" if where == ("mqtt",) else cfg.uplinks[int(where[1])].name
+        for host, port in mqtt.brokers() if mqtt.enabled else []:  # one session per client id: a broker drops the other
+            other = sessions.setdefault((host, port, mqtt.client_id or cfg.site.id), name)
+            if other != name:
+                problems.append(Problem((*where, "client_id"), f"uplink {other!r} connects to {host}:{port} as the "
+                                        "same client id: the broker would drop one for the other; set client_id",
+                                        mqtt.client_id))
+                break
+        if mqtt.password is not None and mqtt.password_file is not None:
+            problems.append(Problem((*where, "password"), "set password or password_file, not both"))
+        files.append(((*where, "password_file"), mqtt.password_file, True))
+        if mqtt.tls:
+            files += [((*where, "tls", key), getattr(mqtt.tls, key), key == "key_file")
+                      for key in ("ca_file", "cert_file", "key_file")]
+            if (mqtt.tls.cert_file is None) != (mqtt.tls.key_file is None):
+                problems.append(Problem((*where, "tls"), "mutual TLS needs both cert_file and key_file"))
     for loc, path, secret in files:
         problem = None if path is None else file_problem(path, MAX_SECRET_BYTES, secret=secret)
         if problem is not None:  # the message names the file and its mode, never what is in it
@@ -307,9 +318,10 @@ def resolve_paths(data: dict[str, Any], base: Path) -> None:
             path = Path(os.path.expanduser(section[key]))
             section[key] = str(path if path.is_absolute() else base / path)
 
-    mqtt = data.get("mqtt")
-    fix(mqtt, "password_file")
-    if isinstance(mqtt, dict):
-        for key in ("ca_file", "cert_file", "key_file"):
-            fix(mqtt.get("tls"), key)
+    uplinks = data.get("uplinks")
+    for mqtt in [data.get("mqtt"), *(uplinks if isinstance(uplinks, list) else [])]:
+        fix(mqtt, "password_file")
+        if isinstance(mqtt, dict):
+            for key in ("ca_file", "cert_file", "key_file"):
+                fix(mqtt.get("tls"), key)
     fix(data.get("store"), "data_dir")

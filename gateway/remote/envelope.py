@@ -92,6 +92,25 @@ class Delivery:
     correlation: bytes | None = None
     expiry: float | None = None
     """Seconds the broker says the request has left to live (Message Expiry Interval)."""
+    uplink: str | None = None
+    """The uplink the request came in on, which answers it; None: ``[mqtt]``."""
+
+
+def delivery(properties: object, root: str, uplink: str | None = None) -> Delivery:
+    """A request's MQTT 5 properties (paho's, or None): the response topic (only ``cmd/res[/...]`` under the
+    uplink's ``root``: we publish nowhere else), correlation data and expiry; and the uplink it came in on."""
+    if properties is None:
+        return Delivery(uplink=uplink)
+    reply = getattr(properties, "ResponseTopic", None)
+    prefix = f"{root}/"
+    relative = reply[len(prefix):] if isinstance(reply, str) and reply.startswith(prefix) else None
+    if relative is not None and ("+" in relative or "#" in relative or not relative.startswith("cmd/res")):
+        relative = None  # only cmd/res[/...], which a broker ACL grants the gateway (docs/commands.md): a refused
+        # MQTT 5 publish is still PUBACKed, and its result would be gone
+    correlation = getattr(properties, "CorrelationData", None)
+    expiry = getattr(properties, "MessageExpiryInterval", None)
+    return Delivery(relative, bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+                    float(expiry) if isinstance(expiry, int) else None, uplink)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from gateway.core.errors import DriverError
 from gateway.core.ids import new_id
 from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
 from gateway.facts import Fact
+from gateway.northbound.routes import VIA
 from gateway.recorder import AsyncStore
 from gateway.remote.envelope import (
     Delivery,
@@ -40,7 +41,7 @@ from gateway.remote.envelope import (
     result_body,
     target_of,
 )
-from gateway.store import Batch
+from gateway.store import MAIN_UPLINK, Batch
 
 log = structlog.get_logger("gateway.remote")
 LANE_DEPTH = 32
@@ -250,6 +251,8 @@ class PlatformCommands:
         if delivery.reply_to is not None or delivery.correlation is not None:
             wire["_mqtt5"] = {"reply_to": delivery.reply_to,
                               "correlation": delivery.correlation.hex() if delivery.correlation else None}
+        if delivery.uplink not in (None, MAIN_UPLINK):  # answered on the uplink it came in on (routes.VIA)
+            wire[VIA] = delivery.uplink
         priority = Priority.ALARM if cmd in ("alarm", "alarms") else Priority.EVENT
         fact = Fact(priority, "result", request_id, new_id(), now, orjson.dumps(wire, default=str))
         audit: dict[str, Any] = {"actor": who, "req": request_id, "cmd": cmd, "result": status}
