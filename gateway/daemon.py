@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from gateway.headroom import Headroom
 from gateway.live import LiveValues
 from gateway.lock import DataDirLock
 from gateway.northbound.catalog import device_meta
+from gateway.northbound.dialects import make_encoder
 from gateway.northbound.routes import status_key, store_uplinks, uplink_configs
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
@@ -127,10 +129,14 @@ class Daemon:
         if platform is None and cfg.commands.enabled and any(c.enabled for c in uplink_configs(cfg).values()):
             platform = PlatformCommands(cfg, self.commands, self.store, self.recorder.committed, clock=self.clock,
                                         birth=self._rebirth, status=self.status_report)
+        def catalog() -> Mapping[str, Mapping[str, Any]]:
+            return device_meta(self.cfg)  # the running config's, whatever a reload made it
+
         uplinks = {name: Uplink(
             config, cfg.site.id, self.store, self.recorder.committed.subscribe(), name=name,
-            config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held,
-            devices=lambda: device_meta(self.cfg),  # the running config's, whatever a reload made it
+            config_hash=config_hash, on_state=self.bus.meta, held=self.recorder.held, devices=catalog,
+            # a dialect's own commands (Sparkplug DCMD, HA) carry no expiry: they may wait max_ttl at most
+            encoder=make_encoder(config, cfg.site.id, catalog, command_ttl=cfg.commands.max_ttl),
             commands=platform.received if platform else None,  # answered on the uplink each came in on
         ) for name, config in enabled.items()}
         return platform, uplinks

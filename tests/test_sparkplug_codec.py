@@ -16,6 +16,7 @@ from gateway import facts
 from gateway.config.uplink import MqttConfig
 from gateway.core.data import DeviceState, Event, Priority, Quality, Reading
 from gateway.facts import StoredFact
+from gateway.northbound.dialects import make_encoder
 from gateway.northbound.encoder import Encoded, Inbound, Session
 from gateway.northbound.sparkplug import SparkplugEncoder
 from gateway.northbound.sparkplug_proto import payload_class
@@ -203,3 +204,17 @@ def test_the_guide_examples_are_what_the_gateway_and_the_proto_take(tmp_path: An
     assert len(blocks) == 7
     for block in blocks:
         Parse(block, payload_class()())
+
+
+def test_a_dcmd_write_never_outlives_the_sites_max_ttl() -> None:
+    """Sparkplug commands carry no expiry: theirs is the site's max_ttl when that is under 30 s, so a site with a
+    short one still takes them (not refused as expiring too far ahead)."""
+    config = MqttConfig(encoding="sparkplug_b", sparkplug={"commands": True})
+    enc = make_encoder(config, SITE, lambda: DEVICES, command_ttl=5.0)
+    assert isinstance(enc, SparkplugEncoder)
+    born(enc, time.time())
+    payload = payload_class()()
+    payload.metrics.add(name="relay", boolean_value=True)
+    got = enc.inbound(DCMD, payload.SerializeToString(), "root")
+    assert got is not None and got.request is not None
+    assert 0 < decode(got.request, SITE, {}).envelope.expires_at - time.time() <= 5.0

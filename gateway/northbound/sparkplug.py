@@ -48,13 +48,14 @@ Devices = Mapping[str, Mapping[str, Any]]
 
 
 class SparkplugEncoder:
-    def __init__(self, site: str, config: MqttConfig, devices: Callable[[], Devices] | None = None) -> None:
+    def __init__(self, site: str, config: MqttConfig, devices: Callable[[], Devices] | None = None, *,
+                 command_ttl: float = inbound_.COMMAND_TTL) -> None:
         spb = config.sparkplug
         self.group, self.edge = spb.group_id, spb.edge_node_id or site
         self.qos = spb.qos
         self.live_window, self.replay_batch = config.live_window, config.replay_batch
         self.inbound_ = inbound_.Commands(self.group, self.edge, spb.primary_host, spb.commands,
-                                          lambda device: self._born.get(device, {}))
+                                          lambda device: self._born.get(device, {}), command_ttl)
         self._catalog = devices
         self._meta: dict[str, Mapping[str, Any]] = {}
         """What each device offers (``meta/<device>`` of the native contract): the birth certificates' source."""

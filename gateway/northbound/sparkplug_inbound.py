@@ -11,6 +11,7 @@ for a new birth, as the spec wants a host to see one.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -27,8 +28,8 @@ NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
 REBIRTH_ALIAS = 1
 COMMAND_TTL = 30.0
-"""Seconds a DCMD write may wait for its device (Sparkplug commands carry no expiry of their own); keep
-``[commands] max_ttl`` at least this, or every write is refused as expiring too far ahead."""
+"""Seconds a DCMD write may wait for its device at most (Sparkplug commands carry no expiry of their own);
+never more than ``[commands] max_ttl``, which the daemon passes down."""
 MAX_PAYLOAD = 64 * 1024
 MAX_WRITES = 64
 """Metrics one DCMD may write; beyond, the rest are dropped (counted)."""
@@ -36,7 +37,8 @@ MAX_WRITES = 64
 
 class Commands:
     def __init__(self, group: str, edge: str, primary_host: str | None, writes: bool,
-                 born: Callable[[str], Mapping[str, tuple[int, int]]]) -> None:
+                 born: Callable[[str], Mapping[str, tuple[int, int]]], ttl: float = COMMAND_TTL) -> None:
+        self.ttl = min(COMMAND_TTL, ttl)
         self.ncmd = f"{NAMESPACE}/{group}/NCMD/{edge}"
         self.dcmd = f"{NAMESPACE}/{group}/DCMD/{edge}/"
         self.state = f"{NAMESPACE}/STATE/{primary_host}" if primary_host else None
@@ -139,7 +141,7 @@ class Commands:
             if not ok:
                 self._drop(f"DCMD: {value}")
                 continue
-            envelope = {"v": 1, "id": f"spb-{new_id()}", "expires_at": round(now + COMMAND_TTL, 3),
+            envelope = {"v": 1, "id": f"spb-{new_id()}", "expires_at": math.floor((now + self.ttl) * 1000) / 1000,
                         "actor": self.actor, "cmd": "write", "device": device, "point": point[:128], "value": value}
             requests.append(orjson.dumps(envelope))
         if not requests:
