@@ -77,6 +77,8 @@ class Collector:
             message = json.loads(payload) if payload else {}
         except ValueError:  # not ours to judge here: kept as it came
             message = {"raw": payload.decode(errors="replace")}
+        if not isinstance(message, dict):  # a platform's odd request (a JSON array, a number) seen under "#"
+            message = {"raw": payload.decode(errors="replace")}
         if message.get("type") == "batch":
             self.batches.append((topic, message))
             root = topic.rsplit("/", 2)[0]
