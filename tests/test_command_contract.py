@@ -68,6 +68,8 @@ def test_a_signed_request_validates_and_verifies() -> None:
         decode(orjson.dumps(_envelope(cmd="status")), "site-a", keys)
     with pytest.raises(Dropped):
         decode(orjson.dumps(_envelope(cmd="status", site="site-b")), "site-a", {})
+    with pytest.raises(Rejected, match="the number 1"):
+        decode(orjson.dumps(_envelope(cmd="status") | {"v": True}), "site-a", {})
 
 
 @pytest.mark.parametrize("status", ["ok", "rejected", "failed", "expired", "duplicate"])

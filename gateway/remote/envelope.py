@@ -46,6 +46,13 @@ class Envelope(BaseModel):
     site: str | None = Field(default=None, description="Optional: the site it is meant for; others drop it.")
     cmd: str = Field(description="read, write, alarm, alarms, values, birth, reload or status.")
 
+    @field_validator("v", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true is not the version 1
+            raise ValueError("must be the number 1")
+        return value
+
     @field_validator("expires_at")
     @classmethod
     def _finite(cls, value: float) -> float:
