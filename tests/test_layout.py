@@ -27,7 +27,7 @@ FOREIGN_IMPORTS: dict[tuple[str, str], str] = {
     # (module, what of gateway it imports outside the kernel): why. Empty: none does, not even for types.
 }
 BENCHES = {"modbus", "uplink", "bus", "firepanel", "rules", "vision", "bacnet", "field", "chaos", "soak", "noise",
-           "pipeline", "commands", "encoders"}
+           "pipeline", "commands", "encoders", "fleet"}
 
 
 def modules(*packages: str) -> Iterator[Path]:

@@ -20,6 +20,7 @@ def add_commands(bench_subparsers: Any) -> None:
         encoders,
         field,
         firepanel,
+        fleet,
         modbus,
         noise,
         pipeline,
@@ -30,5 +31,5 @@ def add_commands(bench_subparsers: Any) -> None:
     )
 
     for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise, commands,
-                   encoders):
+                   encoders, fleet):
         module.add_command(bench_subparsers)
