@@ -34,7 +34,7 @@ from gateway.core.data import Priority
 from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.facts import Fact, StoredFact
 from gateway.headroom import is_disk_full
-from gateway.northbound.brokers import BrokerWalk, credentials
+from gateway.northbound.brokers import BrokerWalk, credentials, first_broker
 from gateway.northbound.dialects import make_encoder
 from gateway.northbound.encoder import Encoded, Encoder, Message, Session
 from gateway.northbound.routes import Route, status_key
@@ -88,7 +88,8 @@ class Uplink:
         self.started = time.time()
         self.session = Session(0, self.started, config_hash)
         self.route = Route(config, name)
-        self.walk = BrokerWalk(config.brokers(), config.reconnect_min, config.reconnect_max)
+        self.walk = BrokerWalk(config.brokers(), config.reconnect_min, config.reconnect_max,
+                               first_broker(config, self.client_id))
         self.status = UplinkState(since=self.started, broker=self.walk.label)
         self.log = log if name == MAIN_UPLINK else log.bind(uplink=name)
         self._on_state = on_state

@@ -10,6 +10,7 @@ the uplink lands there and delivers everything.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,24 @@ from uplink_sites import (
 )
 
 from gateway.config import load_config
+from gateway.config.uplink import MqttConfig
 from gateway.daemon import Daemon
-from gateway.northbound.brokers import BrokerWalk
+from gateway.northbound.brokers import BrokerWalk, first_broker
 from simulators.meter import serve_meters
 
 pytestmark = pytest.mark.timeout(150)
 METERS = 4
+
+
+def test_a_fleet_sharing_one_hosts_list_spreads_over_the_nodes() -> None:
+    config = MqttConfig(hosts=["node-1", "node-2", "node-3"])
+    starts = Counter(BrokerWalk(config.brokers(), 1, 2, first_broker(config, f"site-{i}")).current[0]
+                     for i in range(300))
+    assert set(starts) == {"node-1", "node-2", "node-3"} and min(starts.values()) > 60, starts
+    assert first_broker(config, "site-7") == first_broker(config, "site-7")  # the same node after a restart
+    listed = MqttConfig(hosts=["node-1", "node-2"], hosts_order="listed")
+    assert {BrokerWalk(listed.brokers(), 1, 2, first_broker(listed, f"s{i}")).current[0] for i in range(20)} == {
+        "node-1"}
 
 
 def test_the_walk_moves_on_at_once_and_backs_off_only_after_a_whole_round() -> None:
@@ -57,8 +70,8 @@ async def test_the_uplink_moves_to_the_live_broker_and_replays_its_backlog_where
     server = await serve_meters("127.0.0.1", free_ports(METERS), count=METERS)
     first_label, second_label = f"127.0.0.1:{broker.port}", f"127.0.0.1:{second.port}"
     path = tmp_path / "gateway.toml"
-    path.write_text(site_config(tmp_path / "data", server.ports, f'hosts = ["{first_label}", "{second_label}"]\n'
-                                f'{RECONNECT}replay_delay = "0s"\n'))
+    hosts = f'hosts = ["{first_label}", "{second_label}"]\nhosts_order = "listed"\n'
+    path.write_text(site_config(tmp_path / "data", server.ports, hosts + f'{RECONNECT}replay_delay = "0s"\n'))
     one, two = Timed(broker.port), Timed(second.port)
     await one.start()
     await two.start()

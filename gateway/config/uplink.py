@@ -100,6 +100,11 @@ class MqttConfig(StrictModel):
         description="Brokers to walk in turn, \"host\" or \"host:port\" (the nodes of a cluster); present, it "
                     "replaces host/port. The uplink reports which one it is on and replays wherever it lands.",
     )
+    hosts_order: Literal["spread", "listed"] = Field(
+        default="spread",
+        description="spread: each gateway starts at the node its client id picks, so a fleet sharing one list "
+                    "spreads over the cluster (listed: always the first entry first).",
+    )
     carries: list[Carried] = Field(
         default_factory=lambda: list(CLASSES),
         description="Which classes of the outbox this uplink sends (each uplink drains the one outbox on its own).",

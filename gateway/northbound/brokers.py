@@ -10,17 +10,24 @@ outbox from its cursor: nothing is lost, at least once.
 from __future__ import annotations
 
 import ssl
+import zlib
 
 from gateway.config.uplink import MqttConfig
 from gateway.core.timing import Backoff
 
 
+def first_broker(config: MqttConfig, client_id: str) -> int:
+    """Where a gateway starts its walk: with ``spread``, a node its client id picks (stable across restarts), so
+    200 gateways sharing one ``hosts`` list do not all land on the first node of a cluster."""
+    return zlib.crc32(client_id.encode()) if config.hosts_order == "spread" else 0
+
+
 class BrokerWalk:
-    def __init__(self, brokers: list[tuple[str, int]], first: float, cap: float) -> None:
+    def __init__(self, brokers: list[tuple[str, int]], first: float, cap: float, start: int = 0) -> None:
         if not brokers:
             raise ValueError("an uplink needs at least one broker")
         self.brokers = brokers
-        self.index = 0
+        self.index = start % len(brokers)
         self.failures = 0
         """Failures since the last successful connect."""
         self.backoff = Backoff(first, max(first, cap), jitter=(0.5, 1.0))
