@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -119,18 +118,15 @@ class Arrivals:
 def recorder_main() -> None:
     """Child process: argv port topic path. Says "ready" once subscribed, then records until stdin closes."""
     import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.bench.child_subscriber import run_subscriber
 
     port, topic, path = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     out = path.open("a", encoding="utf-8")
-    subscribed: list[bool] = []
 
     def on_connect(client: paho.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
         if not rc.is_failure:
             client.subscribe(topic, qos=1)  # again after a broker that lost our session; harmless otherwise
-
-    def on_subscribe(_c: paho.Client, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
-        subscribed.append(True)
 
     def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         try:
@@ -140,22 +136,7 @@ def recorder_main() -> None:
         out.write(json.dumps({"at": time.time(), "t": message.topic, "m": decoded}, ensure_ascii=False) + "\n")
         out.flush()  # on disk (the page cache) before paho acknowledges it, when this returns
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, clean_session=False)
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)  # type: ignore[arg-type]
     try:
-        client.connect("127.0.0.1", port, keepalive=5)
-        client.loop_start()
-        deadline = time.monotonic() + 10
-        while not subscribed:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no SUBACK within 10 s")
-            time.sleep(0.01)
-        os.write(1, b"ready\n")
-        sys.stdin.buffer.read()  # until the bench closes our stdin (or SIGTERM)
-    except Exception as exc:
-        os.write(1, f"error {exc!r}\n".encode())
+        run_subscriber(port, CLIENT_ID, on_connect, on_message, reconnect=(0.05, 0.5))
     finally:
-        client.loop_stop()
-        client.disconnect()
         out.close()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import select
 import subprocess
 import sys
 import time
@@ -186,12 +184,12 @@ def platform_main() -> None:
     import threading
 
     import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.bench.child_subscriber import run_subscriber
 
     port, topic, path = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     out = path.open("ab")
     lock = threading.Lock()
-    subscribed: list[bool] = []
 
     def on_connect(client: paho.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if not rc.is_failure:
@@ -202,34 +200,18 @@ def platform_main() -> None:
         if not rc.is_failure and not flags.session_present:
             client.subscribe([(topic, 1), (SYS_RECEIVED, 0)])
 
-    def on_subscribe(_c: paho.Client, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
-        subscribed.append(True)
-
     def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         at = time.time()
         payload = bytes(message.payload).replace(b"\n", b" ").replace(b"\t", b" ")  # JSON: whitespace is whitespace
         with lock:
             out.write(b"%.6f\t%s\t%s\n" % (at, message.topic.encode(), payload))
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, clean_session=False)
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    client.reconnect_delay_set(min_delay=0.02, max_delay=0.2)  # type: ignore[arg-type]
+    def flush() -> None:
+        with lock:
+            out.flush()
+
     try:
-        client.connect("127.0.0.1", port, keepalive=5)
-        client.loop_start()
-        deadline = time.monotonic() + 10
-        while not subscribed:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no SUBACK within 10 s")
-            time.sleep(0.01)
-        os.write(1, b"ready\n")
-        while not select.select([sys.stdin], [], [], 0.05)[0]:  # until the bench closes our stdin (or SIGTERM)
-            with lock:
-                out.flush()
-    except Exception as exc:
-        os.write(1, f"error {exc!r}\n".encode())
+        run_subscriber(port, CLIENT_ID, on_connect, on_message, reconnect=(0.02, 0.2), tick=flush)
     finally:
-        client.loop_stop()
-        client.disconnect()
         with lock:
             out.close()
