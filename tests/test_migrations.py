@@ -72,6 +72,25 @@ def test_a_v1_store_upgrades_in_place_keeping_every_row(tmp_path: Path) -> None:
     assert again.upgraded == [] and len(again.next_batch(100)) == 6
 
 
+async def _deliver_all(path: Path, broker: Broker, collector: Collector, count: int) -> None:
+    """Open the store as this release does and let an uplink drain it to the broker; every row acknowledged."""
+    store = AsyncStore(Store(path))
+    committed = asyncio.Event()
+    committed.set()
+    uplink = Uplink(MqttConfig(host="127.0.0.1", port=broker.port, replay_delay=0, replay_rate=0), SITE, store,
+                    committed)
+    task = asyncio.create_task(uplink.run())
+    try:
+        await collector.wait_for(lambda: uplink.status.delivered >= count)
+        await collector.wait_for(lambda: len([m for t, m in collector.messages if "/status" not in t]) >= count)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await store.run(store.store.next_batch, 100) == []  # every row acknowledged and gone
+    store.close()
+
+
 def test_a_store_newer_than_this_release_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
     Store(path).close()
@@ -85,21 +104,7 @@ async def test_every_row_a_v1_store_held_reaches_the_broker(tmp_path: Path, brok
                                                             collector: Collector) -> None:
     path = tmp_path / "gateway.db"
     rows = _v1_store(path)
-    store = AsyncStore(Store(path))
-    committed = asyncio.Event()
-    committed.set()
-    uplink = Uplink(MqttConfig(host="127.0.0.1", port=broker.port, replay_delay=0, replay_rate=0), SITE, store,
-                    committed)
-    task = asyncio.create_task(uplink.run())
-    try:
-        await collector.wait_for(lambda: uplink.status.delivered >= len(rows))
-        await collector.wait_for(lambda: len([m for t, m in collector.messages if "/status" not in t]) >= len(rows))
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    assert await store.run(store.store.next_batch, 100) == []  # every row acknowledged and gone
-    store.close()
+    await _deliver_all(path, broker, collector, len(rows))
     delivered = [(t.removeprefix(f"community/{SITE}/"), m) for t, m in collector.messages if "/status" not in t]
     ids = [m.get("id") for _, m in delivered]
     wanted = [json.loads(p)["id"] if p.startswith(b"{") else None for _, _, p in rows]
@@ -144,21 +149,7 @@ async def test_a_release_0_2_store_gains_the_command_ledger_and_delivers_everyth
     assert plain.claim_command("req-1", NOW, "mqtt:unsigned/guard", "status") is None  # the ledger works
     assert plain.claim_command("req-1", NOW, "mqtt:unsigned/guard", "status") == (None, None)
     plain.close()
-    store = AsyncStore(Store(path))
-    committed = asyncio.Event()
-    committed.set()
-    uplink = Uplink(MqttConfig(host="127.0.0.1", port=broker.port, replay_delay=0, replay_rate=0), SITE, store,
-                    committed)
-    task = asyncio.create_task(uplink.run())
-    try:
-        await collector.wait_for(lambda: uplink.status.delivered >= len(rows))
-        await collector.wait_for(lambda: len([m for t, m in collector.messages if "/status" not in t]) >= len(rows))
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    assert await store.run(store.store.next_batch, 100) == []
-    store.close()
+    await _deliver_all(path, broker, collector, len(rows))
     delivered = [(t.removeprefix(f"community/{SITE}/"), m) for t, m in collector.messages if "/status" not in t]
     assert delivered[0][0] == "alarm/fire.alarm"  # the alarm first, still
     assert [m["points"]["voltage_a"]["v"] for t, m in delivered if t == "telemetry/meter-1"] == [231.0, 232.0]
