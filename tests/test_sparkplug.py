@@ -207,7 +207,8 @@ async def test_what_waited_for_the_broker_is_replayed_is_historical_and_live_dat
         broker.stop()
         daemon = Daemon(load_config(path))
         async with running(daemon):
-            await asyncio.sleep(3.0)  # ~30 polls stored, older than the live window by the time they go
+            poller = daemon.pollers["meter-0"]
+            await until(lambda: poller.state.polls >= 30)  # stored, older than the live window by the time they go
             back = time.time()
             broker.start()
             await until(lambda: any(_hist(s) is False and s.payload.metrics[0].timestamp > (back + 1) * 1000
@@ -235,8 +236,9 @@ async def test_data_waits_while_the_primary_host_is_offline_and_it_coming_online
     async with meters(1) as server, host(broker.port) as h:
         daemon = Daemon(load_config(config(tmp_path, server.ports, broker.port, sparkplug='primary_host = "scada"\n')))
         async with running(daemon):
-            await asyncio.sleep(1.5)
-            assert h.seen == []  # no STATE yet: not even a birth
+            polls = daemon.pollers["meter-0"]
+            await until(lambda: polls.state.polls >= 10)
+            assert h.seen == []  # no STATE yet: not even a birth, though ten polls are stored
             t1 = int(time.time() * 1000)
             await publish(broker.port, state, orjson.dumps({"online": True, "timestamp": t1}), retain=True)
             await until(lambda: h.count("DDATA") >= 3)
@@ -244,9 +246,9 @@ async def test_data_waits_while_the_primary_host_is_offline_and_it_coming_online
             encoder = daemon.uplink.encoder if daemon.uplink else None
             await until(lambda: encoder is not None and not encoder.ready())
             await asyncio.sleep(0.5)  # what was on its way arrives
-            held = len(h.seen)
-            await asyncio.sleep(1.5)
-            assert len(h.seen) == held, [s.kind for s in h.seen[held:]]
+            held, polled = len(h.seen), polls.state.polls
+            await until(lambda: polls.state.polls >= polled + 10)
+            assert len(h.seen) == held, [s.kind for s in h.seen[held:]]  # ten more polls stored, none sent
             await publish(broker.port, state, orjson.dumps({"online": True, "timestamp": t1 + 10}), retain=True)
             await until(lambda: h.count("NBIRTH") == 2 and h.count("DDATA") >= held + 3)
             # an older will arriving late changes nothing
