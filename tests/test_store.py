@@ -145,3 +145,18 @@ def test_the_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
     assert modes and all(mode & 0o007 == 0 for mode in modes.values()), modes  # nothing for others
     assert modes["g.db"] == 0o640
     store.close()
+
+
+def test_the_command_ledger_answers_redeliveries_and_forgets_after_remember(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db")
+    assert store.claim_command("old", 1000.0, "mqtt:unsigned/a", "write") is None  # first time: run it
+    assert store.claim_command("new", 5000.0, "mqtt:unsigned/a", "write") is None
+    store.commit(Batch(results=[("old", "ok", b'{"result":{"result":"verified"}}')]))
+    assert store.claim_command("old", 1001.0, "mqtt:unsigned/a", "write") == ("ok", b'{"result":{"result":"verified"}}')
+    assert store.command_outcome("new") == (None, None)  # claimed, never finished: not run again
+    assert store.forget_commands(before=2000.0) == 1
+    assert store.command_outcome("old") is None and store.command_outcome("new") == (None, None)
+    store.close()
+    again = Store(tmp_path / "g.db")  # the ledger survives a restart
+    assert again.claim_command("new", 6000.0, "mqtt:unsigned/a", "write") == (None, None)
+    again.close()
