@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -23,33 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.harness import read_line, stop_process
+from gateway.bench.child_subscriber import SubscriberProcess
 
 CHILD = "from gateway.bench.chaos_recorder import recorder_main; recorder_main()"
 CLIENT_ID = "chaos-platform"
 
 
-class Recorder:
+class Recorder(SubscriberProcess):
     """The parent's handle on the recorder process."""
 
     def __init__(self, port: int, topic: str, path: Path, log: Path) -> None:
-        self.args = [str(port), topic, str(path)]
-        self.path = path
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, within: float = 20.0) -> None:
-        """Start it; return once its subscription is acknowledged by the broker."""
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", CHILD, *self.args], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log)
-        line = read_line(self.proc, within)
-        if line != "ready":
-            raise RuntimeError(f"the chaos recorder said {line!r}, expected 'ready'")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace=5)
+        super().__init__(CHILD, "chaos recorder", port, topic, path, log)
 
     def arrivals(self) -> Arrivals:
         return Arrivals(self.path)

@@ -6,12 +6,49 @@ talks to it through stdin/stdout: the child says "ready" once subscribed and rec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from gateway.bench.harness import read_line, stop_process
+
+
+class SubscriberProcess:
+    """The parent's handle on a child that runs ``run_subscriber``: ``code`` is its ``python -c`` line, which
+    reads ``port topic path`` from argv."""
+
+    def __init__(self, code: str, name: str, port: int, topic: str, path: Path, log: Path) -> None:
+        self.code, self.name = code, name
+        self.args = [str(port), topic, str(path)]
+        self.path = path
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, within: float = 20.0) -> None:
+        """Start it; return once the broker has acknowledged its subscriptions."""
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", self.code, *self.args], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log)
+        line = read_line(self.proc, within)
+        if line != "ready":
+            raise RuntimeError(f"the {self.name} said {line!r}, expected 'ready'")
+
+    def stop(self) -> None:
+        """Close its stdin (it flushes what it holds and leaves), then make sure it has gone."""
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        stop_process(self.proc, grace=5)
 
 
 def run_subscriber(port: int, client_id: str, on_connect: Callable[..., None], on_message: Callable[..., None], *,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from bisect import bisect_left
@@ -26,7 +25,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.harness import read_line, stop_process
+from gateway.bench.child_subscriber import SubscriberProcess
 
 CHILD = "from gateway.bench.fleet_platform import platform_main; platform_main()"
 CLIENT_ID = "fleet-platform"
@@ -35,34 +34,12 @@ CONNECTED = "@connected"
 """The topic of the line the child writes each time it (re)connects: when the platform was back."""
 
 
-class Platform:
+class Platform(SubscriberProcess):
     """The parent's handle on the subscriber process."""
 
     def __init__(self, port: int, topic: str, path: Path, log: Path) -> None:
-        self.args = [str(port), topic, str(path)]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(CHILD, "fleet platform", port, topic, path, log)
         self.seen = Seen(path)
-
-    def start(self, within: float = 20.0) -> None:
-        """Start it; return once the broker has acknowledged its subscriptions."""
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", CHILD, *self.args], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log)
-        line = read_line(self.proc, within)
-        if line != "ready":
-            raise RuntimeError(f"the fleet platform said {line!r}, expected 'ready'")
-
-    def stop(self) -> None:
-        """Close its stdin (it flushes what it holds and leaves), then make sure it has gone."""
-        if self.proc is None:
-            return
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        stop_process(self.proc, grace=5)
 
 
 @dataclass(slots=True)
