@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.core.text import ago, fmt, print_json, table
 
-__all__ = ["actor", "ago", "fmt", "load", "print_json", "stored", "table"]
+__all__ = ["actor", "ago", "ask_daemon", "fmt", "load", "print_json", "stored", "table"]
+
+
+def ask_daemon(path: Path, command: dict[str, Any]) -> dict[str, Any] | None:
+    """The running daemon's answer over its control socket ``path``; None when no daemon is listening."""
+    import asyncio
+
+    from gateway.control import request
+
+    if not path.exists():
+        return None
+    try:
+        return asyncio.run(request(path, command))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return None
+    except PermissionError:
+        print(f"no access to the gateway daemon's control socket {path}: run this as a member of the "
+              "'gateway' group, or with sudo", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def load(args: argparse.Namespace, warnings: list[Any] | None = None) -> Any:

@@ -12,25 +12,14 @@ import sys
 import tomllib
 from typing import Any
 
-from gateway.cli.common import actor, fmt, load, print_json, stored, table
+from gateway.cli.common import actor, ask_daemon, fmt, load, print_json, stored, table
 
 
 def _via_daemon(cfg: Any, command: dict[str, Any]) -> dict[str, Any] | None:
     """The daemon's answer, or None when no daemon is listening."""
-    from gateway.control import request
     from gateway.daemon import control_path
 
-    path = control_path(cfg)
-    if not path.exists():
-        return None
-    try:
-        return asyncio.run(request(path, command))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return None
-    except PermissionError:
-        print(f"no access to the gateway daemon's control socket {path}: run this as a member of the "
-              "'gateway' group, or with sudo", file=sys.stderr)
-        raise SystemExit(1) from None
+    return ask_daemon(control_path(cfg), command)
 
 
 def _readings_direct(cfg: Any, device: Any) -> list[dict[str, Any]]:

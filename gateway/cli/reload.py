@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import actor, print_json
+from gateway.cli.common import actor, ask_daemon, print_json
 
 LABELS = {
     "devices_added": "devices added", "devices_removed": "devices removed", "devices_changed": "devices changed",
@@ -23,6 +23,7 @@ LABELS = {
 
 def cmd_reload(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
+    from gateway.control import SOCKET_NAME
 
     problems: list[str] = []
     data_dir: Path | None
@@ -31,7 +32,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # the daemon refuses such a file too; ask it anyway, so the refusal is audited
         problems = [p.format() for p in exc.problems]
         data_dir = _data_dir(args.config)
-    answer = _ask(data_dir, {"cmd": "reload", "actor": actor()}) if data_dir is not None else None
+    command = {"cmd": "reload", "actor": actor()}
+    answer = ask_daemon(data_dir / SOCKET_NAME, command) if data_dir is not None else None
     if answer is None:
         if problems:
             print("\n".join(problems), file=sys.stderr)
@@ -64,23 +66,6 @@ def _show(answer: dict[str, Any]) -> None:
     print(f"config applied: {answer['config'][:12]} (was {answer['previous'][:12] or '-'})")
     for key, values in changed.items():
         print(f"  {LABELS.get(key, key)}: {', '.join(values)}")
-
-
-def _ask(data_dir: Path, command: dict[str, Any]) -> dict[str, Any] | None:
-    """The daemon's answer, or None when no daemon is listening (as `gateway values` asks)."""
-    import asyncio
-
-    from gateway.control import SOCKET_NAME, request
-
-    path = data_dir / SOCKET_NAME
-    try:
-        return asyncio.run(request(path, command))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return None
-    except PermissionError:
-        print(f"no access to the gateway daemon's control socket {path}: run this as a member of the 'gateway' "
-              "group, or with sudo", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def _data_dir(path: Path) -> Path | None:
