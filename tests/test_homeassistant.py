@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from wiring import WireWrites
 
 from gateway import facts
 from gateway.config import load_config
@@ -47,7 +48,6 @@ SITE = "test-site"
 ROOT = f"community/{SITE}"
 pytestmark = pytest.mark.timeout(90)
 JINJA = ImmutableSandboxedEnvironment()
-WRITE_CODES = frozenset({5, 6, 15, 16})
 
 # -- HA's documented discovery schema -------------------------------------------------------------------------------
 
@@ -555,21 +555,6 @@ class Seen:
         """The latest config per discovery topic; a cleared one (empty payload) left out."""
         latest = {t: p for t, p, _ in self.messages if t.startswith("homeassistant/") and t.endswith("/config")}
         return {t: orjson.loads(p) for t, p in latest.items() if p}
-
-
-class WireWrites:
-    """Every write a Modbus client put on the wire to one simulated device, as its datastore took it."""
-
-    def __init__(self, context: Any) -> None:
-        self.seen: list[tuple[int, int, list[Any]]] = []
-        original = context.async_setValues
-
-        async def recording(func_code: int, address: int, values: list[Any]) -> Any:
-            if func_code in WRITE_CODES:
-                self.seen.append((func_code, address, list(values)))
-            return await original(func_code, address, values)
-
-        context.async_setValues = recording
 
 
 @contextlib.asynccontextmanager

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from wiring import WireWrites
 
 from gateway.config import load_config
 from gateway.core.timing import ManualClock
@@ -40,7 +41,6 @@ from simulators.meter import METER_POINTS, MeterServer, serve_meters
 SITE = "test-site"
 ROOT = f"community/{SITE}"
 pytestmark = pytest.mark.timeout(90)
-WRITE_CODES = frozenset({5, 6, 15, 16})
 """Modbus function codes that write: single coil, single register, multiple coils, multiple registers."""
 
 
@@ -114,21 +114,6 @@ class Signer:
         sig = self.private.sign((signed if over is None else over).encode())
         return orjson.dumps({"v": 1, "signed": signed, "key": key_id or self.key_id,
                              "sig": base64.b64encode(sig).decode()})
-
-
-class WireWrites:
-    """Every write a Modbus client put on the wire to one simulated device, as its datastore took it."""
-
-    def __init__(self, context: Any) -> None:
-        self.seen: list[tuple[int, int, list[Any]]] = []
-        original = context.async_setValues
-
-        async def recording(func_code: int, address: int, values: list[Any]) -> Any:
-            if func_code in WRITE_CODES:
-                self.seen.append((func_code, address, list(values)))
-            return await original(func_code, address, values)
-
-        context.async_setValues = recording
 
 
 def answers(collector: Collector, rid: str, topic: str = f"{ROOT}/cmd/res") -> list[dict[str, Any]]:
