@@ -684,7 +684,9 @@ async def test_removed_devices_and_points_are_cleared_and_commands_off_takes_the
                 assert seen.last("homeassistant/number/test-site/meter-0_status/config") == b""
         # what the broker keeps now is what HA will find: meter-0 without commands, nothing of meter-1
         async with Seen(broker.port, "homeassistant/#", f"{ROOT}/ha/+/state") as fresh:
-            await asyncio.sleep(1.0)
+            # the retained messages come in one burst after the subscription: wait for all it should hold
+            await until(lambda: len(fresh.configs()) >= len(METER_POINTS) - 1 + 3
+                        and any(t.endswith("/state") for t, _, _ in fresh.messages))
         kept = fresh.configs()
         validated(kept)
         assert len(kept) == len(METER_POINTS) - 1 + 3
