@@ -116,6 +116,11 @@ class Driver(abc.ABC):
             return Urgency.LIFE_SAFETY
         return Urgency.WRITE if write else Urgency.POLL
 
+    def wire(self) -> dict[str, float] | None:
+        """The shared wire's use since start, for bus utilisation: ``transactions``, ``busy_seconds`` (the wire
+        held), ``concurrency`` (transactions it carries at once), ``waiting``; None when the bus has no one wire."""
+        return None
+
     def counters(self, device: str) -> dict[str, int]:
         """What happened on the wire for this device, by kind (timeouts, retries, exceptions by code ...)."""
         return {}

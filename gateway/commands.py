@@ -81,8 +81,14 @@ class ReloadCommand(_Command):
     actor: str = Field(default="unknown", max_length=128)
 
 
+class ObserveCommand(_Command):
+    """One picture of the running daemon (gateway.observe): devices, buses, outbox, uplinks, alarms, process."""
+
+    cmd: Literal["observe"]
+
+
 AnyCommand = (WriteCommand | ReadCommand | AlarmCommand | AlarmsCommand | RelearnCommand | ValuesCommand
-              | ReloadCommand)
+              | ReloadCommand | ObserveCommand)
 Command = Annotated[AnyCommand, Field(discriminator="cmd")]
 
 
@@ -179,6 +185,7 @@ class CommandHandler:
         self.live = live
         self.alarms: AlarmDesk | None = None
         self.reloader: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        self.observer: Callable[[], Awaitable[dict[str, Any]]] | None = None
         """Where reload commands go (the daemon's ``reload``); None: this process cannot reload."""
 
     async def execute(self, command: AnyCommand) -> dict[str, Any]:
@@ -192,6 +199,10 @@ class CommandHandler:
             if self.reloader is None:
                 raise CommandError("this process cannot reload its config")
             return await self.reloader(command.actor)
+        if isinstance(command, ObserveCommand):
+            if self.observer is None:
+                raise CommandError("this process has nothing to observe")
+            return {"observed": await self.observer()}
         if command.device not in self.drivers:
             raise CommandError(f"no device {command.device!r} (or it is disabled)")
         if isinstance(command, ReadCommand):

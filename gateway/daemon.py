@@ -32,6 +32,7 @@ from gateway.lock import DataDirLock
 from gateway.northbound.catalog import device_meta
 from gateway.northbound.dialects import make_encoder
 from gateway.northbound.routes import status_key, store_uplinks, uplink_configs
+from gateway.observe import Observer
 from gateway.poller import DevicePoller
 from gateway.recorder import AsyncStore, Recorder
 from gateway.reloader import Reloader
@@ -116,6 +117,8 @@ class Daemon:
             self.commands.alarms = self.automation
         self.reloader = Reloader(self, config_path)
         self.commands.reloader = self.reload
+        self.observer = Observer(self)
+        self.commands.observer = self.observer.snapshot
         self.started = clock.time()
         self._stop = asyncio.Event()
         self._hangups: set[asyncio.Task[dict[str, Any]]] = set()

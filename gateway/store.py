@@ -249,6 +249,12 @@ class Store:
             depth[Priority(prio).label] = count
         return depth
 
+    def outbox_oldest(self) -> dict[str, float]:
+        """When the oldest undelivered row of each class was written (classes with none left out)."""
+        rows = self.db.execute("SELECT prio, created FROM outbox WHERE seq IN "
+                               "(SELECT MIN(seq) FROM outbox GROUP BY prio)")
+        return {Priority(prio).label: created for prio, created in rows}
+
     # -- disk cap and retention ----------------------------------------------------------------
 
     def used_bytes(self) -> int:

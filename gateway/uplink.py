@@ -58,6 +58,8 @@ class UplinkState:
     replay_waits: int = 0
     """Rounds in which replay held back for its start delay or its rate cap."""
     broker: str = ""  # the one it is on, or trying ("host:port")
+    connects: int = 0
+    """Sessions opened since start: one more than the reconnects."""
 
 
 class Uplink:
@@ -165,6 +167,7 @@ class Uplink:
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state != self.status.state:
             self.status.state, self.status.since = state, time.time()
+            self.status.connects += state == "connected"
         self.status.last_error = error
         if self._on_state:
             self._on_state(status_key(self.name), {"state": state, "since": self.status.since, "error": error,

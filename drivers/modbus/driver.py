@@ -179,6 +179,11 @@ class ModbusDriver(Driver):
         for line in self._idle:
             line.client.close()
 
+    def wire(self) -> dict[str, float]:
+        stats = self.scheduler.stats
+        return {"transactions": stats.transactions, "busy_seconds": stats.busy_seconds,
+                "concurrency": self.scheduler.concurrency, "waiting": self.scheduler.waiting}
+
     def counters(self, device: str) -> dict[str, int]:
         """Per kind: timeouts, retries, exceptions by code, garbage, splits and limits learnt."""
         return dict(self.counts[device])

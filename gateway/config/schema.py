@@ -15,6 +15,7 @@ from drivers import registry
 from drivers.base import BusConfig, DeviceConfig
 from drivers.registry import family_of
 from gateway.config.files import MAX_SECRET_BYTES, file_problem
+from gateway.config.observe import HealthConfig, MetricsConfig, WebConfig
 from gateway.config.uplink import LIFE_SAFETY_KINDS, MqttConfig, TlsConfig, UplinkConfig
 from gateway.core.config import Duration, Identifier, Problem, StrictModel
 from gateway.remote.config import CommandsConfig
@@ -120,6 +121,11 @@ class GatewayConfig(StrictModel):
     )
     store: StoreConfig = Field(default_factory=StoreConfig, description="The local SQLite store and outbox.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    web: WebConfig = Field(
+        default_factory=WebConfig, description="The local status page and /metrics (loopback only by default).",
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The Prometheus textfile collector.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Periodic health messages upstream.")
     buses: list[AnyBus] = Field(default_factory=list, description="Physical endpoints: TCP hosts, serial ports.")
     devices: list[AnyDevice] = Field(default_factory=list, description="Field devices, each on one bus.")
     include: list[str] = Field(
@@ -250,6 +256,9 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
                       for key in ("ca_file", "cert_file", "key_file")]
             if (mqtt.tls.cert_file is None) != (mqtt.tls.key_file is None):
                 problems.append(Problem((*where, "tls"), "mutual TLS needs both cert_file and key_file"))
+    if cfg.web.enabled:
+        files += [(("web", "users_file"), cfg.web.users_file, True), (("web", "tls_cert"), cfg.web.tls_cert, False),
+                  (("web", "tls_key"), cfg.web.tls_key, True)]
     for loc, path, secret in files:
         problem = None if path is None else file_problem(path, MAX_SECRET_BYTES, secret=secret)
         if problem is not None:  # the message names the file and its mode, never what is in it
