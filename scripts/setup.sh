@@ -29,6 +29,8 @@ if [ "$want_test" = 1 ]; then
         || packages+=(faketime)
     # a real Chinese font, to render the licence plates the plate tests read
     [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || packages+=(fonts-wqy-microhei)
+    # Debian's headless browser: the status-page test drives it through Playwright (no browser download)
+    have chromium || packages+=(chromium)
 fi
 
 if [ ${#packages[@]} -gt 0 ]; then

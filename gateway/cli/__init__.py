@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.bench import add_commands as add_bench_commands
+from gateway.cli import backup, doctor, top, web
 from gateway.cli.alarms import add_commands as add_alarm_commands
 from gateway.cli.commissioning import add_commands as add_commissioning_commands
 from gateway.cli.common import load
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_schema_command(sub)
     add_commissioning_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
+    for module in (doctor, top, web, backup):
+        module.add_commands(sub, DEFAULT_CONFIG)
     p = command("events", cmd_events, "show the event log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
