@@ -27,6 +27,7 @@ from gateway.core.data import DeviceState, Event, Priority, Reading
 from gateway.core.errors import DriverError, error_kind
 from gateway.core.timing import SYSTEM_CLOCK, Clock
 from gateway.headroom import Headroom
+from gateway.health import run_health, run_textfile
 from gateway.live import LiveValues
 from gateway.lock import DataDirLock
 from gateway.northbound.catalog import device_meta
@@ -41,6 +42,7 @@ from gateway.reporting import Privacy, UplinkFeed
 from gateway.store import MAIN_UPLINK, Store
 from gateway.supervisor import Supervisor
 from gateway.uplink import Uplink
+from gateway.web.server import serve
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -185,6 +187,12 @@ class Daemon:
         for camera_id, camera in self.cameras.items():
             self.supervisor.spawn(f"camera:{camera_id}", camera.run)
         self.supervisor.spawn("heartbeat", self._heartbeat)
+        if self.cfg.web.enabled and (self.cfg.web.page or self.cfg.web.metrics):
+            self.supervisor.spawn("web", functools.partial(serve, self))
+        if self.cfg.health.enabled and self.uplinks:
+            self.supervisor.spawn("health", functools.partial(run_health, self))
+        if self.cfg.metrics.textfile is not None:
+            self.supervisor.spawn("metrics", functools.partial(run_textfile, self))
         if self.automation:
             self.supervisor.spawn("rules", self.automation.run)
         self.bus.event(Event("gateway.started", self.cfg.site.id, Priority.EVENT,

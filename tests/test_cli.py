@@ -311,8 +311,9 @@ async def test_config_schema_is_json_schema_with_devices_and_points(tmp_path: Pa
     schema = result.json()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"site", "mqtt", "uplinks", "commands", "store", "log", "buses", "devices",
-                                         "include", "alarm_classes", "rules", "notifiers", "vision", "cameras"}
+    assert set(schema["properties"]) == {"site", "mqtt", "uplinks", "commands", "store", "log", "web", "metrics",
+                                         "health", "buses", "devices", "include", "alarm_classes", "rules",
+                                         "notifiers", "vision", "cameras"}
     assert "site" in schema["required"]
     defs = schema["$defs"]
 
