@@ -22,6 +22,8 @@ from gateway.core.data import Priority
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
 
+STORE_EVERY = 2.0
+"""Seconds the store's figures are reused: `gateway top` every second beside a scrape need not count twice."""
 RATE_WINDOW = 30.0
 """Seconds of history a rate is taken over (at least one snapshot older than a second)."""
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -58,14 +60,29 @@ class Observer:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._history: collections.deque[tuple[float, dict[str, float]]] = collections.deque()
+        self._stored: tuple[float, dict[str, Any]] | None = None
+
+    async def _store_figures(self, mono: float) -> dict[str, Any]:
+        """Outbox depth and age, backlog per uplink, store size: counted in the store's thread, at most every
+        STORE_EVERY seconds (a backlog count over 100,000 rows is not free on a Pi)."""
+        if self._stored is not None and mono - self._stored[0] < STORE_EVERY:
+            return self._stored[1]
+        store = self.daemon.store.store
+        names = list(self.daemon.uplinks)
+
+        def count() -> dict[str, Any]:
+            return {"depth": store.outbox_depth(), "oldest": store.outbox_oldest(), "used": store.used_bytes(),
+                    "backlogs": {name: store.backlog(name) for name in names}}
+
+        figures = await self.daemon.store.run(count)
+        self._stored = (mono, figures)
+        return figures
 
     async def snapshot(self) -> dict[str, Any]:
         d = self.daemon
         now, mono = d.clock.time(), d.clock.monotonic()
-        store = d.store.store
-        depth, oldest, used = await d.store.run(lambda: (store.outbox_depth(), store.outbox_oldest(),
-                                                         store.used_bytes()))
-        backlogs = {name: await d.store.run(store.backlog, name) for name in d.uplinks}
+        figures = await self._store_figures(mono)
+        depth, oldest, used, backlogs = figures["depth"], figures["oldest"], figures["used"], figures["backlogs"]
         counters: dict[str, float] = {}
         devices = [self._device(device_id, now, counters) for device_id in sorted(d.pollers)]
         devices += [self._streamed(device_id, now) for device_id in sorted(d.sink.states) if device_id not in d.pollers]
@@ -75,7 +92,7 @@ class Observer:
             status = uplink.status
             counters[f"uplink:{name}"] = status.delivered
             uplinks.append({"name": name, "state": status.state, "since": status.since, "broker": status.broker,
-                            "connects": status.connects, "delivered": status.delivered, "backlog": backlogs[name],
+                            "connects": status.connects, "delivered": status.delivered, "backlog": backlogs.get(name),
                             "error": status.last_error})
         cameras = []
         for camera_id, camera in d.cameras.items():
