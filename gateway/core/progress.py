@@ -17,10 +17,12 @@ Callers that take a plain callback (``on_progress(done, total)``) pass ``bar.upd
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TextIO
 
@@ -59,7 +61,8 @@ class Progress:
         self._gap = 1.0 / per_second if per_second > 0 else 0.0
         self._last_draw = float("-inf")
         self._width = 0  # characters on the line now, so a shorter line can blank the rest
-        self._lock = threading.Lock()  # a store migration may report from a worker thread
+        self._lock = threading.RLock()  # a store migration or a bench's ticker reports from another thread
+        self._touched = False  # nothing reported, nothing drawn: opening a current store says nothing
         self._closed = False
 
     def __enter__(self) -> Progress:
@@ -76,10 +79,16 @@ class Progress:
             self.total = total
         if label is not None:
             self.label = label
+        self._touched = True
         self._draw(force=False)
 
     def advance(self, amount: float = 1) -> None:
         self.update(self.done + amount)
+
+    def stage(self, label: str, total: float | None = None) -> None:
+        """A new piece of the work (downloading, then extracting): counted from zero, shown at once."""
+        self.label, self.total, self.done, self._touched = label, total, 0, True
+        self._draw(force=True)
 
     def clear(self) -> None:
         """Blank the line, so a message can be printed; the next update draws it again."""
@@ -91,11 +100,19 @@ class Progress:
                 self._width = 0
             self._last_draw = float("-inf")
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Blank the line and hold it blank while the caller prints (no other thread redraws meanwhile)."""
+        with self._lock:
+            self.clear()
+            yield
+
     def close(self) -> None:
         """Draw the final state and end the line (once; safe to call again)."""
         if self._closed:
             return
-        self._draw(force=True)
+        if self._touched:
+            self._draw(force=True)
         self._closed = True
         if self.enabled and self._width:
             with self._lock:
@@ -117,9 +134,10 @@ class Progress:
 
     def _columns(self) -> int:
         try:
-            return max(20, os.get_terminal_size(self._stream.fileno()).columns)
+            columns = os.get_terminal_size(self._stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
-            return 80
+            columns = 0
+        return max(20, columns) if columns else 80  # 0: a terminal that never said its size
 
     def _write(self, text: str) -> None:
         try:
