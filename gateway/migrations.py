@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from gateway import facts
 
@@ -47,11 +47,31 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """Release 0.1's layout (the same tables, compacted), so that a fresh store is built by the same steps."""
 
 
-def _v1(db: sqlite3.Connection) -> None:
+Report = Callable[[int, int], None]
+"""(rows converted, rows in all), called while a step converts rows: a 200,000-row backlog takes a while on a Pi
+and the technician upgrading on a terminal should see it moving (``gateway.core.progress``)."""
+REPORT_EVERY = 1000
+
+
+class Step(Protocol):
+    def __call__(self, db: sqlite3.Connection, report: Report | None = None) -> None: ...
+
+
+def _counted(rows: Iterable[Any], total: int, report: Report | None) -> Iterator[Any]:
+    done = 0
+    for done, row in enumerate(rows, 1):
+        if report is not None and done % REPORT_EVERY == 0:
+            report(done, total)
+        yield row
+    if report is not None and done:
+        report(done, total)
+
+
+def _v1(db: sqlite3.Connection, report: Report | None = None) -> None:
     _script(db, _V1)
 
 
-def _v2(db: sqlite3.Connection) -> None:
+def _v2(db: sqlite3.Connection, report: Report | None = None) -> None:
     """The outbox holds facts and each uplink's acknowledgements; ``latest`` lives in the daemon's memory."""
     _script(db, """
         CREATE TABLE outbox_v2 (
@@ -60,7 +80,8 @@ def _v2(db: sqlite3.Connection) -> None:
         CREATE TABLE outbox_acks (uplink TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (uplink, seq))
             WITHOUT ROWID;
     """)
-    rows = db.execute("SELECT seq, prio, topic, payload, created FROM outbox ORDER BY seq")
+    total = int(db.execute("SELECT count(*) FROM outbox").fetchone()[0]) if report is not None else 0
+    rows = _counted(db.execute("SELECT seq, prio, topic, payload, created FROM outbox ORDER BY seq"), total, report)
     db.executemany(
         "INSERT INTO outbox_v2 (seq, prio, kind, subject, id, ts, body, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (_fact_row(seq, prio, topic, bytes(payload), created) for seq, prio, topic, payload, created in rows),
@@ -77,7 +98,7 @@ def _v2(db: sqlite3.Connection) -> None:
     """)
 
 
-def _v3(db: sqlite3.Connection) -> None:
+def _v3(db: sqlite3.Connection, report: Report | None = None) -> None:
     """Platform commands' ids and results, so that a redelivered command is answered, never executed twice."""
     _script(db, """
         CREATE TABLE commands (
@@ -106,7 +127,7 @@ def _fact_row(seq: int, prio: int, topic: str, payload: bytes, created: float) -
     return (seq, prio, "wire", topic, f"v1-{seq}", created, payload, created)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Step] = [_v1, _v2, _v3]
 """Step N builds layout N from layout N-1 (index N-1). Append; never edit a released step."""
 LATEST = len(MIGRATIONS)
 
@@ -119,7 +140,7 @@ def version(db: sqlite3.Connection) -> int:
     return found
 
 
-def upgrade(db: sqlite3.Connection) -> list[int]:
+def upgrade(db: sqlite3.Connection, report: Report | None = None) -> list[int]:
     """Bring the file to the newest layout, one step per transaction; the steps that ran."""
     current = version(db)
     if current > LATEST:
@@ -129,7 +150,7 @@ def upgrade(db: sqlite3.Connection) -> list[int]:
     for step in range(current + 1, LATEST + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            MIGRATIONS[step - 1](db)
+            MIGRATIONS[step - 1](db, report)
             db.execute(f"PRAGMA user_version = {step}")
         except BaseException:
             if db.in_transaction:

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway import migrations
 from gateway.core.data import DeviceState, Event, Priority
+from gateway.core.progress import Progress
 from gateway.cursors import Cursors
 from gateway.facts import Fact, StoredFact
 
@@ -70,7 +71,9 @@ class Store:
         raw_lines_keep: int = 200_000,
         read_only: bool = False,
         uplinks: Sequence[str] = (MAIN_UPLINK,),
+        quiet: bool = False,
     ) -> None:
+        """``quiet``: no progress line while an upgrade converts rows (it is drawn only on a terminal anyway)."""
         self.path = path
         self.max_bytes = max_bytes
         self.readings_retention = readings_retention
@@ -100,7 +103,8 @@ class Store:
         # the daemon's RSS at 100 devices x 100 points; a miss is a pread from the OS page cache).
         self.db.execute("PRAGMA cache_size = -512")  # KiB
         self.cursors = Cursors(self.db)
-        self.upgraded = migrations.upgrade(self.db)
+        with Progress("migrating store:", unit="rows", quiet=quiet) as bar:
+            self.upgraded = migrations.upgrade(self.db, bar.update)
         """The layout steps this opening ran (empty when the file was already current)."""
         if not read_only:
             self._forget_gone_uplinks()
