@@ -1,31 +1,220 @@
-"""structlog set-up: JSON lines for journald, key=value for a person at a terminal."""
+"""One format, one priority and no secrets for every line the daemon writes, whoever wrote it.
+
+- A terminal gets key=value, anything else JSON lines (journald, a pipe, a file).
+- When the stream is the journal's (systemd sets ``JOURNAL_STREAM=DEV:INO`` for it), each line starts with the
+  syslog prefix ``<N>`` that journald turns into the entry's PRIORITY (``SyslogLevelPrefix=``, on by default):
+  without it every line is filed as info and ``journalctl -p warning`` finds nothing.
+- stdlib loggers (asyncio, paho under aiomqtt, pymodbus, bacpypes3, Python warnings) go through the same
+  processors (``structlog.stdlib.ProcessorFormatter`` on the root logger), so their lines look like ours.
+- :func:`redact` masks secret-named keys, credentials in URLs, ``password=...`` pairs and bearer tokens in every
+  value, including exception text, of structlog events and stdlib records alike.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+MASK = "***"
+PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+"""syslog priorities (crit, err, warning, info, debug) by structlog level name, as journald files them."""
+LEVELS = {"critical": 50, "fatal": 50, "exception": 40, "error": 40, "err": 40, "warning": 30, "warn": 30,
+          "info": 20, "msg": 20, "debug": 10}
+LIBRARY_LEVEL = logging.WARNING
+"""The least severe stdlib record of other people's libraries shown: pymodbus and paho say a lot at INFO."""
+OWN = ("gateway", "drivers", "rules", "models")
+"""Our own stdlib loggers take the configured level, like our structlog ones."""
+
+_SECRET = (r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|private[_-]?key|secret[_-]?key"
+           r"|access[_-]?key|signing[_-]?key|encryption[_-]?key|gallery[_-]?key|key[_-]?material"
+           r"|auth(?:orization)?|credentials?|cookie|psk)")
+_SECRET_KEY = re.compile(rf"(?:^|[\W_]){_SECRET}$", re.IGNORECASE)
+"""An event key whose value is a secret: password, mqtt_password, X-Api-Key, access_token (not password_file)."""
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(\S+)")
+_PAIR = re.compile(
+    rf"(?<![\w.-])([\w.-]*?{_SECRET}[\"']?\s*[:=]\s*)((?:bearer|basic|digest)\s+)?(\"[^\"]*\"?|'[^']*'?|[^\s&,;\"'}}\])]+)",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?<![\w-])(bearer\s+)([A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
+_META = frozenset({"_record", "_from_structlog"})
+_DEPTH = 8
+
+_handler: logging.Handler | None = None
+_last_resort = logging.lastResort
+
+
+def _url(match: re.Match[str]) -> str:
+    """Everything between ``://`` and the last ``@`` of the run is credentials; the user name stays. On the text,
+    not through a URL parser: a password may hold ``/``, ``?``, ``#``, ``@`` or ``://``."""
+    scheme, rest = match.group(1), match.group(2)
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return match.group(0)
+    return f"{scheme}{user}:{MASK}@{host}"
+
+
+def _pair(match: re.Match[str]) -> str:
+    name, scheme, value = match.group(1), match.group(2) or "", match.group(3)
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{name}{scheme}{quote}{MASK}{quote if value.endswith(quote) and len(value) > 1 else ''}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with credentials in URLs, ``secret=value`` pairs and bearer tokens masked (more is masked than
+    strictly needed rather than less)."""
+    if "://" in text:
+        text = _URL.sub(_url, text)
+    text = _PAIR.sub(_pair, text)
+    return _BEARER.sub(lambda m: m.group(1) + MASK, text)
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if depth < _DEPTH and isinstance(value, dict):
+        return {k: (_masked(v) if isinstance(k, str) and _SECRET_KEY.search(k) else _clean(v, depth + 1))
+                for k, v in value.items()}
+    if depth < _DEPTH and isinstance(value, list | tuple | set | frozenset):
+        return [_clean(v, depth + 1) for v in value]
+    return redact_text(repr(value))  # what the renderers would print for it, cleaned first
+
+
+def _masked(value: Any) -> Any:
+    return None if value is None else MASK
+
+
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """The structlog processor: every value cleaned, secret-named keys' values masked whole."""
+    for key, value in event_dict.items():
+        if key in _META:
+            continue
+        event_dict[key] = _masked(value) if _SECRET_KEY.search(key) else _clean(value)
+    return event_dict
+
+
+def _logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    record = event_dict.get("_record")
+    name = record.name if isinstance(record, logging.LogRecord) else getattr(logger, "name", None)
+    if name:
+        event_dict["logger"] = name
+    return event_dict
+
+
+def priority(method: str, event_dict: EventDict) -> int:
+    """The syslog priority of an event: a stdlib record's own number, else structlog's method name."""
+    record = event_dict.get("_record")
+    number = record.levelno if isinstance(record, logging.LogRecord) else LEVELS.get(method, logging.INFO)
+    return 2 if number >= 50 else 3 if number >= 40 else 4 if number >= 30 else 6 if number >= 20 else 7
+
+
+class _Render:
+    """The last processor: the line, with the journal's ``<N>`` prefix when the stream is the journal."""
+
+    def __init__(self, inner: Callable[[WrappedLogger, str, EventDict], Any], journal: bool) -> None:
+        self.inner, self.journal = inner, journal
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        prefix = f"<{priority(method, event_dict)}>" if self.journal else ""
+        for key in _META:
+            event_dict.pop(key, None)
+        return prefix + str(self.inner(logger, method, event_dict))
+
+
+class _Named(structlog.WriteLogger):
+    """A WriteLogger that knows the name ``structlog.get_logger(name)`` gave it, for the ``logger`` key."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _Handler(logging.Handler):
+    """stdlib records, formatted by structlog, written under the same per-stream lock as structlog's lines."""
+
+    def __init__(self, out: structlog.WriteLogger, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.out.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def journal_stream(stream: TextIO) -> bool:
+    """Whether ``stream`` is the journal's: ``JOURNAL_STREAM`` names its device and inode (systemd.exec(5))."""
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        info = os.fstat(stream.fileno())
+        return bool(sep) and (info.st_dev, info.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):  # no fileno (a StringIO), a closed stream, a garbled variable
+        return False
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Send structlog and stdlib logging to ``stream`` (stdout), in one format; callable again on a reload."""
+    global _handler
     stream = stream or sys.stdout
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer: structlog.types.Processor = (
+    inner: Processor = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if as_json
-        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
+        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event", "logger"],
+                                                   drop_missing=True)
     )
+    render = _Render(inner, journal_stream(stream))
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=False),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,  # one string, so one line: JSON and key=value escape its newlines
+        redact,
+    ]
+    threshold = LEVELS.get(level.lower(), logging.INFO)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        processors=[*shared, render],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=lambda *args: _Named(stream, str(args[0]) if args else ""),
         cache_logger_on_first_use=False,
     )
+
+    formatter = structlog.stdlib.ProcessorFormatter(processors=[render], foreign_pre_chain=shared)
+    out = structlog.WriteLogger(stream)
+    handler = _Handler(out)
+    handler.setFormatter(formatter)
+    last_resort = _Handler(out, logging.WARNING)  # loggers that opted out of propagation and have no handler
+    last_resort.setFormatter(formatter)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(max(threshold, LIBRARY_LEVEL))
+    for name in OWN:
+        logging.getLogger(name).setLevel(threshold)
+    logging.lastResort = last_resort
+    logging.captureWarnings(True)
+    _handler = handler
+
+
+def reset() -> None:
+    """Undo :func:`configure` (tests): structlog's defaults, the root logger without our handler."""
+    global _handler
+    structlog.reset_defaults()
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+    _handler = None
+    logging.lastResort = _last_resort
+    logging.captureWarnings(False)
