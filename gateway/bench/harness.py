@@ -29,11 +29,14 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from gateway.core.progress import Progress
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
@@ -106,6 +109,8 @@ class Report:
         self.derived: dict[str, dict[str, Any]] = {}
         self.targets: list[Target] = []
         self.problems: list[str] = []
+        self.ticker: Progress | None = None
+        """The running bench's progress line (``run``), blanked while ``say`` prints."""
 
     @classmethod
     def of(cls, bench: str, params: Any, args: argparse.Namespace) -> Report:
@@ -114,10 +119,11 @@ class Report:
     def say(self, *lines: str) -> None:
         if self.json_out:
             return
-        for line in lines:
-            print(line)
-        with contextlib.suppress(OSError):
-            sys.stdout.flush()
+        with self.ticker.paused() if self.ticker is not None else contextlib.nullcontext():
+            for line in lines:
+                print(line)
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
 
     def figure(self, **figures: Any) -> None:
         """Measured figures, under their stable names."""
@@ -191,10 +197,38 @@ def clean(value: Any) -> Any:
 def run(report: Report, body: Callable[[Report], None]) -> int:
     """Run a bench's body; a failure of the machinery is a problem in the report, not a traceback."""
     try:
-        body(report)
+        with ticking(report):
+            body(report)
     except (OSError, RuntimeError, TimeoutError) as exc:
         report.failed(exc)
     return report.finish()
+
+
+@contextlib.contextmanager
+def ticking(report: Report) -> Iterator[None]:
+    """``bench NAME: 12 s elapsed`` redrawn every second on a terminal (never with --json), so a run of
+    minutes between two tables is seen to be alive."""
+    bar = Progress(f"bench {report.bench}:", unit="s elapsed", quiet=report.json_out)
+    if not bar.enabled:
+        yield
+        return
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            bar.update(time.monotonic() - start)
+
+    thread = threading.Thread(target=tick, name="bench-progress", daemon=True)
+    report.ticker = bar
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report.ticker = None
+        bar.clear()  # the tables and targets follow; the elapsed time was only to show it was alive
 
 
 def num(x: float | None, digits: int = 1) -> str:
