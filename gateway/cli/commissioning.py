@@ -101,6 +101,7 @@ def _daemon_listening(cfg: Any) -> bool:
 def cmd_probe(args: argparse.Namespace) -> int:
     from drivers.modbus.config import ModbusDevice
     from gateway.core.errors import DriverError
+    from gateway.core.progress import Progress
 
     cfg = load(args)
     device = _device(cfg, args)
@@ -116,7 +117,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        result = asyncio.run(probe(cfg.bus(device.bus), device, args.polls))
+        with Progress(f"probing {device.id}:", unit="reads", quiet=args.json) as bar:
+            result = asyncio.run(probe(cfg.bus(device.bus), device, args.polls, bar))
     except DriverError as exc:
         print(f"{device.id}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -127,8 +129,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-async def probe(bus: Any, device: Any, polls: int = MAX_POLLS) -> dict[str, Any]:
-    """Poll ``device`` with a fresh plan until a poll learns nothing (at most ``polls``); what it found."""
+async def probe(bus: Any, device: Any, polls: int = MAX_POLLS, progress: Any = None) -> dict[str, Any]:
+    """Poll ``device`` with a fresh plan until a poll learns nothing (at most ``polls``); what it found.
+
+    ``progress`` (a ``gateway.core.progress.Progress``) counts the reads: a device that times out on
+    every read of a long map takes minutes, and the technician should see it is still asking.
+    """
     from drivers.modbus.codec import Block
     from drivers.modbus.driver import ModbusDriver
     from drivers.scheduler import Urgency
@@ -143,13 +149,18 @@ async def probe(bus: Any, device: Any, polls: int = MAX_POLLS) -> dict[str, Any]
             try:
                 data = await super().read_block(device, block, urgency)
             except ExceptionResponse as exc:
-                asked.append((block, f"exception {exc.code}"))
+                note(block, f"exception {exc.code}")
                 raise
             except DriverError as exc:
-                asked.append((block, type(exc).__name__))
+                note(block, type(exc).__name__)
                 raise
-            asked.append((block, "ok"))
+            note(block, "ok")
             return data
+
+    def note(block: Block, answer: str) -> None:
+        asked.append((block, answer))
+        if progress is not None:
+            progress.update(len(asked))
 
     driver = Recording(bus, [device])
     plan = driver.plans[device.id]
@@ -157,10 +168,14 @@ async def probe(bus: Any, device: Any, polls: int = MAX_POLLS) -> dict[str, Any]
     try:
         while True:
             version = plan.version
+            if progress is not None:
+                progress.update(len(asked), label=f"probing {device.id}: poll {made + 1}/{polls},")
             readings = await driver.read(device.id)
             made += 1
             if plan.version == version or made >= polls:
                 break
+        if progress is not None:
+            progress.update(len(asked), label=f"probing {device.id}: widening reads,")
         for bits in (False, True):
             await _widen(driver, device, plan, asked, bits)
     finally:
