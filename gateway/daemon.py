@@ -189,8 +189,7 @@ class Daemon:
         self.supervisor.spawn("heartbeat", self._heartbeat)
         if self.cfg.web.enabled and (self.cfg.web.page or self.cfg.web.metrics):
             self.supervisor.spawn("web", functools.partial(serve, self))
-        if self.cfg.health.enabled and self.uplinks:
-            self.supervisor.spawn("health", functools.partial(run_health, self))
+        self.supervisor.spawn("health", functools.partial(run_health, self))  # the clock watch, and health if enabled
         if self.cfg.metrics.textfile is not None:
             self.supervisor.spawn("metrics", functools.partial(run_textfile, self))
         if self.automation:

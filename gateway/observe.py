@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import resource
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
@@ -59,6 +60,8 @@ class Observer:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self.clock_probe: Callable[[], bool | None] = clock_synced
+        """Is the wall clock synchronised? (Replaced in tests to flip it; health and the birth ask it too.)"""
         self._history: collections.deque[tuple[float, dict[str, float]]] = collections.deque()
         self._stored: tuple[float, dict[str, Any]] | None = None
 
@@ -117,7 +120,7 @@ class Observer:
         process["store_bytes"] = used
         return {
             "site": d.cfg.site.id, "version": __version__, "config": d.config_hash, "ts": round(now, 3),
-            "started": round(d.started, 3), "uptime_s": round(now - d.started, 1), "clock_synced": clock_synced(),
+            "started": round(d.started, 3), "uptime_s": round(now - d.started, 1), "clock_synced": self.clock_probe(),
             "devices": devices, "buses": buses,
             "outbox": {label: {"depth": depth.get(label, 0),
                                "oldest_age_s": round(max(0.0, now - oldest[label]), 1) if label in oldest else None}

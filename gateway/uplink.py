@@ -110,6 +110,8 @@ class Uplink:
         (Sparkplug's seq 0), so it is said only when it is sent."""
         self._replay_from = 0.0
         """Monotonic time before which replay waits (the random start delay, then the rate cap)."""
+        self._live: aiomqtt.Client | None = None
+        """The connection while it is up (``say``)."""
 
     @property
     def config_hash(self) -> str:
@@ -123,6 +125,15 @@ class Uplink:
             self.session.config = config_hash
         self._birth_due = True
         self.committed.set()  # wake the pump
+
+    async def say(self, message: Message) -> bool:
+        """Publish a message about the present (health) on the live connection, past the outbox: False while
+        disconnected, and nothing is kept for later (the next one is fresher). A broken connection raises."""
+        client = self._live
+        if client is None or not self.encoder.ready():
+            return False
+        await self._publish(client, message)
+        return True
 
     async def _settle(self, acked: list[int]) -> None:
         """Delete what the broker took; if the disk cannot take the deletion, remember it instead of resending."""
@@ -228,6 +239,7 @@ class Uplink:
                     self.log.info("uplink connected", broker=self.walk.label)
                     self.walk.connected()
                     watcher = asyncio.create_task(self._listen(client))
+                    self._live = client
                     try:
                         await self._pump(client)
                     except asyncio.CancelledError:
@@ -239,6 +251,7 @@ class Uplink:
                         self._set_state("disconnected", "shutdown")
                         raise
                     finally:
+                        self._live = None
                         watcher.cancel()
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
                 first, broker, delay = self.status.state != "disconnected", self.walk.label, self.walk.failed()

@@ -88,6 +88,8 @@ DATA: dict[str, dict[str, Any]] = {
     "gateway.stopped": {},
     "gateway.task_ended": {"restart_in": 1.0},
     "gateway.task_crashed": {"error": "RuntimeError('x')", "trace": "Traceback ...", "restart_in": 2.0, "restarts": 1},
+    "clock.synchronized": {"since": 1767225600.0, "until": 1767225660.0, "step_s": 86400.5,
+                           "unsynced_for_s": 60.0},
     "config.applied": {"config": "ab" * 32, "previous": "cd" * 32, "changed": {"restart": ["meter-1"]},
                        "by": "signal:SIGHUP"},
     "config.rejected": {"reason": "restart the service to apply store.max_mb", "problems": [],
@@ -294,7 +296,7 @@ def test_the_guide_carries_the_catalogue_and_its_examples_are_valid() -> None:
     assert catalogue.markdown() in guide, "docs/upstream.md: paste `gateway schema kinds` over its catalogue table"
     examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", guide, re.DOTALL)]
     assert {m["type"] for m in examples} == {"telemetry", "summary", "event", "alarm", "state", "meta", "status",
-                                             "batch"}
+                                             "health", "batch"}
     for message in examples:
         valid(message)
 

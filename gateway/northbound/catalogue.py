@@ -71,6 +71,18 @@ class ConfigRejected(Data):
     by: str = Field(description="Who asked.")
 
 
+class ClockSynchronized(Data):
+    """Readings stamped in [since, until] (as the unsynchronised clock read) may be off by up to step_s."""
+
+    since: float = Field(description="When the gateway first saw its clock unsynchronised (the start, usually), "
+                                     "as that clock read.")
+    until: float = Field(description="What the unsynchronised clock would read at this event: the end of the "
+                                     "readings stamped on it.")
+    step_s: float = Field(description="How far the wall clock moved against the monotonic clock meanwhile: add it "
+                                      "to those timestamps (a slewed clock corrected them gradually).")
+    unsynced_for_s: float = Field(description="Seconds the gateway ran on the unsynchronised clock.")
+
+
 class CommandDropped(Data):
     reason: str = Field(description="Why the latest one was dropped: not JSON, no id, other site, flood, ...")
     dropped: dict[str, int] = Field(description="Requests dropped since start, by reason.")
@@ -326,6 +338,8 @@ KINDS: tuple[KindInfo, ...] = (
     _k("gateway.task_ended", TaskEnded, "event", "task name", "a task returned; restarted"),
     _k("gateway.task_crashed", TaskCrashed, "event", "task name (device:ID, bus:ID, camera:ID, ...)",
        "a task raised; restarted with backoff"),
+    _k("clock.synchronized", ClockSynchronized, "event", "site id", "the wall clock synchronised after the "
+       "gateway ran on an unsynchronised one: which timestamps to distrust"),
     _k("config.applied", ConfigApplied, "event", "site id", "a reload applied the config file: what changed"),
     _k("config.rejected", ConfigRejected, "event", "site id", "a reload was refused: nothing changed"),
     _k("command.dropped", CommandDropped, "event", "site id", "platform commands not answered (no id to answer, "

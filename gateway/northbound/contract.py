@@ -191,6 +191,9 @@ class BirthMessage(Message):
     version: str = Field(description="Gateway software version.")
     config: str = Field(description="sha256 of the config file it runs.")
     started: Timestamp = Field(description="When the daemon started.")
+    clock_synced: bool | None = Field(
+        None, description="true: the wall clock is synchronised (NTP); false: it is not, timestamps may be far off "
+                          "(a Pi has no RTC); null: the gateway cannot tell. Absent from older gateways.")
 
 
 class OfflineMessage(Message):
@@ -204,6 +207,64 @@ class OfflineMessage(Message):
 
 
 StatusMessage = Annotated[Union[BirthMessage, OfflineMessage], Field(discriminator="state")]  # noqa: UP007
+
+
+# -- health: the present, every [health] interval ------------------------------------------------------------------
+class HealthDevices(Open):
+    total: int = Field(ge=0, description="Devices polled or listened to.")
+    online: int = Field(ge=0, description="Answering.")
+    offline: int = Field(ge=0, description="Not answering (device.offline was sent).")
+    unknown: int = Field(ge=0, description="Not yet heard from since the start.")
+    offline_ids: list[str] = Field(description="The offline devices' ids, sorted (at most 100).")
+
+
+class HealthOutbox(Open):
+    depth: int = Field(ge=0, description="Messages stored, not yet delivered by every uplink.")
+    oldest_age_s: float | None = Field(ge=0, description="Age of the oldest of them, seconds; null when empty.")
+
+
+class HealthUplink(Open):
+    state: str = Field(description="connected, disconnected, starting.")
+    backlog: int = Field(ge=0, description="Outbox messages this uplink has yet to deliver: alert when it grows.")
+    connects: int = Field(ge=0, description="Connections since the start (reconnects + 1).")
+    delivered: int = Field(ge=0, description="Messages delivered since the start.")
+
+
+class HealthAlarms(Open):
+    active: int = Field(ge=0, description="Alarms not back to normal.")
+    unacknowledged: int = Field(ge=0, description="Alarms waiting for a person.")
+
+
+class HealthProcess(Open):
+    rss_bytes: int = Field(ge=0, description="Resident memory of the daemon.")
+    cpu_seconds: float = Field(ge=0, description="CPU time used since the start (user + system).")
+    cpu_percent: float | Absent = Field(None, ge=0, description="Share of one core since the previous health "
+                                                                "message; absent in the first.")
+    open_fds: int = Field(description="Open file descriptors (-1: unknown).")
+    disk_free_bytes: int = Field(description="Free space on the store's file system (-1: unknown).")
+    store_bytes: int = Field(ge=0, description="Bytes the store uses.")
+
+
+class HealthMessage(Message):
+    """`health`, retained, QoS 1: the gateway's vital signs, every [health] interval and at every connect, on
+    the live connection only (never stored, never replayed: a missed one is replaced by the next). A platform
+    alerts on a growing backlog, an old outbox, offline devices, an unsynchronised clock, a full disk, or on no
+    health for a few intervals while the status is online."""
+
+    type: Literal["health"]
+    ts: Timestamp = Field(description="When it was measured.")
+    bdseq: int = Field(ge=0, description="The session it belongs to (the birth's bdseq).")
+    version: str = Field(description="Gateway software version.")
+    config: str = Field(description="sha256 of the config file it runs.")
+    started: Timestamp = Field(description="When the daemon started.")
+    uptime_s: float = Field(ge=0, description="Seconds since the start.")
+    interval_s: float = Field(gt=0, description="The next one is due this many seconds later.")
+    clock_synced: bool | None = Field(description="As in the birth: false means timestamps may be far off.")
+    devices: HealthDevices
+    outbox: dict[Label, HealthOutbox] = Field(description="By delivery class.")
+    uplinks: dict[str, HealthUplink] = Field(description="Every uplink of the gateway, by name (mqtt is [mqtt]).")
+    alarms: HealthAlarms
+    process: HealthProcess
 
 
 # -- replay batches --------------------------------------------------------------------------------------------------
@@ -258,7 +319,7 @@ class BatchMessage(Delivered):
 
 UpstreamMessage = Annotated[
     Union[TelemetryMessage, SummaryMessage, EventMessage, AlarmMessage, StateMessage,  # noqa: UP007
-          MetaMessage, StatusMessage, BatchMessage],
+          MetaMessage, StatusMessage, HealthMessage, BatchMessage],
     Field(discriminator="type"),
 ]
 ADAPTER: TypeAdapter[Any] = TypeAdapter(UpstreamMessage)
@@ -283,6 +344,8 @@ def topic_of(message: Mapping[str, Any]) -> str:
         return f"{kind}/{message['kind']}"
     if kind == "batch":
         return f"batch/{message['class']}"
+    if kind == "health":
+        return "health"
     return "status"
 
 
@@ -341,6 +404,7 @@ def _plain(node: Any) -> None:
             _plain(value)
 
 
-__all__ = ["AlarmMessage", "BatchMessage", "BirthMessage", "Data", "EventMessage", "MetaMessage", "OfflineMessage",
-           "PointMeta", "PointReading", "PointSummary", "StateMessage", "SummaryMessage", "TelemetryMessage",
-           "UpstreamMessage", "V", "event_type", "historical", "parse", "render_schema", "topic_of", "upstream_schema"]
+__all__ = ["AlarmMessage", "BatchMessage", "BirthMessage", "Data", "EventMessage", "HealthMessage", "MetaMessage",
+           "OfflineMessage", "PointMeta", "PointReading", "PointSummary", "StateMessage", "SummaryMessage",
+           "TelemetryMessage", "UpstreamMessage", "V", "event_type", "historical", "parse", "render_schema", "topic_of",
+           "upstream_schema"]

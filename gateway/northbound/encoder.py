@@ -50,6 +50,8 @@ class Session:
     """The running config's hash."""
     announced: set[str] = field(default_factory=set)
     """Devices whose metadata this uplink has published (retained), to clear the ones removed since."""
+    clock_synced: bool | None = None
+    """Whether the wall clock is synchronised, as last probed (``gateway.health`` keeps it); None: unknown."""
 
 
 @dataclass(frozen=True, slots=True)

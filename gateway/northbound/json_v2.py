@@ -54,7 +54,7 @@ class JsonEncoder:
 
     def birth(self, session: Session, now: float) -> Message:
         return self._status("online", session, ts=now, version=__version__, config=session.config,
-                            started=round(session.started, 3))
+                            started=round(session.started, 3), clock_synced=session.clock_synced)
 
     def will(self, session: Session) -> Message:
         return self._status("offline", session)  # no ts: a will is composed at connect time
