@@ -58,6 +58,29 @@ class Batch:
         )
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for the CLI (a member of the ``gateway`` group, or root).
+
+    A WAL reader needs the ``-shm`` file: while the daemon runs it exists (the group may read it), and root's
+    SQLite creates a missing one owned by the database's owner. A group member cannot create it in the service's
+    0750 directory; with no ``-wal`` file beside it the database file is the whole store (the daemon checkpointed
+    it as it stopped), so it is read as it is, immutable.
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path))}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        db.close()
+        if os.path.exists(f"{path}-wal"):
+            raise
+        db = sqlite3.connect(f"{uri}&immutable=1", uri=True, check_same_thread=False)
+    db.execute("PRAGMA query_only = ON")
+    return db
+
+
 class Store:
     def __init__(
         self,
@@ -83,8 +106,7 @@ class Store:
         self.uplinks = tuple(uplinks)
         """Every uplink that must acknowledge an outbox row before it is deleted."""
         if read_only:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-            self.db.execute("PRAGMA query_only = ON")
+            self.db = connect_read_only(path)
             self.cursors = Cursors(self.db)
             return
         path.parent.mkdir(parents=True, exist_ok=True)

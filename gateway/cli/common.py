@@ -32,13 +32,16 @@ def ask_daemon(path: Path, command: dict[str, Any]) -> dict[str, Any] | None:
 
 def load(args: argparse.Namespace, warnings: list[Any] | None = None) -> Any:
     """The config, or exit 2 with every problem printed as FILE:LINE: key: message."""
+    from gateway.cli.ownership import hand_over_at_exit
     from gateway.config import ConfigError, load_config
 
     try:
-        return load_config(args.config, warnings=warnings)
+        cfg = load_config(args.config, warnings=warnings)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    hand_over_at_exit(cfg.store.data_dir)  # under sudo: what this command creates there stays the service's
+    return cfg
 
 
 def stored(cfg: Any) -> Any:

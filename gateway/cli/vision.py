@@ -19,6 +19,9 @@ DEFAULT_CONFIG = "/etc/gateway/config.toml"
 
 def _data_dir(args: argparse.Namespace) -> Path:
     if args.data_dir is not None:
+        from gateway.cli.ownership import hand_over_at_exit
+
+        hand_over_at_exit(Path(args.data_dir))  # `sudo gateway faces enroll`: faces.db stays the service's
         return Path(args.data_dir)
     from gateway.cli.common import load
 
