@@ -15,12 +15,14 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""The Content-Type of `exposition`'s body (text format 0.0.4)."""
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The Content-Type of `exposition`'s body: text format 0.0.4, which every Prometheus reads (our names are all
+legacy-valid, so the library's default underscore escaping never changes one)."""
 
 DEVICE_STATES = ("unknown", "online", "offline")
 UPLINK_STATES = ("starting", "connected", "disconnected", "disabled")
