@@ -23,6 +23,8 @@ from models.pose import PoseTracker
 
 class Analyser(Protocol):
     name: str
+    found: list[tuple[str, tuple[float, float, float, float], str]]
+    """What the last analysed frame held: (kind, box x y w h, label), for the status page's live frame."""
 
     def analyse(self, frame: Image, now: float) -> list[Event]: ...
 
@@ -75,9 +77,11 @@ class FaceAnalyser:
         self._last: dict[str | None, float] = {}
         self._seen: list[_SeenFace] = []
         self.embedded = 0
+        self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
         bgr, found = self.pipeline.detect(frame)
+        self.found = [("face", face.box, "face") for face in found]
         if bgr is None:
             return []
         results: list[tuple[str | None, float]] = []
@@ -99,6 +103,8 @@ class FaceAnalyser:
             self._last[match.person] = now
             results.append((match.person, match.score))
         self._seen = seen
+        names = {s.box: s.person or "unknown" for s in seen}
+        self.found = [(kind, box, names.get(box, label)) for kind, box, label in self.found]
         return face_events(self.camera, results)
 
 
@@ -112,9 +118,11 @@ class PlateAnalyser:
         self.allow, self.block = cfg.allowlist, cfg.blocklist
         self.reader = PlateReader.from_data_dir(data_dir, threads=1, max_side=cfg.detect_max_side)
         self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold)
+        self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
         reads = [r for r in self.reader.read(frame) if r.valid]
+        self.found = [("plate", r.detection.box, r.text) for r in reads]
         best = max(reads, key=lambda r: r.score, default=None)
         won = self.voter.vote(self.camera, best.text if best else None, best.score if best else 0.0, now)
         if won is None:
@@ -131,6 +139,7 @@ class FallAnalyser:
         self.camera = camera
         self.tracker = PoseTracker.from_data_dir(data_dir, threads=1)
         self.falls = FallDetector(FallConfig(hold=vision.falls.hold))
+        self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
 
     @property
     def busy(self) -> bool:
@@ -139,6 +148,13 @@ class FallAnalyser:
     def analyse(self, frame: Image, now: float) -> list[Event]:
         pose = self.tracker.update(self.camera, frame)
         event = self.falls.update(self.camera, now, None if pose is None else pose.landmarks)
+        self.found = []
+        if pose is not None:
+            xy = pose.landmarks[:33, :2]
+            (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+            state = self.falls.state(self.camera)
+            self.found = [("person", (float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+                           "person" if state == "watching" else state)]
         return [] if event is None else [event]
 
 

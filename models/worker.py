@@ -32,6 +32,7 @@ from models.analysers import Analyser, build
 from models.config import CameraConfig, VisionConfig, redact_url
 from models.fetch import FetchError
 from models.gallery import GalleryError
+from models.liveframe import LiveFrames, face_finder
 from models.motion import MotionGate
 from models.snapshots import Snapshots
 
@@ -79,11 +80,13 @@ def is_file(camera: CameraConfig) -> bool:
 
 class CameraLoop:
     def __init__(self, camera: CameraConfig, analysers: list[Analyser], out: Out,
-                 snapshots: Snapshots | None) -> None:
+                 snapshots: Snapshots | None, live: LiveFrames | None = None) -> None:
         self.camera = camera
         self.analysers = analysers
         self.out = out
         self.snapshots = snapshots
+        self.live = live
+        """The status page's latest frame (written only while someone watches)."""
         self.gate = MotionGate(camera.motion)
         self.period = 1.0 / camera.fps
         self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0}
@@ -154,8 +157,11 @@ class CameraLoop:
         busy = any(a.busy for a in self.analysers)
         if not self.gate.moving(frame, now) and not busy:
             self.counts["gated"] += 1
+            if self.live is not None:
+                self.live.offer(frame, None, faces_looked=False)
             return
         self.counts["analysed"] += 1
+        looked: list[Analyser] = []
         for analyser in self.analysers:
             t0 = time.perf_counter()
             try:
@@ -164,10 +170,14 @@ class CameraLoop:
                 self.counts["errors"] += 1
                 self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
                 continue
+            looked.append(analyser)
             ms = (time.perf_counter() - t0) * 1000
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
                 self.emit(event, frame)
+        if self.live is not None:
+            self.live.offer(frame, [f for a in looked for f in a.found],
+                            faces_looked=any(a.name == "faces" for a in looked))
 
     def emit(self, event: Event, frame: np.ndarray[Any, Any]) -> None:
         payload = dict(event.payload)
@@ -203,7 +213,8 @@ def main() -> int:
         out.event("camera.error", {"stage": "start", "error": str(exc)})
         return 3
     snapshots = Snapshots(data_dir / "snapshots" / camera.id, camera.snapshots) if camera.snapshots.enabled else None
-    CameraLoop(camera, analysers, out, snapshots).run_forever()
+    live = LiveFrames(data_dir, camera.id, face_finder(analysers, data_dir))
+    CameraLoop(camera, analysers, out, snapshots, live).run_forever()
     return 0
 
 

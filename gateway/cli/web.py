@@ -1,9 +1,150 @@
-"""`gateway web`: being written (issue 16); registers nothing yet."""
+"""`gateway web user add|remove|list`: who may log in to the status page ([web] users_file).
+
+The file holds scrypt hashes only (a per-user salt), is written whole and atomically, mode 0600, and keeps the
+owner it had (so `sudo gateway web user add` leaves it readable by the service); a new file under sudo goes to
+the owner of the data directory, the service's account. The running daemon sees a change at the next request.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import getpass
+import os
+import sys
+from pathlib import Path
 from typing import Any
+
+from gateway.cli.common import load, print_json, table
+
+MIN_PASSWORD = 8
 
 
 def add_commands(sub: Any, default_config: str) -> None:
-    """Add this module's commands to the CLI's subparsers."""
+    web = sub.add_parser("web", help="the status page's users")
+    nouns = web.add_subparsers(dest="noun", required=True)
+    user = nouns.add_parser("user", help="add, remove or list who may log in to the status page")
+    verbs = user.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("add", help="add a user (or set a user's password and roles)")
+    p.add_argument("name", help="login name (letters, digits, . _ @ -)")
+    p.add_argument("--role", action="append", choices=("viewer", "operator", "faces"),
+                   help="viewer: read the page; operator: also acknowledge/shelve/reset alarms; faces: see camera "
+                        "frames unblurred (repeat for several; default viewer)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin instead of asking")
+    p = verbs.add_parser("remove", help="remove a user")
+    p.add_argument("name")
+    verbs.add_parser("list", help="the users and their roles")
+    for p in verbs.choices.values():
+        p.add_argument("-c", "--config", type=Path, default=Path(default_config), help="config file (TOML)")
+        p.add_argument("--file", type=Path, help="the users file (default: [web] users_file of the config)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    web.set_defaults(fn=cmd_web)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from gateway.web.auth import NAME, User, parse_users
+
+    path = _users_file(args)
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    users, problems = parse_users(text)
+    for problem in problems:
+        print(f"warning: {path}: {problem} (the line will be dropped when the file is written)", file=sys.stderr)
+    if args.verb == "list":
+        listing = [{"name": u.name, "roles": sorted(u.roles)} for u in users.values()]
+        if args.json:
+            print_json(listing)
+        else:
+            print(table([(u["name"], ", ".join(u["roles"])) for u in listing], ["user", "roles"]))
+        return 0
+    if not NAME.fullmatch(args.name):
+        print(f"bad user name {args.name!r}: letters, digits, '.', '_', '@', '-'; at most 64", file=sys.stderr)
+        return 2
+    if args.verb == "remove":
+        if users.pop(args.name, None) is None:
+            print(f"no user {args.name!r} in {path}", file=sys.stderr)
+            return 1
+        verb = "removed"
+    else:
+        password = _password(args.password_stdin)
+        if password is None:
+            return 2
+        from gateway.web.auth import hash_password
+
+        roles = frozenset(args.role or ["viewer"])
+        verb = "updated" if args.name in users else "added"
+        users[args.name] = User(args.name, roles, hash_password(password))
+    try:
+        write_users(path, list(users.values()), owner_of=_data_dir(args))
+    except OSError as exc:
+        print(f"cannot write {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json({"user": args.name, "result": verb, "file": str(path)})
+    else:
+        print(f"{args.name}: {verb} ({path})")
+    return 0
+
+
+def _users_file(args: argparse.Namespace) -> Path:
+    if args.file is not None:
+        return Path(args.file)
+    cfg = load(args)
+    if cfg.web.users_file is None:
+        print(f"{args.config} has no [web] users_file: set one (e.g. /etc/gateway/web-users), or pass --file",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return Path(cfg.web.users_file)
+
+
+def _data_dir(args: argparse.Namespace) -> Path | None:
+    with contextlib.suppress(SystemExit, Exception):
+        return Path(load(args).store.data_dir) if args.config.exists() else None
+    return None
+
+
+def _password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("the two passwords differ; nothing changed", file=sys.stderr)
+            return None
+    if len(password) < MIN_PASSWORD:
+        print(f"a password has at least {MIN_PASSWORD} characters; nothing changed", file=sys.stderr)
+        return None
+    return password
+
+
+def write_users(path: Path, users: list[Any], *, owner_of: Path | None = None) -> None:
+    """The whole file, atomically, 0600; its previous owner kept (or, new and as root, the data dir's owner)."""
+    from gateway.web.auth import format_users
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner: tuple[int, int] | None = None
+    try:
+        st = os.stat(path)
+        owner = (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        if owner_of is not None and owner_of.exists():
+            st = os.stat(owner_of)
+            owner = (st.st_uid, st.st_gid)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(format_users(users))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(tmp, *owner)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,143 @@
+"""The latest frame for the status page, written by the camera worker only while someone watches.
+
+At most once a second, and only while the server's ``want`` file is fresh (gateway/web/frames.py), the worker
+writes two JPEGs of the frame in hand: ``raw.jpg`` with what the analysers found drawn on it (names of the
+recognised), and ``blurred.jpg`` with every face pixelated and labelled only ``face``, for viewers without the
+``faces`` role. Faces to blur come from the faces analyser when it looked at this frame, else from a YuNet
+detector loaded the first time it is needed; with no face model at all the whole picture is pixelated, since
+a face we cannot find we cannot hide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from gateway.web.frames import BLURRED, RAW, live_dir, wanted, write_atomically
+
+Box = tuple[float, float, float, float]
+Found = tuple[str, Box, str]
+"""What an analyser found on a frame: (kind, box x y w h in frame pixels, label)."""
+EVERY = 1.0
+"""At most one frame a second."""
+LOOK_EVERY = 1.0
+"""How often the ``want`` file's age is looked at."""
+COLOURS = {"face": (60, 200, 60), "plate": (0, 200, 255), "person": (255, 160, 0)}
+QUALITY = 75
+
+
+def pixelate(image: np.ndarray[Any, Any], box: Box, *, margin: float = 0.25, blocks: int = 6) -> None:
+    """Pixelate ``box`` (enlarged by ``margin`` each side) in place: a few coarse blocks no one can recognise."""
+    h, w = image.shape[:2]
+    x, y, bw, bh = box
+    x0, y0 = max(0, int(x - bw * margin)), max(0, int(y - bh * margin))
+    x1, y1 = min(w, int(x + bw * (1 + margin)) + 1), min(h, int(y + bh * (1 + margin)) + 1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    region = image[y0:y1, x0:x1]
+    small = cv2.resize(region, (blocks, max(1, round(blocks * (y1 - y0) / (x1 - x0)))), interpolation=cv2.INTER_AREA)
+    image[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+
+
+def draw(image: np.ndarray[Any, Any], found: Iterable[Found], *, names: bool) -> None:
+    """Boxes and labels in place; without ``names`` a face is only ``face``."""
+    for kind, (x, y, w, h), label in found:
+        colour = COLOURS.get(kind, (255, 255, 255))
+        text = label if names or kind != "face" else "face"
+        p0, p1 = (int(x), int(y)), (int(x + w), int(y + h))
+        cv2.rectangle(image, p0, p1, colour, 2)
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        top = max(th + 4, p0[1])
+        cv2.rectangle(image, (p0[0], top - th - 4), (p0[0] + tw + 4, top), colour, -1)
+        cv2.putText(image, text, (p0[0] + 2, top - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+class LiveFrames:
+    """One camera's live frames; ``offer`` every analysed or gated frame, it decides whether to write."""
+
+    def __init__(self, data_dir: Path, camera: str, face_boxes: Callable[[np.ndarray[Any, Any]], list[Box] | None],
+                 *, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.data_dir = data_dir
+        self.camera = camera
+        self.dir = live_dir(data_dir, camera)
+        self.face_boxes = face_boxes
+        """Finds faces to blur on a frame no faces analyser looked at; its None: no face model, blur everything."""
+        self.clock, self.wall = clock, wall
+        self.written = 0
+        self._looked = float("-inf")
+        self._wanted = False
+        self._last = float("-inf")
+        self._left = True
+        """Frames may be on disk (a previous worker's): removed as soon as nobody watches."""
+
+    def watched(self) -> bool:
+        now = self.clock()
+        if now - self._looked >= LOOK_EVERY:
+            self._looked = now
+            self._wanted = wanted(self.data_dir, self.camera, self.wall())
+            if not self._wanted and self._left:
+                for name in (RAW, BLURRED):
+                    (self.dir / name).unlink(missing_ok=True)
+                self._left = False
+        return self._wanted
+
+    def offer(self, frame: np.ndarray[Any, Any], found: Sequence[Found] | None, *, faces_looked: bool) -> bool:
+        """Write this frame if someone watches and a second has passed; ``found``: the analysers' findings on
+        it (None when none looked: a frame without motion); ``faces_looked``: the faces analyser ran on it."""
+        now = self.clock()
+        if now - self._last < EVERY or not self.watched():
+            return False
+        self._last = now
+        found = list(found or [])
+        raw = frame.copy()
+        draw(raw, found, names=True)
+        blurred = frame.copy()
+        if faces_looked:
+            faces: list[Box] | None = [box for kind, box, _ in found if kind == "face"]
+        else:
+            faces = self.face_boxes(frame)
+        if faces is None:
+            pixelate(blurred, (0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])), margin=0.0, blocks=24)
+        else:
+            for box in faces:
+                pixelate(blurred, box)
+        draw(blurred, found, names=False)
+        for name, image in ((BLURRED, blurred), (RAW, raw)):
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+            if ok:
+                write_atomically(self.dir, name, buf.tobytes())
+        self.written += 1
+        self._left = True
+        return True
+
+
+def face_finder(analysers: Iterable[Any], data_dir: Path) -> Callable[[np.ndarray[Any, Any]], list[Box] | None]:
+    """Face boxes for blurring: the faces analyser's own detector if the camera has one, else YuNet loaded on
+    first use (a camera nobody watches never loads it); None from it when there is no face model."""
+    detector: Any = next((a.pipeline.detector for a in analysers if getattr(a, "name", "") == "faces"
+                          and hasattr(a, "pipeline")), None)
+    missing = False
+
+    def find(frame: np.ndarray[Any, Any]) -> list[Box] | None:
+        from models.faces import as_bgr
+
+        nonlocal detector, missing
+        if detector is None and not missing:
+            from models.faces import FaceDetector
+            from models.fetch import FetchError, model_path
+
+            try:
+                detector = FaceDetector(model_path(data_dir, "yunet"), threads=1)
+            except (FetchError, Exception):  # no model, or ONNX Runtime refusing it: blur the whole frame
+                missing = True
+        if detector is None:
+            return None
+        bgr = as_bgr(frame)
+        return [] if bgr is None else [face.box for face in detector.detect(bgr)]
+
+    return find
