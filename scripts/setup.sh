@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up on a fresh Debian / Raspberry Pi OS box: system packages (when missing), a virtualenv in
-# .venv and the gateway package in it. Idempotent; safe to run again.
+# Set up a development checkout on a fresh Debian / Raspberry Pi OS box: system packages (when missing), a virtualenv
+# in .venv and the gateway package in it, editable. Idempotent; safe to run again. (A production install is
+# scripts/install.sh: a service user, a non-editable release, the unit.)
 #   scripts/setup.sh          what the demo and a production install need
 #   scripts/setup.sh --vision plus on-device vision (ONNX Runtime, LiteRT, OpenCV; ~150 MB of wheels)
 #   scripts/setup.sh --test   plus what the test suite needs (socat, pytest, ruff, mypy, the vision stack, ...)
@@ -57,10 +58,13 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-extra=""
-[ "$want_vision" = 1 ] && extra="[vision]"
-[ "$want_test" = 1 ] && extra="[test]"
-.venv/bin/python -m pip install --disable-pip-version-check -q -e ".${extra}"
+# Every dependency from a hash-pinned lock (scripts/lock.sh writes them), the versions a production install gets
+# (scripts/install.sh); then this checkout, editable, with nothing more resolved.
+lock=requirements/gateway.txt
+[ "$want_vision" = 1 ] && lock=requirements/vision.txt
+[ "$want_test" = 1 ] && lock=requirements/test.txt
+.venv/bin/python -m pip install --disable-pip-version-check -q --require-hashes -r "$lock" -r requirements/build.txt
+.venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 # Sparkplug B's protobuf module (the Eclipse Tahu sparkplug_b.proto, generated) as pysparkplug ships it: pinned by
 # hash and installed without its dependencies, because pysparkplug declares paho-mqtt<2 and aiomqtt needs paho-mqtt 2;
 # the gateway loads only its generated module (gateway/northbound/sparkplug_proto.py), never its MQTT client.
