@@ -39,10 +39,13 @@ _SECRET_KEY = re.compile(rf"(?:^|[\W_]){_SECRET}$", re.IGNORECASE)
 """An event key whose value is a secret: password, mqtt_password, X-Api-Key, access_token (not password_file)."""
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(\S+)")
 _PAIR = re.compile(
-    rf"(?<![\w.-])([\w.-]*?{_SECRET}[\"']?\s*[:=]\s*)((?:bearer|basic|digest)\s+)?(\"[^\"]*\"?|'[^']*'?|[^\s&,;\"'}}\])]+)",
+    rf"(?<![\w.-])([\w.-]*?{_SECRET}[\"']?\s*[:=]\s*)((?:bearer|basic|digest)\s+)?"
+    r"(\"(?:[^\"\\]|\\.)*\"?\S*|'(?:[^'\\]|\\.)*'?\S*|\S+)",
     re.IGNORECASE,
 )
-_BEARER = re.compile(r"(?<![\w-])(bearer\s+)([A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
+"""``password=...``, ``"token": "..."``, ``Authorization: Bearer ...``: the value runs to the next blank (or to its
+closing quote and on to the next blank), so a secret holding ``&``, ``,`` or a quote is masked whole."""
+_BEARER = re.compile(r"(?<![\w-])(bearer\s+)(\S+)", re.IGNORECASE)
 _META = frozenset({"_record", "_from_structlog"})
 _DEPTH = 8
 
@@ -62,9 +65,7 @@ def _url(match: re.Match[str]) -> str:
 
 
 def _pair(match: re.Match[str]) -> str:
-    name, scheme, value = match.group(1), match.group(2) or "", match.group(3)
-    quote = value[0] if value[0] in "\"'" else ""
-    return f"{name}{scheme}{quote}{MASK}{quote if value.endswith(quote) and len(value) > 1 else ''}"
+    return f"{match.group(1)}{match.group(2) or ''}{MASK}"
 
 
 def redact_text(text: str) -> str:
@@ -133,7 +134,7 @@ class _Render:
 class _Named(structlog.WriteLogger):
     """A WriteLogger that knows the name ``structlog.get_logger(name)`` gave it, for the ``logger`` key."""
 
-    def __init__(self, file: TextIO, name: str) -> None:
+    def __init__(self, file: TextIO, name: str = "") -> None:
         super().__init__(file)
         self.name = name
 
@@ -218,3 +219,6 @@ def reset() -> None:
     _handler = None
     logging.lastResort = _last_resort
     logging.captureWarnings(False)
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in OWN:
+        logging.getLogger(name).setLevel(logging.NOTSET)
