@@ -18,5 +18,6 @@ PLUGIN = DriverPlugin(
     device=ModbusDevice,
     driver="drivers.modbus.driver:ModbusDriver",
     validate=validate,
+    commands="drivers.modbus.cli:add_commands",
     default=True,  # the commonest field device: a device whose bus is missing is checked as one
 )
