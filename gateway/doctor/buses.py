@@ -1,0 +1,205 @@
+"""Is each bus reachable? A TCP connect (or opening the serial port), then a probe read of one configured point.
+
+The two steps tell apart what a technician fixes differently: nothing at the address (power, cable, IP) from a
+converter that accepts connections while nothing answers behind it (unit id, baud, A/B wiring).
+
+While the daemon runs it owns the buses (a serial port cannot be opened twice, and many TCP-to-RS-485
+converters take one connection), so the probe read goes through its control socket and its bus queue, and the
+daemon's own picture of each device on the bus is added: a bus is only as healthy as its devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+from typing import Any
+
+from gateway.core.data import Quality
+from gateway.core.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError, ExceptionResponse
+from gateway.doctor.context import Context, DaemonView
+from gateway.doctor.net import endpoint, tcp_connect
+from gateway.doctor.result import Result, fail, ok, warn
+
+PROBE_MAP = "`gateway device probe DEVICE` (daemon stopped) reads the whole map and says which lines fix it"
+
+
+def bus_budget(bus: Any) -> float:
+    """Seconds a bus check may take: a connect and a read with the driver's retries, and a little slack."""
+    return float(bus.timeout) * 4 + 2
+
+
+def _where(bus: Any) -> str:
+    if isinstance(getattr(bus, "port", None), str):
+        return str(bus.port)
+    if hasattr(bus, "host"):
+        return endpoint(bus.host, bus.port)
+    return f"bind {getattr(bus, 'bind', '?')}"
+
+
+def _target(ctx: Context, bus: Any) -> tuple[list[Any], Any | None, str | None]:
+    """The bus's enabled devices, and the device and point a probe reads (the first with any point)."""
+    devices = [d for d in ctx.config.devices if d.bus == bus.id and d.enabled]
+    for device in devices:
+        points = device.point_ids()
+        if points:
+            return devices, device, points[0]
+    return devices, None, None
+
+
+def _who(device: Any) -> str:
+    unit = getattr(device, "unit", None)
+    return f"{device.id} (unit {unit})" if unit is not None else device.id
+
+
+def _read_failed(name: str, bus: Any, device: Any, point: str, exc: DriverError, reached: str,
+                 **details: Any) -> Result:
+    """A failed probe read, in the words of what the technician checks next."""
+    who, wait = _who(device), f"{float(bus.timeout):g} s"
+    details.update(device=device.id, point=point, error=f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, ExceptionResponse):
+        return warn(name, f"{reached}; {who} answers but refuses {point} ({exc})",
+                    f"check the register map: {PROBE_MAP}", **details)
+    if isinstance(exc, DeviceTimeout):
+        behind = ("the unit id (devices.*.unit), and the serial side: baud, parity, A/B wiring, termination"
+                  if "modbus" in bus.driver else "the device's address and instance, and that it is powered")
+        return fail(name, f"{reached}, but {who} did not answer a read of {point} within {wait}",
+                    f"check {behind}", **details)
+    if isinstance(exc, BadResponse):
+        return fail(name, f"{reached}, but {who} answered garbage to a read of {point}",
+                    "wrong protocol on this port (modbus_tcp vs modbus_rtu_tcp)? baud or parity on a serial line? "
+                    "two devices with one unit id?", **details)
+    return fail(name, f"{reached}, but {who} could not be read: {exc}",
+                "check the device's power and wiring, and its settings in the config", **details)
+
+
+async def bus_reachable(ctx: Context, bus: Any) -> Result:
+    name = f"bus:{bus.id}"
+    devices, device, point = _target(ctx, bus)
+    details: dict[str, Any] = {"driver": bus.driver, "endpoint": _where(bus), "devices": [d.id for d in devices]}
+    if not devices:
+        return ok(name, f"{_where(bus)}: no enabled device on this bus, nothing to reach", **details)
+    view = await ctx.daemon()
+    if view.running:
+        return await _via_daemon(ctx, bus, view, devices, device, point, details)
+    return await _direct(ctx, bus, device, point, details)
+
+
+# -- the daemon is stopped: connect and read ourselves --------------------------------------------
+
+
+class PortBusy(OSError):
+    """Another program holds the port's lock (pyserial's ``exclusive``, a second gateway)."""
+
+
+def _open_serial(bus: Any) -> None:
+    """Open the port as the driver would and see whether another program holds its lock; no byte is sent."""
+    fd = os.open(bus.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PortBusy(f"{bus.port} is locked by another program") from None
+    finally:
+        os.close(fd)
+
+
+async def _direct(ctx: Context, bus: Any, device: Any, point: str | None, details: dict[str, Any]) -> Result:
+    name, where = f"bus:{bus.id}", _where(bus)
+    details["via"] = "direct"
+    if isinstance(getattr(bus, "port", None), str):
+        try:
+            await asyncio.to_thread(_open_serial, bus)
+        except PortBusy:
+            return fail(name, f"{where} is held by another program", f"find it with `fuser -v {where}` (a terminal "
+                        "program, a second gateway) and stop it", **details)
+        except OSError as exc:
+            busy = exc.errno == errno.EBUSY
+            return fail(name, f"cannot open {where}: {exc.strerror or exc}",
+                        f"find who holds it: fuser -v {where}" if busy else f"see serial:{bus.id} above", **details)
+        reached = f"{where} opens"
+    elif hasattr(bus, "host"):
+        unreached = await tcp_connect(bus.host, bus.port, float(bus.timeout))
+        if unreached is not None:
+            return fail(name, unreached.summary, unreached.advice, reached=unreached.kind, **details)
+        reached = f"{where} accepts connections"
+    else:
+        reached = f"{bus.driver} on {where}"
+    if device is None or point is None:
+        return ok(name, f"{reached}; its devices have no points to read", **details)
+    return await _probe(ctx, bus, device, point, reached, details)
+
+
+async def _probe(ctx: Context, bus: Any, device: Any, point: str, reached: str, details: dict[str, Any]) -> Result:
+    from drivers.registry import driver_class
+
+    name = f"bus:{bus.id}"
+    driver = driver_class(bus.driver)(bus, [device])
+    try:
+        if not driver.polls(device.id):
+            return ok(name, f"{reached}; {device.id} speaks unasked, there is nothing to read", **details)
+        reading = await driver.read_point(device.id, point)
+    except DriverError as exc:
+        return _read_failed(name, bus, device, point, exc, reached, **details)
+    finally:
+        await driver.close()
+    details.update(device=device.id, point=point, quality=reading.quality.value)
+    if reading.quality is not Quality.GOOD:
+        return warn(name, f"{reached}; {_who(device)} answered {point} with quality {reading.quality.value}",
+                    f"check the point's address and type: {PROBE_MAP}", **details)
+    return ok(name, f"{reached}; {_who(device)} answered {point}", **details)
+
+
+# -- the daemon runs: ask it ----------------------------------------------------------------------
+
+
+def _as_error(text: str) -> DriverError:
+    """The daemon's answer ("DeviceTimeout: ...") as the error it was, so it is explained the same way."""
+    kind, _, message = text.partition(": ")
+    if kind == "ExceptionResponse":
+        return ExceptionResponse(-1, message)
+    known: dict[str, type[DriverError]] = {"DeviceTimeout": DeviceTimeout, "BadResponse": BadResponse,
+                                           "DeviceUnreachable": DeviceUnreachable}
+    return known.get(kind, DriverError)(message or text)
+
+
+async def _via_daemon(ctx: Context, bus: Any, view: DaemonView, devices: list[Any], device: Any | None,
+                      point: str | None, details: dict[str, Any]) -> Result:
+    from gateway.control import request
+    from gateway.daemon import control_path
+
+    name, where = f"bus:{bus.id}", _where(bus)
+    details["via"] = "daemon"
+    seen = {d["id"]: d for d in (view.observed or {}).get("devices", []) if d.get("bus") == bus.id}
+    offline = sorted(i for i, d in seen.items() if d.get("state") == "offline")
+    details["offline"] = offline
+    if offline:
+        details["errors"] = {i: seen[i].get("error") for i in offline}
+    reached = f"{where} (through the running daemon)"
+    if device is not None and point is not None and getattr(bus, "driver", "") != "serial_lines":
+        try:
+            answer = await request(control_path(ctx.config), {"cmd": "read", "device": device.id, "point": point})
+        except PermissionError:
+            return warn(name, f"{where}: cannot ask the daemon", "run doctor as a member of the 'gateway' group, "
+                        "or with sudo", **details)
+        except (OSError, ValueError) as exc:
+            return warn(name, f"{where}: the daemon did not answer a read ({exc})",
+                        "run doctor again; if it persists, journalctl -u gateway -n 50", **details)
+        details.update(device=device.id, point=point)
+        if not answer.get("ok"):
+            error = str(answer.get("error", "?"))
+            details["error"] = error
+            return _read_failed(name, bus, device, point, _as_error(error), reached, **details)
+        readings = answer.get("readings") or [{}]
+        details["quality"] = readings[0].get("quality")
+    if offline and len(offline) == len(devices):
+        return fail(name, f"{where}: every device on it is offline ({', '.join(offline)})",
+                    "check the bus itself: power, cable, converter; `gateway status` shows each error", **details)
+    if offline:
+        return warn(name, f"{where}: {len(offline)} of {len(devices)} devices offline ({', '.join(offline)})",
+                    "check those devices' power, wiring and unit ids; `gateway status` shows each error", **details)
+    if device is not None and point is not None and details.get("quality") not in (None, Quality.GOOD.value):
+        return warn(name, f"{reached}; {_who(device)} answered {point} with quality {details['quality']}",
+                    f"check the point's address and type: {PROBE_MAP}", **details)
+    probe = f"; {_who(device)} answered {point}" if "quality" in details else ""
+    return ok(name, f"{reached}{probe}; {len(devices)} device{'s' * (len(devices) != 1)} online", **details)
