@@ -90,20 +90,40 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def _users_file(args: argparse.Namespace) -> Path:
+    """[web] users_file of the config; read from the TOML itself when the config is refused only because the
+    file does not exist yet (the first `user add` creates it)."""
     if args.file is not None:
         return Path(args.file)
-    cfg = load(args)
-    if cfg.web.users_file is None:
+    path = _configured(args, "web", "users_file")
+    if path is None:
+        load(args)  # refused for another reason: print why and exit 2
         print(f"{args.config} has no [web] users_file: set one (e.g. /etc/gateway/web-users), or pass --file",
               file=sys.stderr)
         raise SystemExit(2)
-    return Path(cfg.web.users_file)
+    return path
+
+
+def _configured(args: argparse.Namespace, section: str, key: str) -> Path | None:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+        value = getattr(getattr(cfg, section), key)
+        return None if value is None else Path(value)
+    except ConfigError:
+        pass
+    import tomllib
+
+    try:
+        with open(args.config, "rb") as f:
+            raw = tomllib.load(f).get(section, {}).get(key)
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return None
+    return Path(raw) if isinstance(raw, str) and raw else None
 
 
 def _data_dir(args: argparse.Namespace) -> Path | None:
-    with contextlib.suppress(SystemExit, Exception):
-        return Path(load(args).store.data_dir) if args.config.exists() else None
-    return None
+    return _configured(args, "store", "data_dir") if args.file is None else None
 
 
 def _password(from_stdin: bool) -> str | None:
