@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -46,7 +48,11 @@ _PAIR = re.compile(
 """``password=...``, ``"token": "..."``, ``Authorization: Bearer ...``: the value runs to the next blank (or to its
 closing quote and on to the next blank), so a secret holding ``&``, ``,`` or a quote is masked whole."""
 _BEARER = re.compile(r"(?<![\w-])(bearer\s+)(\S+)", re.IGNORECASE)
+_HINT = re.compile(r"pass|pwd|secret|token|key|auth|credential|cookie|psk|bearer", re.IGNORECASE)
+"""Cheap to look for, and in every text either of the patterns above can match: most lines have none."""
 _META = frozenset({"_record", "_from_structlog"})
+_OURS = _META | {"timestamp", "level"}
+"""Set by the processors before redaction (each overwrites whatever a caller passed): nothing to clean."""
 _DEPTH = 8
 
 _handler: logging.Handler | None = None
@@ -73,6 +79,8 @@ def redact_text(text: str) -> str:
     strictly needed rather than less)."""
     if "://" in text:
         text = _URL.sub(_url, text)
+    if not _HINT.search(text):
+        return text
     text = _PAIR.sub(_pair, text)
     return _BEARER.sub(lambda m: m.group(1) + MASK, text)
 
@@ -83,11 +91,17 @@ def _clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if depth < _DEPTH and isinstance(value, dict):
-        return {k: (_masked(v) if isinstance(k, str) and _SECRET_KEY.search(k) else _clean(v, depth + 1))
+        return {k: (_masked(v) if isinstance(k, str) and secret_key(k) else _clean(v, depth + 1))
                 for k, v in value.items()}
     if depth < _DEPTH and isinstance(value, list | tuple | set | frozenset):
         return [_clean(v, depth + 1) for v in value]
     return redact_text(repr(value))  # what the renderers would print for it, cleaned first
+
+
+@functools.lru_cache(maxsize=4096)
+def secret_key(key: str) -> bool:
+    """Whether a field called ``key`` holds a secret (the same few names come by again and again)."""
+    return _SECRET_KEY.search(key) is not None
 
 
 def _masked(value: Any) -> Any:
@@ -97,9 +111,9 @@ def _masked(value: Any) -> Any:
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """The structlog processor: every value cleaned, secret-named keys' values masked whole."""
     for key, value in event_dict.items():
-        if key in _META:
+        if key in _OURS:
             continue
-        event_dict[key] = _masked(value) if _SECRET_KEY.search(key) else _clean(value)
+        event_dict[key] = _masked(value) if secret_key(key) else _clean(value)
     return event_dict
 
 
@@ -151,6 +165,13 @@ class _Handler(logging.Handler):
             self.out.msg(self.format(record))
         except Exception:
             self.handleError(record)
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    structlog.get_logger("gateway").critical("uncaught exception", exc_info=(kind, exc, tb))
 
 
 def journal_stream(stream: TextIO) -> bool:
@@ -207,6 +228,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logging.getLogger(name).setLevel(threshold)
     logging.lastResort = last_resort
     logging.captureWarnings(True)
+    # A crash's traceback as one critical line, not thirty lines at info priority; a person at a terminal
+    # keeps Python's own (easier to read there).
+    sys.excepthook = _uncaught if as_json else sys.__excepthook__
     _handler = handler
 
 
@@ -219,6 +243,7 @@ def reset() -> None:
     _handler = None
     logging.lastResort = _last_resort
     logging.captureWarnings(False)
+    sys.excepthook = sys.__excepthook__
     logging.getLogger().setLevel(logging.WARNING)
     for name in OWN:
         logging.getLogger(name).setLevel(logging.NOTSET)
