@@ -14,7 +14,7 @@ import socket
 import ssl
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ async def add_user(config: Path, name: str, password: str, roles: list[str]) -> 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "web", "user", "add", name, *role_args, "--password-stdin", "-c",
         str(config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(password.encode() + b"\n")
+    _, err = await proc.communicate(password.encode() + b"\n")
     assert proc.returncode == 0, err.decode()
 
 
@@ -105,6 +105,13 @@ async def call(port: int, method: str, path: str, *, user: str | None = None, pa
     return await asyncio.to_thread(go)
 
 
+async def eventually(check: Callable[[], Awaitable[object]], within: float = 15.0) -> None:
+    """Until an asynchronous check (an HTTP request, a store query) comes true; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 (the answer comes from another process or the store)
+            await asyncio.sleep(0.1)
+
+
 async def serving(port: int) -> None:
     """Until the web server accepts connections (it starts beside the pollers, not before them)."""
     async with asyncio.timeout(15):
@@ -139,9 +146,7 @@ async def alarm_key(port: int, user: str | None = None) -> str:
         keys[:] = [a["key"] for a in (await state(port, user))["observed"]["alarms"]["list"]]
         return bool(keys)
 
-    async with asyncio.timeout(20):
-        while not await raised():
-            await asyncio.sleep(0.2)
+    await eventually(raised, 20)
     return keys[0]
 
 
@@ -245,9 +250,10 @@ async def test_an_operator_acknowledges_through_the_command_handler_and_the_trai
             async def audited() -> list[dict[str, Any]]:
                 return [e for e in await audit(daemon) if e.get("actor") == "web:alice"]
 
-            async with asyncio.timeout(10):
-                while not any(e["result"] == "ok" for e in await audited()):
-                    await asyncio.sleep(0.1)
+            async def acknowledged() -> bool:
+                return any(e["result"] == "ok" for e in await audited())
+
+            await eventually(acknowledged)
             done = next(e for e in await audited() if e["result"] == "ok")
             assert done["action"] == "command" and done["cmd"] == "alarm acknowledge" and done["target"] == key
             assert any(e["result"] == "refused" and e["target"] == "no-such-alarm" for e in await audited())
@@ -348,9 +354,10 @@ async def test_hostile_requests_are_answered_or_dropped_and_the_daemon_polls_on(
             assert refused.startswith(b"HTTP/1.1 503"), refused[:60]
             for _, w in crowd:
                 w.close()
-            async with asyncio.timeout(10):
-                while (await call(port, "GET", "/api/state"))[0] != 200:
-                    await asyncio.sleep(0.1)
+            async def answers() -> bool:
+                return (await call(port, "GET", "/api/state"))[0] == 200
+
+            await eventually(answers)
             polls = daemon.pollers["meter-0"].state.polls
             await until(lambda: daemon.pollers["meter-0"].state.polls > polls + 2)
             assert not daemon.supervisor.restarts.get("web")
