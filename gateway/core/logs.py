@@ -25,8 +25,6 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 MASK = "***"
-PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
-"""syslog priorities (crit, err, warning, info, debug) by structlog level name, as journald files them."""
 LEVELS = {"critical": 50, "fatal": 50, "exception": 40, "error": 40, "err": 40, "warning": 30, "warn": 30,
           "info": 20, "msg": 20, "debug": 10}
 LIBRARY_LEVEL = logging.WARNING
@@ -126,7 +124,8 @@ def _logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> 
 
 
 def priority(method: str, event_dict: EventDict) -> int:
-    """The syslog priority of an event: a stdlib record's own number, else structlog's method name."""
+    """The syslog priority (crit 2, err 3, warning 4, info 6, debug 7) of an event: a stdlib record's own number
+    (a library's custom level 25 is info), else structlog's method name."""
     record = event_dict.get("_record")
     number = record.levelno if isinstance(record, logging.LogRecord) else LEVELS.get(method, logging.INFO)
     return 2 if number >= 50 else 3 if number >= 40 else 4 if number >= 30 else 6 if number >= 20 else 7
