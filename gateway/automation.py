@@ -133,7 +133,7 @@ class Automation:
                     self._publishing.discard(action.event.id)
                 t = action.transition
                 if t is not None and t.tier:
-                    log.warning("alarm", key=t.key, action=t.action, tier=t.tier, level=t.level,
+                    log.warning("alarm", key=t.key, action=t.action, tier=t.tier, alarm_level=t.level,
                                 message=action.message)
             elif isinstance(action, PersistAlarm):
                 self.bus.alarm_state(action.key, action.record)
