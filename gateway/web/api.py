@@ -35,7 +35,9 @@ ACTIONS = ("acknowledge", "reset", "shelve", "unshelve")
 """What the page may do to an alarm (an operator's login); disabling one stays a CLI matter."""
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+          "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+          "/static/icon.svg": ("icon.svg", "image/svg+xml"),
+          "/favicon.ico": ("icon.svg", "image/svg+xml")}
 CAMERA = re.compile(r"/api/cameras/([A-Za-z0-9][A-Za-z0-9_\-]{0,63})/frame\.jpg")
 ALARM = re.compile(r"/api/alarms/([a-z_]{1,20})")
 SECURITY = [
