@@ -62,8 +62,15 @@ def _read_failed(name: str, bus: Any, device: Any, point: str, exc: DriverError,
         return warn(name, f"{reached}; {who} answers but refuses {point} ({exc})",
                     f"check the register map: {PROBE_MAP}", **details)
     if isinstance(exc, DeviceTimeout):
-        behind = ("the unit id (devices.*.unit), and the serial side: baud, parity, A/B wiring, termination"
-                  if "modbus" in bus.driver else "the device's address and instance, and that it is powered")
+        unit = getattr(device, "unit", None)
+        if isinstance(getattr(bus, "port", None), str):
+            behind = (f"the unit id ({unit} in the config), then the line: baud {bus.baudrate} and parity "
+                      f"{bus.parity} as the device's, A/B wiring, termination")
+        elif unit is not None:
+            behind = (f"the unit id ({unit} in the config) and, behind a TCP-to-RS-485 converter, its serial side: "
+                      "baud, parity, A/B wiring, termination")
+        else:
+            behind = "the device's address and instance, and that it is powered"
         return fail(name, f"{reached}, but {who} did not answer a read of {point} within {wait}",
                     f"check {behind}", **details)
     if isinstance(exc, BadResponse):
