@@ -33,6 +33,8 @@ from gateway.core.errors import DriverError
 log = structlog.get_logger("gateway.control")
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
+MAX_ANSWER = 64 * 2**20
+"""What a client reads of the daemon's one-line answer: `observe` at a site of 300 devices is over 64 KiB."""
 MAX_CLIENTS = 32
 """Connections served at once; more are told to retry, so a flood cannot use up the daemon's descriptors."""
 IDLE = 10.0
@@ -109,7 +111,7 @@ class ControlServer:
 async def request(path: Path, command: dict[str, Any]) -> dict[str, Any]:
     """Send one command to the running daemon; ConnectionError when it is not running."""
     async with asyncio.timeout(30):
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_REQUEST)
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_ANSWER)
         try:
             writer.write(json.dumps(command, ensure_ascii=False).encode() + b"\n")
             await writer.drain()
