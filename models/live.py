@@ -3,7 +3,7 @@
 The page asks for a camera's frame; the server touches ``want`` and serves what is there. The worker looks at
 ``want``'s age once a second and writes ``blurred.jpg`` and ``raw.jpg`` (at most once a second) only while it is
 fresh, so a camera nobody watches costs no JPEG encoding and leaves no picture on disk for long.
-Shared by both sides, so it imports nothing heavy (the daemon never loads OpenCV).
+Shared by both sides, so it imports nothing heavy (the daemon never loads OpenCV; models.liveframe draws).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The latest frame for the status page, written by the camera worker only while someone watches.
 
-At most once a second, and only while the server's ``want`` file is fresh (gateway/web/frames.py), the worker
+At most once a second, and only while the server's ``want`` file is fresh (models/live.py), the worker
 writes two JPEGs of the frame in hand: ``raw.jpg`` with what the analysers found drawn on it (names of the
 recognised), and ``blurred.jpg`` with every face pixelated and labelled only ``face``, for viewers without the
 ``faces`` role. Faces to blur come from the faces analyser when it looked at this frame, else from a YuNet
@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gateway.web.frames import BLURRED, RAW, live_dir, wanted, write_atomically
+from models.live import BLURRED, RAW, live_dir, wanted, write_atomically
 
 Box = tuple[float, float, float, float]
 Found = tuple[str, Box, str]

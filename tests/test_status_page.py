@@ -24,7 +24,7 @@ from test_web import PASSWORDS, add_user, call, eventually, meter, serving, site
 
 from gateway.config import load_config
 from gateway.daemon import Daemon
-from gateway.web import frames
+from models import live as frames
 from models.liveframe import LiveFrames
 from simulators.camera import MjpegCamera, scene
 

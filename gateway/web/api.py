@@ -23,8 +23,8 @@ from pydantic import ValidationError
 from gateway.commands import AlarmCommand, CommandError
 from gateway.config.observe import is_loopback
 from gateway.core.errors import DriverError
-from gateway.web import frames
 from gateway.web.auth import ANONYMOUS, Refused, User, Users
+from models import live as frames
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
