@@ -26,7 +26,7 @@ from simulators.meter import METER_POINTS, serve_black_holes, serve_meters
 
 POINTS = [{k: v for k, v in p.items() if v is not None} for p in METER_POINTS]  # unitless: no `unit` key
 DEVICE_KEYS = {"id", "state", "since", "last_poll", "last_ok", "error", "polls", "failures", "errors", "wire",
-               "unreadable"}
+               "unreadable", "kind"}
 EVENT_KEYS = {"id", "ts", "kind", "source", "priority", "data"}
 
 
@@ -105,7 +105,8 @@ async def test_status_shows_devices_uplink_outbox_and_whether_the_daemon_runs(tm
             await daemon.recorder.flush()
 
             report = (await gateway("status", "--json", "-c", config)).json()
-            assert set(report) == {"site", "daemon", "uplink", "uplinks", "outbox", "counters", "devices", "cameras"}
+            assert set(report) == {"site", "daemon", "uplink", "uplinks", "outbox", "counters", "devices", "cameras",
+                                   "alarms"}
             assert report["site"] == "test-site"
             assert {"pid", "started", "heartbeat", "version", "config", "state", "running"} <= set(report["daemon"])
             assert report["daemon"]["running"] is True and report["daemon"]["state"] == "running"

@@ -21,7 +21,16 @@ from gateway.cli.reload import cmd_reload
 from gateway.cli.rules import add_commands as add_rule_commands
 from gateway.cli.rules import add_export_arguments
 from gateway.cli.schema import add_command as add_schema_command
-from gateway.cli.site import cmd_check, cmd_demo, cmd_events, cmd_run, cmd_schema, cmd_simulate, cmd_status
+from gateway.cli.site import (
+    add_event_filters,
+    cmd_check,
+    cmd_demo,
+    cmd_events,
+    cmd_run,
+    cmd_schema,
+    cmd_simulate,
+    cmd_status,
+)
 from gateway.cli.vision import add_commands as add_vision_commands
 from gateway.cli.vision import add_simulate as add_camera_simulate
 
@@ -87,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--last", type=int, default=50, help="start with the last N events (0 = all)")
     add_export_arguments(p)
+    add_event_filters(p)
     p = command("demo", cmd_demo, "simulated meters -> daemon -> local broker, live on screen",
                 config=False, json_=False)
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")

@@ -41,7 +41,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The `gateway events` options that write a recording instead of showing the log."""
     p.add_argument("--export", type=Path, metavar="FILE",
                    help="write readings and events as a recording for `gateway rules test --replay` (- = stdout)")
-    p.add_argument("--since", metavar="DURATION", help="with --export: only the last DURATION, e.g. 2h")
+    p.add_argument("--since", metavar="WHEN", help="only the last DURATION (90s, 15m, 1h, 2d) or from an ISO time")
 
 
 # -- gateway rules test ----------------------------------------------------------------------------------
