@@ -150,6 +150,7 @@ async def test_a_broken_config_is_every_problem_with_its_line_and_the_box_is_sti
     assert problems == check.out.splitlines()  # the very lines `gateway check` gives
     names = [line.split()[1] for line in rest if line[:4] in ("ok  ", "WARN", "FAIL")]
     assert names == ["service", "clock"]  # what needs no config still runs; nothing else pretends to
+    assert "WARN  service  cannot tell" in run.out  # its store is named by the config it could not read
 
 
 async def test_systemd_state_is_systemctl_s_word_checked_against_the_heartbeat(tmp_path: Path,
@@ -274,7 +275,7 @@ async def test_wrong_credentials_fail_and_no_secret_is_ever_printed(tmp_path: Pa
 
         config.write_text(config.read_text().replace(secret, "the-right-one"))
         found = results(await diagnose(config, host=synced_host(tmp_path)))
-        assert found["broker:mqtt"].status == "ok" and "as 'gw'" in found["broker:mqtt"].summary
+        assert found["broker:mqtt"].status == "ok" and "user 'gw'" in found["broker:mqtt"].summary
     finally:
         auth.stop()
 

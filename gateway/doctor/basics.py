@@ -20,6 +20,10 @@ STORE_NEARLY_FULL = 0.9
 SYSTEMCTL_TIMEOUT = 3.0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+
+
 # -- config ---------------------------------------------------------------------------------------
 
 
@@ -33,8 +37,8 @@ def config_result(ctx: Context) -> Result:
                     "doctor again", problems=lines)
     cfg = ctx.cfg
     points = sum(len(d.point_ids()) for d in cfg.devices)
-    summary = (f"{path}: {len(cfg.buses)} buses, {len(cfg.devices)} devices, {points} points, "
-               f"{len(cfg.cameras)} cameras")
+    summary = f"{path}: " + ", ".join(_count(n, noun) for n, noun in (
+        (len(cfg.buses), "bus"), (len(cfg.devices), "device"), (points, "point"), (len(cfg.cameras), "camera")))
     user = ctx.host.service_user
     try:
         readable = user.may(path, read=True)
@@ -122,6 +126,9 @@ async def service(ctx: Context) -> Result:
                         f"restart {host.unit}", **details)
         return fail("service", f"not running (systemd: {active or 'unknown'})",
                     f"sudo systemctl enable --now {host.unit}", **details)
+    if view is None:
+        return warn("service", "cannot tell whether the daemon runs: its store is named by the config",
+                    "fix the config (above), then run doctor again", **details)
     if running:
         age = time.time() - float(daemon.get("heartbeat", 0) or 0)
         return ok("service", f"running ({_who(daemon)}; heartbeat {age:.0f} s ago; no systemd here)", **details)

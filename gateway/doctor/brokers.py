@@ -115,7 +115,7 @@ async def _one(host: str, port: int, config: MqttConfig, password: str | None, c
         return {**out, "status": Status.FAIL, "step": "mqtt", "summary": f"{where}: no MQTT answer ({found.summary})",
                 "advice": "something listens there, but it is not an MQTT broker answering in time"}
     tls = " with TLS" if context is not None else ""
-    user = f" as {config.username!r}" if config.username else ""
+    user = f", user {config.username!r}" if config.username else ""
     return {**out, "status": Status.OK, "step": "done", "summary": f"{where}{tls}{user}", "advice": ""}
 
 

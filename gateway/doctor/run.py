@@ -120,7 +120,7 @@ async def diagnose(config_path: Path, *, host: Host | None = None, budget: float
             async with asyncio.timeout(limit):
                 found = await check.run()
         except TimeoutError:
-            return [fail(check.name, f"no verdict within {limit:g} s", check.stuck)]
+            return [fail(check.name, f"no verdict within {limit:.1f} s", check.stuck)]
         except Exception as exc:  # a broken check is one failed line, never a crashed doctor
             # the type only: an exception's message may hold a secret
             log.warning("doctor check failed", check=check.name, error=type(exc).__name__)
