@@ -31,7 +31,6 @@ import structlog
 
 from gateway.core.data import Event, Priority
 from gateway.core.timing import Clock
-from gateway.metrics import exposition
 from gateway.northbound.encoder import Message
 
 if TYPE_CHECKING:
@@ -206,6 +205,8 @@ def write_textfile(path: Path, body: bytes) -> None:
 async def run_textfile(daemon: Daemon) -> None:
     """Rewrite [metrics] textfile every `every` seconds; a failure (no directory, no permission) is said once and
     retried, never a crash loop."""
+    from gateway.metrics import exposition  # prometheus-client is loaded only by a daemon that exports metrics
+
     failing = False
     if daemon.cfg.metrics.textfile is not None and daemon.cfg.metrics.textfile.suffix != ".prom":
         log.warning("node-exporter reads only *.prom files", path=str(daemon.cfg.metrics.textfile))

@@ -219,16 +219,13 @@ def _process(f: _Families, p: Mapping[str, Any]) -> None:
          p.get("rss_bytes"))
     _add(f.counter("gateway_process_cpu_seconds", "User and system CPU time the daemon used."), [],
          p.get("cpu_seconds"))
-    fds = _num(p.get("open_fds"))
-    if fds is not None and fds >= 0:
-        f.gauge("gateway_process_open_fds", "Open file descriptors.").add_metric([], fds)
-    threads = _num(p.get("threads"))
-    if threads is not None and threads >= 0:
-        f.gauge("gateway_process_threads", "Threads of the daemon.").add_metric([], threads)
-    free = _num(p.get("disk_free_bytes"))
-    if free is not None and free >= 0:
-        f.gauge("gateway_disk_free_bytes", "Free space (for unprivileged users) on the store's file "
-                "system.").add_metric([], free)
+    known = {key: number for key in ("open_fds", "threads", "disk_free_bytes")
+             if (number := _num(p.get(key))) is not None and number >= 0}  # -1: /proc or statvfs could not tell
+    for name, key, doc in (("gateway_process_open_fds", "open_fds", "Open file descriptors."),
+                           ("gateway_process_threads", "threads", "Threads of the daemon."),
+                           ("gateway_disk_free_bytes", "disk_free_bytes",
+                            "Free space (for unprivileged users) on the store's file system.")):
+        _add(f.gauge(name, doc), [], known.get(key))
     _add(f.gauge("gateway_store_bytes", "Bytes the SQLite store uses."), [], p.get("store_bytes"))
 
 

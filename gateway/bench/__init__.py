@@ -23,6 +23,7 @@ def add_commands(bench_subparsers: Any) -> None:
         fleet,
         modbus,
         noise,
+        observe,
         pipeline,
         rules,
         soak,
@@ -31,5 +32,5 @@ def add_commands(bench_subparsers: Any) -> None:
     )
 
     for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise, commands,
-                   encoders, fleet):
+                   encoders, fleet, observe):
         module.add_command(bench_subparsers)
