@@ -119,6 +119,11 @@ class Context:
             self._daemon = asyncio.ensure_future(self._ask_daemon())
         return await asyncio.shield(self._daemon)
 
+    def close(self) -> None:
+        """Stop asking the daemon if every check that wanted its answer gave up waiting."""
+        if self._daemon is not None and not self._daemon.done():
+            self._daemon.cancel()
+
     async def _ask_daemon(self) -> DaemonView:
         cfg = self.config
         view = await asyncio.to_thread(_daemon_row, cfg)

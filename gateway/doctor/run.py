@@ -129,7 +129,10 @@ async def diagnose(config_path: Path, *, host: Host | None = None, budget: float
         return found if isinstance(found, list) else [found]
 
     chosen = [p for p in planned if not _skipped(p.name, skip)]
-    found = await asyncio.gather(*(one(p) for p in chosen))
+    try:
+        found = await asyncio.gather(*(one(p) for p in chosen))
+    finally:
+        ctx.close()
     results = [r for group in found for r in group if not _skipped(r.name, skip)]
     if not _skipped("config", skip):
         results.insert(0, basics.config_result(ctx))
