@@ -217,7 +217,7 @@ def ticking(report: Report) -> Iterator[None]:
 
     def tick() -> None:
         while not stop.wait(1.0):
-            bar.update(time.monotonic() - start)
+            bar.update(round(time.monotonic() - start))
 
     thread = threading.Thread(target=tick, name="bench-progress", daemon=True)
     report.ticker = bar
