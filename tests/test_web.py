@@ -501,3 +501,35 @@ def test_any_host_header_gives_a_name(host: bytes) -> None:
 def test_hashes_use_the_interactive_scrypt_cost() -> None:
     assert hash_password("x").startswith(f"scrypt${SCRYPT_N}$8$1$")
     assert not verify_password("x", "scrypt$1099511627776$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==")  # no DoS
+
+
+async def test_web_user_commands_keep_a_private_file_of_hashes(tmp_path: Path) -> None:
+    users = tmp_path / "etc" / "web-users"
+
+    async def cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "web", "user", *args, "--file", str(users), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate(stdin)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    assert (await cli("add", "ops", "--role", "operator", "--role", "faces", "--password-stdin",
+                      stdin=b"long enough pw\n"))[0] == 0
+    assert (await cli("add", "guard", "--password-stdin", stdin=b"another password\n"))[0] == 0
+    code, _, err = await cli("add", "short", "--password-stdin", stdin=b"abc\n")
+    assert code == 2 and "at least 8" in err
+    code, _, err = await cli("add", "bad:name", "--password-stdin", stdin=b"long enough pw\n")
+    assert code == 2 and "bad user name" in err
+    code, out, _ = await cli("list", "--json")
+    assert code == 0 and json.loads(out) == [{"name": "ops", "roles": ["faces", "operator"]},
+                                             {"name": "guard", "roles": ["viewer"]}]
+    assert stat.S_IMODE(users.stat().st_mode) == 0o600
+    parsed, problems = parse_users(users.read_text())
+    assert not problems and verify_password("long enough pw", parsed["ops"].hash)
+    assert parsed["ops"].hash.split("$")[4] != parsed["guard"].hash.split("$")[4]  # a salt per user
+    assert (await cli("remove", "guard"))[0] == 0
+    assert (await cli("remove", "guard"))[0] == 1
+    users.write_text(users.read_text() + "garbage line\n")
+    code, out, err = await cli("list")
+    assert code == 0 and "ops" in out and "line 3" in err  # a bad line is said, not fatal
