@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import pty
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -166,6 +168,27 @@ async def test_scan_of_an_endpoint_nobody_listens_on_is_one_clear_line() -> None
     assert run.code == 1 and f"127.0.0.1:{port}: " in run.err and "cannot open" in run.err
     missing = await gateway("modbus", "scan", "--rtu", "/dev/no-such-adapter", "--units", "1")
     assert missing.code == 1 and "/dev/no-such-adapter" in missing.err
+
+
+async def test_scan_shows_progress_on_a_terminal_only() -> None:
+    """stderr a terminal (a pty here): a redrawn progress line; the answer itself stays on stdout."""
+    main, side = pty.openpty()
+    try:
+        async with tcp_units({2: bank(200)}) as port:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "modbus", "scan", f"127.0.0.1:{port}", "--units", "1-3",
+                stdout=asyncio.subprocess.PIPE, stderr=side)
+            os.close(side)
+            async with asyncio.timeout(60):
+                out, _ = await proc.communicate()
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once the child's end is closed and read
+            while chunk := os.read(main, 4096):
+                drawn += chunk
+    finally:
+        os.close(main)
+    assert proc.returncode == 0 and "1 of 3 unit id(s) answered" in out.decode()
+    assert b"\r" in drawn and f"scanning 127.0.0.1:{port} (1 found) 3/3 units".encode() in drawn, drawn
 
 
 # -- bad arguments ---------------------------------------------------------------------------------
