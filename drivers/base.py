@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
-from drivers.scheduler import Urgency
+from drivers.scheduler import BusScheduler, Urgency
 from gateway.core.config import Duration, Identifier, StrictModel
 from gateway.core.data import Event, Reading, Value
 from gateway.core.errors import DriverError
@@ -116,10 +116,13 @@ class Driver(abc.ABC):
             return Urgency.LIFE_SAFETY
         return Urgency.WRITE if write else Urgency.POLL
 
+    scheduler: BusScheduler | None = None
+    """The one wire's scheduler, for a driver whose devices share one (Modbus lines and converters)."""
+
     def wire(self) -> dict[str, float] | None:
         """The shared wire's use since start, for bus utilisation: ``transactions``, ``busy_seconds`` (the wire
         held), ``concurrency`` (transactions it carries at once), ``waiting``; None when the bus has no one wire."""
-        return None
+        return self.scheduler.figures() if self.scheduler is not None else None
 
     def counters(self, device: str) -> dict[str, int]:
         """What happened on the wire for this device, by kind (timeouts, retries, exceptions by code ...)."""

@@ -62,6 +62,11 @@ class BusScheduler:
     def waiting(self) -> int:
         return sum(1 for entry in self._queue if not entry[3].done())
 
+    def figures(self) -> dict[str, float]:
+        """The wire's use since start, as ``Driver.wire`` gives it (bus utilisation is busy seconds per second)."""
+        return {"transactions": self.stats.transactions, "busy_seconds": self.stats.busy_seconds,
+                "concurrency": self.concurrency, "waiting": self.waiting}
+
     @asynccontextmanager
     async def slot(self, urgency: Urgency = Urgency.POLL) -> AsyncIterator[None]:
         """Hold the wire for one transaction (request and reply)."""

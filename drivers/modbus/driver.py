@@ -138,7 +138,7 @@ class ModbusDriver(Driver):
         tcp = type(bus) is ModbusTcpBus
         concurrency = bus.max_in_flight if isinstance(bus, ModbusTcpBus) and tcp else 1
         gap = bus.frame_gap if isinstance(bus, ModbusRtuBus) else bus.gap
-        self.scheduler = BusScheduler(concurrency=concurrency, gap=gap)
+        self.scheduler: BusScheduler = BusScheduler(concurrency=concurrency, gap=gap)
         self._idle = [_Line(self._client_factory()) for _ in range(concurrency)]
         for line in self._idle:  # pymodbus hangs up after 4 silent requests: a dead unit must not cut off the rest
             line.client.set_max_no_responses(1_000_000)
@@ -178,11 +178,6 @@ class ModbusDriver(Driver):
     async def close(self) -> None:
         for line in self._idle:
             line.client.close()
-
-    def wire(self) -> dict[str, float]:
-        stats = self.scheduler.stats
-        return {"transactions": stats.transactions, "busy_seconds": stats.busy_seconds,
-                "concurrency": self.scheduler.concurrency, "waiting": self.scheduler.waiting}
 
     def counters(self, device: str) -> dict[str, int]:
         """Per kind: timeouts, retries, exceptions by code, garbage, splits and limits learnt."""
