@@ -169,7 +169,9 @@ class Health:
     def wait(self, interval: float) -> float:
         """Seconds until the next clock probe or health message, whichever is first."""
         now = self.daemon.clock.monotonic()
-        nexts = [sent + interval - now for sent, *_ in self._sent.values()]
+        uplinks = self.daemon.uplinks
+        nexts = [sent + interval - now for name, (sent, *_) in self._sent.items()
+                 if name in uplinks and uplinks[name].status.state == "connected"]  # a dead one waits for its connect
         return max(0.05, min([CLOCK_CHECK, *nexts]))
 
 

@@ -123,6 +123,14 @@ async def test_health_reaches_the_broker_on_its_interval_and_the_clock_sync_is_s
             await until(lambda: health(collector)[-1]["clock_synced"] is True, within=20)
             assert len([m for t, m in collector.messages if t == f"{ROOT}/event/clock.synchronized"]) == 1
             assert all(m.get("type") != "health" for t, m in collector.messages if t != f"{ROOT}/health")
+
+            # the broker restarts (its retained messages gone): the reconnected gateway says its health again
+            broker.stop()
+            uplink = daemon.uplinks["mqtt"]
+            await until(lambda: uplink.status.state == "disconnected")
+            broker.start()
+            await until(lambda: health(collector)[-1]["uplinks"]["mqtt"]["connects"] == 2, within=20)
+            valid(health(collector)[-1])
     finally:
         await server.close()
         await hole.close()
