@@ -98,7 +98,7 @@ class CameraWorker:
         missing = missing_modules(self.camera)
         if missing:
             error = (f"the vision extra is not installed (no {', '.join(missing)}): "
-                     "pip install '.[vision]', then restart")
+                     "sudo scripts/install.sh --vision (64-bit OS), then restart")
             log.error("camera cannot start", camera=self.camera.id, error=error)
             self.sink.event(Event("camera.error", self.camera.id, KINDS["camera.error"],
                                   {"camera": self.camera.id, "stage": "start", "error": error}, self.clock.time()))
