@@ -42,7 +42,7 @@ die() { echo "install: $*" >&2; exit 1; }
 real=1
 [ -n "$root" ] && real=0
 if [ "$real" = 1 ]; then
-    [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0 $*)"
+    [ "$(id -u)" -eq 0 ] || die "run as root: sudo $0"
     owner="gateway:gateway"
 fi
 

@@ -32,6 +32,8 @@ if [ "$want_test" = 1 ]; then
     [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || packages+=(fonts-wqy-microhei)
     # Debian's headless browser: the status-page test drives it through Playwright (no browser download)
     have chromium || packages+=(chromium)
+    # tests/test_install.py installs with Debian's own Python, as on a Pi (its venv module is python3-venv)
+    /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 fi
 
 if [ ${#packages[@]} -gt 0 ]; then

@@ -145,6 +145,11 @@ def gone(*paths: Path) -> list[Path]:
     return [p for p in paths if os.path.lexists(p)]
 
 
+def socket_mode(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mode & 0o777, info.st_gid
+
+
 def owned_by_service(data: Path) -> list[tuple[str, int, int]]:
     """Every entry of the data directory that is not the service's: (name, uid, gid)."""
     return [(p.name, p.lstat().st_uid, p.lstat().st_gid) for p in [data, *data.rglob("*")]
@@ -220,6 +225,9 @@ async def test_install_over_the_release_before_then_upgrade_refuse_uninstall_pur
             assert json.loads(status.stdout)["daemon"]["running"] is True
             events = run(on_path, "events", "-n", "3", "-c", config, user=TECHNICIAN)
             assert events.returncode == 0, events.stderr
+            assert socket_mode(data / "control.sock") == (0o660, SERVICE[1])  # the service's group may use it
+            values = run(on_path, "values", "--json", "-c", config, user=TECHNICIAN)  # only the daemon answers it
+            assert values.returncode == 0 and isinstance(json.loads(values.stdout), list), values.stderr
         finally:
             await stop(new)
         events = run(on_path, "events", "-n", "3", "-c", config, user=TECHNICIAN)  # the daemon stopped: no WAL left
