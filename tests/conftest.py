@@ -139,6 +139,8 @@ def write_config(path: Path, *, site: str = "test-site", data_dir: Path, mqtt_po
                  buses: list[dict[str, Any]], devices: list[dict[str, Any]], extra: str = "") -> Path:
     """A config file built as an engineer would write it (TOML text, not a dict handed to pydantic)."""
     lines = [f'[site]\nid = "{site}"\n', f'[store]\ndata_dir = "{data_dir}"\n{extra}']
+    if "[web]" not in extra:  # its own port: two daemons (or a neighbour's) never fight over the default 9847
+        lines.append(f"[web]\nport = {free_port()}\n")
     if mqtt_port is None:
         lines.append("[mqtt]\nenabled = false\n")
     else:

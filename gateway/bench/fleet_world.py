@@ -122,7 +122,7 @@ class Fleet:
         points = "\n".join("[[devices.points]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in raw.items()
                                                           if v is not None) for raw in METER_POINTS)
         text = [f'[site]\nid = "{site(g)}"\n', f"[store]\ndata_dir = {value(str(self.work / site(g) / 'data'))}\n",
-                '[log]\nlevel = "warning"\nformat = "json"\n',
+                '[log]\nlevel = "warning"\nformat = "json"\n', "[web]\nenabled = false\n",  # 16 on one box
                 f'[mqtt]\nhost = "{HOST}"\nport = {self.broker.port}\ntopic_prefix = "{PREFIX}"\n'
                 f"replay_rate = {p.replay_rate:g}\nreplay_delay = {p.replay_delay:g}\nlive_window = {p.live_window:g}\n"
                 f"reconnect_max = {p.reconnect_max:g}\n"]
