@@ -144,10 +144,10 @@ async def test_camera_frames_reach_the_page_faces_blurred_unless_the_viewer_may_
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
     async with MjpegCamera([scene(portrait)], fps=10) as cam:
-        path = write_config(tmp_path / "gateway.toml", data_dir=data, mqtt_port=None, buses=[], devices=[])
-        path.write_text(path.read_text() + f'\n[web]\nport = {port}\nusers_file = "{tmp_path / "web-users"}"\n'
-                        f'\n[vision.faces]\nkey_file = "{key}"\n\n[[cameras]]\nid = "lobby"\nurl = "{cam.url}"\n'
-                        'fps = 5\ndetect = ["faces"]\n')
+        path = write_config(tmp_path / "gateway.toml", data_dir=data, mqtt_port=None, buses=[], devices=[],
+                            extra=f'\n[web]\nport = {port}\nusers_file = "{tmp_path / "web-users"}"\n')
+        path.write_text(path.read_text() + f'\n[vision.faces]\nkey_file = "{key}"\n\n[[cameras]]\nid = "lobby"\n'
+                        f'url = "{cam.url}"\nfps = 5\ndetect = ["faces"]\n')
         await add_user(path, "vic", PASSWORDS["vic"], ["viewer"])
         await add_user(path, "fay", PASSWORDS["fay"], ["viewer", "faces"])
         async with running(Daemon(load_config(path))), browser() as b:

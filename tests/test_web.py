@@ -75,8 +75,9 @@ async def add_user(config: Path, name: str, password: str, roles: list[str]) -> 
 def site_config(tmp: Path, server: MeterServer, *, web: str, rules: str = RULES, extra: str = "") -> Path:
     buses = [dict(id="bus-0", driver="modbus_tcp", host="127.0.0.1", port=server.ports[0], timeout="300ms")]
     devices = [dict(id="meter-0", bus="bus-0", interval="200ms", points=POINTS)]
-    path = write_config(tmp / "gateway.toml", data_dir=tmp / "data", mqtt_port=None, buses=buses, devices=devices)
-    path.write_text(path.read_text() + f"\n[web]\n{web}\n{extra}\n{rules}")
+    path = write_config(tmp / "gateway.toml", data_dir=tmp / "data", mqtt_port=None, buses=buses, devices=devices,
+                        extra=f"\n[web]\n{web}\n")
+    path.write_text(path.read_text() + f"\n{extra}\n{rules}")
     return path
 
 
