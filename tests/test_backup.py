@@ -131,6 +131,62 @@ def test_restore_as_root_leaves_the_service_its_files(tmp_path: Path) -> None:
     assert hand_over(data) == []  # nothing left that is root's
 
 
+def test_hand_over_never_follows_a_directory_swapped_for_a_link_while_it_walks(tmp_path: Path) -> None:
+    """The service account swaps a subdirectory of its data dir for a link to a root directory, over and over,
+    while a root command hands the data dir over: the root files outside stay root's."""
+    assert os.geteuid() == 0, "this proof needs root, as the CLI under sudo has it (CI runs as root)"
+    service = (61001, 61003)
+    data, outside = tmp_path / "data", tmp_path / "etc"
+    (data / "sub").mkdir(parents=True)
+    outside.mkdir()
+    os.chown(data, *service)
+    os.chown(data / "sub", *service)
+    names = [f"f{i:03}" for i in range(64)]
+    for name in names:
+        (outside / name).write_text("root's")
+        (data / "sub" / name).write_text("made under sudo")
+    swap = ("import os, sys\n"  # what a compromised service account can do to its own directory, in a process
+            "sub, real, outside = sys.argv[1:]\n"
+            "while True:\n"
+            "    os.rename(sub, real); os.symlink(outside, sub); os.unlink(sub); os.rename(real, sub)\n")
+    swapper = subprocess.Popen([sys.executable, "-c", swap, data / "sub", data / "sub.real", outside])
+    try:
+        for _ in range(100):
+            hand_over(data)
+            for name in names:  # root's again, for the next round
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    os.chown(data / "sub.real" / name, 0, 0)
+            assert [n for n in names if (outside / n).stat().st_uid != 0] == []
+    finally:
+        swapper.kill()
+        swapper.wait()
+    if not (data / "sub").is_dir() or (data / "sub").is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            (data / "sub").unlink()
+        os.rename(data / "sub.real", data / "sub")
+    for name in names:
+        os.chown(data / "sub" / name, 0, 0)
+    assert {p.name for p in hand_over(data)} == set(names)  # the walk does hand over what is really inside
+
+
+def test_hand_over_leaves_a_data_dir_below_a_directory_the_service_could_change(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "this proof needs root, as the CLI under sudo has it (CI runs as root)"
+    service = (61001, 61003)
+    parent = tmp_path / "service-owned"
+    data = parent / "data"
+    data.mkdir(parents=True)
+    (data / "gateway.lock").write_text("")
+    os.chown(parent, *service)  # whoever owns this may swap data/ for a link between our checks
+    os.chown(data, *service)
+    assert hand_over(data) == [] and (data / "gateway.lock").stat().st_uid == 0
+    os.chown(parent, 0, 0)
+    assert hand_over(data) == [data / "gateway.lock"] and (data / "gateway.lock").stat().st_uid == service[0]
+    link = tmp_path / "link"
+    link.symlink_to(data)  # a link configured by root is resolved: its target is still checked
+    (data / "faces.db").write_text("")
+    assert hand_over(link) == [link / "faces.db"]
+
+
 MEMBER = st.sampled_from([*sorted(ALLOWED), "../../etc/passwd", "/etc/shadow", "gateway.db/../x", ""])
 
 
