@@ -534,3 +534,41 @@ async def test_web_user_commands_keep_a_private_file_of_hashes(tmp_path: Path) -
     users.write_text(users.read_text() + "garbage line\n")
     code, out, err = await cli("list")
     assert code == 0 and "ops" in out and "line 3" in err  # a bad line is said, not fatal
+
+
+def test_web_user_add_under_sudo_gives_the_file_to_the_service_and_writes_through_no_link(tmp_path: Path) -> None:
+    """`sudo gateway web user add x --file /etc/gateway/web-users`: the service's to read (the data directory's
+    owner), 0600; a link planted where the temporary file goes is replaced, never written through; without a
+    terminal or --password-stdin it says so and changes nothing."""
+    assert os.geteuid() == 0, "this proof needs root, as the CLI under sudo has it (CI runs as root)"
+    import subprocess
+
+    service = (61001, 61003)
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, *service)
+    config = write_config(tmp_path / "config.toml", data_dir=data, mqtt_port=None, buses=[], devices=[])
+    users = tmp_path / "etc" / "web-users"
+    users.parent.mkdir()
+    outside = tmp_path / "shadow"
+    outside.write_text("root's secret\n")
+    outside.chmod(0o640)
+    (users.parent / ".web-users.tmp").symlink_to(outside)
+
+    def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "gateway", "web", "user", *args, "--file", str(users), "-c",
+                               str(config)], input=stdin, capture_output=True, timeout=60, start_new_session=True)
+
+    done = cli("add", "ops", "--role", "operator", "--password-stdin", stdin=b"long enough pw\n")
+    assert done.returncode == 0, done.stderr
+    info = users.lstat()
+    assert (info.st_uid, info.st_gid) == service and stat.S_IMODE(info.st_mode) == 0o600
+    assert outside.read_text() == "root's secret\n" and outside.stat().st_uid == 0
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o640
+    os.chown(users, 0, 0)  # a file an earlier release left root's: the next change gives it back to the service
+    assert cli("add", "guard", "--password-stdin", stdin=b"another password\n").returncode == 0
+    assert (users.stat().st_uid, users.stat().st_gid) == service
+    before = users.read_bytes()
+    no_tty = cli("add", "eve")  # a new session: no controlling terminal, and stdin is empty
+    assert no_tty.returncode == 2 and b"--password-stdin" in no_tty.stderr and b"Traceback" not in no_tty.stderr
+    assert users.read_bytes() == before

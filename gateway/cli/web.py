@@ -1,8 +1,9 @@
 """`gateway web user add|remove|list`: who may log in to the status page ([web] users_file).
 
-The file holds scrypt hashes only (a per-user salt), is written whole and atomically, mode 0600, and keeps the
-owner it had (so `sudo gateway web user add` leaves it readable by the service); a new file under sudo goes to
-the owner of the data directory, the service's account. The running daemon sees a change at the next request.
+The file holds scrypt hashes only (a per-user salt), is written whole and atomically, mode 0600. Under sudo it
+goes to the owner of the config's data directory, the service's account (``--file`` or not), so the daemon can
+read it; without a data directory to go by, it keeps the owner it had. The temporary file beside it is created
+exclusively and never through a link. The running daemon sees a change at the next request.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,15 +125,22 @@ def _configured(args: argparse.Namespace, section: str, key: str) -> Path | None
 
 
 def _data_dir(args: argparse.Namespace) -> Path | None:
-    return _configured(args, "store", "data_dir") if args.file is None else None
+    """The service's data directory, whose owner the file goes to (``--file`` only says where the file is)."""
+    return _configured(args, "store", "data_dir")
 
 
 def _password(from_stdin: bool) -> str | None:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:  # no terminal and nothing on stdin: a script that forgot --password-stdin
+            print("\nno terminal to ask for the password on: pipe it in with --password-stdin; nothing changed",
+                  file=sys.stderr)
+            return None
+        if again != password:
             print("the two passwords differ; nothing changed", file=sys.stderr)
             return None
     if len(password) < MIN_PASSWORD:
@@ -141,30 +150,38 @@ def _password(from_stdin: bool) -> str | None:
 
 
 def write_users(path: Path, users: list[Any], *, owner_of: Path | None = None) -> None:
-    """The whole file, atomically, 0600; its previous owner kept (or, new and as root, the data dir's owner)."""
+    """The whole file, atomically, 0600; as root, owned by ``owner_of``'s owner (the data directory: the service),
+    else by the file's previous owner. The temporary file is made with O_EXCL|O_NOFOLLOW (a stale one, or a link
+    planted in its place, is removed first, never written through) and its mode and owner set on the descriptor."""
     from gateway.web.auth import format_users
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    owner: tuple[int, int] | None = None
-    try:
-        st = os.stat(path)
-        owner = (st.st_uid, st.st_gid)
-    except FileNotFoundError:
-        if owner_of is not None and owner_of.exists():
-            st = os.stat(owner_of)
-            owner = (st.st_uid, st.st_gid)
+    owner = _owner(owner_of, path)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a previous run's leftover, or a link someone put there: gone, not followed
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(f.fileno(), *owner)
             f.write(format_users(users))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        if owner is not None and os.geteuid() == 0:
-            os.chown(tmp, *owner)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _owner(data_dir: Path | None, path: Path) -> tuple[int, int] | None:
+    """Whose the file is to be: the data directory's owner, else the file's own (a link is nobody's)."""
+    with contextlib.suppress(OSError):
+        if data_dir is not None and stat.S_ISDIR((st := os.stat(data_dir)).st_mode):
+            return st.st_uid, st.st_gid
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG((st := os.lstat(path)).st_mode):
+            return st.st_uid, st.st_gid
+    return None
