@@ -274,13 +274,20 @@ async def test_guessing_passwords_is_throttled_without_running_scrypt(tmp_path: 
     port = free_port()
     async with meter() as server:
         config = site_config(tmp_path, server, web=f'port = {port}\nusers_file = "{tmp_path / "web-users"}"')
-        await add_user(config, "vic", PASSWORDS["vic"], ["viewer"])
+        for name in ("vic", "alice", "fay"):
+            await add_user(config, name, PASSWORDS[name], ROLES_OF[name])
         async with running(Daemon(load_config(config))):
             await serving(port)
-            codes = [(await call(port, "GET", "/api/state", user="vic", password=f"guess-{n}"))[0] for n in range(11)]
-            assert codes[:10] == [401] * 10 and codes[10] == 429
+            assert (await call(port, "GET", "/api/state", user="fay"))[0] == 200  # fay's page is open
+            for name in ("vic", "fay"):
+                codes = [(await call(port, "GET", "/api/state", user=name, password=f"guess-{n}"))[0]
+                         for n in range(11)]
+                assert codes[:10] == [401] * 10 and codes[10] == 429
             # even the right password waits out the window: the guesser cannot tell
             assert (await call(port, "GET", "/api/state", user="vic"))[0] == 429
+            # every ssh -L user is 127.0.0.1: another name still logs in, and fay's open session goes on
+            assert (await call(port, "GET", "/api/state", user="alice"))[0] == 200
+            assert (await call(port, "GET", "/api/state", user="fay"))[0] == 200
 
 
 # -- hostile requests ----------------------------------------------------------------------------------------------
@@ -572,3 +579,22 @@ def test_web_user_add_under_sudo_gives_the_file_to_the_service_and_writes_throug
     no_tty = cli("add", "eve")  # a new session: no controlling terminal, and stdin is empty
     assert no_tty.returncode == 2 and b"--password-stdin" in no_tty.stderr and b"Traceback" not in no_tty.stderr
     assert users.read_bytes() == before
+
+
+async def test_one_address_spraying_names_is_refused_unheard_others_are_not(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.web import auth
+
+    monkeypatch.setattr(auth, "SPRAY", 5)  # the bound, made small for the test
+    path = tmp_path / "web-users"
+    path.write_text(format_users([User("vic", frozenset({"viewer"}), hash_password(PASSWORDS["vic"]))]))
+    users = auth.Users(path)
+    header = basic("vic", PASSWORDS["vic"]).encode()
+    for n in range(5):
+        with pytest.raises(auth.Refused) as refused:
+            await users.login(basic(f"name-{n}", "guess").encode(), "192.0.2.7")
+        assert not refused.value.throttled
+    with pytest.raises(auth.Refused) as refused:
+        await users.login(header, "192.0.2.7")  # the sprayer, even with a right password
+    assert refused.value.throttled
+    assert (await users.login(header, "192.0.2.8")).name == "vic"  # another address

@@ -5,10 +5,16 @@ by `gateway web user add`; it never holds a password. Roles: ``viewer`` reads th
 acknowledges, shelves and resets alarms, ``faces`` sees camera frames with faces unblurred.
 
 Every login is hostile until proven otherwise: the header is parsed without trusting its length or encoding,
-an unknown name costs the same scrypt as a known one, hashes are compared in constant time, and a peer that
-keeps failing is refused without any scrypt at all (so guessing costs the guesser, not the daemon's CPU).
+an unknown name costs the same scrypt as a known one, hashes are compared in constant time, and guessing is
+refused without any scrypt at all once it keeps failing (so it costs the guesser, not the daemon's CPU).
 A login that verified is remembered a few minutes under a keyed digest, so a page polling every 1.5 s costs
 one scrypt per session, not one per request.
+
+The throttle counts failures per (address, name): over ``ssh -L`` every technician is 127.0.0.1, so ten wrong
+passwords for one name must not lock every other name out. A session already logged in (its exact
+credentials remembered) is never throttled, so guessing at alice's name does not end alice's open page; a new
+login as alice waits the window out like the guesser. One address spraying many names is stopped at
+``SPRAY`` failures whatever the names.
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ MAX_HEADER = 1024
 REMEMBER = 300.0
 """Seconds a verified login is remembered (the file changing forgets them all)."""
 FAILURES, FAILURE_WINDOW = 10, 300.0
-"""Failed logins a peer may make in the window before it is refused unheard."""
+"""Failed logins for one name from one address in the window before that name is refused unheard there."""
+SPRAY = 100
+"""Failed logins from one address in the window, whatever the names, before the address is refused unheard."""
+TRACKED = 4096
+"""Most (address, name) pairs with recent failures kept (a spray from many addresses must not grow it without end)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +175,8 @@ class Users:
         self._users: dict[str, User] = {}
         self._remembered: dict[bytes, tuple[str, float]] = {}
         self._secret = os.urandom(32)
-        self._failures: dict[str, collections.deque[float]] = {}
+        self._failures: dict[tuple[str, str], collections.deque[float]] = {}
+        self._sprays: dict[str, collections.deque[float]] = {}
         self._verifying = asyncio.Lock()
 
     @property
@@ -216,20 +227,19 @@ class Users:
         digest = hmac.new(self._secret, header or b"", hashlib.sha256).digest()
         known = self._remembered.get(digest)
         if known is not None and known[1] > now and known[0] in users:
-            return users[known[0]]
-        failures = self._failures.setdefault(peer, collections.deque(maxlen=FAILURES))
-        while failures and now - failures[0] > FAILURE_WINDOW:
-            failures.popleft()
-        if len(failures) >= FAILURES:
-            raise Refused("too many failed logins from this address: wait a few minutes", throttled=True)
+            return users[known[0]]  # a session logged in a moment ago: never throttled
         name, password = credentials
+        if _recent(self._failures.get((peer, name)), now) >= FAILURES:
+            raise Refused("too many failed logins for this name: wait a few minutes", throttled=True)
+        if _recent(self._sprays.get(peer), now) >= SPRAY:
+            raise Refused("too many failed logins from this address: wait a few minutes", throttled=True)
         user = users.get(name)
         async with self._verifying:  # one scrypt at a time, off the event loop
             ok = await asyncio.to_thread(verify_password, password, user.hash if user else _DUMMY)
         if user is None or not ok:
-            failures.append(now)
-            if len(self._failures) > 1024:  # a spray from many addresses must not grow this without end
-                self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] <= FAILURE_WINDOW}
+            self._failures.setdefault((peer, name), collections.deque(maxlen=FAILURES)).append(now)
+            self._sprays.setdefault(peer, collections.deque(maxlen=SPRAY)).append(now)
+            self._forget_old_failures(now)
             log.warning("web login refused", user=name[:64], peer=peer)
             raise Refused("wrong name or password")
         if len(self._remembered) >= 256:
@@ -237,5 +247,26 @@ class Users:
             if len(self._remembered) >= 256:
                 self._remembered.clear()
         self._remembered[digest] = (name, now + REMEMBER)
-        self._failures.pop(peer, None)
+        self._failures.pop((peer, name), None)
         return user
+
+    def _forget_old_failures(self, now: float) -> None:
+        """Keep the failure books bounded: the expired go first, then (past TRACKED) the longest quiet."""
+        if len(self._failures) + len(self._sprays) <= 1024:
+            return
+        self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] <= FAILURE_WINDOW}
+        self._sprays = {k: v for k, v in self._sprays.items() if v and now - v[-1] <= FAILURE_WINDOW}
+        if len(self._failures) > TRACKED:
+            newest = sorted(self._failures.items(), key=lambda kv: kv[1][-1])[-TRACKED // 2:]
+            self._failures = dict(newest)
+        if len(self._sprays) > TRACKED:
+            self._sprays = dict(sorted(self._sprays.items(), key=lambda kv: kv[1][-1])[-TRACKED // 2:])
+
+
+def _recent(failures: collections.deque[float] | None, now: float) -> int:
+    """How many of these failures are within the window (older ones dropped on the way)."""
+    if failures is None:
+        return 0
+    while failures and now - failures[0] > FAILURE_WINDOW:
+        failures.popleft()
+    return len(failures)
