@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from gateway.config import ConfigError, load_config
 from gateway.daemon import Daemon
 from gateway.web import server as web_server
-from gateway.web.api import ACTIONS, STATIC, host_name, route
+from gateway.web.api import ACTIONS, STATIC, App, host_name, route
 from gateway.web.auth import (
     ROLES,
     SCRYPT_N,
@@ -311,6 +311,7 @@ async def raw(port: int, data: bytes, *, read_for: float = 5.0) -> bytes:
 async def test_hostile_requests_are_answered_or_dropped_and_the_daemon_polls_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(web_server, "REQUEST_TIME", 1.0)  # the slowloris bound, shortened for the test
+    monkeypatch.setattr(web_server, "FIRST_BYTE", 1.0)  # and the silent connection's
     port = free_port()
     async with meter() as server:
         cfg = load_config(site_config(tmp_path, server, web=f"port = {port}"))
@@ -356,12 +357,35 @@ async def test_hostile_requests_are_answered_or_dropped_and_the_daemon_polls_on(
             writer.close()
             assert dropped, "a trickling client was never dropped"
 
-            # a crowd of idle connections is bounded; the page answers again once they are gone
-            crowd = [await asyncio.open_connection("127.0.0.1", port) for _ in range(web_server.MAX_CONNECTIONS + 5)]
-            refused = await raw(port, head + b"\r\n", read_for=2)
-            assert refused.startswith(b"HTTP/1.1 503"), refused[:60]
+            # a crowd of silent connections cannot hold the page: a newcomer takes the place of the longest silent
+            crowd = [await asyncio.open_connection("127.0.0.1", port) for _ in range(web_server.MAX_CONNECTIONS + 8)]
+            assert (await call(port, "GET", "/api/state"))[0] == 200
+            assert (await call(port, "GET", "/metrics"))[0] == 200
+            cut = [await _closed(r) for r, _ in crowd]
+            assert sum(not c for c in cut) <= web_server.PER_PEER, "one address held more than its share"
             for _, w in crowd:
                 w.close()
+            silent, quiet = await asyncio.open_connection("127.0.0.1", port)
+            async with asyncio.timeout(10):  # the first-byte deadline (1 s here), not the 30 s keep-alive
+                assert await silent.read(1024) == b""
+            quiet.close()
+            # requests in progress are never cut: with every place of this address one, a newcomer is refused
+            # (a second server on the daemon's own App, so the test can see when it has read the begun heads)
+            second = web_server.HttpServer(App(daemon))
+            listener = await asyncio.start_server(second.connection, "127.0.0.1", 0)
+            other = listener.sockets[0].getsockname()[1]
+            busy = [await asyncio.open_connection("127.0.0.1", other) for _ in range(web_server.PER_PEER)]
+            for _, w in busy:
+                w.write(head)  # a head begun, not finished
+                await w.drain()
+            await until(lambda: [c.waiting_since for c in second.connections.values()] == [None] * web_server.PER_PEER)
+            refused = await raw(other, head + b"\r\n", read_for=2)
+            assert refused.startswith(b"HTTP/1.1 503"), refused[:60]
+            for _, w in busy:
+                w.close()
+            listener.close()
+            await second.close()
+
             async def answers() -> bool:
                 return (await call(port, "GET", "/api/state"))[0] == 200
 

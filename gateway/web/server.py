@@ -2,7 +2,11 @@
 
 Every request is hostile: the head is bounded in size, header count and time (a slowloris client is dropped when
 its deadline passes, whatever it trickles), the body in size, the connections in number; a malformed request gets
-a 4xx and a closed connection, never an exception in the daemon. A port already taken (or a TLS file missing) is
+a 4xx and a closed connection, never an exception in the daemon. Connections that say nothing cannot hold the page
+down: a new one has a few seconds to start its request, one address may hold only a few at once, and when the
+table is full a newcomer takes the place of the connection that has waited longest for a request (a silent one or
+an idle keep-alive); only requests in progress are never cut, and only when every place is one is a newcomer
+refused (503). A port already taken (or a TLS file missing) is
 an error the supervisor reports (``gateway.task_crashed``, source ``web``) and retries with backoff; the rest of
 the gateway runs on regardless.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h11
@@ -25,9 +30,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.web")
 
 MAX_CONNECTIONS = 32
+PER_PEER = 8
+"""Connections one address may hold at once (every ``ssh -L`` user is 127.0.0.1, so a newcomer displaces
+that address's longest-waiting one rather than being refused)."""
 MAX_HEAD = 8 * 1024
 MAX_HEADERS = 64
 MAX_BODY = 16 * 1024
+FIRST_BYTE = 5.0
+"""Seconds a new connection may take to send the first byte of its request."""
 IDLE = 30.0
 """Seconds a kept-alive connection may wait for its next request."""
 REQUEST_TIME = 10.0
@@ -78,46 +88,80 @@ class _Drop(Exception):
     """Close the connection without another word (timeout, EOF, a client that broke the protocol twice)."""
 
 
+@dataclass(eq=False, slots=True)
+class _Client:
+    """One connection as the table of connections sees it."""
+
+    task: asyncio.Task[None]
+    peer: str
+    waiting_since: float | None
+    """When it began waiting for a request's first byte (new or kept alive); None while a request is in progress."""
+    requests: int = 0
+    evicted: bool = False
+
+
 class HttpServer:
     def __init__(self, app: App) -> None:
         self.app = app
-        self.connections: set[asyncio.Task[None]] = set()
+        self.connections: dict[asyncio.Task[None], _Client] = {}
 
     async def close(self) -> None:
         for task in list(self.connections):
             task.cancel()
         await asyncio.gather(*self.connections, return_exceptions=True)
 
+    def _admit(self, peer: str) -> bool:
+        """Room for a new connection from ``peer``, made by evicting the longest-waiting one if need be."""
+        mine = [c for c in self.connections.values() if c.peer == peer]
+        if len(mine) >= PER_PEER and not self._evict(mine):
+            return False
+        return len(self.connections) < MAX_CONNECTIONS or self._evict(list(self.connections.values()))
+
+    def _evict(self, among: list[_Client]) -> bool:
+        waiting = [c for c in among if c.waiting_since is not None]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
+        oldest.evicted = True
+        del self.connections[oldest.task]
+        oldest.task.cancel()
+        return True
+
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is None or len(self.connections) >= MAX_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        where = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if task is None or not self._admit(where):
             with contextlib.suppress(Exception):
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
                              b"Retry-After: 5\r\n\r\n")
                 writer.close()
             return
-        self.connections.add(task)
-        peer = writer.get_extra_info("peername")
-        where = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        client = _Client(task, where, asyncio.get_running_loop().time())
+        self.connections[task] = client
         try:
-            await self._serve(reader, writer, where)
+            await self._serve(reader, writer, client)
         except (_Drop, TimeoutError, ConnectionError, ssl.SSLError, OSError):
             pass
+        except asyncio.CancelledError:
+            if not client.evicted:
+                raise
         except Exception:  # a bug here must never reach the daemon: log it, drop the connection
             log.exception("web: request failed", peer=where)
         finally:
-            self.connections.discard(task)
+            if self.connections.get(task) is client:
+                del self.connections[task]
             writer.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: _Client) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         tls = writer.get_extra_info("sslcontext") is not None
         while True:
             try:
-                request = await self._request(conn, reader, peer, tls)
+                request = await self._request(conn, reader, client, tls)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
@@ -133,6 +177,7 @@ class HttpServer:
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+            client.requests += 1
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response, *,
                     close: bool = False) -> None:
@@ -148,10 +193,11 @@ class HttpServer:
         if close:
             raise _Drop
 
-    async def _request(self, conn: h11.Connection, reader: asyncio.StreamReader, peer: str,
+    async def _request(self, conn: h11.Connection, reader: asyncio.StreamReader, client: _Client,
                        tls: bool) -> Request | None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + IDLE
+        client.waiting_since = loop.time()
+        deadline = loop.time() + (IDLE if client.requests else FIRST_BYTE)
         started = False
         head: h11.Request | None = None
         body = bytearray()
@@ -165,11 +211,13 @@ class HttpServer:
                     data = await reader.read(4096)
                 if not started and data:
                     started, deadline = True, loop.time() + REQUEST_TIME
+                    client.waiting_since = None  # a request in progress is never evicted
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
             if isinstance(event, h11.Request):
+                client.waiting_since = None  # (a pipelined request arrives without a read)
                 head = event
                 if len(event.headers) > MAX_HEADERS:
                     raise _TooLarge(error(431, "too many headers"))
@@ -182,7 +230,7 @@ class HttpServer:
                     raise _TooLarge(error(413, f"a request body is at most {MAX_BODY} bytes"))
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                return Request.of(head, bytes(body), peer, tls)
+                return Request.of(head, bytes(body), client.peer, tls)
 
 
 class _TooLarge(Exception):
