@@ -530,6 +530,12 @@ def test_any_host_header_gives_a_name(host: bytes) -> None:
     assert isinstance(host_name(host), str)
 
 
+def test_host_names_are_case_insensitive_and_a_trailing_dot_is_the_same_name() -> None:
+    assert {host_name(h) for h in (b"LocalHost:9847", b"localhost.:9847", b"LOCALHOST.", b"localhost")} == {
+        "localhost"}
+    assert host_name(b"[::1]:9847") == "::1" and host_name(b"127.0.0.1.:9847") == "127.0.0.1"
+
+
 def test_hashes_use_the_interactive_scrypt_cost() -> None:
     assert hash_password("x").startswith(f"scrypt${SCRYPT_N}$8$1$")
     assert not verify_password("x", "scrypt$1099511627776$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==")  # no DoS

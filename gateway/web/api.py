@@ -9,6 +9,7 @@ name too, so a DNS-rebinding page cannot read the JSON either.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -119,11 +120,13 @@ def route(path: str) -> tuple[str, str | None] | None:
 
 
 def host_name(host: bytes) -> str:
-    """The name in a Host header, without its port ("[::1]:9847" -> "::1")."""
+    """The name in a Host header, without its port, lower case, without a trailing dot ("LocalHost.:9847" ->
+    "localhost", "[::1]:9847" -> "::1"): names are case-insensitive and "localhost." is "localhost"."""
     text = host.decode("latin-1").strip()
     if text.startswith("["):
-        return text[1:].partition("]")[0]
-    return text.rpartition(":")[0] if text.count(":") == 1 else text
+        return text[1:].partition("]")[0].lower()
+    name = text.rpartition(":")[0] if text.count(":") == 1 else text
+    return name.lower().removesuffix(".")
 
 
 class App:
@@ -193,7 +196,8 @@ class App:
                 return user
         from gateway.metrics import CONTENT_TYPE, exposition  # only a server that serves metrics loads them
 
-        return Response(200, exposition(await self.daemon.observer.snapshot()), CONTENT_TYPE)
+        # 20-30 ms at 300 devices on x86, ~100 ms on a Pi: rendered beside the loop, not in it
+        return Response(200, await asyncio.to_thread(exposition, await self.daemon.observer.snapshot()), CONTENT_TYPE)
 
     async def _state(self, user: User) -> dict[str, Any]:
         d = self.daemon
