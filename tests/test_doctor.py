@@ -213,6 +213,74 @@ async def test_a_running_daemon_is_all_ok_and_a_stopped_one_fails(tmp_path: Path
         await meters.close()
 
 
+async def test_many_buses_through_a_running_daemon_are_each_read_a_few_at_a_time(tmp_path: Path,
+                                                                                  monkeypatch: Any) -> None:
+    """More buses than the control socket serves at once (32): every read gets its answer, none is turned away."""
+    from gateway.doctor import context
+
+    count = 48
+    meters = await serve_meters("127.0.0.1", 0, count=count)
+    buses = [dict(id=f"b{i}", driver="modbus_tcp", host="127.0.0.1", port=p, timeout="300ms")
+             for i, p in enumerate(meters.ports)]
+    devices = [dict(id=f"m{i}", bus=f"b{i}", interval="1s", points=POINTS) for i in range(count)]
+    config = write_config(tmp_path / "gateway.toml", data_dir=tmp_path / "data", mqtt_port=None, buses=buses,
+                          devices=devices, extra=NO_WEB)
+    try:
+        daemon = Daemon(load_config(config))
+        async with running(daemon):
+            await until(lambda: all(p.state.state == "online" for p in daemon.pollers.values()))
+            found = results(await diagnose(config, host=synced_host(tmp_path), budget=60))
+            read = [r for name, r in found.items() if name.startswith("bus:")]
+            assert len(read) == count and all(r.status == "ok" for r in read), [r for r in read if r.status != "ok"]
+            assert all(r.details.get("quality") == "good" and r.summary.endswith("answered voltage_a; 1 online of 1")
+                       for r in read), read[0]
+
+            monkeypatch.setattr(context, "ASK_DAEMON", 0.0)  # no time for the daemon's picture of its devices
+            found = results(await diagnose(config, host=synced_host(tmp_path), budget=60, skip=["bus:b[1-9]*"]))
+            blind = found["bus:b0"]
+            assert blind.status == "warn" and "answered voltage_a; the daemon gave no picture" in blind.summary, blind
+            assert blind.details["online"] == 0 and blind.details["snapshot"] is False
+    finally:
+        await meters.close()
+
+
+async def test_buses_left_when_the_time_is_up_say_so_and_are_judged_on_the_daemon_s_picture(tmp_path: Path) -> None:
+    """Each read of a silent unit takes its timeout at least, and the daemon is asked a few at a time: with
+    40 of them and 3 s, some are not read, and say so, rather than time out or be turned away."""
+    count = 40
+    holes = await serve_black_holes("127.0.0.1", 0, count=count)
+    buses = [dict(id=f"b{i}", driver="modbus_tcp", host="127.0.0.1", port=p, timeout="500ms")
+             for i, p in enumerate(holes.ports)]
+    devices = [dict(id=f"m{i}", bus=f"b{i}", interval="1s", points=POINTS) for i in range(count)]
+    config = write_config(tmp_path / "gateway.toml", data_dir=tmp_path / "data", mqtt_port=None, buses=buses,
+                          devices=devices, extra=NO_WEB)
+    try:
+        daemon = Daemon(load_config(config))
+        async with running(daemon):
+            await until(lambda: all(p.state.state == "offline" for p in daemon.pollers.values()), within=60)
+            found = results(await diagnose(config, host=synced_host(tmp_path), budget=3))
+        read = [r for name, r in found.items() if name.startswith("bus:")]
+        assert len(read) == count and all(r.status == "fail" for r in read)
+        assert not [r for r in read if "no verdict" in r.summary or "did not answer a read (" in r.summary]
+        late = [r for r in read if "not_probed" in r.details]
+        assert late and all("every device on it is offline (m" in r.summary for r in late), late[:1]
+    finally:
+        await holes.close()
+
+
+def test_many_skipped_checks_are_summed_up_by_kind() -> None:
+    from gateway.cli.doctor import render
+    from gateway.doctor.result import ok
+    from gateway.doctor.run import Report
+
+    skipped = [f"bus:b{i}" for i in range(300)] + ["clock", "camera:gate", "serial:x", "serial:y"]
+    text = render(Report("gateway.toml", "site", [ok("config", "fine")], skipped=skipped))
+    assert text.splitlines()[-1] == "skipped 304: bus:* (300), clock, camera:gate, serial:* (2)"
+    long = [f"camera:{'c' * 30}{i}" for i in range(2)] + [f"x{'y' * 40}{i}" for i in range(8)]
+    lines = render(Report("gateway.toml", "site", [], skipped=long)).splitlines()
+    assert len(lines) > 3 and all(len(line) <= 100 for line in lines)
+
+
 # -- certificates and TLS --------------------------------------------------------------------------------
 
 

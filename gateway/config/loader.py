@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TextIO, Union, get_args,
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from gateway.config.files import MAX_CONFIG_BYTES, file_problem
+from gateway.config.files import MAX_CONFIG_BYTES, Reader, file_problem
 from gateway.config.locate import SourceMap
 from gateway.config.renames import ANY, RENAMED, Deprecation, apply_renames
 from gateway.config.schema import GatewayConfig, cross_check, resolve_paths
@@ -162,10 +162,13 @@ def _include(path: Path, data: dict[str, Any], sources: Sources) -> None:
         raise ConfigError(_sorted(problems))
 
 
-def load_config(path: str | Path, *, warnings: list[ConfigProblem] | None = None) -> GatewayConfig:
+def load_config(path: str | Path, *, warnings: list[ConfigProblem] | None = None,
+                reader: Reader | None = None) -> GatewayConfig:
     """Read, parse, validate and cross-check; raise ConfigError listing every problem, sorted by line.
 
     Old key names still load; each is added to ``warnings`` (when given) with its line and the new name.
+    The files the config names (password, keys, certificates) are judged readable by ``reader`` when given
+    (doctor: the service user), else by this process.
     """
     path = Path(path)
     name, text, data = _read(path)
@@ -184,7 +187,7 @@ def load_config(path: str | Path, *, warnings: list[ConfigProblem] | None = None
     except ValidationError as exc:
         problems = [_from_pydantic(sources, error) for error in exc.errors(include_url=False)]
         raise ConfigError(_sorted(problems)) from None
-    problems = [ConfigProblem(*sources.place(p.loc), p.message, p.value) for p in cross_check(cfg)]
+    problems = [ConfigProblem(*sources.place(p.loc), p.message, p.value) for p in cross_check(cfg, reader=reader)]
     if problems:
         raise ConfigError(_sorted(problems))
     return cfg

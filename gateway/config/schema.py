@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from drivers import registry
 from drivers.base import BusConfig, DeviceConfig
 from drivers.registry import family_of
-from gateway.config.files import MAX_SECRET_BYTES, file_problem
+from gateway.config.files import MAX_SECRET_BYTES, Reader, file_problem
 from gateway.config.observe import HealthConfig, MetricsConfig, WebConfig
 from gateway.config.uplink import LIFE_SAFETY_KINDS, MqttConfig, TlsConfig, UplinkConfig
 from gateway.core.config import Duration, Identifier, Problem, StrictModel
@@ -176,8 +176,8 @@ class GatewayConfig(StrictModel):
         raise KeyError(device_id)
 
 
-def cross_check(cfg: GatewayConfig) -> list[Problem]:
-    """Facts that span sections, checked after every section is valid on its own."""
+def cross_check(cfg: GatewayConfig, *, reader: Reader | None = None) -> list[Problem]:
+    """Facts that span sections, checked after every section is valid on its own (files as ``reader`` may read)."""
     problems: list[Problem] = []
 
     def duplicates(ids: list[str], loc: tuple[str | int, ...], what: str) -> None:
@@ -260,7 +260,7 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
         files += [(("web", "users_file"), cfg.web.users_file, True), (("web", "tls_cert"), cfg.web.tls_cert, False),
                   (("web", "tls_key"), cfg.web.tls_key, True)]
     for loc, path, secret in files:
-        problem = None if path is None else file_problem(path, MAX_SECRET_BYTES, secret=secret)
+        problem = None if path is None else file_problem(path, MAX_SECRET_BYTES, secret=secret, reader=reader)
         if problem is not None:  # the message names the file and its mode, never what is in it
             problems.append(Problem(loc, problem, str(path)))
     return problems

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.doctor.context import Context, group_name
+from gateway.doctor.context import Context, group_name, no_access
 from gateway.doctor.result import Result, fail, ok, warn
 
 MB = 2**20
@@ -30,6 +30,9 @@ def _count(n: int, noun: str) -> str:
 def config_result(ctx: Context) -> Result:
     """`gateway check`'s verdict, with every problem as FILE:LINE: key: message."""
     path = ctx.config_path
+    if ctx.cfg is None and _denied(path):
+        return warn("config", f"{path}: this user may not read it; nothing that needs the config was checked",
+                    no_access("the config", path), problems=[p.format() for p in ctx.problems])
     if ctx.cfg is None:
         lines = [p.format() for p in ctx.problems]
         return fail("config", f"{path}: {len(lines)} problem{'s' * (len(lines) != 1)}; the checks that need the "
@@ -52,6 +55,17 @@ def config_result(ctx: Context) -> Result:
         return warn("config", f"{summary}; {len(lines)} deprecated key{'s' * (len(lines) != 1)}",
                     "rename them as each line below says: the old names go in the next release", warnings=lines)
     return ok("config", summary)
+
+
+def _denied(path: Path) -> bool:
+    """Whether the config is there but this user may not read it (a technician outside the service's group)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return not os.access(path, os.R_OK)
 
 
 # -- service ----------------------------------------------------------------------------------------
@@ -100,13 +114,16 @@ async def service(ctx: Context) -> Result:
     daemon = view.daemon if view else {}
     details: dict[str, Any] = {"running": running, "systemd": host.systemd, "pid": daemon.get("pid"),
                                "version": daemon.get("version")}
-    if view and view.problem and not running:
-        return warn("service", "cannot tell whether the daemon runs", view.problem, **details)
+    # the store that whoever runs doctor cannot read: no heartbeat to judge, but systemd's word may still be had
+    blind = view.problem if view is not None and not running else None
     if host.systemd:
         active, enabled = await asyncio.gather(_systemctl("is-active", host.unit), _systemctl("is-enabled", host.unit))
         details.update(active=active, enabled=enabled)
         journal = f"journalctl -u {host.unit} -n 50 -p warning"
         if active == "active":
+            if blind:
+                return warn("service", f"systemd says {host.unit} is active; its heartbeat cannot be read", blind,
+                            **details)
             if view is not None and not running:
                 return warn("service", f"systemd says {host.unit} is active, but the daemon writes no heartbeat",
                             f"it may be hung or starting: {journal}; sudo systemctl restart {host.unit}", **details)
@@ -121,14 +138,19 @@ async def service(ctx: Context) -> Result:
             return warn("service", f"the daemon runs outside systemd ({_who(daemon)})",
                         f"stop it and `sudo systemctl start {host.unit}`, so it is restarted after a crash or a "
                         "reboot", **details)
+        if blind and active not in ("failed", "inactive"):
+            return warn("service", f"cannot tell whether the daemon runs (systemd: {active or 'unknown'})", blind,
+                        **details)
         if active == "failed":
             return fail("service", f"systemd: {host.unit} failed", f"{journal} says why; then sudo systemctl "
                         f"restart {host.unit}", **details)
         return fail("service", f"not running (systemd: {active or 'unknown'})",
                     f"sudo systemctl enable --now {host.unit}", **details)
+    if blind:
+        return warn("service", "cannot tell whether the daemon runs", blind, **details)
     if view is None:
         return warn("service", "cannot tell whether the daemon runs: its store is named by the config",
-                    "fix the config (above), then run doctor again", **details)
+                    "see the config line above, then run doctor again", **details)
     if running:
         age = time.time() - float(daemon.get("heartbeat", 0) or 0)
         return ok("service", f"running ({_who(daemon)}; heartbeat {age:.0f} s ago; no systemd here)", **details)
@@ -145,7 +167,10 @@ async def service(ctx: Context) -> Result:
 async def clock(ctx: Context) -> Result:
     from gateway.clocksync import clock_synced
 
-    synced = await asyncio.to_thread(clock_synced, ctx.host.timesync_flag)
+    try:
+        synced = await asyncio.to_thread(clock_synced, ctx.host.timesync_flag)
+    except OSError:  # timesyncd's directory closed to this user: nobody here can tell
+        synced = None
     advice = ("timedatectl status; sudo systemctl enable --now systemd-timesyncd; an NTP server must be reachable "
               "(UDP 123; NTP= in /etc/systemd/timesyncd.conf for the site's own)")
     if synced is None:
@@ -220,7 +245,11 @@ def _store(ctx: Context) -> Result:
         return fail("store", f"the service user {user.name!r} cannot write {data_dir} (owner "
                     f"{owner.st_uid}, group {group_name(owner.st_gid)})",
                     f"sudo chown -R {user.name}: {data_dir}", **details)
-    if not path.exists():
+    try:
+        there = path.exists()
+    except PermissionError:  # inside the service's 0750 data directory, Path.exists raises EACCES
+        return warn("store", f"cannot look into {data_dir}", no_access("the data directory", data_dir), **details)
+    if not there:
         return warn("store", f"no store yet at {path}: the gateway has not run with this config",
                     "start the service; run doctor again once it runs", **details)
     try:

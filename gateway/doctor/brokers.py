@@ -132,9 +132,10 @@ async def broker(ctx: Context, name: str, config: MqttConfig) -> list[Result]:
         return [ok(check, "disabled in the config: everything waits in the outbox", **details)]
     try:
         password, context = credentials(config)
-    except PermissionError as exc:
-        return [fail(check, f"cannot read its credentials or TLS files ({exc.filename}): permission denied",
-                     "run doctor with sudo: the password and key files are the service's alone", **details)]
+    except PermissionError as exc:  # the config check judged them readable by the service: only this user may not
+        return [warn(check, f"not tested: this user may not read its credentials or TLS files ({exc.filename})",
+                     "run doctor with sudo to test the credentials: the password and key files are the service's "
+                     "alone", **details)]
     except (OSError, ValueError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         return [fail(check, f"cannot load its credentials or TLS files: {reason}",

@@ -5,7 +5,9 @@ converter that accepts connections while nothing answers behind it (unit id, bau
 
 While the daemon runs it owns the buses (a serial port cannot be opened twice, and many TCP-to-RS-485
 converters take one connection), so the probe read goes through its control socket and its bus queue, and the
-daemon's own picture of each device on the bus is added: a bus is only as healthy as its devices.
+daemon's own picture of each device on the bus is added: a bus is only as healthy as its devices. The daemon
+is asked a few buses at a time (its control socket turns away clients beyond a few dozen), until the run's end:
+a bus whose turn did not come is judged on that picture alone, and says so.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import math
 import os
+import time
 from typing import Any
 
 from gateway.core.data import Quality
@@ -23,6 +27,12 @@ from gateway.doctor.net import endpoint, tcp_connect
 from gateway.doctor.result import Result, fail, ok, warn
 
 PROBE_MAP = "`gateway device probe DEVICE` (daemon stopped) reads the whole map and says which lines fix it"
+STUCK = "the bus did not answer in time: check its wiring, the converter and the devices' power"
+MIN_READ = 1.0
+"""Seconds a probe read through the daemon needs at the least: one not started this long before the run's end
+is not started at all (the bus is judged on the daemon's picture alone, and says so)."""
+VERDICT = 0.3
+"""Seconds kept at the end of the run to say the verdict."""
 
 
 def bus_budget(bus: Any) -> float:
@@ -89,8 +99,16 @@ async def bus_reachable(ctx: Context, bus: Any) -> Result:
         return ok(name, f"{_where(bus)}: no enabled device on this bus, nothing to reach", **details)
     view = await ctx.daemon()
     if view.running:
+        # bounded by the run's deadline, not by bus_budget: with many buses a read waits for its turn
         return await _via_daemon(ctx, bus, view, devices, device, point, details)
-    return await _direct(ctx, bus, device, point, details)
+    if view.problem:  # the daemon may run and own the bus: a probe behind its back could disturb it
+        return warn(name, f"{_where(bus)}: not probed: cannot tell whether the daemon runs (it owns the bus "
+                    "while it does)", view.problem, **details)
+    try:
+        async with asyncio.timeout(bus_budget(bus)):
+            return await _direct(ctx, bus, device, point, details)
+    except TimeoutError:
+        return fail(name, f"no verdict within {bus_budget(bus):.1f} s", STUCK, **details)
 
 
 # -- the daemon is stopped: connect and read ourselves --------------------------------------------
@@ -120,6 +138,9 @@ async def _direct(ctx: Context, bus: Any, device: Any, point: str | None, detail
         except PortBusy:
             return fail(name, f"{where} is held by another program", f"find it with `fuser -v {where}` (a terminal "
                         "program, a second gateway) and stop it", **details)
+        except PermissionError:  # the port is the service's group's (dialout), not necessarily the technician's
+            return warn(name, f"{where}: not probed: this user may not open it",
+                        f"run doctor with sudo to probe it (serial:{bus.id} says whether the service may)", **details)
         except OSError as exc:
             busy = exc.errno == errno.EBUSY
             return fail(name, f"cannot open {where}: {exc.strerror or exc}",
@@ -170,35 +191,75 @@ def _as_error(text: str) -> DriverError:
     return known.get(kind, DriverError)(message or text)
 
 
-async def _via_daemon(ctx: Context, bus: Any, view: DaemonView, devices: list[Any], device: Any | None,
-                      point: str | None, details: dict[str, Any]) -> Result:
+async def _ask_read(ctx: Context, bus: Any, device: Any, point: str) -> dict[str, Any] | str:
+    """The daemon's answer to a probe read, or why it was not asked (the run's end came first).
+
+    Reads are asked a few at a time (``ctx.daemon_reads``): each is a client of the daemon's control socket,
+    which serves a few dozen at once and turns the rest away. TimeoutError when the daemon took longer than
+    the bus's own budget.
+    """
     from gateway.control import request
     from gateway.daemon import control_path
 
+    wait = ctx.deadline - VERDICT - min(bus_budget(bus), MIN_READ) - time.monotonic()
+    try:
+        async with asyncio.timeout(max(0.0, wait) if math.isfinite(wait) else None):
+            await ctx.daemon_reads.acquire()
+    except TimeoutError:
+        return "no time was left for its probe read (the daemon is asked a few buses at a time)"
+    try:
+        room = ctx.deadline - VERDICT - time.monotonic()
+        limit = min(bus_budget(bus), room)
+        try:
+            async with asyncio.timeout(limit):
+                return await request(control_path(ctx.config), {"cmd": "read", "device": device.id, "point": point})
+        except TimeoutError:
+            if limit < bus_budget(bus):
+                return "its probe read had not finished when the run's time was up"
+            raise
+    finally:
+        ctx.daemon_reads.release()
+
+
+async def _via_daemon(ctx: Context, bus: Any, view: DaemonView, devices: list[Any], device: Any | None,
+                      point: str | None, details: dict[str, Any]) -> Result:
     name, where = f"bus:{bus.id}", _where(bus)
     details["via"] = "daemon"
     seen = {d["id"]: d for d in (view.observed or {}).get("devices", []) if d.get("bus") == bus.id}
-    offline = sorted(i for i, d in seen.items() if d.get("state") == "offline")
-    details["offline"] = offline
+    states = {d.id: str(seen.get(d.id, {}).get("state", "unknown")) for d in devices}
+    offline = sorted(i for i, state in states.items() if state == "offline")
+    online = sum(state == "online" for state in states.values())
+    details.update(offline=offline, online=online, snapshot=view.observed is not None)
     if offline:
         details["errors"] = {i: seen[i].get("error") for i in offline}
     reached = f"{where} (through the running daemon)"
+    unprobed: str | None = None
     if device is not None and point is not None and getattr(bus, "driver", "") != "serial_lines":
         try:
-            answer = await request(control_path(ctx.config), {"cmd": "read", "device": device.id, "point": point})
+            answer = await _ask_read(ctx, bus, device, point)
         except PermissionError:
             return warn(name, f"{where}: cannot ask the daemon", "run doctor as a member of the 'gateway' group, "
                         "or with sudo", **details)
+        except TimeoutError:
+            return fail(name, f"{where}: the daemon did not answer a read of {point} within "
+                        f"{bus_budget(bus):.1f} s", STUCK, **details)
         except (OSError, ValueError) as exc:
             return warn(name, f"{where}: the daemon did not answer a read ({exc})",
                         "run doctor again; if it persists, journalctl -u gateway -n 50", **details)
-        details.update(device=device.id, point=point)
-        if not answer.get("ok"):
-            error = str(answer.get("error", "?"))
-            details["error"] = error
-            return _read_failed(name, bus, device, point, _as_error(error), reached, **details)
-        readings = answer.get("readings") or [{}]
-        details["quality"] = readings[0].get("quality")
+        if isinstance(answer, str):
+            unprobed = answer
+        elif not answer.get("ok") and str(answer.get("error", "")).startswith("the daemon is busy"):
+            unprobed = "the daemon's control socket was busy with other clients"
+        else:
+            details.update(device=device.id, point=point)
+            if not answer.get("ok"):
+                error = str(answer.get("error", "?"))
+                details["error"] = error
+                return _read_failed(name, bus, device, point, _as_error(error), reached, **details)
+            readings = answer.get("readings") or [{}]
+            details["quality"] = readings[0].get("quality")
+    if unprobed is not None:
+        details["not_probed"] = unprobed
     if offline and len(offline) == len(devices):
         return fail(name, f"{where}: every device on it is offline ({', '.join(offline)})",
                     "check the bus itself: power, cable, converter; `gateway status` shows each error", **details)
@@ -209,4 +270,10 @@ async def _via_daemon(ctx: Context, bus: Any, view: DaemonView, devices: list[An
         return warn(name, f"{reached}; {_who(device)} answered {point} with quality {details['quality']}",
                     f"check the point's address and type: {PROBE_MAP}", **details)
     probe = f"; {_who(device)} answered {point}" if "quality" in details else ""
-    return ok(name, f"{reached}{probe}; {len(devices)} device{'s' * (len(devices) != 1)} online", **details)
+    if view.observed is None:
+        found = f"{reached}{probe}" if probe else f"{where}: not checked ({unprobed or 'nothing to read'})"
+        return warn(name, f"{found}; the daemon gave no picture of its devices",
+                    "run doctor again; if it stays, journalctl -u gateway -n 50", **details)
+    waiting = len(devices) - online
+    counted = f"{online} online of {len(devices)}" + (f" ({waiting} not polled yet)" if waiting else "")
+    return ok(name, f"{reached}{probe}; {counted}" + (f"; not probed: {unprobed}" if unprobed else ""), **details)

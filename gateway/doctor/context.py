@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import math
 import os
 import pwd
 import stat
@@ -28,6 +29,22 @@ HEARTBEAT_STALE = 30.0
 """Seconds without a heartbeat after which the daemon's row in the store is history (as `gateway status`)."""
 ASK_DAEMON = 3.0
 """Seconds the running daemon may take to answer ``observe``."""
+DAEMON_READS = 6
+"""Probe reads asked of the running daemon at once: its control socket serves 32 clients at a time
+(gateway/control.py) and tells the rest to retry; the status page, `gateway top` and a second doctor share it."""
+
+
+def no_access(what: str, path: Path) -> str:
+    """Why doctor cannot read ``path`` as this user, and what to do: join the group that owns it (or the
+    directory it is in), or sudo."""
+    group = SERVICE_USER
+    for there in (path, path.parent):
+        try:
+            group = group_name(os.stat(there).st_gid)
+            break
+        except OSError:
+            continue
+    return f"no access to {what} {path}: run doctor as a member of group {group!r}, or with sudo"
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,9 @@ class Context:
     cfg: GatewayConfig | None = None
     problems: list[ConfigProblem] = field(default_factory=list)
     warnings: list[ConfigProblem] = field(default_factory=list)
+    deadline: float = math.inf
+    """When the run must have its verdicts (time.monotonic)."""
+    daemon_reads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DAEMON_READS), repr=False)
     _daemon: asyncio.Task[DaemonView] | None = field(default=None, repr=False)
 
     @property
@@ -137,8 +157,7 @@ class Context:
                 if answer.get("ok"):
                     view.observed = answer.get("observed")
             except PermissionError:
-                view.problem = (f"no access to the daemon's control socket {control_path(cfg)}: run doctor as a "
-                                "member of the 'gateway' group, or with sudo")
+                view.problem = no_access("the daemon's control socket", control_path(cfg))
             except (OSError, TimeoutError, ValueError):
                 pass  # the row says it runs; the snapshot is only a better picture
         return view
@@ -151,7 +170,11 @@ def _daemon_row(cfg: GatewayConfig) -> DaemonView:
     from gateway.daemon import data_path, open_store, pid_alive
     from gateway.lock import is_locked
 
-    if not data_path(cfg).exists():
+    try:
+        there = data_path(cfg).exists()
+    except PermissionError:  # the data directory is the service's (0750): Path.exists raises EACCES inside it
+        return DaemonView(running=False, daemon={}, problem=no_access("the data directory", cfg.store.data_dir))
+    if not there:
         return DaemonView(running=False, daemon={})
     try:
         store = open_store(cfg, read_only=True)

@@ -35,8 +35,11 @@ def _from_store(ctx: Context) -> tuple[dict[str, int], dict[str, float | None]] 
     """Depth and oldest age per class, read from the store; or why it could not be read."""
     from gateway.daemon import data_path, open_store
 
-    if not data_path(ctx.config).exists():
-        return "no store yet"
+    try:
+        if not data_path(ctx.config).exists():
+            return "no store yet"
+    except PermissionError:  # inside the service's 0750 data directory, Path.exists raises EACCES
+        return "this user may not look into the data directory"
     try:
         store = open_store(ctx.config, read_only=True)
     except (PermissionError, sqlite3.Error) as exc:
