@@ -1,11 +1,12 @@
 """The latest frame for the status page, written by the camera worker only while someone watches.
 
-At most once a second, and only while the server's ``want`` file is fresh (models/live.py), the worker
-writes two JPEGs of the frame in hand: ``raw.jpg`` with what the analysers found drawn on it (names of the
-recognised), and ``blurred.jpg`` with every face pixelated and labelled only ``face``, for viewers without the
-``faces`` role. Faces to blur come from the faces analyser when it looked at this frame, else from a YuNet
-detector loaded the first time it is needed; with no face model at all the whole picture is pixelated, since
-a face we cannot find we cannot hide.
+At most once a second, and only while the server's ``want`` file is fresh (models/live.py), the worker writes
+``blurred.jpg``, the frame with what the analysers found drawn on it, every face pixelated and labelled only
+``face``; and, only while ``want-raw`` is fresh too (a viewer with the ``faces`` role asked), ``raw.jpg`` with
+the names of the recognised. Blurring errs towards hiding: faces are looked for by a YuNet detector of their
+own at a low score threshold (``BLUR_SCORE``, well under the faces analyser's), added to whatever the analyser
+found, and each box is enlarged before it is pixelated; with no face model at all the whole picture is
+pixelated, since a face we cannot find we cannot hide.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ LOOK_EVERY = 1.0
 """How often the ``want`` file's age is looked at."""
 COLOURS = {"face": (60, 200, 60), "plate": (0, 200, 255), "person": (255, 160, 0)}
 QUALITY = 75
+BLUR_SCORE = 0.3
+"""YuNet's score above which a face is blurred: a face the analyser (0.6) is unsure of is still hidden, and a
+blurred patch of wall costs nothing."""
+BLUR_MARGIN = 0.4
+"""How much each face box grows on every side before it is pixelated (hair, ears, a box a little off)."""
 
 
-def pixelate(image: np.ndarray[Any, Any], box: Box, *, margin: float = 0.25, blocks: int = 6) -> None:
+def pixelate(image: np.ndarray[Any, Any], box: Box, *, margin: float = BLUR_MARGIN, blocks: int = 6) -> None:
     """Pixelate ``box`` (enlarged by ``margin`` each side) in place: a few coarse blocks no one can recognise."""
     h, w = image.shape[:2]
     x, y, bw, bh = box
@@ -66,11 +72,11 @@ class LiveFrames:
         self.camera = camera
         self.dir = live_dir(data_dir, camera)
         self.face_boxes = face_boxes
-        """Finds faces to blur on a frame no faces analyser looked at; its None: no face model, blur everything."""
+        """Finds faces to blur on a frame (generously); its None: no face model, blur everything."""
         self.clock, self.wall = clock, wall
         self.written = 0
         self._looked = float("-inf")
-        self._wanted = False
+        self._wanted = self._wanted_raw = False
         self._last = float("-inf")
         self._left = True
         """Frames may be on disk (a previous worker's): removed as soon as nobody watches."""
@@ -79,12 +85,20 @@ class LiveFrames:
         now = self.clock()
         if now - self._looked >= LOOK_EVERY:
             self._looked = now
-            self._wanted = wanted(self.data_dir, self.camera, self.wall())
+            wall = self.wall()
+            self._wanted = wanted(self.data_dir, self.camera, wall)
+            self._wanted_raw = self._wanted and wanted(self.data_dir, self.camera, wall, raw=True)
+            if not self._wanted_raw:
+                (self.dir / RAW).unlink(missing_ok=True)
             if not self._wanted and self._left:
-                for name in (RAW, BLURRED):
-                    (self.dir / name).unlink(missing_ok=True)
-                self._left = False
+                self.clear()
         return self._wanted
+
+    def clear(self) -> None:
+        """No frame on disk (nobody watches, or the camera is lost: an old picture is no live frame)."""
+        for name in (RAW, BLURRED):
+            (self.dir / name).unlink(missing_ok=True)
+        self._left = False
 
     def offer(self, frame: np.ndarray[Any, Any], found: Sequence[Found] | None, *, faces_looked: bool) -> bool:
         """Write this frame if someone watches and a second has passed; ``found``: the analysers' findings on
@@ -94,33 +108,36 @@ class LiveFrames:
             return False
         self._last = now
         found = list(found or [])
-        raw = frame.copy()
-        draw(raw, found, names=True)
         blurred = frame.copy()
-        if faces_looked:
-            faces: list[Box] | None = [box for kind, box, _ in found if kind == "face"]
-        else:
-            faces = self.face_boxes(frame)
+        faces = self.face_boxes(frame)
         if faces is None:
             pixelate(blurred, (0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])), margin=0.0, blocks=24)
         else:
+            if faces_looked:  # what the analyser found too (it may have seen one the blur detector did not)
+                faces += [box for kind, box, _ in found if kind == "face"]
             for box in faces:
                 pixelate(blurred, box)
         draw(blurred, found, names=False)
-        for name, image in ((BLURRED, blurred), (RAW, raw)):
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
-            if ok:
-                write_atomically(self.dir, name, buf.tobytes())
-        self.written += 1
         self._left = True
+        self._write(BLURRED, blurred)
+        if self._wanted_raw:
+            raw = frame.copy()
+            draw(raw, found, names=True)
+            self._write(RAW, raw)
+        self.written += 1
         return True
 
+    def _write(self, name: str, image: np.ndarray[Any, Any]) -> None:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+        if ok:
+            write_atomically(self.dir, name, buf.tobytes())
 
-def face_finder(analysers: Iterable[Any], data_dir: Path) -> Callable[[np.ndarray[Any, Any]], list[Box] | None]:
-    """Face boxes for blurring: the faces analyser's own detector if the camera has one, else YuNet loaded on
-    first use (a camera nobody watches never loads it); None from it when there is no face model."""
-    detector: Any = next((a.pipeline.detector for a in analysers if getattr(a, "name", "") == "faces"
-                          and hasattr(a, "pipeline")), None)
+
+def face_finder(data_dir: Path) -> Callable[[np.ndarray[Any, Any]], list[Box] | None]:
+    """Face boxes for blurring from a YuNet detector of its own at ``BLUR_SCORE`` (not the faces analyser's, which
+    keeps only faces it is sure of), loaded on first use (a camera nobody watches never loads it); None from it
+    when there is no face model."""
+    detector: Any = None
     missing = False
 
     def find(frame: np.ndarray[Any, Any]) -> list[Box] | None:
@@ -132,12 +149,12 @@ def face_finder(analysers: Iterable[Any], data_dir: Path) -> Callable[[np.ndarra
             from models.fetch import FetchError, model_path
 
             try:
-                detector = FaceDetector(model_path(data_dir, "yunet"), threads=1)
+                detector = FaceDetector(model_path(data_dir, "yunet"), score_threshold=BLUR_SCORE, threads=1)
             except (FetchError, Exception):  # no model, or ONNX Runtime refusing it: blur the whole frame
                 missing = True
         if detector is None:
             return None
         bgr = as_bgr(frame)
-        return [] if bgr is None else [face.box for face in detector.detect(bgr)]
+        return None if bgr is None else [face.box for face in detector.detect(bgr)]  # unreadable: blur it all
 
     return find

@@ -32,7 +32,7 @@ from models.analysers import Analyser, build
 from models.config import CameraConfig, VisionConfig, redact_url
 from models.fetch import FetchError
 from models.gallery import GalleryError
-from models.liveframe import LiveFrames, face_finder
+from models.liveframe import Found, LiveFrames, face_finder
 from models.motion import MotionGate
 from models.snapshots import Snapshots
 
@@ -87,9 +87,11 @@ class CameraLoop:
         self.snapshots = snapshots
         self.live = live
         """The status page's latest frame (written only while someone watches)."""
+        self._live_backoff = Backoff(1.0, 60.0, jitter=(1.0, 1.0))
+        self._live_paused_until = float("-inf")
         self.gate = MotionGate(camera.motion)
         self.period = 1.0 / camera.fps
-        self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0}
+        self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0, "live_errors": 0}
         self.ms: dict[str, float] = {}
         self.state = "connecting"
         self._status_at = 0.0
@@ -121,6 +123,9 @@ class CameraLoop:
             if reason == "ended" and is_file(self.camera) and self.counts["frames"] > frames:
                 continue  # a video file loops (one that gave no frame this time is lost, not spun on)
             self.state = "reconnecting"
+            if self.live is not None:
+                with contextlib.suppress(OSError):
+                    self.live.clear()  # the page must not show the last picture as if it were live
             self.out.event("camera.lost", {"reason": reason, "retry_in": backoff.current})
             time.sleep(backoff.next())
 
@@ -157,8 +162,7 @@ class CameraLoop:
         busy = any(a.busy for a in self.analysers)
         if not self.gate.moving(frame, now) and not busy:
             self.counts["gated"] += 1
-            if self.live is not None:
-                self.live.offer(frame, None, faces_looked=False)
+            self.offer_live(frame, None, faces_looked=False)
             return
         self.counts["analysed"] += 1
         looked: list[Analyser] = []
@@ -175,9 +179,23 @@ class CameraLoop:
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
                 self.emit(event, frame)
-        if self.live is not None:
-            self.live.offer(frame, [f for a in looked for f in a.found],
-                            faces_looked=any(a.name == "faces" for a in looked))
+        self.offer_live(frame, [f for a in looked for f in a.found],
+                        faces_looked=any(a.name == "faces" for a in looked))
+
+    def offer_live(self, frame: np.ndarray[Any, Any], found: list[Found] | None, *, faces_looked: bool) -> None:
+        """The frame to the status page, which may fail (a full disk, OpenCV refusing a frame): then the page goes
+        without for a while (1 s doubling to 60 s), said once each time, and the analysis never stops for it."""
+        if self.live is None or time.monotonic() < self._live_paused_until:
+            return
+        try:
+            if self.live.offer(frame, found, faces_looked=faces_looked):
+                self._live_backoff.reset()
+        except Exception as exc:
+            self.counts["live_errors"] += 1
+            pause = self._live_backoff.next()
+            self._live_paused_until = time.monotonic() + pause
+            self.out.event("camera.error", {"stage": "live", "error": f"{type(exc).__name__}: {exc}"[:300],
+                                            "retry_in": pause})
 
     def emit(self, event: Event, frame: np.ndarray[Any, Any]) -> None:
         payload = dict(event.payload)
@@ -213,7 +231,7 @@ def main() -> int:
         out.event("camera.error", {"stage": "start", "error": str(exc)})
         return 3
     snapshots = Snapshots(data_dir / "snapshots" / camera.id, camera.snapshots) if camera.snapshots.enabled else None
-    live = LiveFrames(data_dir, camera.id, face_finder(analysers, data_dir))
+    live = LiveFrames(data_dir, camera.id, face_finder(data_dir))
     CameraLoop(camera, analysers, out, snapshots, live).run_forever()
     return 0
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import os
 import stat
 import sys
@@ -25,7 +27,9 @@ from test_web import PASSWORDS, add_user, call, eventually, meter, serving, site
 from gateway.config import load_config
 from gateway.daemon import Daemon
 from models import live as frames
-from models.liveframe import LiveFrames
+from models.config import CameraConfig
+from models.liveframe import LiveFrames, face_finder
+from models.worker import CameraLoop, Out
 from simulators.camera import MjpegCamera, scene
 
 CHROMIUM = "/usr/bin/chromium"
@@ -200,12 +204,21 @@ def test_the_worker_writes_frames_only_while_watched_and_removes_them_after(tmp_
     directory = frames.live_dir(tmp_path, "door")
     assert not live.offer(frame, None, faces_looked=False)  # nobody watches
     assert not (directory / frames.RAW).exists()
-    frames.want(tmp_path, "door")
+    frames.want(tmp_path, "door")  # a viewer without the faces role: no unblurred picture on disk at all
+    now[0] += 1.0
+    assert live.offer(frame, [("face", (10.0, 10.0, 50.0, 50.0), "r-0101")], faces_looked=False)
+    assert (directory / frames.BLURRED).exists() and not (directory / frames.RAW).exists()
+    frames.want(tmp_path, "door", raw=True)  # one with it
     now[0] += 1.0
     assert live.offer(frame, [("face", (10.0, 10.0, 50.0, 50.0), "r-0101")], faces_looked=False)
     assert not live.offer(frame, None, faces_looked=False)  # within the second
     raw, blurred = ((directory / n).read_bytes() for n in (frames.RAW, frames.BLURRED))
     assert faces_in(raw, vision_dir) >= 1 and faces_in(blurred, vision_dir) == 0
+    stale = time.time() - frames.WATCHED_FOR - 5
+    os.utime(directory / frames.WANT_RAW, (stale, stale))  # the faces viewer left; the other still watches
+    now[0] += 2.0
+    assert live.offer(frame, None, faces_looked=False)
+    assert (directory / frames.BLURRED).exists() and not (directory / frames.RAW).exists()
 
     blind = LiveFrames(tmp_path, "hall", lambda f: None, clock=lambda: now[0])
     frames.want(tmp_path, "hall")
@@ -221,3 +234,52 @@ def test_the_worker_writes_frames_only_while_watched_and_removes_them_after(tmp_
     now[0] += 2.0
     assert not live.offer(frame, None, faces_looked=False)
     assert not (directory / frames.RAW).exists() and not (directory / frames.BLURRED).exists()
+
+
+def test_a_face_the_analyser_missed_is_blurred_all_the_same(tmp_path: Path, vision_dir: Path,
+                                                            portrait: np.ndarray[Any, Any]) -> None:
+    """The faces analyser looked and found nothing it was sure of: the blurred frame is still blurred by the live
+    frame's own, more generous detector."""
+    now = [100.0]
+    live = LiveFrames(tmp_path, "door", face_finder(vision_dir), clock=lambda: now[0])
+    frame = scene(portrait)
+    assert faces_in(cv2.imencode(".jpg", frame)[1].tobytes(), vision_dir) >= 1
+    frames.want(tmp_path, "door")
+    assert live.offer(frame, [], faces_looked=True)
+    assert faces_in((frames.live_dir(tmp_path, "door") / frames.BLURRED).read_bytes(), vision_dir) == 0
+
+
+def test_frames_left_over_are_never_served_and_are_swept(tmp_path: Path) -> None:
+    """A worker that died (or a camera removed) leaves its files: the server neither serves one older than STALE
+    nor keeps it."""
+    directory = frames.live_dir(tmp_path, "gone")
+    frames.want(tmp_path, "gone", raw=True)
+    for name in (frames.RAW, frames.BLURRED):
+        frames.write_atomically(directory, name, b"\xff\xd8 a frame")
+    assert frames.latest(tmp_path, "gone", faces=True) is not None
+    old = time.time() - frames.STALE - 1
+    os.utime(directory / frames.RAW, (old, old))
+    assert frames.latest(tmp_path, "gone", faces=True) is None and not (directory / frames.RAW).exists()
+    assert frames.sweep(tmp_path) == 0  # nothing old: the fresh frame and the want files stay
+    for entry in directory.iterdir():
+        os.utime(entry, (old, old))
+    assert frames.sweep(tmp_path) == 3 and list(directory.iterdir()) == []
+
+
+def test_a_live_frame_that_cannot_be_written_never_stops_the_analysis(tmp_path: Path,
+                                                                      portrait: np.ndarray[Any, Any]) -> None:
+    """A full disk or a bad frame for OpenCV while the page is open: counted and said, live frames paused,
+    every frame still analysed."""
+    camera = CameraConfig.model_validate({"id": "door", "url": "usb:0"})
+    stream = io.StringIO()
+    live = LiveFrames(tmp_path, "door", lambda f: [])
+    loop = CameraLoop(camera, [], Out(stream, "door"), None, live)
+    frames.want(tmp_path, "door")
+    (frames.live_dir(tmp_path, "door") / frames.BLURRED).mkdir()  # the frame cannot replace a directory
+    frame = scene(portrait)
+    for n in range(5):
+        loop.analyse(frame, 100.0 + n)
+    assert loop.counts["gated"] + loop.counts["analysed"] == 5 and loop.counts["live_errors"] >= 1
+    said = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["payload"]["stage"] for e in said if e.get("kind") == "camera.error"] == ["live"] * loop.counts[
+        "live_errors"]

@@ -211,11 +211,11 @@ class App:
         if camera not in self.daemon.cameras:
             return error(404, f"no camera {camera!r}")
         data_dir = self.daemon.cfg.store.data_dir
+        faces = self.users.enabled and user.can("faces")
         try:
-            frames.want(data_dir, camera)
+            frames.want(data_dir, camera, raw=faces)  # the unblurred picture is written only for such a viewer
         except OSError as exc:
             return error(503, f"cannot ask the camera worker for frames: {exc}")
-        faces = self.users.enabled and user.can("faces")
         latest = frames.latest(data_dir, camera, faces=faces)
         if latest is None:
             return error(503, "no frame yet: the camera's worker writes one within a second or two while the page "

@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import h11
 import structlog
 
 from gateway.web.api import App, Request, Response, error
+from models import live as frames
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
@@ -43,6 +45,8 @@ IDLE = 30.0
 REQUEST_TIME = 10.0
 """Seconds from a request's first byte to its last (head and body): what bounds a slowloris."""
 WRITE_TIME = 30.0
+SWEEP_EVERY = 10.0
+"""Seconds between looks for left-over camera frames (models.live.STALE)."""
 TLS_HANDSHAKE = 10.0
 
 
@@ -77,11 +81,25 @@ async def serve(daemon: Daemon) -> None:
         raise WebUnavailable(f"cannot listen on {web.listen}:{web.port}: {exc.strerror or exc}") from None
     scheme = "https" if context else "http"
     log.info("web: serving", url=f"{scheme}://{web.listen}:{web.port}/", page=web.page, metrics=web.metrics)
+    sweeper = asyncio.create_task(sweep_frames(daemon.cfg.store.data_dir), name="web-sweep-frames")
     try:
         async with listener:
             await listener.serve_forever()
     finally:
+        sweeper.cancel()
         await server.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+
+async def sweep_frames(data_dir: Path) -> None:
+    """Camera frames left on disk (a worker that died, a camera lost or removed from the config) deleted once
+    they are ``STALE``: at start, then every few seconds."""
+    while True:
+        removed = await asyncio.to_thread(frames.sweep, data_dir)
+        if removed:
+            log.info("web: removed left-over camera frames", files=removed)
+        await asyncio.sleep(SWEEP_EVERY)
 
 
 class _Drop(Exception):
