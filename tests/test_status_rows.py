@@ -27,9 +27,6 @@ from simulators.meter import METER_POINTS, serve_meters
 ROW_KEYS = {"id", "kind", "state", "since", "last_poll", "last_ok", "error", "polls", "failures", "errors", "wire",
             "unreadable"}
 RULES = """
-[web]
-enabled = false
-
 [[rules]]
 id = "fire"
 when = { event = "fire.alarm", source = "panel" }
