@@ -2,7 +2,9 @@
 
 systemd-timesyncd marks a synchronised clock with /run/systemd/timesync/synchronized; chrony and ntpd clear the
 kernel's STA_UNSYNC, which adjtimex(2) reports (read-only: modes 0). The service's seccomp filter refuses
-adjtimex (ProtectClock), so the file is asked first and None means "cannot tell".
+adjtimex (ProtectClock), so the file is asked first. Under that filter, timesyncd's directory without the flag
+means "timesyncd runs and has not synchronised yet": False, not "cannot tell" (a Pi without RTC booting is exactly
+the case to say). None only when nobody can tell.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
@@ -36,8 +39,12 @@ def kernel_synced() -> bool | None:
     return state != TIME_ERROR
 
 
-def clock_synced(flag: Path = TIMESYNC_FLAG) -> bool | None:
-    """True when synchronised, False when the kernel says not, None when nobody can tell."""
+def clock_synced(flag: Path = TIMESYNC_FLAG, kernel: Callable[[], bool | None] = kernel_synced) -> bool | None:
+    """True when synchronised; False when the kernel says not, or (adjtimex refused) timesyncd runs without having
+    synchronised; None when nobody can tell."""
     if flag.exists():
         return True
-    return kernel_synced()
+    said = kernel()
+    if said is None and flag.parent.is_dir():
+        return False
+    return said

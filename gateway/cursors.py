@@ -60,10 +60,12 @@ class Cursors:
             f"DELETE FROM outbox_acks WHERE uplink IN ({among}) AND seq = ?1"
             " AND NOT EXISTS (SELECT 1 FROM outbox WHERE seq = ?1)", [(s, *uplinks) for s in seqs])
 
-    def backlog(self, uplink: str) -> int:
-        """Rows ``uplink`` has still to deliver (or to pass over, when it does not carry them)."""
-        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE NOT EXISTS (SELECT 1 FROM outbox_acks a"
-                                   " WHERE a.uplink = ? AND a.seq = outbox.seq)", (uplink,)).fetchone()[0])
+    def acknowledged(self) -> dict[str, int]:
+        """Rows each uplink has acknowledged that are still in the outbox: every acknowledgement it has, since one
+        is kept only while its row is there (``acknowledge`` and ``forget_orphans`` drop the others in the same
+        transaction as the row). A count per uplink along the primary key."""
+        return {uplink: int(n) for uplink, n in self.db.execute("SELECT uplink, COUNT(*) FROM outbox_acks"
+                                                                " GROUP BY uplink")}
 
     def forget_gone(self, uplinks: Sequence[str]) -> None:
         """Drop the acknowledgements of uplinks not in ``uplinks``, and the rows every remaining one has (in a

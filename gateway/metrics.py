@@ -24,7 +24,6 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The Content-Type of `exposition`'s body: text format 0.0.4, which every Prometheus reads (our names are all
 legacy-valid, so the library's default underscore escaping never changes one)."""
 
-DEVICE_STATES = ("unknown", "online", "offline")
 UPLINK_STATES = ("starting", "connected", "disconnected", "disabled")
 ALARM_STATES = ("active_unack", "active_ack", "cleared_unack", "latched", "shelved", "out_of_service")
 """Every state a standing alarm can be in (``normal`` ones are not in the alarm book)."""
@@ -91,9 +90,7 @@ def _devices(f: _Families, devices: Iterable[Mapping[str, Any]]) -> None:
     interval = f.gauge("gateway_device_poll_interval_seconds", "Configured poll interval.", ["device", "bus"])
     actual = f.gauge("gateway_device_poll_actual_interval_seconds", "Measured interval between polls "
                      "(stretched above the configured one when the bus cannot keep up).", ["device", "bus"])
-    up = f.gauge("gateway_device_up", "1 when the device is online.", ["device", "bus"])
-    state = f.gauge("gateway_device_state", "1 for the device's current state (unknown, online, offline), "
-                    "0 for the others.", ["device", "bus", "state"])
+    up = f.gauge("gateway_device_up", "1 when the device is online (0 offline, or not yet heard).", ["device", "bus"])
     for d in devices:
         key = [_label(d.get("id")), _label(d.get("bus"))]
         _add(polls, key, d.get("polls"))
@@ -107,10 +104,7 @@ def _devices(f: _Families, devices: Iterable[Mapping[str, Any]]) -> None:
         _add(age, key, d.get("last_ok_age_s"))
         _add(interval, key, d.get("interval_s"))
         _add(actual, key, d.get("actual_interval_s"))
-        current = _label(d.get("state"))
-        up.add_metric(key, float(current == "online"))
-        for s in sorted({*DEVICE_STATES, current} - {""}):
-            state.add_metric([*key, s], float(s == current))
+        up.add_metric(key, float(d.get("state") == "online"))
 
 
 def _buses(f: _Families, buses: Iterable[Mapping[str, Any]]) -> None:
@@ -144,7 +138,10 @@ def _uplinks(f: _Families, uplinks: Iterable[Mapping[str, Any]]) -> None:
                     ["uplink", "state"])
     connects = f.counter("gateway_uplink_connects", "Successful connections to a broker (the first one and "
                          "every reconnect).", ["uplink"])
-    delivered = f.counter("gateway_uplink_delivered_messages", "Messages the broker acknowledged.", ["uplink"])
+    messages = f.counter("gateway_uplink_messages_delivered", "Messages of outbox rows the broker acknowledged "
+                         "(a replay batch is one).", ["uplink"])
+    rows = f.counter("gateway_uplink_rows_delivered", "Outbox rows (readings, events, alarms, ...) those messages "
+                     "carried; rows the uplink passes over are not counted.", ["uplink"])
     backlog = f.gauge("gateway_uplink_backlog_messages", "Outbox messages this uplink has yet to deliver.",
                       ["uplink"])
     for u in uplinks:
@@ -154,7 +151,8 @@ def _uplinks(f: _Families, uplinks: Iterable[Mapping[str, Any]]) -> None:
         for s in sorted({*UPLINK_STATES, current} - {""}):
             state.add_metric([*key, s], float(s == current))
         _add(connects, key, u.get("connects"))
-        _add(delivered, key, u.get("delivered"))
+        _add(messages, key, u.get("delivered"))
+        _add(rows, key, u.get("rows_delivered"))
         _add(backlog, key, u.get("backlog"))
 
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 STORE_EVERY = 2.0
 """Seconds the store's figures are reused: `gateway top` every second beside a scrape need not count twice."""
 RATE_WINDOW = 30.0
-"""Seconds of history a rate is taken over (at least one snapshot older than a second)."""
+"""Seconds of history a rate is taken over (at least one snapshot older than a second; when snapshots come further
+apart than this, over the span since the previous one)."""
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -63,22 +64,25 @@ class Observer:
         self.clock_probe: Callable[[], bool | None] = clock_synced
         """Is the wall clock synchronised? (Replaced in tests to flip it; health and the birth ask it too.)"""
         self._history: collections.deque[tuple[float, dict[str, float]]] = collections.deque()
-        self._stored: tuple[float, dict[str, Any]] | None = None
+        self._stored: tuple[float, tuple[str, ...], dict[str, Any]] | None = None
+        """(monotonic time, the uplinks counted for, the figures)."""
 
     async def _store_figures(self, mono: float) -> dict[str, Any]:
         """Outbox depth and age, backlog per uplink, store size: counted in the store's thread, at most every
-        STORE_EVERY seconds (a backlog count over 100,000 rows is not free on a Pi)."""
-        if self._stored is not None and mono - self._stored[0] < STORE_EVERY:
-            return self._stored[1]
+        STORE_EVERY seconds (they block the one store thread the recorder writes through), and again at once when
+        a reload changed the uplinks (every uplink shown has its backlog)."""
+        names = tuple(self.daemon.uplinks)
+        if self._stored is not None and mono - self._stored[0] < STORE_EVERY and self._stored[1] == names:
+            return self._stored[2]
         store = self.daemon.store.store
-        names = list(self.daemon.uplinks)
 
         def count() -> dict[str, Any]:
-            return {"depth": store.outbox_depth(), "oldest": store.outbox_oldest(), "used": store.used_bytes(),
-                    "backlogs": {name: store.backlog(name) for name in names}}
+            depth = store.outbox_depth()
+            return {"depth": depth, "oldest": store.outbox_oldest(), "used": store.used_bytes(),
+                    "backlogs": store.backlogs(names, sum(depth.values()))}
 
         figures = await self.daemon.store.run(count)
-        self._stored = (mono, figures)
+        self._stored = (mono, names, figures)
         return figures
 
     async def snapshot(self) -> dict[str, Any]:
@@ -93,9 +97,10 @@ class Observer:
         uplinks = []
         for name, uplink in d.uplinks.items():
             status = uplink.status
-            counters[f"uplink:{name}"] = status.delivered
+            counters[f"uplink:{name}"] = status.messages
             uplinks.append({"name": name, "state": status.state, "since": status.since, "broker": status.broker,
-                            "connects": status.connects, "delivered": status.delivered, "backlog": backlogs.get(name),
+                            "connects": status.connects, "delivered": status.messages,
+                            "rows_delivered": status.delivered, "backlog": backlogs.get(name),
                             "error": status.last_error})
         cameras = []
         for camera_id, camera in d.cameras.items():
@@ -182,10 +187,11 @@ class Observer:
         return sorted(out, key=lambda b: str(b["id"]))
 
     def _rates(self, mono: float, counters: dict[str, float]) -> dict[str, float | None]:
-        """Per second, against the oldest snapshot within the window (None until one is a second old)."""
+        """Per second, against the oldest snapshot within the window, or the newest one before it when none is
+        (a scrape every 60 s still gets rates); None until one is a second old."""
         history = self._history
-        while history and mono - history[0][0] > RATE_WINDOW:
-            history.popleft()
+        while len(history) > 1 and mono - history[1][0] > RATE_WINDOW:
+            history.popleft()  # the next one is outside the window too: this one is no base any more
         if not history or mono - history[-1][0] >= 1.0:
             history.append((mono, counters))
         base = next((h for h in history if mono - h[0] >= 1.0), None)

@@ -16,6 +16,8 @@ Entries are compared by ``model_dump()``. The daemon (``gateway.reloader``) appl
 - ``[mqtt]`` (but ``keep_local``), or the contents of the files it names (CA, client certificate and key,
   password file), reconnect the uplink. An ``[[uplinks]]`` entry added, removed or changed (or its files) starts,
   stops or reconnects that uplink alone. ``vision`` restarts every camera; a camera's own change restarts it.
+- ``[health]`` and ``[metrics]`` apply in place (their loops read the config at every turn; the textfile's writer
+  is restarted, or stopped when the textfile is turned off). ``[web]`` needs a restart (its socket is bound).
 - ``site.id`` and every ``[store]`` key cannot change while the daemon runs (the store is open, topics are named
   after the site): a reload that changes one is refused as a whole and says which to restart for.
 """
@@ -37,7 +39,7 @@ REPORTING_FIELDS = frozenset({"report", "report_points", "history"})
 """Device keys the uplink feed reads: applied in place."""
 RULE_SECTIONS = ("rules", "alarm_classes", "notifiers")
 HANDLED = frozenset({"site", "mqtt", "uplinks", "commands", "store", "log", "buses", "devices", "include",
-                     "alarm_classes", "rules", "notifiers", "vision", "cameras"})
+                     "alarm_classes", "rules", "notifiers", "vision", "cameras", "health", "metrics"})
 """Top-level sections this module knows how to apply; a section added later and not listed here refuses the
 reload until it is (a restart applies it), never silently ignored."""
 
@@ -73,6 +75,8 @@ class ConfigChange:
     """Cameras restarted (every enabled one when ``vision`` changed)."""
     commands: tuple[str, ...] = ()
     log: tuple[str, ...] = ()
+    observe: tuple[str, ...] = ()
+    """``[health]`` and ``[metrics]`` keys: read at every turn of their loops; the textfile's writer is restarted."""
     other: tuple[str, ...] = ()
     """Changed keys that need nothing restarted (site.name, include)."""
     refused: tuple[str, ...] = ()
@@ -137,6 +141,8 @@ def diff(old: GatewayConfig, new: GatewayConfig, *, old_files: str | Mapping[str
     out.update(cameras_added=c_added, cameras_removed=c_removed, cameras_changed=c_changed)
     out["commands"] = tuple(_keys(getattr(old, "commands", None), getattr(new, "commands", None)))
     out["log"] = tuple(f"log.{k}" for k in _keys(old.log, new.log))
+    out["observe"] = tuple([*(f"health.{k}" for k in _keys(old.health, new.health)),
+                            *(f"metrics.{k}" for k in _keys(old.metrics, new.metrics))])
     other = [f"site.{k}" for k in _keys(old.site, new.site, skip={"id", "timezone"})]
     if old.include != new.include:
         other.append("include")

@@ -14,7 +14,8 @@ pollers, the rule set, camera workers), and only then are the old parts stopped 
   birth with the new config hash; an ``[[uplinks]]`` entry added, removed or changed starts, stops or reconnects
   that uplink alone (a removed one's cursor is forgotten: it holds no row back); any other change says the birth
   again on every live connection;
-- cameras restart when they (or ``[vision]``) changed; reporting and privacy are swapped in place.
+- cameras restart when they (or ``[vision]``) changed; reporting and privacy are swapped in place;
+- ``[health]`` applies at the health loop's next turn; a changed ``[metrics]`` restarts the textfile's writer.
 
 The outbox, the recorder, the alarm book and every poller that did not change are never touched: an unchanged
 device is polled by the same ``DevicePoller`` on the same schedule. Reloads are serialised, and each runs to the
@@ -214,6 +215,7 @@ class Reloader:
                 for point in [p for p in latest if p not in kept]:
                     del latest[point]
 
+        textfile = daemon.cfg.metrics.textfile
         daemon.cfg = cfg
         daemon.commands.cfg = cfg
         self._reporting(cfg, change)
@@ -226,6 +228,8 @@ class Reloader:
             from gateway.core import logs
 
             logs.configure(cfg.log.level, cfg.log.format)
+        if any(k.startswith("metrics.") for k in change.observe):
+            await self._textfile(cfg, textfile)
         daemon.config_hash = new_hash
         if northbound:
             await self._reconnect(cfg, new_hash, keep, northbound)
@@ -242,6 +246,19 @@ class Reloader:
             supervisor.spawn(f"bus:{driver.bus.id}", functools.partial(driver.stream, daemon.sink))
         for camera_id, camera in built.cameras.items():
             supervisor.spawn(f"camera:{camera_id}", camera.run)
+
+    async def _textfile(self, cfg: GatewayConfig, old: Path | None) -> None:
+        """[metrics] changed: the textfile's writer starts again at once with it (not after the old ``every``), or
+        stops; a file no longer written is removed, so node-exporter does not go on exporting its last figures."""
+        from gateway.health import run_textfile
+
+        supervisor = self.daemon.supervisor
+        await supervisor.end(["metrics"], within=STOP_WITHIN)
+        if old is not None and old != cfg.metrics.textfile:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(old.unlink)
+        if cfg.metrics.textfile is not None:
+            supervisor.spawn("metrics", functools.partial(run_textfile, self.daemon))
 
     def _hand_over(self, old: dict[str, DevicePoller], built: _Built) -> None:
         """What an old driver learnt of a device (read limits, counter totals) goes to its new one, if the device's

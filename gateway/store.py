@@ -265,21 +265,38 @@ class Store:
 
     def backlog(self, uplink: str = MAIN_UPLINK) -> int:
         """Rows ``uplink`` has still to deliver (or to pass over, when it does not carry them)."""
-        if len(self.uplinks) > 1:
-            return self.cursors.backlog(uplink)
-        return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return self.backlogs([uplink])[uplink]
+
+    def backlogs(self, uplinks: Sequence[str], total: int | None = None) -> dict[str, int]:
+        """``backlog`` of each of ``uplinks``: the outbox's rows (``total``, when the caller has just counted them)
+        less the ones the uplink acknowledged. Exact, because an acknowledgement is kept only while its row is in
+        the outbox (gateway/cursors.py); one count over the acknowledgements, never an anti-join over the
+        outbox (58-88 ms per uplink at 300,000 rows)."""
+        if total is None:
+            total = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        acked = self.cursors.acknowledged() if len(self.uplinks) > 1 else {}
+        return {uplink: max(0, total - acked.get(uplink, 0)) for uplink in uplinks}
 
     def outbox_depth(self) -> dict[str, int]:
-        depth = {p.label: 0 for p in Priority}
-        for prio, count in self.db.execute("SELECT prio, COUNT(*) FROM outbox GROUP BY prio"):
-            depth[Priority(prio).label] = count
+        """Rows by class. The whole count is SQLite's cheap one; the classes but the last are counted along the
+        (prio, seq) index, and the last (telemetry, the bulk of an outage's backlog) is the difference: 1 ms
+        rather than 9 ms for a GROUP BY at 300,000 rows."""
+        *first, last = Priority
+        total = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        depth = {p.label: int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE prio = ?", (int(p),)).fetchone()[0])
+                 for p in first}
+        depth[last.label] = total - sum(depth.values())
         return depth
 
     def outbox_oldest(self) -> dict[str, float]:
         """When the oldest undelivered row of each class was written (classes with none left out)."""
-        rows = self.db.execute("SELECT prio, created FROM outbox WHERE seq IN "
-                               "(SELECT MIN(seq) FROM outbox GROUP BY prio)")
-        return {Priority(prio).label: created for prio, created in rows}
+        oldest = {}
+        for prio in Priority:  # one step into the (prio, seq) index per class
+            row = self.db.execute("SELECT created FROM outbox WHERE prio = ? ORDER BY seq LIMIT 1",
+                                  (int(prio),)).fetchone()
+            if row is not None:
+                oldest[prio.label] = row[0]
+        return oldest
 
     # -- disk cap and retention ----------------------------------------------------------------
 

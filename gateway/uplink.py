@@ -55,6 +55,10 @@ class UplinkState:
     since: float = 0.0
     last_error: str | None = None
     delivered: int = 0
+    """Outbox rows delivered: carried by a message the broker acknowledged (rows this uplink passes over, or its
+    dialect has nothing to send for, are not counted)."""
+    messages: int = 0
+    """Messages of outbox rows the broker acknowledged (a replay batch is one, however many rows it carries)."""
     replay_waits: int = 0
     """Rounds in which replay held back for its start delay or its rate cap."""
     broker: str = ""  # the one it is on, or trying ("host:port")
@@ -112,6 +116,9 @@ class Uplink:
         """Monotonic time before which replay waits (the random start delay, then the rate cap)."""
         self._live: aiomqtt.Client | None = None
         """The connection while it is up (``say``)."""
+        self._said: set[str] = set()
+        """Retained topics ``say`` published (health): cleared at a clean stop, so that what stays retained is not
+        the picture of a gateway that is no longer running."""
 
     @property
     def config_hash(self) -> str:
@@ -133,6 +140,8 @@ class Uplink:
         if client is None or not self.encoder.ready():
             return False
         await self._publish(client, message)
+        if message.retain:
+            self._said.add(self._topic(message))
         return True
 
     async def _settle(self, acked: list[int]) -> None:
@@ -243,8 +252,12 @@ class Uplink:
                     try:
                         await self._pump(client)
                     except asyncio.CancelledError:
-                        # Shutting down: say goodbye so the platform sees "offline" at once, not
-                        # after the keepalive runs out. Unacked messages stay in the outbox.
+                        # Shutting down: clear what ``say`` left retained, and say goodbye so the platform sees
+                        # "offline" at once, not after the keepalive runs out. Unacked messages stay in the outbox.
+                        with contextlib.suppress(Exception):
+                            async with asyncio.timeout(1):
+                                for topic in sorted(self._said):
+                                    await client.publish(topic, b"", qos=1, retain=True)
                         with contextlib.suppress(Exception):
                             async with asyncio.timeout(2):
                                 await self._publish(client, self.encoder.goodbye(self.session, time.time()))
@@ -407,10 +420,12 @@ class Uplink:
         sending = [e for e in encoded if e.message is not None]
         results = await asyncio.gather(*(self._publish(client, e.message) for e in sending if e.message),
                                        return_exceptions=True)
+        sent = [e for e, result in zip(sending, results, strict=True) if result is None]
         acked = [seq for e in encoded if e.message is None for seq in e.seqs]
-        acked += [seq for e, result in zip(sending, results, strict=True) if result is None for seq in e.seqs]
+        acked += [seq for e in sent for seq in e.seqs]
         await self._settle(acked)
-        self.status.delivered += len(acked)
+        self.status.messages += len(sent)
+        self.status.delivered += sum(len(e.seqs) for e in sent)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             raise failure if isinstance(failure, aiomqtt.MqttError) else aiomqtt.MqttError(str(failure))

@@ -55,12 +55,14 @@ async def scrape_until(daemon: Daemon, condition: Callable[[Samples], bool], wit
 def test_every_family_follows_the_naming_rules_and_parses() -> None:
     snapshot = {"site": "b3", "version": "1.2.3", "started": 1.0, "uptime_s": 5.0, "clock_synced": None,
                 "devices": [{"id": "m1", "bus": "b", "state": "online", "polls": 3, "failures": 1,
-                             "errors": {"timeout": 1}, "interval_s": 1.0, "actual_interval_s": 1.5}],
+                             "errors": {"timeout": 1}, "interval_s": 1.0, "actual_interval_s": 1.5, "retries": 0,
+                             "overruns": 0, "last_ok_age_s": 0.5}],
                 "buses": [{"id": "b", "driver": "modbus_tcp", "utilisation": 0.25, "transactions": 9,
                            "busy_seconds": 0.3}],
                 "outbox": {"alarm": {"depth": 0, "oldest_age_s": None}, "telemetry": {"depth": 4,
                                                                                     "oldest_age_s": 2.5}},
-                "uplinks": [{"name": "mqtt", "state": "connected", "connects": 2, "delivered": 7, "backlog": 4}],
+                "uplinks": [{"name": "mqtt", "state": "connected", "connects": 2, "delivered": 7, "rows_delivered": 30,
+                             "backlog": 4}],
                 "alarms": {"active": 1, "by_state": {"active_unack": 1}, "unacknowledged": 1},
                 "rules": {"evaluations": 11},
                 "cameras": [{"id": "lobby", "state": "streaming", "frames": 100, "analysed": 40, "gated": 50,
@@ -81,14 +83,17 @@ def test_every_family_follows_the_naming_rules_and_parses() -> None:
     assert math.isnan(value(samples, "gateway_clock_synced"))
     assert value(samples, "gateway_build_info", version="1.2.3", site="b3") == 1
     assert value(samples, "gateway_device_failures_total", device="m1", bus="b", kind="timeout") == 1
-    assert value(samples, "gateway_device_state", device="m1", bus="b", state="online") == 1
-    assert value(samples, "gateway_device_state", device="m1", bus="b", state="offline") == 0
+    assert value(samples, "gateway_device_up", device="m1", bus="b") == 1
+    per_device = [n for n, labels in samples if ("device", "m1") in labels]
+    assert len(per_device) == 9 and not any(n.startswith("gateway_device_state") for n in per_device)  # lean
     assert value(samples, "gateway_outbox_oldest_age_seconds", **{"class": "alarm"}) == 0
     assert value(samples, "gateway_alarms", state="active_unack") == 1
     assert value(samples, "gateway_alarms", state="shelved") == 0
     assert value(samples, "gateway_camera_dropped_frames_total", camera="lobby") == 60  # 100 read, 40 analysed
     assert value(samples, "gateway_camera_inference_seconds", camera="lobby", model="faces") == 0.025
     assert value(samples, "gateway_uplink_connects_total", uplink="mqtt") == 2
+    assert value(samples, "gateway_uplink_messages_delivered_total", uplink="mqtt") == 7
+    assert value(samples, "gateway_uplink_rows_delivered_total", uplink="mqtt") == 30
     assert value(samples, "gateway_commands_dropped_total", reason="flood") == 1
 
 
@@ -137,7 +142,6 @@ async def test_a_live_daemon_scraped_and_its_textfile(tmp_path: Path, broker: Br
 
             assert value(samples, "gateway_device_up", device="meter-0", bus="bus-0") == 1
             assert value(samples, "gateway_device_up", device="dead-1", bus="bus-1") == 0
-            assert value(samples, "gateway_device_state", device="dead-1", bus="bus-1", state="offline") == 1
             assert polls_before <= value(samples, "gateway_device_polls_total", device="meter-0",
                                          bus="bus-0") <= polls_after
             assert failed_before <= value(samples, "gateway_device_failed_polls_total", device="dead-1",
@@ -152,7 +156,8 @@ async def test_a_live_daemon_scraped_and_its_textfile(tmp_path: Path, broker: Br
             assert value(samples, "gateway_bus_transactions_total", bus="bus-0", driver="modbus_tcp") > 0
             assert value(samples, "gateway_uplink_up", uplink="mqtt") == 1
             assert value(samples, "gateway_uplink_connects_total", uplink="mqtt") == 1
-            assert value(samples, "gateway_uplink_delivered_messages_total", uplink="mqtt") > 0
+            messages = value(samples, "gateway_uplink_messages_delivered_total", uplink="mqtt")
+            assert 0 < messages <= value(samples, "gateway_uplink_rows_delivered_total", uplink="mqtt")
             assert value(samples, "gateway_process_resident_memory_bytes") > 10 * 2**20
             assert value(samples, "gateway_store_bytes") > 0 and value(samples, "gateway_disk_free_bytes") > 0
             assert types["gateway_process_cpu_seconds"] == "counter"
