@@ -178,6 +178,16 @@ def test_a_garbled_journal_stream_variable_means_not_the_journal(tmp_path: Path,
     ("password_file=/etc/gateway/mqtt-password", "password_file=/etc/gateway/mqtt-password"),
     ("alarm key=fire/zone-3 level=2", "alarm key=fire/zone-3 level=2"),
     ("connected to mqtt://127.0.0.1:1883", "connected to mqtt://127.0.0.1:1883"),
+    ("POST https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7xxx failed",
+     "POST https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=*** failed"),
+    ("https://oapi.dingtalk.com/robot/send?timestamp=1&sign=abc%2Bd&x=1", "https://oapi.dingtalk.com/robot/send?"
+     "timestamp=1&sign=***&x=1"),
+    ("clone https://ghp_Secret123@github.com/o/r.git", "clone https://***@github.com/o/r.git"),
+    ("mqtt://admin%3Asecret@broker:1883", "mqtt://admin%3A***@broker:1883"),
+    ("login with password hunter2 now", "login with password *** now"),
+    ("passwd hunter2", "passwd ***"),
+    ("password file not readable; password is too short", "password file not readable; password is too short"),
+    ("mail https://h/x?to=a@b.example", "mail https://h/x?to=a@b.example"),
 ])
 def test_redact_text(text: str, masked: str) -> None:
     assert redact_text(text) == masked
@@ -244,6 +254,52 @@ def test_a_secret_after_its_name_never_survives(before: str, after: str, name: s
     assert value not in redact_text(f"{before} {name}{sep}{value} {after}")
 
 
+QUERY_SAFE = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp"),
+                                    exclude_characters="&#;"), min_size=1)
+"""A query parameter's value: up to the next ``&``, ``#`` or ``;``."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=WORDS, after=WORDS, name=st.sampled_from(["key", "KEY", "access_token", "sign", "signature", "secret"]),
+       value=QUERY_SAFE, other=st.booleans())
+def test_a_secret_in_a_urls_query_never_survives(before: str, after: str, name: str, value: str, other: bool) -> None:
+    """A WeCom robot's ``?key=``, a DingTalk robot's ``access_token`` and ``sign``."""
+    url = f"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?{'x=1&' if other else ''}{name}="
+    assume(all(value not in redact_text(part) for part in (before, after, url + MASK)))
+    assert value not in redact_text(f"{before} {url}{value} {after}")
+
+
+USERINFO = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp"),
+                                 exclude_characters=":/?#@"), min_size=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=WORDS, after=WORDS, token=USERINFO, host=st.from_regex(r"[a-z0-9.-]{1,20}", fullmatch=True))
+def test_a_token_as_a_urls_user_never_survives(before: str, after: str, token: str, host: str) -> None:
+    assume(all(token not in redact_text(part) for part in (before, after, f"https://{MASK}@{host}/x")))
+    assert token not in redact_text(f"{before} https://{token}@{host}/x {after}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=WORDS, after=WORDS, user=st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True), password=SAFE,
+       colon=st.sampled_from(["%3A", "%3a"]))
+def test_a_password_behind_a_percent_encoded_colon_never_survives(before: str, after: str, user: str, password: str,
+                                                                   colon: str) -> None:
+    shown = f"mqtt://{user}{colon}{MASK}@broker:1883"
+    assume(all(password not in redact_text(part) for part in (before, after, shown)))
+    assert password not in redact_text(f"{before} mqtt://{user}{colon}{password}@broker:1883 {after}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=WORDS, after=WORDS, name=st.sampled_from(["password", "Password", "passwd", "PASSPHRASE"]),
+       value=SAFE)
+def test_a_password_after_a_blank_never_survives(before: str, after: str, name: str, value: str) -> None:
+    """``password hunter2`` as a shell line or a device's console prints it; prose ("password file ...") stays."""
+    assume(value.rstrip(".,;:!?'\")]").lower() not in logs.WORDS_AFTER_PASSWORD)
+    assume(all(value not in redact_text(part) for part in (before, after, f"{name} {MASK}")))
+    assert value not in redact_text(f"{before} {name} {value} {after}")
+
+
 @settings(max_examples=200, deadline=None)
 @given(name=st.sampled_from(["password", "mqtt_password", "token", "api-key", "Authorization", "gallery_key"]),
        value=st.one_of(SAFE, st.integers(), st.binary(min_size=1)))
@@ -270,15 +326,12 @@ def credentialed(tmp_path: Path, mqtt_port: int, meter_port: int) -> Path:
                {"id": "dead", "driver": "modbus_tcp", "host": "127.0.0.1", "port": free_port(), "timeout": "300ms"}],
         devices=[{"id": "meter-1", "bus": "meters", "unit": 1, "interval": "1s", "points": METER_POINTS},
                  {"id": "gone", "bus": "dead", "unit": 1, "interval": "1s", "offline_after": 1,
-                  "points": METER_POINTS[:1]}])
+                  "points": METER_POINTS[:1]}], extra="\n[web]\nenabled = false\n")
     text = path.read_text(encoding="utf-8").replace(
         "[mqtt]\n", f'[mqtt]\nusername = "{SITE}"\npassword = "{WRONG}"\n')
     path.write_text(text + f"""
 [log]
 level = "debug"
-
-[web]
-enabled = false
 
 [[notifiers]]
 id = "guard-room"

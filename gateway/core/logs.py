@@ -6,8 +6,9 @@
   without it every line is filed as info and ``journalctl -p warning`` finds nothing.
 - stdlib loggers (asyncio, paho under aiomqtt, pymodbus, bacpypes3, Python warnings) go through the same
   processors (``structlog.stdlib.ProcessorFormatter`` on the root logger), so their lines look like ours.
-- :func:`redact` masks secret-named keys, credentials in URLs, ``password=...`` pairs and bearer tokens in every
-  value, including exception text, of structlog events and stdlib records alike.
+- :func:`redact` masks secret-named keys, credentials in URLs (userinfo, secret query parameters),
+  ``password=...`` pairs (and ``password hunter2``) and bearer tokens in every value, including exception text,
+  of structlog events and stdlib records alike.
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ _PAIR = re.compile(
 """``password=...``, ``"token": "..."``, ``Authorization: Bearer ...``: the value runs to the next blank (or to its
 closing quote and on to the next blank), so a secret holding ``&``, ``,`` or a quote is masked whole."""
 _BEARER = re.compile(r"(?<![\w-])(bearer\s+)(\S+)", re.IGNORECASE)
+_QUERY = re.compile(rf"([?&;](?:[\w.-]*?{_SECRET}|key|sig|signature|sign|code)=)([^&#;\s]+)", re.IGNORECASE)
+"""A secret in a URL's query: ``?key=`` (WeCom robot webhooks), ``access_token=`` (DingTalk), ``sign=``; a bare
+``key=`` outside a URL is left alone (an alarm's key is not a secret)."""
+_USERINFO_COLON = re.compile(r":|%3a", re.IGNORECASE)
+WORDS_AFTER_PASSWORD = frozenset(
+    "a an and are as at be by can cannot changed could does empty entry expired file files for from has have hash"
+    " in incorrect invalid is length may missing must not of on or policy prompt redacted refused rejected"
+    " replaced required reset set should the to too was were will with without wrong".split())
+"""Words that follow "password" in prose ("password file not readable"): not the password itself."""
+_SPACED = re.compile(r"(?<![\w.-])(pass(?:word|wd|phrase)\s+)(?=\S)(?!(?:"
+                     + "|".join(sorted(WORDS_AFTER_PASSWORD, key=len, reverse=True))
+                     + r")[.,;:!?'\")\]]*(?:\s|$))(\S+)", re.IGNORECASE)
+"""``password hunter2``, ``passwd hunter2``: a secret after its name and a blank (a shell line, a device's
+console), unless the word is prose."""
 _HINT = re.compile(r"pass|pwd|secret|token|key|auth|credential|cookie|psk|bearer", re.IGNORECASE)
 """Cheap to look for, and in every text either of the patterns above can match: most lines have none."""
 _META = frozenset({"_record", "_from_structlog"})
@@ -58,14 +73,25 @@ _last_resort = logging.lastResort
 
 
 def _url(match: re.Match[str]) -> str:
-    """Everything between ``://`` and the last ``@`` of the run is credentials; the user name stays. On the text,
-    not through a URL parser: a password may hold ``/``, ``?``, ``#``, ``@`` or ``://``."""
+    """Everything between ``://`` and the last ``@`` of the run is credentials; the user name stays (before ``:``
+    or its percent-encoded ``%3A``); userinfo with neither is a token used as the user name (``https://TOKEN@h``)
+    and is masked whole. On the text, not through a URL parser: a password may hold ``/``, ``?``, ``#``, ``@`` or
+    ``://``. Secrets in the query are masked too (``_QUERY``)."""
     scheme, rest = match.group(1), match.group(2)
     userinfo, at, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not at or not colon:
-        return match.group(0)
-    return f"{scheme}{user}:{MASK}@{host}"
+    if not at:
+        return scheme + _QUERY.sub(_named, rest)
+    split = _USERINFO_COLON.search(userinfo)
+    if split is not None:
+        return f"{scheme}{userinfo[:split.end()]}{MASK}@{_QUERY.sub(_named, host)}"
+    if any(c in userinfo for c in "/?#"):  # an "@" in the path or query (an e-mail address), no userinfo
+        return scheme + _QUERY.sub(_named, rest)
+    return f"{scheme}{MASK}@{_QUERY.sub(_named, host)}"
+
+
+def _named(match: re.Match[str]) -> str:
+    """The name (and its ``=`` or blank) kept, the value masked."""
+    return f"{match.group(1)}{MASK}"
 
 
 def _pair(match: re.Match[str]) -> str:
@@ -80,6 +106,7 @@ def redact_text(text: str) -> str:
     if not _HINT.search(text):
         return text
     text = _PAIR.sub(_pair, text)
+    text = _SPACED.sub(_named, text)
     return _BEARER.sub(lambda m: m.group(1) + MASK, text)
 
 
