@@ -145,6 +145,11 @@ async def test_export_keeps_only_the_filtered_events_and_the_devices_readings(si
     iso = datetime.fromtimestamp(time.time() - 7200, UTC).isoformat()
     code, out, err = await gateway("events", "-c", site.config, "--export", "-", "--since", iso)
     assert code == 0 and sum(json.loads(line)["t"] == "reading" for line in out.splitlines()) == 10, err
+    # kinds of events alone: those events and no reading (a reading has no kind)
+    code, out, err = await gateway("events", "-c", site.config, "--export", "-", "--since", "2h", "--kind", "fire.*")
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records and all(r["t"] == "event" and fnmatch.fnmatchcase(r["kind"], "fire.*") for r in records), records[:3]
 
 
 async def test_follow_prints_only_new_matching_events(site: Site, tmp_path: Path) -> None:

@@ -207,7 +207,8 @@ def _overrun(status: dict[str, Any]) -> dict[str, Any]:
 def add_event_filters(p: argparse.ArgumentParser) -> None:
     """`gateway events` filters; ``--since`` is the export's option too (``add_export_arguments``)."""
     p.add_argument("--kind", action="append", default=[], metavar="GLOB",
-                   help="only events of this kind, a glob such as 'fire.*' (repeatable)")
+                   help="only events of this kind, a glob such as 'fire.*' (repeatable); with --export and no"
+                        " --device, no readings either (a reading has no kind)")
     p.add_argument("--device", action="append", default=[], metavar="ID",
                    help="only events from this device (the event's source; repeatable)")
 
@@ -235,6 +236,7 @@ class EventFilter:
     it lies (it may hold a million rows) rather than in Python."""
 
     def __init__(self, kinds: list[str], devices: list[str], since: float | None) -> None:
+        self.kinds = kinds
         self.devices = devices
         clauses: list[str] = []
         self.params: list[Any] = []
@@ -270,7 +272,9 @@ class EventFilter:
 
 
 class FilteredRecording:
-    """The store as `--export` reads it, with the filters: events by kind and source, readings by device."""
+    """The store as `--export` reads it, with the filters: events by kind and source, readings by device. Asked
+    for kinds of events only (``--kind`` without ``--device``), it exports no readings: a reading has no kind, and
+    all of them would bury the few events asked for."""
 
     def __init__(self, store: Any, events: EventFilter) -> None:
         self.store = store
@@ -278,7 +282,7 @@ class FilteredRecording:
 
     def samples_since(self, since: float = 0.0) -> Any:
         if not self.events.devices:
-            return self.store.samples_since(since)
+            return iter(()) if self.events.kinds else self.store.samples_since(since)
         rows = self.store.db.execute(
             f"SELECT device, ts, points FROM samples WHERE ts >= ? AND device IN "
             f"({', '.join(['?'] * len(self.events.devices))}) ORDER BY ts, rowid", (since, *self.events.devices))
