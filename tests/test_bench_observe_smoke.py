@@ -12,9 +12,11 @@ import json
 import psutil
 import pytest
 
-from gateway.bench.observe import bench_observe
+from gateway.bench.harness import Report
+from gateway.bench.observe import Options, _polls_kept, bench_observe
 
-RUN = {"web", "textfile", "up_after_s", "window_s", "cpu_s", "cpu_percent", "rss_mb", "peak_rss_mb", "polls"}
+RUN = {"web", "textfile", "up_after_s", "window_s", "cpu_s", "cpu_percent", "rss_mb", "rss_samples_mb", "peak_rss_mb",
+       "polls", "polls_span_s", "polls_per_s"}
 
 
 @pytest.mark.slow
@@ -46,3 +48,15 @@ def test_bench_observe_refuses_nonsense(capsys: pytest.CaptureFixture[str]) -> N
     assert bench_observe(argparse.Namespace(devices=0)) == 2
     assert "must be positive" in capsys.readouterr().err
     assert bench_observe(argparse.Namespace(textfile_every=0.5)) == 2
+
+
+def test_an_on_run_that_polled_less_is_a_problem_however_little_cpu_it_used() -> None:
+    """A starved loop polls less and uses less CPU: below 99 % of the off runs' poll rate (beyond one poll per
+    device, what a window's edges cut) the bench reports a problem, so it exits 1."""
+    opts = Options(devices=100)
+    off = [{"polls": 1200, "polls_span_s": 60.0, "polls_per_s": 20.0}]
+    kept, starved = Report("observe", opts, json_out=True), Report("observe", opts, json_out=True)
+    _polls_kept(opts, kept, {"off": off, "on": [{"polls": 1150, "polls_span_s": 61.0, "polls_per_s": 18.9}]})
+    _polls_kept(opts, starved, {"off": off, "on": [{"polls": 1000, "polls_span_s": 60.0, "polls_per_s": 16.7}]})
+    assert kept.problems == []
+    assert len(starved.problems) == 1 and "slowed the polling" in starved.problems[0]

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-
 import jsonschema
 from conftest import Broker, Collector, free_ports, running, until, write_config
 
-from gateway.config import load_config
 from gateway.clocksync import clock_synced
+from gateway.config import load_config
 from gateway.core.timing import ManualClock, SystemClock
 from gateway.daemon import Daemon
 from gateway.health import ClockWatch
