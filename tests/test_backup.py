@@ -187,7 +187,49 @@ def test_hand_over_leaves_a_data_dir_below_a_directory_the_service_could_change(
     assert hand_over(link) == [link / "faces.db"]
 
 
-MEMBER = st.sampled_from([*sorted(ALLOWED), "../../etc/passwd", "/etc/shadow", "gateway.db/../x", ""])
+RULE = """
+[[rules]]
+id = "{id}"
+when = {{ point = "meter.voltage_a", above = 240 }}
+alarm = {{ class = "equipment", message = "Voltage {{value}} V" }}
+"""
+
+
+def test_a_site_with_included_rule_files_is_restored_with_them(tmp_path: Path) -> None:
+    """include = ["rules.d/*.toml"]: the rule files travel in the backup and come back beside the config; a rule
+    file added since is moved aside (the restored config would pick it up), and the config loads where it is."""
+    site = tmp_path / "etc"
+    data = tmp_path / "data"
+    config = write_config(site / "config.toml", data_dir=data, mqtt_port=None,
+                          buses=[{"id": "bus", "driver": "modbus_tcp", "host": "127.0.0.1", "port": 1502}],
+                          devices=[{"id": "meter", "bus": "bus", "interval": "1s", "points": POINTS}])
+    config.write_text('include = ["rules.d/*.toml"]\n' + config.read_text())
+    (site / "rules.d").mkdir()
+    lifts = site / "rules.d" / "lifts.toml"
+    lifts.write_text(RULE.format(id="overvoltage"))
+    assert gateway("check", "-c", config).returncode == 0
+    Store(data / "gateway.db").close()
+    made = gateway("backup", tmp_path / "b.tar.gz", "-c", config, "--json")
+    assert made.returncode == 0, made.stderr
+    assert "include/rules.d/lifts.toml" in json.loads(made.stdout)["files"]
+
+    lifts.write_text(RULE.format(id="edited"))
+    added = site / "rules.d" / "added.toml"
+    added.write_text(RULE.format(id="overvoltage"))  # the same id: with it, the restored config would not load
+    done = gateway("restore", tmp_path / "b.tar.gz", "-c", config, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert str(lifts) in report["restored"] and lifts.read_text() == RULE.format(id="overvoltage")
+    assert not added.exists()
+    kept = [Path(p) for p in report["kept"] if Path(p).name in ("lifts.toml", "added.toml")]
+    assert {p.name: p.read_text() for p in kept} == {"lifts.toml": RULE.format(id="edited"),
+                                                      "added.toml": RULE.format(id="overvoltage")}
+    checked = gateway("check", "-c", config)
+    assert checked.returncode == 0, checked.stderr
+
+
+MEMBER = st.sampled_from([*sorted(ALLOWED), "../../etc/passwd", "/etc/shadow", "gateway.db/../x", "",
+                          "include/rules.d/a.toml", "include/../x", "include//x", "include/a/../../x", "include/"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,11 +1,15 @@
 """`gateway backup FILE` and `gateway restore FILE`: a site's config and store in one file, and back.
 
 A backup is a gzipped tar of ``manifest.json`` (what is inside, each file's sha256), ``config.toml``,
-``gateway.db`` and, when it exists, ``faces.db`` (the gallery, sealed with a key that is never in a
-backup). The databases are copied with SQLite's online backup API, so a backup taken while the
+the rule files its ``include`` names under ``include/<path beside the config>``, ``gateway.db`` and, when it
+exists, ``faces.db`` (the gallery, sealed with a key that is never in a backup). An include outside the
+config's directory (an absolute pattern, ``../``) is not in the file: the backup says so.
+
+The databases are copied with SQLite's online backup API, so a backup taken while the
 daemon runs is a consistent snapshot and the daemon is not held up. A restore refuses while a
-daemon holds the data directory, checks everything in the file before it touches anything, keeps
-whatever it replaces beside it, and leaves the files to the service's user.
+daemon holds the data directory, checks everything in the file before it touches anything (the config
+with its included files laid out as they will be), keeps whatever it replaces beside it, and leaves the
+files to the service's user.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import print_json
+from gateway.cli.includes import INCLUDE, include_path, included, included_files, place, place_includes, stage
 
 FORMAT = 1
 CONFIG = "config.toml"
@@ -37,6 +42,7 @@ MANIFEST = "manifest.json"
 REQUIRED = (MANIFEST, CONFIG, STORE)
 ALLOWED = {*REQUIRED, FACES}
 MAX_MANIFEST = 64 * 1024
+MAX_INCLUDES = 256
 MODES = {CONFIG: 0o640, STORE: 0o640, FACES: 0o600}
 
 
@@ -102,6 +108,15 @@ def write_backup(config_path: Path, data_dir: Path, dest: Path, *, site: str, fo
         (work / CONFIG).write_bytes(config)
         _snapshot(store, work / STORE)
         names = [CONFIG, STORE]
+        inside, outside = included_files(config_path)
+        for rel, source in inside:
+            target = work / INCLUDE / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.write_bytes(source.read_bytes())
+            except OSError as exc:
+                raise BackupError(f"cannot read {source} (included by {config_path}): {exc.strerror}") from None
+            names.append(f"{INCLUDE}/{rel}")
         faces = data_dir / FACES
         if faces.exists():
             if not os.access(faces, os.R_OK):
@@ -115,6 +130,7 @@ def write_backup(config_path: Path, data_dir: Path, dest: Path, *, site: str, fo
             "format": FORMAT, "site": site, "release": __version__, "store_layout": layout,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": {n: {"sha256": _sha256(work / n), "bytes": (work / n).stat().st_size} for n in names},
+            "not_included": [str(p) for p in outside],
         }
         partial = work / "backup.tar.gz"
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -154,8 +170,11 @@ def read_backup(archive: Path, into: Path) -> Unpacked:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 name = member.name
-                if name not in ALLOWED:
+                included = name.startswith(f"{INCLUDE}/") and include_path(name[len(INCLUDE) + 1:])
+                if name not in ALLOWED and not included:
                     raise BackupError(f"{archive}: unexpected entry {name[:80]!r}: not a gateway backup")
+                if included and len(unpacked.files) > MAX_INCLUDES:
+                    raise BackupError(f"{archive}: more than {MAX_INCLUDES} included files: not a gateway backup")
                 if not member.isfile():
                     raise BackupError(f"{archive}: {name} is not a plain file")
                 if name in unpacked.files:
@@ -166,7 +185,8 @@ def read_backup(archive: Path, into: Path) -> Unpacked:
                 if source is None:
                     raise BackupError(f"{archive}: cannot read {name}")
                 target = into / name
-                with source, target.open("wb") as out:
+                target.parent.mkdir(parents=True, exist_ok=True)  # include/...: checked, no .. nor / first
+                with source, target.open("xb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
                 unpacked.files[name] = target
     except FileNotFoundError:
@@ -225,18 +245,6 @@ def _check_databases(archive: Path, unpacked: Unpacked) -> None:
 # -- restoring -----------------------------------------------------------------------------------------------------
 
 
-def _place(source: Path, dest: Path, mode: int, owner: tuple[int, int] | None) -> None:
-    """Copy ``source`` to ``dest`` through a temporary name beside it: ``dest`` is whole or absent."""
-    partial = dest.with_name(f".{dest.name}.restoring")
-    shutil.copyfile(source, partial)
-    os.chmod(partial, mode)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(partial, *owner)
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, dest)
-
-
 def restore(unpacked: Unpacked, config_path: Path, data_dir: Path) -> dict[str, Any]:
     """Put a checked backup in place; what was replaced is kept (``*.before-restore-STAMP``).
 
@@ -244,7 +252,8 @@ def restore(unpacked: Unpacked, config_path: Path, data_dir: Path) -> dict[str, 
     stamp = base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     n = 1
     while (data_dir / f"before-restore-{stamp}").exists() or \
-            config_path.with_name(f"{config_path.name}.before-restore-{stamp}").exists():
+            config_path.with_name(f"{config_path.name}.before-restore-{stamp}").exists() or \
+            config_path.with_name(f"before-restore-{stamp}").exists():
         stamp, n = f"{base}-{n}", n + 1  # a second restore within the second keeps the first one's too
     kept: list[str] = []
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -267,11 +276,13 @@ def restore(unpacked: Unpacked, config_path: Path, data_dir: Path) -> dict[str, 
     else:  # root's, readable by the config directory's group
         config_path.parent.mkdir(parents=True, exist_ok=True)
         owner = (os.geteuid(), config_path.parent.stat().st_gid)
-    _place(unpacked.files[CONFIG], config_path, MODES[CONFIG], owner)
+    place(unpacked.files[CONFIG], config_path, MODES[CONFIG], owner)
     restored = [str(config_path)]
+    keep_beside = config_path.with_name(f"before-restore-{stamp}")
+    restored += place_includes(included(unpacked.files), config_path, owner, keep_beside, kept)
     for name in (STORE, FACES):
         if name in unpacked.files:
-            _place(unpacked.files[name], data_dir / name, MODES[name], None)
+            place(unpacked.files[name], data_dir / name, MODES[name], None)
             restored.append(str(data_dir / name))
     return {"site": unpacked.manifest.get("site"), "created": unpacked.manifest.get("created"),
             "restored": restored, "kept": kept}
@@ -295,6 +306,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     else:
         files = ", ".join(f"{n} ({e['bytes']:,} bytes)" for n, e in manifest["files"].items())
         print(f"wrote {args.file}: {files}; site {manifest['site']}, store layout {manifest['store_layout']}")
+        for path in manifest["not_included"]:
+            print(f"not in it: {path} (included from outside the config's directory): copy it yourself",
+                  file=sys.stderr)
         print("it holds residents' data: keep it as safe as the gateway itself (keys and certificates are not in it)")
     return 0
 
@@ -312,7 +326,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             print(f"gateway restore: {exc}", file=sys.stderr)
             return 1
         try:
-            cfg = load_config(unpacked.files[CONFIG])
+            site = Path(tmp) / "site"
+            # as it will be: its included files beside it
+            cfg = load_config(stage(included(unpacked.files), unpacked.files[CONFIG], site, config_path.name))
+        except ValueError as exc:
+            print(f"gateway restore: {args.file}: {exc}", file=sys.stderr)
+            return 1
         except ConfigError as exc:
             print(f"gateway restore: this release refuses the backup's config.toml:\n{exc}", file=sys.stderr)
             return 1
@@ -343,6 +362,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         finally:
             lock.release()
             hand_over(data_dir)  # under sudo: the restored files and the lock are the service's
+        try:
+            load_config(config_path)  # where it now is: what the daemon will read
+        except ConfigError as exc:
+            print(f"gateway restore: restored, but the config in place is refused (an include outside its "
+                  f"directory that is not there?):\n{exc}\nkept what it replaced: {', '.join(done['kept'])}",
+                  file=sys.stderr)
+            return 1
     if args.json:
         print_json(done)
     else:
