@@ -150,7 +150,7 @@ def bench_pipeline(args: argparse.Namespace) -> int:
     if opts.cpu >= 0 and opts.cpu not in os.sched_getaffinity(0):
         return bad_args(f"--cpu {opts.cpu}: not one of the cores allowed here {sorted(os.sched_getaffinity(0))}")
     if opts.profile and py_spy() is None:
-        return bad_args("--profile needs py-spy, which is not installed: /opt/gateway/venv/bin/pip install py-spy "
+        return bad_args("--profile needs py-spy, which is not installed: sudo /opt/gateway/venv/bin/pip install py-spy "
                         "(or, in a checkout, .venv/bin/pip install py-spy)")
     report = Report.of("pipeline", opts, args)
 
