@@ -12,6 +12,7 @@ import os
 import struct
 import sys
 import termios
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,34 @@ def test_lines_fit_the_screen_in_columns_and_rows() -> None:
     lines = [(f"line {i}", "") for i in range(10)]
     assert fit(lines, 4) == [*lines[:3], ("... 7 more lines (a taller terminal shows them)", "dim")]
     assert fit(lines, 0) == [] and fit(lines, 10) == lines
+
+
+def test_rates_are_over_the_refresh_between_two_snapshots_and_fall_back_to_the_daemons() -> None:
+    base = {"started": 1.0, "uplinks": [{"name": "mqtt", "state": "connected", "delivered_per_s": 99.0}],
+            "buses": [{"id": "riser-1", "driver": "modbus_rtu", "devices": ["m"], "concurrency": 1,
+                       "utilisation": 0.9}]}
+    prev = {**base, "ts": 100.0, "uplinks": [{**base["uplinks"][0], "delivered": 40}],
+            "buses": [{**base["buses"][0], "busy_seconds": 0.5}]}
+    snap = {**base, "ts": 102.0, "uplinks": [{**base["uplinks"][0], "delivered": 100}],
+            "buses": [{**base["buses"][0], "busy_seconds": 1.0}]}
+    text = "\n".join(line for line, _ in frame(snap, prev))
+    assert "30.0/s delivered" in text and "25.0 %" in text  # (100 - 40) / 2 s; 0.5 s busy in 2 s
+    alone = "\n".join(line for line, _ in frame(snap, None))  # the first frame: the daemon's 30 s averages
+    assert "99.0/s delivered" in alone and "90.0 %" in alone
+    restarted = "\n".join(line for line, _ in frame(snap, {**prev, "started": 50.0}))
+    assert "99.0/s delivered" in restarted  # counters of another run are not compared
+
+
+def test_control_characters_in_an_error_or_an_alarm_never_reach_the_terminal() -> None:
+    """A device's error or an alarm's message with a newline or an escape sequence is one clean row."""
+    nasty = "line one\nline two\x1b[2J\r\u202eevil\u2028end"
+    snap = {"ts": 100.0, "devices": [{"id": "m\n1", "state": "offline", "error": nasty, "interval_s": 1.0}],
+            "alarms": {"active": 1, "list": [{"key": "k\x07", "source": "m\n1", "state": "active_unack",
+                                              "message": nasty, "activated_at": 90.0}]}}
+    lines = frame(snap)
+    assert all(not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text) for text, _ in lines)
+    assert sum("line one line two" in text for text, _ in lines) == 2  # the device's row and the alarm's row
+    assert clip("a\nb\x1b[1mc", 10) == "a b [1mc"
 
 
 ODD = st.sampled_from([1e308, -1e308, float("nan"), float("inf"), 2**70, -1, "", "x", True])

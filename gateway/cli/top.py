@@ -24,7 +24,8 @@ from typing import Any
 from gateway.core.text import table
 
 REFRESH = 1.0
-"""Seconds between two snapshots: also the span CPU % and the daemon's rates are taken over."""
+"""Seconds between two snapshots: also the span CPU %, delivered/s and bus utilisation are taken over (from the
+two snapshots' counters; the first frame shows the daemon's own 30 s averages)."""
 ASK_WITHIN = 5.0
 """Seconds a snapshot may take before the screen says the daemon is not answering."""
 SEVERITY = {"critical": 0, "major": 1, "minor": 2, "warning": 3}
@@ -141,13 +142,16 @@ def _frame(snap: dict[str, Any], prev: dict[str, Any] | None) -> list[Line]:
     lines.append((f"process  cpu {'-' if cpu is None else f'{cpu:.1f} %'}  rss {_mb(proc.get('rss_bytes'))}  "
                   f"fds {proc.get('open_fds', '-')}  threads {proc.get('threads', '-')}  store "
                   f"{_mb(proc.get('store_bytes'))}  disk free {_mb(proc.get('disk_free_bytes'))}", ""))
+    before = {u.get("name"): u for u in _same_run(snap, prev).get("uplinks") or [] if isinstance(u, dict)}
     for up in snap.get("uplinks") or []:
-        rate = up.get("delivered_per_s")
+        rate = _rate(snap, prev, up.get("delivered"), before.get(up.get("name"), {}).get("delivered"),
+                     up.get("delivered_per_s"))
         text = (f"uplink   {up.get('name')}: {up.get('state')}{' to ' + str(up['broker']) if up.get('broker') else ''}"
                 f"  {'-' if rate is None else f'{rate:,.1f}'}/s delivered  backlog {_count(up.get('backlog'))}"
                 f"  connects {up.get('connects', 0)}")
         ok = up.get("state") == "connected"
-        lines.append((text + ("" if ok or not up.get("error") else f"  ({up['error']})"), "" if ok else "bad"))
+        error = "" if ok or not up.get("error") else f"  ({printable(str(up['error']))})"
+        lines.append((text + error, "" if ok else "bad"))
     outbox = snap.get("outbox") or {}
     parts, oldest = [], 0.0
     for label, box in outbox.items():
@@ -156,7 +160,7 @@ def _frame(snap: dict[str, Any], prev: dict[str, Any] | None) -> list[Line]:
         parts.append(f"{label} {_count(box.get('depth'))}" + (f" (oldest {_span(age)})" if age is not None else ""))
     lines.append(("outbox   " + "   ".join(parts), "warn" if oldest > OLD_OUTBOX else ""))
     lines += _alarms(snap, now)
-    lines += _buses(snap.get("buses") or [])
+    lines += _buses(snap.get("buses") or [], _same_run(snap, prev).get("buses") or [], _span_s(snap, prev))
     lines += _devices(snap.get("devices") or [])
     return lines
 
@@ -177,9 +181,9 @@ def _alarms(snap: dict[str, Any], now: float) -> list[Line]:
                 not str(a.get("state", "")).endswith("_unack"), since if isinstance(since, int | float) else 0.0)
 
     ordered = sorted(listed, key=rank)
-    rows = [("LIFE" if a.get("source") in safety else "", a.get("severity", ""), a.get("state", ""), a.get("key", ""),
-             a.get("source", ""), _ago(a.get("activated_at"), now), str(a.get("message") or "")[:80])
-            for a in ordered[:MAX_ALARMS]]
+    rows = [("LIFE" if a.get("source") in safety else "", a.get("severity", ""), a.get("state", ""),
+             printable(str(a.get("key", ""))), printable(str(a.get("source", ""))), _ago(a.get("activated_at"), now),
+             printable(str(a.get("message") or ""))[:80]) for a in ordered[:MAX_ALARMS]]
     text = table(rows, ["", "severity", "state", "alarm", "source", "active for", "message"]).splitlines()
     out.append((text[0], "head"))
     out += [(line, "bad" if str(a.get("state", "")).endswith("_unack") else "warn")
@@ -189,15 +193,54 @@ def _alarms(snap: dict[str, Any], now: float) -> list[Line]:
     return out
 
 
-def _buses(buses: list[dict[str, Any]]) -> list[Line]:
+def _same_run(snap: dict[str, Any], prev: dict[str, Any] | None) -> dict[str, Any]:
+    """The earlier snapshot when it is of the same daemon run (counters only grow within one), else nothing."""
+    return prev if prev is not None and prev.get("started") == snap.get("started") else {}
+
+
+def _span_s(snap: dict[str, Any], prev: dict[str, Any] | None) -> float | None:
+    earlier = _same_run(snap, prev)
+    now, then = snap.get("ts"), earlier.get("ts")
+    if isinstance(now, int | float) and isinstance(then, int | float) and now > then:
+        return float(now - then)
+    return None
+
+
+def _per_s(now: Any, then: Any, span: float | None) -> float | None:
+    """A counter's rate between two snapshots ``span`` seconds apart; None when one is missing."""
+    if span is None or not isinstance(now, int | float) or not isinstance(then, int | float):
+        return None
+    return max(0.0, now - then) / span
+
+
+def _rate(snap: dict[str, Any], prev: dict[str, Any] | None, now: Any, then: Any, fallback: Any) -> float | None:
+    """Per second between the two snapshots; the daemon's own window average when there is no earlier one."""
+    rate = _per_s(now, then, _span_s(snap, prev))
+    if rate is not None:
+        return rate
+    return fallback if isinstance(fallback, int | float) else None
+
+
+def _buses(buses: list[dict[str, Any]], earlier: list[dict[str, Any]] | None = None,
+           span: float | None = None) -> list[Line]:
     if not buses:
         return []
-    rows = [(b.get("id"), b.get("driver"), len(b.get("devices") or []), _pct(b.get("utilisation")),
+    before = {b.get("id"): b for b in earlier or [] if isinstance(b, dict)}
+
+    def utilisation(b: dict[str, Any]) -> Any:
+        """Busy time per second since the earlier snapshot, per transaction slot; else the daemon's 30 s figure."""
+        busy = _per_s(b.get("busy_seconds"), before.get(b.get("id"), {}).get("busy_seconds"), span)
+        if busy is None:
+            return b.get("utilisation")
+        concurrency = b.get("concurrency")
+        return min(1.0, busy / max(1, concurrency if isinstance(concurrency, int) else 1))
+
+    shown = {id(b): utilisation(b) for b in buses}
+    rows = [(b.get("id"), b.get("driver"), len(b.get("devices") or []), _pct(shown[id(b)]),
              _count(b.get("transactions")), _count(b.get("waiting"))) for b in buses[:MAX_BUSES]]
     text = table(rows, ["bus", "driver", "devices", "utilisation", "transactions", "waiting"]).splitlines()
     out: list[Line] = [("", ""), (text[0], "head")]
-    out += [(line, "warn" if (b.get("utilisation") or 0) > 0.8 else "") for line, b in zip(text[2:], buses,
-                                                                                          strict=False)]
+    out += [(line, "warn" if (shown[id(b)] or 0) > 0.8 else "") for line, b in zip(text[2:], buses, strict=False)]
     if len(buses) > MAX_BUSES:
         out.append((f"... {len(buses) - MAX_BUSES} more buses", "dim"))
     return out
@@ -218,10 +261,10 @@ def _devices(devices: list[dict[str, Any]]) -> list[Line]:
     for d in ordered:
         actual, configured = d.get("actual_interval_s"), d.get("interval_s")
         interval = "streamed" if configured is None else f"{_secs(actual)} / {_secs(configured)}"
-        rows.append((("* " if d.get("life_safety") else "") + str(d.get("id")), d.get("bus") or "-", d.get("state"),
-                     interval + (" SLOW" if _slow(d) else ""), _count(d.get("polls")), _count(d.get("failures")),
-                     _count(d.get("retries")), _span(d.get("last_ok_age_s"), never="never"),
-                     str(d.get("error") or "")[:60]))
+        rows.append((("* " if d.get("life_safety") else "") + printable(str(d.get("id"))), d.get("bus") or "-",
+                     d.get("state"), interval + (" SLOW" if _slow(d) else ""), _count(d.get("polls")),
+                     _count(d.get("failures")), _count(d.get("retries")),
+                     _span(d.get("last_ok_age_s"), never="never"), printable(str(d.get("error") or ""))[:60]))
     text = table(rows, ["device", "bus", "state", "interval actual / set", "polls", "failures", "retries",
                         "last ok", "error"]).splitlines()
     out: list[Line] = [("", ""), (text[0], "head")]
@@ -246,10 +289,23 @@ def fit(lines: list[Line], height: int) -> list[Line]:
     return [*lines[: height - 1], (f"... {cut} more lines (a taller terminal shows them)", "dim")]
 
 
-def clip(text: str, width: int) -> str:
-    """``text`` cut to ``width`` terminal columns (a Chinese character takes two)."""
-    used, out = 0, []
+def printable(text: str) -> str:
+    """``text`` as one line a terminal draws as it is: control characters (a newline or an escape sequence in a
+    device's error or an alarm's message) become a blank, format characters (bidi overrides) go."""
+    out = []
     for ch in text:
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp"):
+            out.append(" ")
+        elif category != "Cf":
+            out.append(ch)
+    return "".join(out)
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` terminal columns (a Chinese character takes two), control characters blanked."""
+    used, out = 0, []
+    for ch in printable(text):
         cols = 2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
         if used + cols > width:
             break
@@ -312,7 +368,7 @@ def _once(path: Path, as_json: bool) -> int:
 
         print_json(second)
     else:
-        print("\n".join(text.rstrip() for text, _ in frame(second, first)))
+        print("\n".join(printable(text).rstrip() for text, _ in frame(second, first)))
     return 0
 
 
