@@ -51,10 +51,13 @@ _QUERY = re.compile(rf"([?&;](?:[\w.-]*?{_SECRET}|key|sig|signature|sign|code)=)
 """A secret in a URL's query: ``?key=`` (WeCom robot webhooks), ``access_token=`` (DingTalk), ``sign=``; a bare
 ``key=`` outside a URL is left alone (an alarm's key is not a secret)."""
 _USERINFO_COLON = re.compile(r":|%3a", re.IGNORECASE)
-WORDS_AFTER_PASSWORD = frozenset(
-    "a an and are as at be by can cannot changed could does empty entry expired file files for from has have hash"
-    " in incorrect invalid is length may missing must not of on or policy prompt redacted refused rejected"
-    " replaced required reset set should the to too was were will with without wrong".split())
+WORDS_AFTER_PASSWORD = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "cannot", "changed", "could", "does", "empty",
+    "entry", "expired", "file", "files", "for", "from", "has", "have", "hash", "in", "incorrect", "invalid", "is",
+    "length", "may", "missing", "must", "not", "of", "on", "or", "policy", "prompt", "redacted", "refused",
+    "rejected", "replaced", "required", "reset", "set", "should", "the", "to", "too", "was", "were", "will",
+    "with", "without", "wrong"
+})
 """Words that follow "password" in prose ("password file not readable"): not the password itself."""
 _SPACED = re.compile(r"(?<![\w.-])(pass(?:word|wd|phrase)\s+)(?=\S)(?!(?:"
                      + "|".join(sorted(WORDS_AFTER_PASSWORD, key=len, reverse=True))
