@@ -36,8 +36,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-say() { echo "install: $*" >&2; }
-die() { echo "install: $*" >&2; exit 1; }
+say() { echo "install: $*" >&2 || true; }  # the terminal may be gone (an ssh session dropped mid-upgrade)
+die() { say "$*"; exit 1; }
 
 real=1
 [ -n "$root" ] && real=0
@@ -84,10 +84,14 @@ fi
 
 # -- what this install needs -------------------------------------------------------------------------------------
 
+apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null >/dev/null; }
 if [ "$real" = 1 ] && ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     say "installing python3-venv"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv </dev/null >/dev/null \
-        || die "could not install python3-venv (apt-get install python3-venv)"
+    if ! apt_install python3-venv; then  # a fresh image's package lists may be missing or stale
+        say "updating the package lists (apt-get update) and trying again"
+        { apt-get update -qq </dev/null >/dev/null && apt_install python3-venv; } \
+            || die "could not install python3-venv (apt-get update && apt-get install python3-venv)"
+    fi
 fi
 "$python" - <<'PY' || die "$python is not Python 3.11 or newer (Debian 12 and Raspberry Pi OS Bookworm ship 3.11)"
 import sys
@@ -95,10 +99,12 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 [ -f "$options" ] && grep -qx vision "$options" && want_vision=1  # an upgrade keeps what the install chose
 if [ "$want_vision" = 1 ]; then
-    machine=$("$python" -c 'import platform; print(platform.machine())')
-    case "$machine" in
-        x86_64|aarch64) ;;
-        *) die "--vision needs a 64-bit OS (x86_64 or aarch64; this is $machine): ONNX Runtime, LiteRT and OpenCV ship no 32-bit ARM wheels" ;;
+    # The userland, not the kernel: 32-bit Raspberry Pi OS boots a 64-bit kernel (uname says aarch64) on a Pi 4/5.
+    bits=$("$python" -c 'import struct; print(struct.calcsize("P") * 8)')
+    arch=$(dpkg --print-architecture 2>/dev/null || echo "$bits-bit")
+    case "$bits:$arch" in
+        64:amd64|64:arm64|64:64-bit) ;;
+        *) die "--vision needs a 64-bit OS (amd64 or arm64; this is $arch, $python is $bits-bit): ONNX Runtime, LiteRT and OpenCV ship no 32-bit ARM wheels" ;;
     esac
 fi
 lock="$src/requirements/gateway.txt"
@@ -134,8 +140,22 @@ new="$releases/$stamp"
 n=1
 while [ -e "$new" ]; do new="$releases/$stamp-$n"; n=$((n + 1)); done
 work=$(mktemp -d)
-cleanup() { rm -rf "$work"; [ -n "${new:-}" ] && [ "${keep_new:-0}" = 0 ] && rm -rf "$new"; return 0; }
+stopped=0   # this script stopped the service ...
+settled=1   # ... and has not yet seen it through (started, or put back): the exit trap starts it again
+cleanup() {
+    set +e
+    if [ "$stopped" = 1 ] && [ "$settled" = 0 ]; then
+        settled=1
+        say "interrupted with the service stopped: starting it again"
+        start_or_roll_back || say "the gateway did not start: journalctl -u gateway"
+    fi
+    rm -rf "$work"
+    [ -n "${new:-}" ] && [ "${keep_new:-0}" = 0 ] && rm -rf "$new"
+    return 0
+}
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 say "building $new from $lock"
 pip=("$new/bin/python" -m pip --disable-pip-version-check -q)
@@ -180,27 +200,88 @@ rm -rf "$opt/doc"  # the unit's Documentation=: this release's guides
 install -d -m 0755 "$opt/doc"
 install -m 0644 "$src/README.md" "$src"/docs/*.md "$opt/doc/"
 
-# -- the swap: stop, point the link at the new release, start (one restart) ---------------------------------------
+# -- the swap: stop, snapshot the store, point the link at the new release, start (one restart) --------------------
 
 previous=""
-[ -L "$venv" ] && previous=$(readlink "$venv")
+if [ -L "$venv" ]; then  # "releases/<stamp>", or an absolute link someone made by hand: the name is what counts
+    target=$(basename "$(readlink "$venv")")
+    [ -d "$releases/$target" ] && [ "$releases/$target" != "$new" ] && previous="releases/$target"
+fi
+store="$data/gateway.db"
+snapshot="$data/gateway.db.before-upgrade"
+layout() { "$python" - "$1" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+found = db.execute("PRAGMA user_version").fetchone()[0]
+if found == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    found = row[0] if row else 0
+print(found)
+PY
+}
+swap() { ln -sfn "$1" "$venv.swap" && mv -T "$venv.swap" "$venv"; }
+swapped=0
+roll_back() {  # the old release back; the store as it was at the stop if the new one changed its layout
+    swap "$previous"
+    if [ -f "$snapshot" ] && [ -f "$store" ] && [ "$(layout "$store" 2>/dev/null)" != "$layout_before" ]; then
+        failed="$data/gateway.db.failed-upgrade-$(basename "$new")"
+        for suffix in "" -wal -shm; do
+            [ -e "$store$suffix" ] && mv -f "$store$suffix" "$failed$suffix"
+        done
+        cp -p "$snapshot" "$store"
+        say "the new release changed the store's layout: the store is back as it was at the stop; what the new release wrote meanwhile is in $failed"
+    fi
+}
+start_or_roll_back() {  # 0 started; 2 the new one did not, the previous one did; 3 neither; 1 nothing to go back to
+    systemctl start gateway.service && return 0
+    [ "$swapped" = 1 ] && [ -n "$previous" ] || return 1
+    roll_back
+    systemctl start gateway.service && return 2
+    return 3
+}
 was_active=0
 if systemd; then
     systemctl daemon-reload
     systemctl is-active --quiet gateway.service && was_active=1
     systemctl enable --quiet gateway.service
-    [ "$was_active" = 1 ] && systemctl stop gateway.service
-fi
-swap() { ln -sfn "$1" "$venv.swap" && mv -T "$venv.swap" "$venv"; }
-swap "releases/$(basename "$new")"
-keep_new=1
-if [ "$was_active" = 1 ] && ! systemctl start gateway.service; then
-    if [ -n "$previous" ]; then
-        swap "$previous"
-        systemctl start gateway.service || true
-        die "the new release did not start (journalctl -u gateway); $previous is back and running"
+    if [ "$was_active" = 1 ]; then
+        trap '' HUP  # an ssh session dropping from here on does not stop the upgrade half-way
+        settled=0
+        stopped=1
+        systemctl stop gateway.service
     fi
-    die "the gateway did not start: journalctl -u gateway"
+fi
+# A consistent copy of the store (SQLite's backup API, by the new release's Python) before the new code migrates
+# it: a rollback, now or by hand, needs the layout the old release knows. One is kept, the latest upgrade's.
+layout_before=""
+if [ -f "$store" ]; then
+    layout_before=$(layout "$store") || die "cannot read the store $store; nothing changed"
+    rm -f "$snapshot"
+    "$new/bin/python" - "$store" "$snapshot" <<'PY' || { rm -f "$snapshot"; die "could not copy the store to $snapshot (is the disk full?); nothing changed"; }
+import contextlib, sqlite3, sys
+with contextlib.closing(sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)) as src, \
+        contextlib.closing(sqlite3.connect(sys.argv[2])) as dst:
+    src.backup(dst)
+    dst.execute("PRAGMA journal_mode = DELETE")
+PY
+    chown --reference="$store" "$snapshot"
+    chmod 0640 "$snapshot"
+fi
+swap "releases/$(basename "$new")"
+swapped=1
+keep_new=1
+if [ "$was_active" = 1 ]; then
+    set +e
+    start_or_roll_back
+    started=$?
+    set -e
+    settled=1
+    case "$started" in
+        0) ;;
+        2) die "the new release did not start (journalctl -u gateway); $previous is back and running" ;;
+        3) die "the new release did not start, and neither did $previous put back: journalctl -u gateway" ;;
+        *) die "the gateway did not start: journalctl -u gateway" ;;
+    esac
 fi
 if [ "$want_vision" = 1 ]; then echo vision >"$options"; else : >"$options"; fi
 

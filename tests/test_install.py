@@ -245,10 +245,14 @@ async def test_install_over_the_release_before_then_upgrade_refuse_uninstall_pur
         await until(lambda: rows(db) >= 5, within=30)
         await stop(again)
         held, config_before, release = outbox(db), config.read_bytes(), venv.resolve()
+        venv.unlink()
+        venv.symlink_to(release)  # an absolute link, as a technician going back by hand may leave it
         done = await asyncio.to_thread(install, root)
         assert done.returncode == 0, done.stderr
         assert venv.resolve() != release and release.exists()  # the one before is kept, to go back by hand
         assert config.read_bytes() == config_before and outbox(db) == held
+        # the store as it was at the stop, for a rollback after the new release migrates it
+        assert outbox(data / "gateway.db.before-upgrade") == held and owned_by_service(data) == []
 
         # a config the new code refuses: nothing changes
         current = venv.resolve()
@@ -287,3 +291,18 @@ def test_the_unit_verifies_and_keeps_its_hardening(tmp_path: Path) -> None:
     assert analyze, "systemd-analyze is not installed (Debian: systemd)"
     verified = run(analyze, "verify", tmp_path / "gateway.service", timeout=60)
     assert verified.returncode == 0 and verified.stdout + verified.stderr == "", verified.stderr
+
+
+def test_vision_refuses_a_32_bit_userland_on_a_64_bit_kernel(tmp_path: Path) -> None:
+    """32-bit Raspberry Pi OS on a Pi 4 boots a 64-bit kernel: uname says aarch64, dpkg says armhf. The guard
+    asks dpkg (here a stand-in on PATH saying what such a Pi says) and refuses before building anything."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dpkg = bin_dir / "dpkg"
+    dpkg.write_text('#!/bin/sh\n[ "$1" = --print-architecture ] && echo armhf\n')
+    dpkg.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = run("bash", REPO / "scripts" / "install.sh", "--root", tmp_path / "root", "--python", PYTHON, "--vision",
+               env=env, timeout=60)
+    assert done.returncode == 1 and "needs a 64-bit OS" in done.stderr and "armhf" in done.stderr, done.stderr
+    assert not (tmp_path / "root" / "opt" / "gateway" / "releases").exists()
