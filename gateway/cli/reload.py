@@ -16,7 +16,8 @@ LABELS = {
     "rebuild": "buses restarted (driver and every device on it)", "restart": "pollers restarted",
     "reporting": "reporting changed", "rules": "rule set swapped, alarms kept", "mqtt": "uplink reconnected",
     "privacy": "privacy changed", "cameras_added": "cameras added", "cameras_removed": "cameras removed",
-    "cameras_changed": "cameras restarted", "commands": "platform commands", "log": "logging", "other": "also",
+    "cameras_changed": "cameras restarted", "commands": "platform commands", "log": "logging",
+    "observe": "health and metrics textfile", "other": "also",
 }
 """ConfigChange.summary() keys, as a person reads them."""
 
