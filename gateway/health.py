@@ -1,15 +1,15 @@
 """Health upstream, the clock watch, and the node-exporter textfile: the gateway telling others how it is.
 
 ``run_health`` does two things on one timer. It probes the clock (``Observer.clock_probe``) every ``CLOCK_CHECK``
-seconds: the probed state goes into every uplink's session (the native birth says it), and when the clock
-synchronises after the gateway ran on an unsynchronised one, one ``clock.synchronized`` event says which
-timestamps to distrust. And, when ``[health] enabled``, it publishes a ``health`` message (``HealthMessage`` in
-gateway/northbound/contract.py) on every connected native-JSON uplink, at each connect and every ``interval``:
-retained QoS 1 on the live connection, never through the outbox (it describes the present; a stored one replayed
-an hour late would mislead, and the next one replaces a lost one). Sparkplug B and Home Assistant uplinks get
-none: a Sparkplug NDATA metric must first be declared in the NBIRTH and spends the encoder's ``seq`` (one sent
-from outside would look like a gap and make the host ask for a rebirth); Home Assistant would need discovery
-entities. docs/metrics.md says so.
+seconds (every ``interval`` when shorter): the probed state goes into every uplink's session (the native birth says
+it), and when the clock synchronises after the gateway ran on an unsynchronised one, one ``clock.synchronized``
+event says which timestamps to distrust. And, when ``[health] enabled``, it publishes a ``health`` message
+(``HealthMessage`` in gateway/northbound/contract.py) on every connected native-JSON uplink, at each connect and
+every ``interval``: retained QoS 1 on the live connection, never through the outbox (it describes the present; a
+stored one replayed an hour late would mislead, and the next one replaces a lost one). Sparkplug B and Home
+Assistant uplinks get none: a Sparkplug NDATA metric must first be declared in the NBIRTH and spends the encoder's
+``seq`` (one sent from outside would look like a gap and make the host ask for a rebirth); Home Assistant would need
+discovery entities. docs/metrics.md says so.
 
 ``run_textfile`` writes the Prometheus exposition to ``[metrics] textfile`` every ``every`` seconds, atomically,
 rendered and written off the event loop.
@@ -192,7 +192,7 @@ class Health:
         uplinks = self.daemon.uplinks
         nexts = [sent + interval - now for name, (sent, *_) in self._sent.items()
                  if name in uplinks and uplinks[name].status.state == "connected"]  # a dead one waits for its connect
-        return max(0.05, min([CLOCK_CHECK, *nexts]))
+        return max(0.05, min([CLOCK_CHECK, interval, *nexts]))  # a health says clock_synced as probed
 
 
 async def run_health(daemon: Daemon) -> None:

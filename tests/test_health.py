@@ -150,7 +150,7 @@ async def test_health_reaches_the_broker_on_its_interval_and_the_clock_sync_is_s
     devices = [dict(id="meter-0", bus="bus-0", interval="200ms", points=POINTS),
                dict(id="dead-1", bus="bus-1", interval="200ms", points=POINTS)]
     path = write_config(tmp_path / "gateway.toml", data_dir=tmp_path / "data", mqtt_port=broker.port, buses=buses,
-                        devices=devices, extra='\n[web]\nenabled = false\n\n[health]\ninterval = "5s"\n')
+                        devices=devices, extra='\n[web]\nenabled = false\n\n[health]\ninterval = "1s"\n')
     synced: list[bool | None] = [False]
     clock = SteppedClock()
     daemon = Daemon(load_config(path), clock=clock)
@@ -164,8 +164,8 @@ async def test_health_reaches_the_broker_on_its_interval_and_the_clock_sync_is_s
             first, later = health(collector)[0], health(collector)[-1]
             for message in health(collector):
                 valid(message)
-            assert later["ts"] - first["ts"] >= 5 - 0.5  # not before its interval
-            assert later["interval_s"] == 5.0 and later["clock_synced"] is False
+            assert later["ts"] - first["ts"] >= 1 - 0.5  # not before its interval (a tick is 50 ms)
+            assert later["interval_s"] == 1.0 and later["clock_synced"] is False
             assert later["devices"] == {"total": 2, "online": 1, "offline": 1, "unknown": 0,
                                         "offline_ids": ["dead-1"]}
             assert set(later["outbox"]) == {"alarm", "event", "telemetry"}
@@ -196,7 +196,7 @@ async def test_health_reaches_the_broker_on_its_interval_and_the_clock_sync_is_s
             valid(event)
             assert event["data"]["since"] == round(daemon.started, 3)
             assert abs(event["data"]["step_s"] - 3600) < 1
-            assert event["data"]["until"] <= event["ts"] + 1 and event["data"]["unsynced_for_s"] >= 5
+            assert event["data"]["until"] <= event["ts"] + 1 and event["data"]["unsynced_for_s"] >= 1
             await until(lambda: births(collector)[-1]["clock_synced"] is True)
             await until(lambda: health(collector)[-1]["clock_synced"] is True, within=20)
             assert len([m for t, m in collector.messages if t == f"{ROOT}/event/clock.synchronized"]) == 1
@@ -237,7 +237,8 @@ async def test_health_can_be_turned_off_and_the_clock_is_still_watched(tmp_path:
     buses = [dict(id="bus-0", driver="modbus_tcp", host="127.0.0.1", port=server.ports[0], timeout="300ms")]
     devices = [dict(id="meter-0", bus="bus-0", interval="200ms", points=POINTS)]
     path = write_config(tmp_path / "gateway.toml", data_dir=tmp_path / "data", mqtt_port=broker.port, buses=buses,
-                        devices=devices, extra='\n[web]\nenabled = false\n\n[health]\nenabled = false\n')
+                        devices=devices, extra='\n[web]\nenabled = false\n\n[health]\nenabled = false\n'
+                                                     'interval = "1s"\n')  # the clock probed every second
     synced: list[bool | None] = [False]
     clock = SteppedClock()
     daemon = Daemon(load_config(path), clock=clock)
