@@ -326,12 +326,14 @@ async def test_hostile_requests_are_answered_or_dropped_and_the_daemon_polls_on(
             assert (await raw(port, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")  # no Host
             big = b"POST /api/alarms/acknowledge HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999999999\r\n\r\n"
             assert (await raw(port, big)).startswith(b"HTTP/1.1 413")
-            rebound = b"GET /api/state HTTP/1.1\r\nHost: attacker.example:9847\r\n\r\n"
+            # (Connection: close on the answers that would keep the connection: raw reads until the server ends it)
+            rebound = b"GET /api/state HTTP/1.1\r\nHost: attacker.example:9847\r\nConnection: close\r\n\r\n"
             assert (await raw(port, rebound)).startswith(b"HTTP/1.1 421")
             two = b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"
             assert (await raw(port, two)).startswith(b"HTTP/1.1 400")
             for path in (b"/../../etc/passwd", b"/api/cameras/..%2f..%2fgateway.db/frame.jpg", b"/%00", b"/api/"):
-                answer = await raw(port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", read_for=2)
+                answer = await raw(port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                                   read_for=2)
                 assert answer.startswith((b"HTTP/1.1 404", b"HTTP/1.1 400")), answer[:80]
             # keep-alive: two requests on one connection, both answered
             two_requests = head + b"\r\n" + head + b"Connection: close\r\n\r\n"
