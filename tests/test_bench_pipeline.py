@@ -27,13 +27,13 @@ SUBSCRIBER = ("telemetry_messages", "telemetry_batches", "other_messages", "poll
 @pytest.mark.timeout(150)
 def test_bench_pipeline_json_counts_what_the_subscriber_saw(capsys: pytest.CaptureFixture[str]) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    args = argparse.Namespace(devices=2, points=10, interval=0.2, seconds=3.0, warmup=1.0, grace=1.0,
+    args = argparse.Namespace(devices=2, points=10, interval=0.2, seconds=1.5, warmup=0.5, grace=1.0,
                               baseline=True, json=True)
     code = bench_pipeline(args)
     doc = json.loads(capsys.readouterr().out)  # exactly one JSON object, nothing else on stdout
     assert doc["bench"] == "pipeline" and code == (0 if doc["ok"] else 1) and doc["problems"] == []
-    assert doc["params"] | {"preset": "base", "devices": 2, "points": 10, "interval": 0.2, "seconds": 3.0,
-                            "warmup": 1.0, "grace": 1.0, "synchronous": "full", "baseline": True,
+    assert doc["params"] | {"preset": "base", "devices": 2, "points": 10, "interval": 0.2, "seconds": 1.5,
+                            "warmup": 0.5, "grace": 1.0, "synchronous": "full", "baseline": True,
                             "profile": None} == doc["params"]
     assert doc["targets"] == []  # targets hold at a preset's parameters only
     for run in (doc, doc["baseline"]):
