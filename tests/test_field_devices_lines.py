@@ -28,8 +28,8 @@ from simulators.converter import serve_converter
 from simulators.endpoints import sequential_block
 from simulators.rtu import Behaviour, RtuLine, Unit
 
-WINDOW = 48
-"""Polls of the twin's unit 1 (12 s at 250 ms) over which the neighbours' polls are counted."""
+WINDOW = 32
+"""Polls of the twin's unit 1 (8 s at 250 ms) over which the neighbours' polls are counted."""
 INTERVAL = "250ms"
 POINTS = [{"id": f"r{i}", "address": i} for i in range(10)]
 
