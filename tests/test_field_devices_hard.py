@@ -120,7 +120,7 @@ async def test_a_lossy_device_read_in_three_requests_never_goes_offline(tmp_path
     the same poll, nor fail the poll of a device that is answering."""
     device = AwkwardDevice(lossy=0.2)
     async with await serve_awkward(HOST, 0, device) as server:
-        path = tcp_config(tmp_path, server.ports[0], THREE_READS, bus={"timeout": "100ms"}, interval="100ms")
+        path = tcp_config(tmp_path, server.ports[0], THREE_READS, bus={"timeout": "100ms"}, interval="50ms")
         async with daemon_on(path) as (daemon, tape):
             await until(lambda: polls(daemon) >= 120 or tape.kinds("device.offline"), within=120)
             counted = wire(daemon)
