@@ -1,6 +1,6 @@
 """`gateway bench field` at toy size: it runs, leaves no process (socat, simulators) behind, reports every scenario.
 
-No timing is asserted and no target is judged: a two-second window says nothing about a breaker's cost,
+No timing is asserted and no target is judged: a one-second window says nothing about a breaker's cost,
 and the machine is shared. Only the shape, and that every figure is a number.
 """
 
@@ -25,13 +25,13 @@ def number(x: object) -> bool:
 
 
 def test_bench_field_json_has_every_behaviour_and_line(capsys: pytest.CaptureFixture[str]) -> None:
-    args = argparse.Namespace(seconds=2.0, pairs=1, line_units=2, json=True)
+    args = argparse.Namespace(seconds=1.0, pairs=1, interval=1.0, line_units=2, json=True)
     code = bench_field(args)
     doc = json.loads(capsys.readouterr().out)
     assert doc["bench"] == "field" and code == (0 if doc["ok"] else 1) and doc["problems"] == []
-    assert doc["params"] == {"seconds": 2.0, "pairs": 1, "interval": 2.0, "timeout": 1.0, "line_units": 2,
+    assert doc["params"] == {"seconds": 1.0, "pairs": 1, "interval": 1.0, "timeout": 1.0, "line_units": 2,
                              "line_interval": 0.5, "line_timeout": 0.5, "baud": 9600}
-    assert number(doc["run_s"]) and doc["window_s"] == 2.0
+    assert number(doc["run_s"]) and doc["window_s"] == 1.0
     names = [name for name, *_ in BEHAVIOURS]
     assert list(doc["behaviours"]) == names == ["gaps", "read_limit", "busy", "slow", "loss_20"]
     for name, b in doc["behaviours"].items():
