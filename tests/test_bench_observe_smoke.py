@@ -23,17 +23,17 @@ RUN = {"web", "textfile", "up_after_s", "window_s", "cpu_s", "cpu_percent", "rss
 @pytest.mark.timeout(150)
 def test_bench_observe_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    code = bench_observe(argparse.Namespace(devices=3, interval=0.5, seconds=2.0, warmup=0.5, scrape_every=0.5,
-                                            page_every=0.25, json=True))
+    code = bench_observe(argparse.Namespace(devices=3, interval=0.25, seconds=1.0, warmup=0.25, scrape_every=0.4,
+                                            page_every=0.2, json=True))
     doc = json.loads(capsys.readouterr().out)
     assert doc["bench"] == "observe" and doc["problems"] == [], doc["problems"]
-    assert doc["params"] == {"devices": 3, "interval": 0.5, "seconds": 2.0, "warmup": 0.5, "scrape_every": 0.5,
-                             "page_every": 0.25, "textfile_every": 15.0, "rounds": 1}
+    assert doc["params"] == {"devices": 3, "interval": 0.25, "seconds": 1.0, "warmup": 0.25, "scrape_every": 0.4,
+                             "page_every": 0.2, "textfile_every": 15.0, "rounds": 1}
     [off], [on] = doc["off"], doc["on"]
     assert set(off) == RUN and set(on) == RUN | {"http"}
     assert (off["web"], on["web"]) == (False, True)
     for r in (off, on):
-        assert r["polls"] > 0 and r["cpu_s"] >= 0 and r["rss_mb"] > 10 and r["window_s"] >= 2.0
+        assert r["polls"] > 0 and r["cpu_s"] >= 0 and r["rss_mb"] > 10 and r["window_s"] >= 1.0
     for path in ("/metrics", "/api/state"):
         seen = on["http"][path]
         assert seen["requests"] >= 2 and seen["failed"] == 0 and seen["body_bytes"] > 0 and seen["p50_ms"] > 0
