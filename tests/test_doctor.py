@@ -251,7 +251,7 @@ async def test_buses_left_when_the_time_is_up_say_so_and_are_judged_on_the_daemo
     holes = await serve_black_holes("127.0.0.1", 0, count=count)
     buses = [dict(id=f"b{i}", driver="modbus_tcp", host="127.0.0.1", port=p, timeout="500ms")
              for i, p in enumerate(holes.ports)]
-    devices = [dict(id=f"m{i}", bus=f"b{i}", interval="1s", points=POINTS) for i in range(count)]
+    devices = [dict(id=f"m{i}", bus=f"b{i}", interval="250ms", points=POINTS) for i in range(count)]
     config = write_config(tmp_path / "gateway.toml", data_dir=tmp_path / "data", mqtt_port=None, buses=buses,
                           devices=devices, extra=NO_WEB)
     try:
