@@ -286,7 +286,7 @@ def test_any_bytes_back_give_registers_or_a_field_error(reply: bytes, keep_heade
     async def once() -> None:
         answer = (lambda rq: rq[:4] + reply) if keep_header else (lambda rq: reply)
         async with hostile(answer) as port:
-            bus = ModbusTcpBus(id="cli", driver="modbus_tcp", host="127.0.0.1", port=port, timeout=0.1)
+            bus = ModbusTcpBus(id="cli", driver="modbus_tcp", host="127.0.0.1", port=port, timeout=0.05)
             wire = Wire(bus)
             try:
                 words = await wire.read(1, "holding", 0, 2)
