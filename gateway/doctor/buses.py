@@ -64,10 +64,10 @@ def _who(device: Any) -> str:
 
 
 def _read_failed(name: str, bus: Any, device: Any, point: str, exc: DriverError, reached: str,
-                 **details: Any) -> Result:
+                 seen: dict[str, Any]) -> Result:
     """A failed probe read, in the words of what the technician checks next."""
     who, wait = _who(device), f"{float(bus.timeout):g} s"
-    details.update(device=device.id, point=point, error=f"{type(exc).__name__}: {exc}")
+    details = {**seen, "device": device.id, "point": point, "error": f"{type(exc).__name__}: {exc}"}
     if isinstance(exc, ExceptionResponse):
         return warn(name, f"{reached}; {who} answers but refuses {point} ({exc})",
                     f"check the register map: {PROBE_MAP}", **details)
@@ -168,7 +168,7 @@ async def _probe(ctx: Context, bus: Any, device: Any, point: str, reached: str, 
             return ok(name, f"{reached}; {device.id} speaks unasked, there is nothing to read", **details)
         reading = await driver.read_point(device.id, point)
     except DriverError as exc:
-        return _read_failed(name, bus, device, point, exc, reached, **details)
+        return _read_failed(name, bus, device, point, exc, reached, details)
     finally:
         await driver.close()
     details.update(device=device.id, point=point, quality=reading.quality.value)
@@ -255,7 +255,7 @@ async def _via_daemon(ctx: Context, bus: Any, view: DaemonView, devices: list[An
             if not answer.get("ok"):
                 error = str(answer.get("error", "?"))
                 details["error"] = error
-                return _read_failed(name, bus, device, point, _as_error(error), reached, **details)
+                return _read_failed(name, bus, device, point, _as_error(error), reached, details)
             readings = answer.get("readings") or [{}]
             details["quality"] = readings[0].get("quality")
     if unprobed is not None:
