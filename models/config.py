@@ -136,6 +136,12 @@ class CameraConfig(StrictModel):
     stall_timeout: Duration = Field(default=10.0, description="No frame for this long = stream lost: reconnect.")
     reconnect_max: Duration = Field(default=60.0, description="Longest wait between reconnect attempts.")
     max_width: int = Field(default=1280, ge=160, le=7680, description="Wider frames are downscaled before analysis.")
+    realtime: bool = Field(
+        default=True,
+        description="For a video file: true plays it at its own frame rate, looping, like a live camera; false reads "
+                    "it once as fast as the CPU allows (commissioning on recorded footage). Event times are frame "
+                    "times either way, so both give the same events at the same times.",
+    )
 
     @field_validator("url")
     @classmethod

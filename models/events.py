@@ -13,9 +13,11 @@ from gateway.core.data import Event, Priority
 
 KINDS: dict[str, Priority] = {
     "fall.detected": Priority.ALARM,  # a resident down: life safety
+    "fall.suspected": Priority.EVENT,  # the fall itself, seconds before the hold confirms it (or it is cancelled)
     "face.recognized": Priority.EVENT,
     "face.unknown": Priority.EVENT,
     "plate.read": Priority.EVENT,
+    "plate.unreadable": Priority.EVENT,  # a plate seen but not read with the confidence needed: said, never guessed
     "camera.connected": Priority.EVENT,
     "camera.lost": Priority.EVENT,
     "camera.error": Priority.EVENT,

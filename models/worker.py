@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import signal
 import sys
@@ -95,6 +96,10 @@ class CameraLoop:
         self.ms: dict[str, float] = {}
         self.state = "connecting"
         self._status_at = 0.0
+        self._wall0: float | None = None
+        self._mono0 = 0.0
+        self._file_base = 0.0
+        self._file_last = float("-inf")
 
     def status(self, now: float, **extra: Any) -> None:
         if now - self._status_at < STATUS_EVERY:
@@ -120,6 +125,8 @@ class CameraLoop:
             cap.release()
             if time.monotonic() - started > 60:  # it streamed a while: a fresh failure starts the backoff over
                 backoff.reset()
+            if reason == "ended" and is_file(self.camera) and not self.camera.realtime:
+                self.finished()
             if reason == "ended" and is_file(self.camera) and self.counts["frames"] > frames:
                 continue  # a video file loops (one that gave no frame this time is lost, not spun on)
             self.state = "reconnecting"
@@ -129,27 +136,59 @@ class CameraLoop:
             self.out.event("camera.lost", {"reason": reason, "retry_in": backoff.current})
             time.sleep(backoff.next())
 
+    def finished(self) -> None:
+        """A file read with ``realtime = false`` is read once (commissioning: its events, once), then idles."""
+        self.state = "finished"
+        self.out.event("camera.lost", {"reason": "ended", "retry_in": 0.0})
+        while True:
+            self._status_at = 0.0
+            self.status(time.monotonic())
+            time.sleep(STATUS_EVERY)
+
     def stream(self, cap: cv2.VideoCapture) -> str:
-        """Read until the stream fails; returns why (``stalled`` or ``ended``)."""
-        pace = 1.0 / cap.get(cv2.CAP_PROP_FPS) if is_file(self.camera) and cap.get(cv2.CAP_PROP_FPS) > 0 else 0.0
-        due = 0.0
+        """Read until the stream fails; returns why (``stalled`` or ``ended``).
+
+        Every frame gets a *frame time*, the time its events carry and the clock of the analysers'
+        cooldowns, votes and holds: for a live stream, when it was grabbed (the wall clock at the start
+        plus the monotonic clock since, so a clock step mid-stream does not bend it); for a file, the
+        start plus the frame's position in the file, so a clip read with ``realtime = false``, as fast
+        as the CPU allows, gives the same events at the same times as played live.
+        """
+        file = is_file(self.camera)
+        fps = cap.get(cv2.CAP_PROP_FPS) if file else 0.0
+        pace = 1.0 / fps if file and self.camera.realtime and fps > 0 else 0.0
+        due = float("-inf")
         last = time.monotonic()
         while True:
             if not cap.grab():
                 return "stalled" if time.monotonic() - last >= self.camera.stall_timeout * 0.9 else "ended"
             now = last = time.monotonic()
+            t = self.frame_time(cap, now, file)
             self.counts["frames"] += 1
             self.status(now)
             if pace:
                 time.sleep(pace)
-            if now < due - self.period * 0.25:  # a frame a little early still counts (stream jitter)
+            if t < due - self.period * 0.25:  # a frame a little early still counts (stream jitter)
                 continue
-            due = max(due + self.period, now)
+            due = max(due + self.period, t)
             ok, frame = cap.retrieve()
             if not ok or not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.size == 0:
                 self.counts["bad"] += 1
                 continue
-            self.analyse(self.fit(frame), now)
+            self.analyse(self.fit(frame), t)
+
+    def frame_time(self, cap: cv2.VideoCapture, now: float, file: bool) -> float:
+        """Seconds since the epoch: see :meth:`stream`. A file's position that goes back means it looped."""
+        if self._wall0 is None:
+            self._wall0, self._mono0 = time.time(), now
+        if file:
+            pos = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if math.isfinite(pos) and pos >= 0:
+                if pos + self._file_base < self._file_last:  # a new turn of a looping file
+                    self._file_base = self._file_last + self.period
+                self._file_last = pos + self._file_base
+                return self._wall0 + self._file_last
+        return self._wall0 + (now - self._mono0)
 
     def fit(self, frame: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         h, w = frame.shape[:2]
@@ -159,6 +198,7 @@ class CameraLoop:
                           interpolation=cv2.INTER_AREA)
 
     def analyse(self, frame: np.ndarray[Any, Any], now: float) -> None:
+        """``now`` is the frame time (see :meth:`stream`)."""
         busy = any(a.busy for a in self.analysers)
         if not self.gate.moving(frame, now) and not busy:
             self.counts["gated"] += 1
@@ -178,7 +218,7 @@ class CameraLoop:
             ms = (time.perf_counter() - t0) * 1000
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
-                self.emit(event, frame)
+                self.emit(event, frame, now)
         self.offer_live(frame, [f for a in looked for f in a.found],
                         faces_looked=any(a.name == "faces" for a in looked))
 
@@ -197,14 +237,15 @@ class CameraLoop:
             self.out.event("camera.error", {"stage": "live", "error": f"{type(exc).__name__}: {exc}"[:300],
                                             "retry_in": pause})
 
-    def emit(self, event: Event, frame: np.ndarray[Any, Any]) -> None:
+    def emit(self, event: Event, frame: np.ndarray[Any, Any], t: float) -> None:
+        """An analyser's event, stamped with the frame time it was seen at."""
         payload = dict(event.payload)
         if self.snapshots is not None:
             person = payload.get("person")
-            name = self.snapshots.save(frame, event.kind, event.ts, person if isinstance(person, str) else None)
+            name = self.snapshots.save(frame, event.kind, t, person if isinstance(person, str) else None)
             if name:
                 payload["snapshot"] = name  # a file name on this box, never the image
-        self.out.event(event.kind, payload, event.ts)
+        self.out.event(event.kind, payload, t)
 
 
 def main() -> int:

@@ -365,7 +365,7 @@ def test_snapshots_stay_private_and_are_pruned_by_age_and_size(tmp_path: Path, p
 
 def test_a_face_that_stays_is_embedded_once_a_second_and_keeps_its_identity(tmp_path: Path, vision_dir: Path,
                                                                              portrait: np.ndarray) -> None:
-    from models.analysers import FaceAnalyser
+    from models.face_analyser import FaceAnalyser
 
     (tmp_path / "models").symlink_to(vision_dir / "models")
     key = tmp_path / "faces.key"

@@ -8,16 +8,14 @@ and the models are imported when the bench runs, so the CLI works without the ``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import statistics
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.bench import vision_faces, vision_plates, vision_pose
 from gateway.bench.harness import Report, add_json, bad_args, ratio, run
+from gateway.bench.vision_common import scene, scratch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,142 +39,8 @@ def add_command(bench: Any) -> None:
     p.set_defaults(fn=bench_vision)
 
 
-def _ms(fn: Callable[[], object], repeat: int) -> dict[str, float]:
-    fn()  # warm-up: first run allocates
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return {"median": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2)}
-
-
-def _scene(image: Frame, width: int, height: int) -> Frame:
-    """A camera-sized frame with the portrait pasted at about a quarter of the frame height."""
-    import cv2
-    import numpy as np
-
-    frame = np.full((height, width, 3), 90, dtype=np.uint8)
-    side = height // 2
-    face = cv2.resize(image, (side, side))
-    y, x = (height - side) // 2, (width - side) // 2
-    frame[y:y + side, x:x + side] = face
-    return frame
-
-
-
-def _faces(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
-    from models.faces import EMBEDDERS, FacePipeline, align
-    from models.fetch import model_path
-
-    pipeline = FacePipeline.from_data_dir(data_dir, threads=1)
-    sface = model_path(data_dir, "sface")
-    embedders = {name: cls(sface, threads=1) for name, cls in EMBEDDERS.items()}
-    rows = []
-    for frame in frames:
-        faces = pipeline.detector.detect(frame)
-        def detect(f: Any = frame) -> object:
-            return pipeline.detector.detect(f)
-
-        row: dict[str, Any] = {"faces": len(faces), "detect_ms": _ms(detect, repeat)}
-        for backend, embedder in embedders.items() if faces else ():
-
-            def embed(f: Any = frame, lm: Any = faces[0].landmarks, e: Any = embedder) -> object:
-                return e.embed(align(f, lm))
-
-            row[f"align_embed_ms_{backend}"] = _ms(embed, repeat)
-        if faces:
-            row["door_ms_per_frame"] = _door(data_dir, frame)
-        rows.append(row)
-    return rows
-
-
-@contextlib.contextmanager
-def _scratch(data_dir: Path) -> Iterator[tuple[Path, Path]]:
-    """A throwaway data dir sharing the fetched models, with its own gallery and key (not the site's)."""
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        work = Path(tmp)
-        (work / "models").symlink_to((data_dir / "models").resolve())
-        key = work / "faces.key"
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
-        yield work, key
-
-
-def _door(data_dir: Path, frame: Frame) -> float:
-    """Mean ms per analysed frame as the camera worker runs faces: a person standing 3 s at 5 fps
-    (detection every frame, an embedding when the face is new and once a second after)."""
-    from models.analysers import FaceAnalyser
-    from models.config import VisionConfig
-
-    with _scratch(data_dir) as (work, key):
-        analyser = FaceAnalyser("bench", VisionConfig.model_validate({"faces": {"key_file": str(key)}}), work)
-        analyser.analyse(frame, -10.0)  # warm-up
-        t0 = time.perf_counter()
-        for k in range(15):
-            analyser.analyse(frame, k / 5)
-        return round((time.perf_counter() - t0) * 1000 / 15, 2)
-
-
-def _plates(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
-    """Detection on the whole frame; rectify + read on a plate-sized quadrilateral (its cost does not
-    depend on what the plate says: the crop is always 200x32; a failed read's retries cost more)."""
-    import numpy as np
-
-    from models.plates import PlateReader
-
-    reader = PlateReader.from_data_dir(data_dir, threads=1)
-    rows = []
-    for frame in frames:
-        h, w = frame.shape[:2]
-        corners = np.array([[w * .40, h * .60], [w * .60, h * .61], [w * .60, h * .68], [w * .40, h * .67]],
-                           dtype=np.float32)
-
-        def read(f: Any = frame, c: Any = corners) -> object:
-            return reader.recognise(reader.rectify(f, c))
-
-        def detect(f: Any = frame) -> object:
-            return reader.detect(f)
-
-        rows.append({"plate_detect_ms": _ms(detect, repeat),
-                     "plate_read_ms": _ms(read, repeat)})
-    return rows
-
-
-def _pose(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
-    """Detection, one landmark run, and a tracked frame as the camera worker runs it (frame check,
-    landmarks in the previous frame's ROI, fall logic); a tracked frame costs the same with or without
-    a person in it."""
-    from models.faces import as_bgr
-    from models.falls import FallDetector
-    from models.pose import PoseTracker, Roi
-
-    tracker = PoseTracker.from_data_dir(data_dir, threads=1)
-    rows = []
-    for frame in frames:
-        h, w = frame.shape[:2]
-        roi = tracker.detect_roi(frame) or Roi(w / 2, h / 2, h * 0.9, 0.0)
-        falls, clock = FallDetector(), iter(range(10**9))
-
-        def tracked(f: Any = frame, r: Any = roi, fd: Any = falls, ticks: Any = clock) -> object:
-            bgr = as_bgr(f)
-            pose = None if bgr is None else tracker.estimate(bgr, r, tracked=True)
-            return fd.update("bench", next(ticks) / 10, None if pose is None else pose.landmarks)
-
-        def landmarks(f: Any = frame, r: Any = roi) -> object:
-            return tracker.landmarker.landmarks(f, r)
-
-        def detect(f: Any = frame) -> object:
-            return tracker.detector.detect(f)
-
-        rows.append({"pose_detect_ms": _ms(detect, repeat),
-                     "pose_landmark_ms": _ms(landmarks, repeat), "pose_tracked_frame_ms": _ms(tracked, repeat)})
-    return rows
-
-
 STAGES: dict[str, Callable[[Path, list[Frame], int], list[dict[str, Any]]]] = {
-    "faces": _faces, "plates": _plates, "pose": _pose}
+    "faces": vision_faces.measure, "plates": vision_plates.measure, "pose": vision_pose.measure}
 
 
 def _line(label: str, stat: dict[str, float]) -> str:
@@ -247,7 +111,7 @@ def _bench(report: Report, data_dir: Path, image_path: Path | None, repeat: int,
         rng = np.random.default_rng(0)
         portrait = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
     results: list[dict[str, Any]] = [{"resolution": f"{w}x{h}"} for w, h in RESOLUTIONS]
-    frames = [_scene(portrait, w, h) for w, h in RESOLUTIONS]
+    frames = [scene(portrait, w, h) for w, h in RESOLUTIONS]
     skipped: dict[str, str] = {}
     for stage, measure in STAGES.items():
         try:
@@ -267,7 +131,7 @@ def _bench(report: Report, data_dir: Path, image_path: Path | None, repeat: int,
         return
     from gateway.bench.vision_idle import idle_cpu
 
-    with _scratch(data_dir) as (work, key):
+    with scratch(data_dir) as (work, key):
         runs = [idle_cpu(work, image_path, seconds=idle, fps=5, stream_fps=10, gated=gated, detect=detectors,
                          key_file=key) for gated in (True, False)]
     report.figure(idle_camera=runs)

@@ -33,6 +33,7 @@ from gateway.cli.site import (
 )
 from gateway.cli.vision import add_commands as add_vision_commands
 from gateway.cli.vision import add_simulate as add_camera_simulate
+from gateway.cli.vision_tools import add_commands as add_vision_tools
 
 DEFAULT_CONFIG = "/etc/gateway/config.toml"
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_schema_command(sub)
     add_commissioning_commands(sub, DEFAULT_CONFIG)
     add_vision_commands(sub)
+    add_vision_tools(sub)
     for module in (doctor, top, web, backup):
         module.add_commands(sub, DEFAULT_CONFIG)
     p = command("events", cmd_events, "show the event log")

@@ -273,6 +273,21 @@ class FallDetected(CameraData):
     down_s: float = Field(description="Seconds the person has stayed down.")
 
 
+class FallSuspected(CameraData):
+    track: str = Field(description="Person track id within the camera.")
+    descent_torso: float = Field(description="Descent measured, in torso lengths.")
+    torso_angle_deg: float = Field(description="Torso angle from vertical when the person was seen down.")
+    descent_s: float = Field(description="Seconds from the last upright frame to the first frame down.")
+    hold_s: float = Field(description="Seconds the person must stay down before fall.detected.")
+
+
+class PlateUnreadable(CameraData):
+    score: float = Field(description="Confidence of the read, 0-1, below what is needed.")
+    width_px: float = Field(description="Plate width in the frame, pixels.")
+    reason: str = Field(description="Why it was not published as a plate: low_confidence or invalid_format.")
+    crop: str | Absent = Field(None, description="File name of the crop kept on the box for review, if any.")
+
+
 class CameraConnected(CameraData):
     url: str = Field(description="Stream URL, password redacted.")
 
@@ -373,6 +388,10 @@ KINDS: tuple[KindInfo, ...] = (
     _k("face.recognized", FaceRecognized, "event", "camera id", "an enrolled person seen (kept local by default)"),
     _k("face.unknown", FaceUnknown, "event", "camera id", "a face matching nobody (kept local by default)"),
     _k("plate.read", PlateRead, "event", "camera id", "a plate read (kept local by default)"),
+    _k("plate.unreadable", PlateUnreadable, "event", "camera id", "a plate seen but not read with the confidence "
+       "needed (kept local by default)"),
+    _k("fall.suspected", FallSuspected, "event", "camera id", "a person went down fast; fall.detected follows "
+       "unless they get up within the hold"),
     _k("fall.detected", FallDetected, "alarm", "camera id", "a person fell and stays down"),
     _k("camera.connected", CameraConnected, "event", "camera id", "stream opened"),
     _k("camera.lost", CameraLost, "event", "camera id", "stream stalled or ended; reconnecting"),

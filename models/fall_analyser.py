@@ -1,0 +1,39 @@
+"""Falls on a camera: a pose every analysed frame, the fall logic on its landmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.core.data import Event
+from models.config import VisionConfig
+from models.faces import Image
+from models.falls import FallConfig, FallDetector
+from models.pose import PoseTracker
+
+
+class FallAnalyser:
+    """Pose every analysed frame; while someone is down, keep looking even if nothing moves."""
+
+    name = "falls"
+
+    def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
+        self.camera = camera
+        self.tracker = PoseTracker.from_data_dir(data_dir, threads=1)
+        self.falls = FallDetector(FallConfig(hold=vision.falls.hold))
+        self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
+
+    @property
+    def busy(self) -> bool:
+        return self.falls.state(self.camera) == "down"
+
+    def analyse(self, frame: Image, now: float) -> list[Event]:
+        pose = self.tracker.update(self.camera, frame)
+        event = self.falls.update(self.camera, now, None if pose is None else pose.landmarks)
+        self.found = []
+        if pose is not None:
+            xy = pose.landmarks[:33, :2]
+            (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+            state = self.falls.state(self.camera)
+            self.found = [("person", (float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+                           "person" if state == "watching" else state)]
+        return [] if event is None else [event]
