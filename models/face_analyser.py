@@ -7,9 +7,9 @@ from pathlib import Path
 
 from gateway.core.data import Event
 from models.config import VisionConfig
-from models.faces import EMBEDDERS, FaceDetector, FacePipeline, Image, face_events
-from models.fetch import model_path
+from models.faces import FacePipeline, Image, face_events
 from models.gallery import Gallery, load_key
+from models.hosting import open_models
 
 REFRESH = 1.0
 """A face that stays in place keeps its identity this long before it is embedded again (seconds)."""
@@ -48,8 +48,8 @@ class FaceAnalyser:
         self.camera = camera
         self.threshold = cfg.threshold
         self.cooldown = cfg.cooldown
-        self.pipeline = FacePipeline(FaceDetector(model_path(data_dir, "yunet"), threads=1),
-                                     EMBEDDERS[cfg.embedder](model_path(data_dir, "sface"), threads=1))
+        hosted = open_models("faces", data_dir, vision)
+        self.pipeline = FacePipeline(hosted["detector"], hosted["embedder"])
         self.gallery = Gallery(data_dir, load_key(cfg.key_file))
         self._last: dict[str | None, float] = {}
         self._seen: list[_SeenFace] = []

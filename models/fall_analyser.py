@@ -8,6 +8,7 @@ from gateway.core.data import Event
 from models.config import VisionConfig
 from models.faces import Image
 from models.falls import FallConfig, FallDetector
+from models.hosting import open_models
 from models.pose import PoseTracker
 
 
@@ -18,7 +19,8 @@ class FallAnalyser:
 
     def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
         self.camera = camera
-        self.tracker = PoseTracker.from_data_dir(data_dir, threads=1)
+        hosted = open_models("pose", data_dir, vision)
+        self.tracker = PoseTracker(hosted["detector"], hosted["landmarker"])
         self.falls = FallDetector(FallConfig(hold=vision.falls.hold))
         self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from gateway.core.data import Event
 from models.config import VisionConfig
 from models.faces import Image
+from models.hosting import open_models
 from models.plates import PlateReader, PlateVoter, plate_event
 
 
@@ -18,7 +19,7 @@ class PlateAnalyser:
         cfg = vision.plates
         self.camera = camera
         self.allow, self.block = cfg.allowlist, cfg.blocklist
-        self.reader = PlateReader.from_data_dir(data_dir, threads=1, max_side=cfg.detect_max_side)
+        self.reader: PlateReader = open_models("plates", data_dir, vision)["reader"]
         self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold)
         self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
 

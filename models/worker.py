@@ -175,7 +175,7 @@ class CameraLoop:
             if not ok or not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.size == 0:
                 self.counts["bad"] += 1
                 continue
-            self.analyse(self.fit(frame), t)
+            self.analyse(self.fit(frame), t, full=frame)
 
     def frame_time(self, cap: cv2.VideoCapture, now: float, file: bool) -> float:
         """Seconds since the epoch: see :meth:`stream`. A file's position that goes back means it looped."""
@@ -197,8 +197,10 @@ class CameraLoop:
         return cv2.resize(frame, (self.camera.max_width, round(h * self.camera.max_width / w)),
                           interpolation=cv2.INTER_AREA)
 
-    def analyse(self, frame: np.ndarray[Any, Any], now: float) -> None:
-        """``now`` is the frame time (see :meth:`stream`)."""
+    def analyse(self, frame: np.ndarray[Any, Any], now: float, full: np.ndarray[Any, Any] | None = None) -> None:
+        """``now`` is the frame time (see :meth:`stream`). ``full`` is the frame before ``fit`` shrank it, for
+        an analyser with ``full_resolution = True`` (plates: a distant plate is only readable at full size;
+        such an analyser shrinks for its own detection and reports boxes in full-frame pixels)."""
         busy = any(a.busy for a in self.analysers)
         if not self.gate.moving(frame, now) and not busy:
             self.counts["gated"] += 1
@@ -209,7 +211,8 @@ class CameraLoop:
         for analyser in self.analysers:
             t0 = time.perf_counter()
             try:
-                events = analyser.analyse(frame, now)
+                whole = full if full is not None and getattr(analyser, "full_resolution", False) else frame
+                events = analyser.analyse(whole, now)
             except Exception as exc:  # a model failing on one frame must not end the camera
                 self.counts["errors"] += 1
                 self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
