@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from gateway.core.data import Event
 from models.events import vision_event
 from models.fetch import model_path
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 Image = NDArray[np.uint8]
 Vector = NDArray[np.float32]
@@ -92,6 +94,8 @@ def as_bgr(frame: object) -> Image | None:
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
+    import onnxruntime as ort  # here, not at the top: a camera worker fed by a shared service never loads it
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -119,7 +123,9 @@ class FaceDetector:
             rows, cols = np.mgrid[0:n, 0:n]
             self.grids[stride] = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float32)
 
-    def detect(self, bgr: Image) -> list[Face]:
+    def detect(self, bgr: Image, score_threshold: float | None = None) -> list[Face]:
+        """Faces scoring at least ``score_threshold`` (default: the detector's own), best first."""
+        floor = self.score_threshold if score_threshold is None else score_threshold
         h, w = bgr.shape[:2]
         scale = min(self.size / w, self.size / h)
         nw, nh = max(1, min(self.size, round(w * scale))), max(1, min(self.size, round(h * scale)))
@@ -133,7 +139,7 @@ class FaceDetector:
             cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
             obj = np.clip(outputs[f"obj_{stride}"][0, :, 0], 0, 1)
             score = np.sqrt(cls * obj)
-            keep = score >= self.score_threshold
+            keep = score >= floor
             if not keep.any():
                 continue
             g = grid[keep]
@@ -149,7 +155,7 @@ class FaceDetector:
         all_boxes = np.concatenate(boxes) / scale
         all_marks = np.concatenate(marks) / scale
         all_scores = np.concatenate(scores)
-        kept = cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), self.score_threshold, self.nms_threshold)
+        kept = cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), floor, self.nms_threshold)
         faces = []
         for i in np.asarray(kept, dtype=np.int64).ravel():
             x, y, bw, bh = (float(v) for v in all_boxes[i])
@@ -288,24 +294,142 @@ ENROL_MIN_FACE = 48
 """Shortest side of the face box, in pixels, for an enrolment image."""
 ENROL_MIN_SHARPNESS = 60.0
 """Laplacian variance of the aligned 112x112 face; a sharp portrait gives 500+, a blurred one < 30."""
+ENROL_MIN_SCORE = 0.75
+"""Detector score below which an enrolment face is refused (real portraits score 0.87-0.93)."""
+ENROL_LIGHT = (45.0, 210.0)
+"""Mean grey level of the aligned face outside which it is too dark / too bright to enrol."""
+ENROL_MAX_TURN = 0.30
+"""Nose offset from the eyes' midline, in eye distances, above which the face is turned away."""
+BORDERLINE = 1.25
+"""A figure within this factor of its limit is accepted but said to be borderline."""
+FRONTAL_PITCH = 0.06
+"""``pitch`` of a face looking at the camera (0.04-0.13 on the 20 frontal test portraits)."""
+_LOOK_FLOOR = 0.3
+"""Detector score down to which enrolment looks, to say "a face scored 0.45, need 0.75" instead of "no face"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One measured figure of an enrolment image against its limit, and what to do about it."""
+
+    code: str  # no_face, faces, small, blurry, dark, bright, turned, score, unreadable
+    figure: float
+    limit: float
+    message: str
+    advice: str
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What enrolment thinks of one image: accepted (with the embedding) or not, and why, with figures."""
+
+    checks: tuple[Check, ...]
+    embedding: Vector | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.embedding is not None and not any(c.fatal for c in self.checks)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{c.message} -> {c.advice}" for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "box": None if self.box is None else [round(v) for v in self.box],
+                "checks": [{"code": c.code, "figure": round(c.figure, 3), "limit": c.limit, "fatal": c.fatal,
+                            "message": c.message, "advice": c.advice} for c in self.checks]}
+
+
+def turn(landmarks: NDArray[Any]) -> tuple[float, float]:
+    """(yaw, pitch) from the 5 landmarks, in eye distances: 0 for a frontal face.
+
+    yaw: the nose tip's offset from the midpoint of the eyes along the eye line; pitch: how far the
+    nose sits from halfway between the eye line and the mouth line, less FRONTAL_PITCH.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    eyes = (lm[0] + lm[1]) / 2
+    mouth = (lm[3] + lm[4]) / 2
+    axis = lm[1] - lm[0]
+    dist = float(np.linalg.norm(axis))
+    if dist < 1e-6:
+        return 9.0, 9.0
+    unit = axis / dist
+    yaw = float(np.dot(lm[2] - eyes, unit)) / dist
+    down = float(np.linalg.norm(mouth - eyes))
+    pitch = (float(np.dot(lm[2] - eyes, mouth - eyes)) / max(down, 1e-6) - down / 2) / dist if down > 1e-6 else 9.0
+    return yaw, pitch - FRONTAL_PITCH
+
+
+def _check(code: str, figure: float, limit: float, bad: bool, near: bool, message: str, advice: str) -> list[Check]:
+    """``message`` says the problem ("face too small (40 px, need 48)"); a borderline pass is said so."""
+    if bad:
+        return [Check(code, figure, limit, message, advice, True)]
+    if near:
+        what, _, figures = message.partition(" (")
+        return [Check(code, figure, limit, f"accepted but borderline: {what.replace(' too ', ' nearly too ')} "
+                                           f"({figures}", advice, False)]
+    return []
+
+
+def assess_enrolment(pipeline: FacePipeline, frame: object, *, min_face: float = ENROL_MIN_FACE,
+                     min_sharpness: float = ENROL_MIN_SHARPNESS, min_score: float = ENROL_MIN_SCORE) -> Assessment:
+    """Every figure of an enrolment image against its limit; accepted when none fails.
+
+    A figure within BORDERLINE of its limit is accepted with a note, so whoever enrols sees which
+    images are weak and can add a better one.
+    """
+    bgr = as_bgr(frame)
+    if bgr is None:
+        return Assessment((Check("unreadable", 0, MIN_SIDE, "not an image, or smaller than 16 px",
+                                 "use a photo (JPEG/PNG) of the person", True),))
+    found = pipeline.detector.detect(bgr, min(_LOOK_FLOOR, min_score))
+    confident = [f for f in found if f.score >= min_score]
+    if not found:
+        return Assessment((Check("no_face", 0, min_score, "no face found",
+                                 "use a photo with the whole face, from the front, well lit", True),))
+    if not confident:
+        best = found[0]
+        return Assessment((Check("score", best.score, min_score,
+                                 f"the only face-like region scores {best.score:.2f} (need {min_score:.2f})",
+                                 "use a sharper, frontal, well lit photo of the face", True),), box=best.box)
+    if len(confident) > 1:
+        sizes = ", ".join(f"{f.size:.0f}" for f in confident)
+        return Assessment((Check("faces", len(confident), 1, f"{len(confident)} faces in the image ({sizes} px)",
+                                 "crop the image to the one person being enrolled", True),))
+    face = confident[0]
+    checks: list[Check] = []
+    checks += _check("small", face.size, min_face, face.size < min_face, face.size < min_face * BORDERLINE,
+                     f"face too small ({face.size:.0f} px, need {min_face:.0f})",
+                     "take the photo closer or at a higher resolution")
+    checks += _check("score", face.score, min_score, False, face.score < min(0.99, min_score * 1.1),
+                     f"low detector score ({face.score:.2f}, need {min_score:.2f})",
+                     "a frontal, evenly lit, unobstructed face scores higher")
+    yaw, pitch = turn(face.landmarks)
+    worst = max(abs(yaw), abs(pitch))
+    checks += _check("turned", worst, ENROL_MAX_TURN, worst > ENROL_MAX_TURN, worst > ENROL_MAX_TURN / BORDERLINE,
+                     f"face turned away (yaw {yaw:+.2f}, pitch {pitch:+.2f} eye distances, "
+                     f"limit {ENROL_MAX_TURN:.2f})", "the person should look straight at the camera")
+    embedded, aligned = pipeline.embed(bgr, face)
+    sharp = sharpness(aligned)
+    checks += _check("blurry", sharp, min_sharpness, sharp < min_sharpness, sharp < min_sharpness * BORDERLINE,
+                     f"face too blurred (sharpness {sharp:.0f}, need {min_sharpness:.0f})",
+                     "hold the camera still, focus on the face, use more light")
+    light = float(cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)[16:100, 16:96].mean())
+    dark, bright = ENROL_LIGHT
+    checks += _check("dark", light, dark, light < dark, light < dark * BORDERLINE,
+                     f"face too dark (mean grey {light:.0f}, need {dark:.0f})", "more light on the face, no backlight")
+    checks += _check("bright", light, bright, light > bright, light > 255 - (255 - bright) * BORDERLINE,
+                     f"face too bright (mean grey {light:.0f}, limit {bright:.0f})", "less direct light or flash")
+    return Assessment(tuple(checks), embedded.embedding, face.box)
 
 
 def enrolment_embedding(pipeline: FacePipeline, frame: object, *, min_face: float = ENROL_MIN_FACE,
                         min_sharpness: float = ENROL_MIN_SHARPNESS) -> Vector:
     """The embedding of the one clear, large face in ``frame``, or Rejected saying what is wrong."""
-    bgr, found = pipeline.detect(frame)
-    if bgr is None:
-        raise Rejected("not an image, or smaller than 16 px")
-    if not found:
-        raise Rejected("no face found")
-    if len(found) > 1:
-        raise Rejected(f"{len(found)} faces in the image; enrol from an image of one person")
-    face = found[0]
-    if face.size < min_face:
-        raise Rejected(f"face too small ({face.size:.0f} px, need {min_face:.0f})")
-    embedded, aligned = pipeline.embed(bgr, face)
-    sharp = sharpness(aligned)
-    if sharp < min_sharpness:
-        raise Rejected(f"face too blurred (sharpness {sharp:.0f}, need {min_sharpness:.0f})")
-    assert embedded.embedding is not None
-    return embedded.embedding
+    result = assess_enrolment(pipeline, frame, min_face=min_face, min_sharpness=min_sharpness)
+    if not result.accepted:
+        raise Rejected("; ".join(f"{c.message} -> {c.advice}" for c in result.checks if c.fatal))
+    assert result.embedding is not None
+    return result.embedding
