@@ -1,13 +1,23 @@
-"""The gallery of enrolled people: SQLite in the data dir, embeddings encrypted with AES-GCM.
+"""The gallery of enrolled people: SQLite in the data dir; names, roles and embeddings encrypted (AES-GCM).
 
-The key (32 random bytes) lives outside the config: a file readable by its owner only, or a systemd
-credential (``LoadCredential=faces-key:/etc/gateway/faces.key`` makes it
-``$CREDENTIALS_DIRECTORY/faces-key``). Each embedding is sealed with a fresh nonce and the person id
-as associated data, so a row moved to another person does not decrypt.
+The key (32 random bytes) lives outside the config and outside the data dir: a systemd credential
+(``LoadCredential=faces-key:/etc/gateway/faces.key``, or ``SetCredentialEncrypted=`` made with
+``systemd-creds encrypt --with-key=tpm2`` on a board with a TPM, so the key is only readable on that
+board) that appears as ``$CREDENTIALS_DIRECTORY/faces-key``; or a 0600 file given as ``key_file``.
+Each embedding, and each person's name and role, is sealed with a fresh nonce and the person id as
+associated data, so a row moved to another person does not decrypt. The person id (it travels in
+events), consent and expiry dates stay readable: matching needs them before anything is decrypted.
+
+What it protects against: a copied SD card, a stolen faces.db or backup, without the key, gives ids
+and dates but no name, role or face. What it does not: root on the running box reads the key.
 
 Every enrol, erase and export writes an audit row in the same transaction as the change. Erase
 deletes the person and their embeddings with ``secure_delete`` on and checkpoints the WAL, so the
 old bytes are overwritten, not just unlinked.
+
+Format versions (``PRAGMA user_version``): 0 = names and roles in clear (releases up to issue 17),
+2 = sealed. Opening a version 0 file with the key upgrades it in place (one transaction, then VACUUM
+so the clear text leaves the file).
 """
 
 from __future__ import annotations
@@ -37,15 +47,20 @@ KEY_BYTES = 32
 CREDENTIAL_NAME = "faces-key"
 EMBEDDING_DIM = 128
 
-_SCHEMA = """
+VERSION = 2
+"""``PRAGMA user_version`` of the current format (0: names and roles in clear)."""
+
+_PEOPLE = """
 CREATE TABLE IF NOT EXISTS people (
     id       TEXT PRIMARY KEY,
-    name     TEXT NOT NULL,
-    role     TEXT NOT NULL,
+    nonce    BLOB NOT NULL,
+    sealed   BLOB NOT NULL,
     consent  TEXT NOT NULL,
     expires  TEXT,
     created  REAL NOT NULL
-);
+);"""
+
+_SCHEMA = _PEOPLE + """
 CREATE TABLE IF NOT EXISTS embeddings (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     person   TEXT NOT NULL REFERENCES people(id) ON DELETE CASCADE,
@@ -139,8 +154,63 @@ class Gallery:
         self.db.execute("PRAGMA secure_delete = ON")
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.executescript(_SCHEMA)
+        self._open()
         self._cache: tuple[dt.date, int, list[str], np.ndarray[Any, np.dtype[np.float32]]] | None = None
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(people)")}
+
+    def _open(self) -> None:
+        """Create the tables, or upgrade a version 0 file (names and roles in clear) in place."""
+        if "name" not in self._columns():
+            self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {VERSION}")
+            return
+        # Version 0. The key must be the one the embeddings were sealed with, or the names would be
+        # sealed with a key that opens nothing: check it on one embedding before touching anything.
+        row = self.db.execute("SELECT person, nonce, sealed FROM embeddings LIMIT 1").fetchone()
+        if row is not None:
+            try:
+                self.aead.decrypt(row[1], row[2], row[0].encode())
+            except InvalidTag:
+                raise GalleryError("gallery does not decrypt with this key (wrong key or tampered row); "
+                                   "not upgrading it") from None
+        self.db.execute("PRAGMA foreign_keys = OFF")  # dropping the old people table must not cascade
+        try:
+            with self._tx():
+                if "name" in self._columns():  # another process may have upgraded it meanwhile
+                    self._upgrade_v0()
+        finally:
+            self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("VACUUM")  # the clear names leave the file, not only the table
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _upgrade_v0(self) -> None:
+        rows = self.db.execute("SELECT id, name, role, consent, expires, created FROM people").fetchall()
+        self.db.execute(_PEOPLE.replace("people", "people_v2"))
+        for pid, name, role, consent, expires, created in rows:
+            nonce, sealed = self._seal_identity(pid, name, role)
+            self.db.execute("INSERT INTO people_v2 (id, nonce, sealed, consent, expires, created) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (pid, nonce, sealed, consent, expires, created))
+        self.db.execute("DROP TABLE people")
+        self.db.execute("ALTER TABLE people_v2 RENAME TO people")
+        # enrol audit rows of version 0 carried the role in clear
+        self.db.execute("UPDATE audit SET data = json_remove(data, '$.role') WHERE json_extract(data, '$.role') "
+                        "IS NOT NULL")
+        self._audit("faces.upgrade", None, people=len(rows), to_version=VERSION)
+        self.db.execute(f"PRAGMA user_version = {VERSION}")
+
+    def _seal_identity(self, person: str, name: str, role: str) -> tuple[bytes, bytes]:
+        nonce = os.urandom(12)
+        plain = json.dumps({"name": name, "role": role}, ensure_ascii=False).encode()
+        return nonce, self.aead.encrypt(nonce, plain, b"person:" + person.encode())
+
+    def _open_identity(self, person: str, nonce: bytes, sealed: bytes) -> tuple[str, str]:
+        try:
+            doc = json.loads(self.aead.decrypt(nonce, sealed, b"person:" + person.encode()))
+        except InvalidTag:
+            raise GalleryError("gallery does not decrypt with this key (wrong key or tampered row)") from None
+        return str(doc["name"]), str(doc["role"])
 
     def close(self) -> None:
         self.db.close()
@@ -177,11 +247,12 @@ class Gallery:
         consent = _iso_date(person.consent, "consent date")
         expires = _iso_date(person.expires, "expiry date") if person.expires else None
         with self._tx():
+            nonce, sealed = self._seal_identity(person.id, person.name, person.role)
             self.db.execute(
-                "INSERT INTO people (id, name, role, consent, expires, created) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET name=excluded.name, role=excluded.role, consent=excluded.consent, "
-                "expires=excluded.expires",
-                (person.id, person.name, person.role, consent, expires, time.time()),
+                "INSERT INTO people (id, nonce, sealed, consent, expires, created) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET nonce=excluded.nonce, sealed=excluded.sealed, "
+                "consent=excluded.consent, expires=excluded.expires",
+                (person.id, nonce, sealed, consent, expires, time.time()),
             )
             for vec in embeddings:
                 v = np.asarray(vec, dtype="<f4")
@@ -193,15 +264,28 @@ class Gallery:
                                 (person.id, nonce, sealed))
             (count,) = self.db.execute("SELECT count(*) FROM embeddings WHERE person = ?", (person.id,)).fetchone()
             self._audit("faces.enroll", person.id, actor=actor, added=len(embeddings), total=count,
-                        role=person.role, consent=consent, expires=expires)
+                        consent=consent, expires=expires)  # no name or role: the audit is not sealed
         return int(count)
 
     def people(self) -> list[Person]:
         rows = self.db.execute(
-            "SELECT p.id, p.name, p.role, p.consent, p.expires, count(e.seq) FROM people p "
+            "SELECT p.id, p.nonce, p.sealed, p.consent, p.expires, count(e.seq) FROM people p "
             "LEFT JOIN embeddings e ON e.person = p.id GROUP BY p.id ORDER BY p.id"
         ).fetchall()
-        return [Person(*row) for row in rows]
+        return [Person(pid, *self._open_identity(pid, nonce, sealed), consent, expires, count)
+                for pid, nonce, sealed, consent, expires, count in rows]
+
+    def embeddings_of(self, person_id: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The person's embeddings (n x 128), decrypted; empty if unknown."""
+        vecs = []
+        for nonce, sealed in self.db.execute("SELECT nonce, sealed FROM embeddings WHERE person = ? ORDER BY seq",
+                                             (person_id,)):
+            try:
+                plain = self.aead.decrypt(nonce, sealed, person_id.encode())
+            except InvalidTag:
+                raise GalleryError("gallery does not decrypt with this key (wrong key or tampered row)") from None
+            vecs.append(np.frombuffer(plain, dtype="<f4").astype(np.float32))
+        return np.stack(vecs) if vecs else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
 
     def erase(self, person_id: str, *, actor: str = "cli", **details: Any) -> int:
         """Remove the person, every embedding of theirs, and overwrite the freed pages. Audited (with ``details``)."""
@@ -216,12 +300,13 @@ class Gallery:
         return int(removed)
 
     def export(self, path: Path, *, actor: str = "cli") -> int:
-        """Write the people and their embeddings (still sealed with the key) to a 0600 JSON file. Audited."""
-        people = self.people()
+        """Write the people and their embeddings (names, roles and faces still sealed with the key) to a 0600
+        JSON file. Audited."""
+        people = self.db.execute("SELECT id, nonce, sealed, consent, expires FROM people ORDER BY id").fetchall()
         rows = self.db.execute("SELECT person, nonce, sealed FROM embeddings ORDER BY seq").fetchall()
         doc = {
-            "version": 1,
-            "people": [{"id": p.id, "name": p.name, "role": p.role, "consent": p.consent, "expires": p.expires}
+            "version": VERSION,
+            "people": [{"id": p[0], "nonce": p[1].hex(), "sealed": p[2].hex(), "consent": p[3], "expires": p[4]}
                        for p in people],
             "embeddings": [{"person": r[0], "nonce": r[1].hex(), "sealed": r[2].hex()} for r in rows],
         }
@@ -244,7 +329,8 @@ class Gallery:
         # erase made by `gateway faces` on its next match, without polling the file.
         (version,) = self.db.execute("PRAGMA data_version").fetchone()
         if self._cache is None or self._cache[0] != today or self._cache[1] != version:
-            active = {p.id for p in self.people() if p.active(today)}
+            active = {pid for pid, expires in self.db.execute("SELECT id, expires FROM people")
+                      if expires is None or dt.date.fromisoformat(expires) >= today}
             ids: list[str] = []
             vecs: list[np.ndarray[Any, np.dtype[np.float32]]] = []
             for person, nonce, sealed in self.db.execute("SELECT person, nonce, sealed FROM embeddings"):

@@ -2,6 +2,14 @@
 
 Files are 0600 in a 0700 directory under the data dir; nothing here is ever sent upstream (the
 event carries the file name so a technician on the box can find it).
+
+Erasing a person (``gateway faces erase``) removes the snapshots named after them and the
+``face.unknown`` snapshots in which a face matches their embeddings at or above the match threshold
+(taken before they became known, or on a frame the camera did not recognise). Those are found by
+embedding the unknown snapshots again at erase time rather than by keeping a (sealed) embedding beside
+each one: a stored template of every passer-by would be new biometric data to protect, retain and
+erase, while re-embedding costs ~20-35 ms a snapshot on one core, and erase is rare and bounded by
+``max_mb``.
 """
 
 from __future__ import annotations
@@ -9,12 +17,17 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
+import numpy as np
 
 from models.config import SnapshotConfig
+
+if TYPE_CHECKING:
+    from models.faces import FacePipeline
 
 PRUNE_EVERY = 60.0
 
@@ -69,3 +82,31 @@ def erase_person(data_dir: Path, person: str) -> int:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def unknown_snapshots(data_dir: Path) -> list[Path]:
+    """Every camera's ``face.unknown`` snapshots, oldest name first."""
+    return sorted((data_dir / "snapshots").glob("*/*-face.unknown.jpg"))
+
+
+def erase_matching(data_dir: Path, pipeline: FacePipeline, embeddings: np.ndarray[Any, Any], threshold: float,
+                   progress: Callable[[int, int, str], None] | None = None) -> tuple[int, int]:
+    """Delete the unknown-face snapshots holding a face at or above ``threshold`` to any of ``embeddings``.
+
+    Returns (removed, checked). A file that cannot be read is left alone (and counted as checked).
+    """
+    files = unknown_snapshots(data_dir)
+    if len(embeddings) == 0:
+        return 0, 0
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    removed = 0
+    for i, path in enumerate(files, 1):
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        faces = pipeline.faces(frame) if frame is not None else []
+        if any(f.embedding is not None and float((matrix @ f.embedding).max()) >= threshold for f in faces):
+            path.unlink(missing_ok=True)
+            removed += 1
+        if progress is not None:
+            progress(i, len(files), path.name)
+    return removed, len(files)

@@ -214,14 +214,24 @@ def test_cli_enroll_list_erase(tmp_path: Path, vision_dir: Path, images: dict[st
     other = data / "snapshots" / "door" / "20260101T120001-000-face.recognized~p10.jpg"
     mine.write_bytes(b"jpeg")
     other.write_bytes(b"jpeg")
+    # unknown-face snapshots (whole frames): p1 before enrolment, a stranger, a broken file
+    (data / "snapshots" / "gate").mkdir(parents=True)
+    seen = data / "snapshots" / "gate" / "20251231T080000-000-face.unknown.jpg"
+    stranger = data / "snapshots" / "gate" / "20251231T080001-000-face.unknown.jpg"
+    broken = data / "snapshots" / "door" / "20251231T080002-000-face.unknown.jpg"
+    cv2.imwrite(str(seen), cv2.resize(images["collins"], None, fx=0.5, fy=0.5))
+    cv2.imwrite(str(stranger), images["hopper"])
+    broken.write_bytes(b"\xff\xd8 cut short")
     code, out = run("faces", "erase", "p1", *common)
-    assert code == 0 and json.loads(out) == {"person": "p1", "embeddings_removed": 1, "snapshots_removed": 1}
+    assert code == 0 and json.loads(out) == {"person": "p1", "embeddings_removed": 1, "snapshots_removed": 1,
+                                             "unknown_snapshots": {"removed": 1, "checked": 3}}
     assert not mine.exists() and other.exists()
+    assert not seen.exists() and stranger.exists() and broken.exists()
     assert run("faces", "list", *common)[1].strip() == "[]"
     code, out = run("faces", "audit", *common)
     trail = json.loads(out)
     assert [(r["action"], r["person"]) for r in trail] == [("faces.erase", "p1"), ("faces.enroll", "p1")]
-    assert trail[0]["snapshots"] == 1 and trail[0]["embeddings"] == 1
+    assert trail[0]["snapshots"] == 1 and trail[0]["embeddings"] == 1 and trail[0]["unknown_snapshots"] == 1
     code, _ = run("faces", "enroll", "../etc", "--image", str(good), "--consent", "2025-03-01", *common)
     assert code == 1  # an id travels in events and names snapshot files: no slashes, no spaces
     assert all(r["actor"] == getpass.getuser() for r in trail)

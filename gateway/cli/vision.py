@@ -36,6 +36,25 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 
+def faces_config(args: argparse.Namespace) -> Any:
+    """The site's [vision.faces] (threshold, sizes, key file), or the defaults when --data-dir is given
+    and there is no config file to read."""
+    from models.config import FacesConfig
+
+    if args.data_dir is not None and not Path(args.config).is_file():
+        return FacesConfig()
+    from gateway.cli.common import load
+
+    return load(args).vision.faces
+
+
+def faces_key(args: argparse.Namespace, cfg: Any) -> bytes:
+    """--key-file, else [vision.faces] key_file, else the systemd credential; GalleryError if none."""
+    from models.gallery import load_key
+
+    return load_key(args.key_file or cfg.key_file)
+
+
 def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", type=Path,
                    help="gallery key (0600); default: $CREDENTIALS_DIRECTORY/faces-key (systemd credential)")
@@ -113,27 +132,36 @@ def cmd_faces_keygen(args: argparse.Namespace) -> int:
 def cmd_faces_enroll(args: argparse.Namespace) -> int:
     import cv2
 
-    from models.faces import FacePipeline, Rejected, enrolment_embedding
+    from models.faces import FacePipeline, assess_enrolment
     from models.fetch import FetchError
-    from models.gallery import Gallery, GalleryError, Person, load_key
+    from models.gallery import Gallery, GalleryError, Person
 
     data_dir = _data_dir(args)
+    cfg = faces_config(args)
     try:
-        key = load_key(args.key_file)
-        pipeline = FacePipeline.from_data_dir(data_dir)
+        key = faces_key(args, cfg)
+        pipeline = FacePipeline.from_data_dir(data_dir, embedder=cfg.embedder)
     except (GalleryError, FetchError) as exc:
         print(f"faces enroll: {exc}", file=sys.stderr)
         return 1
-    accepted, results = [], []
+    accepted: list[Any] = []
+    results: list[dict[str, Any]] = []
     for i, image in enumerate(args.image, 1):
         frame = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
-        try:
-            if frame is None:
-                raise Rejected("cannot read the file as an image")
-            accepted.append(enrolment_embedding(pipeline, frame))
-            results.append({"image": str(image), "accepted": True})
-        except Rejected as exc:
-            results.append({"image": str(image), "accepted": False, "reason": str(exc)})
+        if frame is None:
+            results.append({"image": str(image), "accepted": False, "reason": "cannot read the file as an image",
+                            "checks": [{"code": "unreadable", "fatal": True,
+                                        "message": "cannot read the file as an image",
+                                        "advice": "give a JPEG or PNG file"}]})
+        else:
+            verdict = assess_enrolment(pipeline, frame, min_face=cfg.min_face_px, min_sharpness=cfg.min_sharpness)
+            row: dict[str, Any] = {"image": str(image), **verdict.as_dict()}
+            if verdict.accepted:
+                assert verdict.embedding is not None
+                accepted.append(verdict.embedding)
+            else:
+                row["reason"] = "; ".join(c.message for c in verdict.checks if c.fatal)
+            results.append(row)
         _progress(i, len(args.image), Path(image).name)
     person = Person(args.person, args.name or args.person, args.role, args.consent, args.expires)
     total = 0
@@ -148,17 +176,18 @@ def cmd_faces_enroll(args: argparse.Namespace) -> int:
         print_json({"person": args.person, "accepted": len(accepted), "total": total, "images": results})
     else:
         for r in results:
-            if not r["accepted"]:
-                print(f"rejected {r['image']}: {r['reason']}")
+            print(f"{'accepted' if r['accepted'] else 'rejected'} {r['image']}")
+            for c in r["checks"]:
+                print(f"    {c['message']}: {c['advice']}")
         print(f"{args.person}: {len(accepted)} of {len(results)} images enrolled ({total} in the gallery)")
     return 0 if accepted else 1
 
 
 def cmd_faces_list(args: argparse.Namespace) -> int:
-    from models.gallery import Gallery, GalleryError, load_key
+    from models.gallery import Gallery, GalleryError
 
     try:
-        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+        with Gallery(_data_dir(args), faces_key(args, faces_config(args))) as gallery:
             people = gallery.people()
     except GalleryError as exc:
         print(f"faces list: {exc}", file=sys.stderr)
@@ -173,28 +202,47 @@ def cmd_faces_list(args: argparse.Namespace) -> int:
 
 
 def cmd_faces_erase(args: argparse.Namespace) -> int:
-    from models.gallery import Gallery, GalleryError, load_key
-    from models.snapshots import erase_person
+    from models.faces import FacePipeline
+    from models.fetch import FetchError
+    from models.gallery import Gallery, GalleryError
+    from models.snapshots import erase_matching, erase_person, unknown_snapshots
 
+    data_dir = _data_dir(args)
+    cfg = faces_config(args)
+    unknown: dict[str, Any] = {"removed": 0, "checked": 0}
     try:
-        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
-            snapshots = erase_person(_data_dir(args), args.person)
-            removed = gallery.erase(args.person, actor=actor(), snapshots=snapshots)
+        with Gallery(data_dir, faces_key(args, cfg)) as gallery:
+            theirs = gallery.embeddings_of(args.person)  # before they go: to find their unknown snapshots
+            snapshots = erase_person(data_dir, args.person)
+            if len(theirs) and unknown_snapshots(data_dir):
+                try:
+                    pipeline = FacePipeline.from_data_dir(data_dir, embedder=cfg.embedder)
+                except FetchError as exc:
+                    unknown["error"] = f"unknown-face snapshots not checked: {exc}"
+                else:
+                    found, checked = erase_matching(data_dir, pipeline, theirs, cfg.threshold, _progress)
+                    unknown = {"removed": found, "checked": checked}
+            removed = gallery.erase(args.person, actor=actor(), snapshots=snapshots,
+                                    unknown_snapshots=unknown["removed"], threshold=cfg.threshold)
     except GalleryError as exc:
         print(f"faces erase: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print_json({"person": args.person, "embeddings_removed": removed, "snapshots_removed": snapshots})
+        print_json({"person": args.person, "embeddings_removed": removed, "snapshots_removed": snapshots,
+                    "unknown_snapshots": unknown})
     else:
-        print(f"erased {args.person} ({removed} embeddings, {snapshots} snapshots); audited")
-    return 0
+        print(f"erased {args.person} ({removed} embeddings, {snapshots} snapshots, {unknown['removed']} of "
+              f"{unknown['checked']} unknown-face snapshots matching at >= {cfg.threshold:.2f}); audited")
+        if "error" in unknown:
+            print(f"faces erase: {unknown['error']}", file=sys.stderr)
+    return 1 if "error" in unknown else 0
 
 
 def cmd_faces_export(args: argparse.Namespace) -> int:
-    from models.gallery import Gallery, GalleryError, load_key
+    from models.gallery import Gallery, GalleryError
 
     try:
-        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+        with Gallery(_data_dir(args), faces_key(args, faces_config(args))) as gallery:
             count = gallery.export(Path(args.output), actor=actor())
     except (GalleryError, OSError) as exc:
         print(f"faces export: {exc}", file=sys.stderr)
@@ -206,10 +254,10 @@ def cmd_faces_export(args: argparse.Namespace) -> int:
 def cmd_faces_audit(args: argparse.Namespace) -> int:
     import time
 
-    from models.gallery import Gallery, GalleryError, load_key
+    from models.gallery import Gallery, GalleryError
 
     try:
-        with Gallery(_data_dir(args), load_key(args.key_file)) as gallery:
+        with Gallery(_data_dir(args), faces_key(args, faces_config(args))) as gallery:
             rows = gallery.audit(args.last)
     except GalleryError as exc:
         print(f"faces audit: {exc}", file=sys.stderr)
