@@ -1,9 +1,109 @@
-"""`gateway vision identify` (being written for issue 17)."""
+"""`gateway vision identify IMAGE...`: every face in each image, matched against the gallery as a camera would.
+
+For commissioning: which faces a camera at this distance would see, how well each scores against the
+enrolled people, and whether it would raise an event (``faces.min_event_px``, ``faces.min_event_score``).
+The data dir, config and gallery key are found like the ``gateway faces`` commands find them.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from gateway.cli.common import print_json
 
 
 def add_command(vision_subparsers: Any) -> None:
-    """Registers nothing yet."""
+    from gateway.cli.vision import _common, _key_args
+
+    p = vision_subparsers.add_parser("identify", help="faces in images: box, size, best match, would it raise an "
+                                                      "event")
+    _common(p)
+    _key_args(p)
+    p.add_argument("image", type=Path, nargs="+", help="image files (JPEG, PNG, ...)")
+    p.set_defaults(fn=cmd_identify)
+
+
+def _event(face: Any, person: str | None, cfg: Any) -> tuple[str | None, str]:
+    if face.size < cfg.min_event_px:
+        return None, f"face {face.size:.0f} px < min_event_px {cfg.min_event_px}"
+    if face.score < cfg.min_event_score:
+        return None, f"detector score {face.score:.2f} < min_event_score {cfg.min_event_score:.2f}"
+    return ("face.recognized" if person else "face.unknown"), ""
+
+
+def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path: Path) -> dict[str, Any]:
+    """One image's row: its faces, or an error a person can act on."""
+    import cv2
+
+    from models.faces import as_bgr
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return {"image": str(path), "error": f"cannot read: {exc.strerror or exc}"}
+    import numpy as np
+
+    frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    bgr = as_bgr(frame)
+    if bgr is None:
+        return {"image": str(path), "error": "not an image OpenCV can decode (or smaller than 16 px, or too large)"}
+    faces = []
+    for face in pipeline.detector.detect(bgr):
+        embedded, _ = pipeline.embed(bgr, face)
+        match = gallery.match(embedded.embedding, cfg.threshold)
+        kind, why = _event(face, match.person, cfg)
+        faces.append({
+            "box": [round(v) for v in face.box], "size_px": round(face.size), "detector_score": round(face.score, 3),
+            "person": match.person, "name": names.get(match.person or ""), "similarity": round(match.score, 3),
+            "threshold": cfg.threshold, "event": kind, "no_event_because": why or None,
+        })
+    return {"image": str(path), "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "faces": faces}
+
+
+def _say(row: dict[str, Any], cfg: Any) -> None:
+    if "error" in row:
+        print(f"{row['image']}: error: {row['error']}")
+        return
+    faces = row["faces"]
+    print(f"{row['image']} ({row['width']}x{row['height']}): {len(faces) or 'no'} face{'s' * (len(faces) != 1)}")
+    for f in faces:
+        who = f["person"] + (f" ({f['name']})" if f["name"] and f["name"] != f["person"] else "") \
+            if f["person"] else "unknown"
+        x, y, w, h = f["box"]
+        event = f["event"] or f"no event: {f['no_event_because']}"
+        print(f"    {who:<24} similarity {f['similarity']:.3f} (threshold {f['threshold']:.2f})  "
+              f"box {x},{y} {w}x{h}  {f['size_px']} px  detector {f['detector_score']:.2f}  -> {event}")
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from gateway.cli.vision import _data_dir, faces_config, faces_key
+    from models.faces import FacePipeline
+    from models.fetch import FetchError
+    from models.gallery import Gallery, GalleryError
+
+    data_dir = _data_dir(args)
+    cfg = faces_config(args)
+    try:
+        key = faces_key(args, cfg)
+        pipeline = FacePipeline.from_data_dir(data_dir, embedder=cfg.embedder)
+        gallery = Gallery(data_dir, key)
+    except (GalleryError, FetchError) as exc:
+        print(f"vision identify: {exc}", file=sys.stderr)
+        return 1
+    try:
+        names = {p.id: p.name for p in gallery.people()}
+        rows = [identify(pipeline, gallery, names, cfg, Path(image)) for image in args.image]
+    except GalleryError as exc:
+        print(f"vision identify: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        gallery.close()
+    if args.json:
+        print_json({"min_event_px": cfg.min_event_px, "min_event_score": cfg.min_event_score, "images": rows})
+    else:
+        for row in rows:
+            _say(row, cfg)
+    return 1 if any("error" in r for r in rows) else 0
