@@ -20,6 +20,8 @@ DEFAULT_MATCH_THRESHOLD = 0.40
 Detector = Literal["faces", "plates", "falls"]
 Point = tuple[float, float]
 
+PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
+"""Mirrors models.plates.PROVINCES (the 31 mainland abbreviations)."""
 _PLATE_CHARS = re.compile(r"^[\u4e00-\u9fffA-Z0-9]{7,8}$")
 
 
@@ -68,6 +70,30 @@ class PlatesConfig(StrictModel):
     detect_max_side: int = Field(default=960, ge=320, le=3840,
                                  description="Frames are shrunk to this longest side for plate detection only "
                                              "(the read uses full resolution); raise it for distant plates.")
+    min_char_conf: float = Field(
+        default=0.85, ge=0.0, le=1.0,
+        description="A plate is published only if every character was read with at least this confidence; "
+                    "otherwise plate.unreadable (0.85 measured: no wrong plate published on the rendered set).")
+    local_provinces: list[str] = Field(
+        default_factory=list,
+        description="Province characters most plates here carry, e.g. [\"粤\"]: a prior used only when the "
+                    "province character is uncertain; a confidently read other province is kept.")
+    province_weight: float = Field(default=30.0, ge=1.0, le=1000.0,
+                                   description="How much likelier a local province is than another one, a priori.")
+    passage_gap: Duration = Field(default=3.0, description="A plate unseen this long has left: the next one "
+                                                           "is a new passage (one plate.unreadable per passage).")
+    keep_unreadable: bool = Field(default=True, description="Keep a JPEG crop of each unreadable plate on this box "
+                                                            "(<data_dir>/plates/unreadable/<camera>/) for review.")
+    unreadable_retention: Duration = Field(default=7 * 86400.0, description="Unreadable crops older than this go.")
+    unreadable_max_mb: float = Field(default=50.0, gt=0, description="Oldest unreadable crops go beyond this size.")
+
+    @field_validator("local_provinces")
+    @classmethod
+    def _provinces(cls, value: list[str]) -> list[str]:
+        for p in value:
+            if len(p) != 1 or p not in PROVINCES:
+                raise ValueError(f"{p!r} is not a province character: one of {PROVINCES}")
+        return value
 
     @field_validator("allowlist", "blocklist")
     @classmethod

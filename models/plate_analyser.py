@@ -1,33 +1,79 @@
-"""Plates on a camera: read every analysed frame, report a plate once enough frames agree."""
+"""Plates on a camera: read every analysed frame, publish a plate once enough frames agree with confidence.
+
+The analyser takes the full-resolution frame (``full_resolution``): the reader detects on a downscale and
+reads from the full frame, so a distant plate is read from all its pixels. Per camera it keeps the votes and
+the passage (see :class:`models.plates.PlateVoter`); a passage that never gives a confident, valid plate
+gives one ``plate.unreadable`` with a crop kept on this box (file name in the event, never the image).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from gateway.core.data import Event
-from models.config import VisionConfig
+from models.config import SnapshotConfig, VisionConfig
 from models.faces import Image
 from models.hosting import open_models
-from models.plates import PlateReader, PlateVoter, plate_event
+from models.plates import PlateRead, PlateReader, PlateVoter, Verdict, plate_event, unreadable_event
+from models.snapshots import Snapshots
+
+DEFAULT_FIT_WIDTH = 1280
+"""The width of the frame the live page shows (the camera's ``max_width`` default)."""
+
+
+def review_crop(frame: Image, read: PlateRead, margin: float = 0.25) -> Image:
+    """The plate's box in ``frame`` with a margin, for a person to read it later."""
+    h, w = frame.shape[:2]
+    x, y, bw, bh = read.detection.box
+    x0, y0 = max(0, int(x - bw * margin)), max(0, int(y - bh * margin))
+    x1, y1 = min(w, int(x + bw * (1 + margin)) + 1), min(h, int(y + bh * (1 + margin)) + 1)
+    return np.ascontiguousarray(frame[y0:y1, x0:x1])
 
 
 class PlateAnalyser:
     name = "plates"
     busy = False
+    full_resolution = True
 
-    def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
+    def __init__(self, camera: str, vision: VisionConfig, data_dir: Path, *,
+                 max_width: int = DEFAULT_FIT_WIDTH) -> None:
         cfg = vision.plates
         self.camera = camera
+        self.cfg = cfg
+        self.max_width = max_width
         self.allow, self.block = cfg.allowlist, cfg.blocklist
         self.reader: PlateReader = open_models("plates", data_dir, vision)["reader"]
-        self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold)
+        self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold, min_conf=cfg.min_char_conf,
+                                charset=self.reader.charset, local_provinces=cfg.local_provinces,
+                                province_weight=cfg.province_weight, passage_gap=cfg.passage_gap)
+        self.crops = Snapshots(data_dir / "plates" / "unreadable" / camera,
+                               SnapshotConfig(enabled=True, retention=cfg.unreadable_retention,
+                                              max_mb=cfg.unreadable_max_mb)) if cfg.keep_unreadable else None
         self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
-        reads = [r for r in self.reader.read(frame) if r.valid]
-        self.found = [("plate", r.detection.box, r.text) for r in reads]
-        best = max(reads, key=lambda r: r.score, default=None)
-        won = self.voter.vote(self.camera, best.text if best else None, best.score if best else 0.0, now)
-        if won is None:
+        reads = self.reader.read(frame, min_conf=self.cfg.min_char_conf, local_provinces=self.cfg.local_provinces,
+                                 province_weight=self.cfg.province_weight)
+        k = min(1.0, self.max_width / frame.shape[1]) if frame.ndim >= 2 and frame.shape[1] else 1.0
+        self.found = [("plate", tuple(v * k for v in r.detection.box),  # type: ignore[misc]
+                       r.text if r.published else "?") for r in reads]
+        # One plate a camera is followed: the widest (the nearest, the best read).
+        best = max(reads, key=lambda r: r.width_px, default=None)
+        verdict = self.voter.observe(self.camera, best, now)
+        if verdict is None:
             return []
-        return [plate_event(self.camera, won[0], won[1], allowlist=self.allow, blocklist=self.block)]
+        if verdict.kind == "plate.read":
+            return [plate_event(self.camera, verdict.text, verdict.score, allowlist=self.allow,
+                                blocklist=self.block)]
+        return [self.unreadable(frame, verdict, now)]
+
+    def unreadable(self, frame: Image, verdict: Verdict, now: float) -> Event:
+        read = verdict.read
+        name = None
+        if self.crops is not None and read is not None:
+            crop = review_crop(frame, read)
+            if crop.size:
+                name = self.crops.save(crop, "plate.unreadable", now)
+        return unreadable_event(self.camera, verdict, read.width_px if read else 0.0, name)

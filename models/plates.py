@@ -94,10 +94,27 @@ class PlateBox:
 
 @dataclass(frozen=True, slots=True)
 class PlateRead:
+    """One plate in one frame: the text read, its score (the weakest character's confidence), each
+    character's confidence and distribution, 1 or 2 rows, and ``reason`` None if it may be published
+    (else no_text, invalid_format or low_confidence)."""
+
     text: str
     score: float
     detection: PlateBox
     valid: bool
+    confs: tuple[float, ...] = ()
+    probs: NDArray[np.float32] | None = None
+    rows: int = 1
+    reason: str | None = None
+
+    @property
+    def published(self) -> bool:
+        return self.reason is None and self.valid
+
+    @property
+    def width_px(self) -> float:
+        q = self.detection.corners
+        return float((np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])) / 2)
 
 
 def order_corners(points: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -199,6 +216,102 @@ def ctc_greedy(probs: NDArray[np.float32], charset: str, blank: int = 0) -> tupl
     return text, score if np.isfinite(score) else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class TextRead:
+    """What the recogniser read: the text, each character's confidence, and each character's distribution.
+
+    ``probs[i]`` is the output at the time step where character i peaked, without the blank and renormalised
+    (length = the charset), so ``confs[i] == probs[i][charset.index(text[i])]``: how sure the step was of this
+    character against every other one.
+    """
+
+    text: str
+    confs: tuple[float, ...]
+    probs: NDArray[np.float32]
+
+    @property
+    def score(self) -> float:
+        """The weakest character's confidence (0 for no text): a read is as good as its worst character."""
+        return min(self.confs, default=0.0)
+
+
+EMPTY = TextRead("", (), np.zeros((0, 0), np.float32))
+
+
+def ctc_decode(probs: NDArray[np.float32], charset: str, blank: int = 0) -> TextRead:
+    """Greedy CTC with per-character evidence: each emitted character is a run of steps whose best class is
+    that character; its confidence is the largest probability the run gave it (the step that produced it)."""
+    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] < len(charset) + 1:
+        return EMPTY
+    probs = np.nan_to_num(probs.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    best = probs.argmax(axis=1)
+    chars: list[str] = []
+    confs: list[float] = []
+    rows: list[NDArray[np.float32]] = []
+    t, n = 0, len(best)
+    while t < n:
+        c = int(best[t])
+        end = t + 1
+        while end < n and best[end] == c:
+            end += 1
+        if c != blank and 1 <= c <= len(charset):
+            peak = t + int(probs[t:end, c].argmax())
+            row = probs[peak, 1:len(charset) + 1]
+            row = row / max(float(row.sum()), 1e-6)  # the choice between characters, not when to emit
+            chars.append(charset[c - 1])
+            confs.append(float(np.clip(row[c - 1], 0.0, 1.0)))
+            rows.append(row)
+        t = end
+    if not chars:
+        return EMPTY
+    return TextRead("".join(chars), tuple(confs), np.stack(rows).astype(np.float32))
+
+
+DEFAULT_MIN_CHAR_CONF = 0.85
+"""A read is published only if every character has at least this confidence (see models/README.md)."""
+DEFAULT_PROVINCE_WEIGHT = 30.0
+"""How much likelier a local province is than another before the frame is seen (``local_provinces``)."""
+
+
+def province_prior(read: TextRead, charset: str, local: Collection[str], *,
+                   weight: float = DEFAULT_PROVINCE_WEIGHT, confident: float = DEFAULT_MIN_CHAR_CONF) -> TextRead:
+    """The first character's distribution reweighted by a prior that favours the site's ``local`` provinces.
+
+    Bayes-like: posterior(c) ~ p(c) * (weight if c is local else 1), over the province classes only,
+    renormalised to the mass the first character had on provinces. Never applied when the first character
+    already is a province read with ``confident`` confidence (a confident other province stays)."""
+    if not local or not read.text or read.probs.shape[0] != len(read.text):
+        return read
+    if read.text[0] in PROVINCES and read.confs[0] >= confident:
+        return read
+    index = [i for i, ch in enumerate(charset) if ch in PROVINCES]
+    p = read.probs[0].astype(np.float64)
+    mass = float(p[index].sum())
+    if mass <= 0:
+        return read
+    w = np.ones(len(index))
+    w[[k for k, i in enumerate(index) if charset[i] in local]] = weight
+    post = p[index] * w
+    post *= mass / post.sum()
+    first = p.copy()
+    first[index] = post
+    top = int(first.argmax())
+    probs = read.probs.copy()
+    probs[0] = first.astype(np.float32)
+    return TextRead(charset[top] + read.text[1:], (float(first[top]), *read.confs[1:]), probs)
+
+
+def judge(read: TextRead, min_conf: float = DEFAULT_MIN_CHAR_CONF) -> str | None:
+    """None if ``read`` may be published as a plate; else why not: no_text, invalid_format, low_confidence."""
+    if not read.text:
+        return "no_text"
+    if not valid_plate(read.text):
+        return "invalid_format"
+    if read.score < min_conf:
+        return "low_confidence"
+    return None
+
+
 class PlateRecogniser:
     def __init__(self, path: Path, dictionary: Path, *, threads: int = 1) -> None:
         self.session = _session(path, threads)
@@ -211,23 +324,96 @@ class PlateRecogniser:
         if isinstance(classes, int) and classes != len(self.charset) + 1:
             raise ValueError(f"{dictionary}: {len(self.charset)} characters, the model has {classes} classes")
 
-    def recognise(self, crop: object, width: int = REC_WIDTH) -> tuple[str, float]:
+    def probabilities(self, crop: object, width: int = REC_WIDTH) -> NDArray[np.float32] | None:
         bgr = as_bgr(crop)
         if bgr is None:
-            return "", 0.0
+            return None
         if bgr.shape[:2] != (REC_HEIGHT, width):
             bgr = np.asarray(cv2.resize(bgr, (width, REC_HEIGHT), interpolation=cv2.INTER_AREA), dtype=np.uint8)
         blob = ((bgr[:, :, ::-1].astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None]
-        probs = self.session.run(None, {self.input_name: blob})[0][0]
-        return ctc_greedy(np.asarray(probs, dtype=np.float32), self.charset)
+        return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float32)
+
+    def recognise(self, crop: object, width: int = REC_WIDTH) -> tuple[str, float]:
+        probs = self.probabilities(crop, width)
+        return ("", 0.0) if probs is None else ctc_greedy(probs, self.charset)
+
+    def read_text(self, crop: object, width: int = REC_WIDTH) -> TextRead:
+        probs = self.probabilities(crop, width)
+        return EMPTY if probs is None else ctc_decode(probs, self.charset)
+
+
+DOUBLE_ROW_ASPECT = (2.4, 2.7)
+"""Rectified width/height of a detected plate: below the first a double-row plate (440x220, measured 1.6-2.5
+on the rendered set), above the second a single-row one (440x140 / 480x140, measured 2.5-3.9); between,
+both readings are tried and the better kept."""
+TOP_SQUEEZE = 0.6
+DOUBLE_SIZE = (220, 110)
+"""A double-row plate is rectified to this before its rows are split."""
+
+
+def quad_aspect(corners: NDArray[np.float32]) -> float:
+    q = np.asarray(corners, dtype=np.float32).reshape(4, 2)
+    w = (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])) / 2
+    h = (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])) / 2
+    return float(w / h) if h > 0 else 0.0
+
+
+def row_split(plate: Image) -> int:
+    """The row between the two rows of a double-row plate rectified to DOUBLE_SIZE: the least inked row of
+    the horizontal projection between 30 % and 50 % of the height (GA 36 puts it at ~36 %)."""
+    grey = cv2.cvtColor(plate, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    h = grey.shape[0]
+    inner = grey[:, grey.shape[1] // 8: -grey.shape[1] // 8]
+    edges = np.abs(np.diff(inner, axis=1)).sum(axis=1)
+    lo, hi = int(h * 0.30), int(h * 0.50)
+    return lo + int(edges[lo:hi].argmin())
+
+
+DOUBLE_TOP_WIDTH = 96
+DOUBLE_BOTTOM_WIDTHS = (100, 140)
+"""Widths the rows of a double-row plate are read at when read apart (measured on 58 rendered double-row
+plates: reading the rows joined into one row, then apart, the best kept)."""
+
+
+def split_rows(plate: Image) -> tuple[Image, Image]:
+    """The top row's middle (province, letter) and the bottom row of a plate rectified to DOUBLE_SIZE."""
+    w, h = plate.shape[1], plate.shape[0]
+    split = row_split(plate)
+    return plate[int(h * 0.03):split, int(w * 0.15):int(w * 0.85)], plate[split:int(h * 0.97), int(w * 0.03):]
+
+
+def joined(top: TextRead, bottom: TextRead) -> TextRead:
+    if not top.text or not bottom.text:
+        return EMPTY
+    return TextRead(top.text + bottom.text, top.confs + bottom.confs, np.concatenate([top.probs, bottom.probs]))
+
+
+def join_rows(plate: Image) -> Image:
+    """A double-row plate (rectified to DOUBLE_SIZE) made into one row: the top row's middle (province and
+    letter), then the bottom row, both at the bottom row's height, resized to the recogniser's input."""
+    w, h = plate.shape[1], plate.shape[0]
+    split = row_split(plate)
+    top = plate[int(h * 0.03):split, int(w * 0.2):int(w * 0.8)]
+    bottom = plate[split:int(h * 0.97), int(w * 0.03):int(w * 0.97)]
+    bh = bottom.shape[0]
+    head = cv2.resize(top, (max(1, round(top.shape[1] * bh / max(1, top.shape[0]) * TOP_SQUEEZE)), bh),
+                      interpolation=cv2.INTER_AREA)
+    joined = np.concatenate([head, bottom], axis=1)
+    return np.asarray(cv2.resize(joined, (REC_WIDTH, REC_HEIGHT), interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
 class PlateReader:
-    """Detect, rectify, read. Every method returns empty results on a frame it cannot use."""
+    """Detect (on a downscale), rectify and read (from the frame given, full resolution). Stateless: every
+    method takes and returns picklable values, so one reader serves every camera from a shared service.
+    Every method returns empty results on a frame it cannot use."""
 
     def __init__(self, detector: PlateDetector, recogniser: PlateRecogniser) -> None:
         self.detector = detector
         self.recogniser = recogniser
+
+    @property
+    def charset(self) -> str:
+        return self.recogniser.charset
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, *, threads: int = 1, score_threshold: float = 0.4,
@@ -249,63 +435,186 @@ class PlateReader:
     def recognise(self, crop: object) -> tuple[str, float]:
         return self.recogniser.recognise(crop)
 
-    def read(self, frame: object) -> list[PlateRead]:
+    def read(self, frame: object, *, min_conf: float = DEFAULT_MIN_CHAR_CONF, local_provinces: Collection[str] = (),
+             province_weight: float = DEFAULT_PROVINCE_WEIGHT) -> list[PlateRead]:
+        """Every plate found, each with its decision: ``reason`` None = publishable, else why not."""
         bgr = as_bgr(frame)
         if bgr is None:
             return []
-        reads = []
-        for det in self.detector.detect(bgr):
-            text, score = self.recogniser.recognise(rectify(bgr, det.corners))
-            # A read that is no plate at all (a lost or doubled province character, mostly) gets a
-            # second look at other widths, 8 ms each; the first valid reading wins.
-            for width in RETRY_WIDTHS if not valid_plate(text) else ():
-                again, again_score = self.recogniser.recognise(
-                    rectify(bgr, det.corners, size=(width, REC_HEIGHT)), width)
-                if valid_plate(again):
-                    text, score = again, again_score
+        return [self.read_plate(bgr, det, min_conf=min_conf, local_provinces=local_provinces,
+                                province_weight=province_weight) for det in self.detector.detect(bgr)]
+
+    def read_plate(self, bgr: Image, det: PlateBox, *, min_conf: float = DEFAULT_MIN_CHAR_CONF,
+                   local_provinces: Collection[str] = (),
+                   province_weight: float = DEFAULT_PROVINCE_WEIGHT) -> PlateRead:
+        aspect = quad_aspect(det.corners)
+        tries: list[tuple[int, TextRead]] = []
+
+        def settle(rows: int, read: TextRead) -> bool:
+            read = province_prior(read, self.charset, local_provinces, weight=province_weight, confident=min_conf)
+            tries.append((rows, read))
+            return judge(read, min_conf) is None
+
+        done = False
+        if aspect < DOUBLE_ROW_ASPECT[1]:
+            plate = rectify(bgr, det.corners, size=DOUBLE_SIZE)
+            done = settle(2, self.recogniser.read_text(join_rows(plate)))
+            top, bottom = split_rows(plate)
+            for width in DOUBLE_BOTTOM_WIDTHS if not done else ():  # each row read on its own, then joined
+                if settle(2, joined(self.recogniser.read_text(top, DOUBLE_TOP_WIDTH),
+                                    self.recogniser.read_text(bottom, width))):
                     break
-            reads.append(PlateRead(text, score, det, valid_plate(text)))
-        return reads
+        if not done and aspect >= DOUBLE_ROW_ASPECT[0]:
+            done = settle(1, self.recogniser.read_text(rectify(bgr, det.corners)))
+            # A read that is not a confident plate (a lost or doubled character, mostly) gets a second look at
+            # other widths, ~8 ms each; the first publishable one wins, else the best of all.
+            for width in RETRY_WIDTHS if not done else ():
+                if settle(1, self.recogniser.read_text(rectify(bgr, det.corners, size=(width, REC_HEIGHT)), width)):
+                    break
+        rows, best = max(tries, key=lambda t: (judge(t[1], min_conf) is None, valid_plate(t[1].text), t[1].score))
+        return PlateRead(best.text, best.score, det, valid_plate(best.text), confs=best.confs, probs=best.probs,
+                         rows=rows, reason=judge(best, min_conf))
+
+
+@dataclass(slots=True)
+class _Passage:
+    """One plate passing a camera: detections with gaps shorter than ``passage_gap`` between them."""
+
+    last_seen: float = float("-inf")
+    frames: int = 0
+    settled: bool = False
+    """A plate was published (or held) in it, or its unreadable event went out: nothing more to say."""
 
 
 @dataclass(slots=True)
 class _CameraVotes:
-    window: deque[tuple[str | None, float]]
+    window: deque[PlateRead | None]
     emitted: dict[str, float] = field(default_factory=dict)
+    passage: _Passage = field(default_factory=_Passage)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the voter says after a frame: a plate to publish, or a passage that stayed unreadable."""
+
+    kind: str
+    """plate.read or plate.unreadable"""
+    text: str
+    score: float
+    confs: tuple[float, ...]
+    reason: str | None
+    read: PlateRead | None
+    """The frame's read that settled it (its box and crop), None for a bare text vote."""
+
+
+def combine(reads: list[PlateRead], charset: str) -> TextRead:
+    """Per-character evidence of several frames: the reads of the most common length, their distributions
+    averaged position by position; each character is the best of its average, its confidence that average."""
+    if not reads:
+        return EMPTY
+    lengths: dict[int, list[PlateRead]] = {}
+    for r in reads:
+        if r.probs is not None and len(r.text) and r.probs.shape == (len(r.text), len(charset)):
+            lengths.setdefault(len(r.text), []).append(r)
+    if not lengths:
+        return EMPTY
+    group = max(lengths.values(), key=len)
+    mean = np.mean(np.stack([r.probs for r in group if r.probs is not None]), axis=0).astype(np.float32)
+    best = mean.argmax(axis=1)
+    return TextRead("".join(charset[int(i)] for i in best), tuple(float(mean[k, i]) for k, i in enumerate(best)),
+                    mean)
 
 
 class PlateVoter:
-    """Per camera: emit a plate once it has won ``need`` of the last ``window`` reads, then hold it.
+    """Per camera: combine the last ``window`` frames' per-character evidence; publish a plate once ``need``
+    frames of one length agree on a confident, valid text; then hold it for ``hold`` seconds.
 
-    Feed one read per frame (None when nothing valid was read, so gaps count against a plate). After
-    emitting a plate the voter stays quiet for that plate on that camera for ``hold`` seconds.
+    A passage (detections less than ``passage_gap`` s apart) that has been seen for ``unreadable_after`` frames
+    without a plate published gives one plate.unreadable, never one per frame. Feed one read per frame (None
+    when no plate was found, so gaps count against a plate).
     """
 
-    def __init__(self, *, need: int = 3, window: int = 5, hold: float = 30.0) -> None:
+    def __init__(self, *, need: int = 3, window: int = 5, hold: float = 30.0,
+                 min_conf: float = DEFAULT_MIN_CHAR_CONF, charset: str = "", local_provinces: Collection[str] = (),
+                 province_weight: float = DEFAULT_PROVINCE_WEIGHT, passage_gap: float = 3.0,
+                 unreadable_after: int | None = None) -> None:
         if not 1 <= need <= window:
             raise ValueError("need 1 <= need <= window")
         self.need = need
         self.window = window
         self.hold = hold
+        self.min_conf = min_conf
+        self.charset = charset
+        self.local = tuple(local_provinces)
+        self.province_weight = province_weight
+        self.passage_gap = passage_gap
+        self.unreadable_after = unreadable_after if unreadable_after is not None else 2 * window
         self._cameras: dict[str, _CameraVotes] = {}
+
+    def observe(self, camera: str, read: PlateRead | None, now: float) -> Verdict | None:
+        """The frame's read of the plate (None: none seen) in; a verdict out when there is one."""
+        cam = self._cameras.get(camera)
+        if cam is None:
+            cam = self._cameras[camera] = _CameraVotes(deque(maxlen=self.window))
+        cam.window.append(read)
+        cam.emitted = {p: until for p, until in cam.emitted.items() if until > now}
+        if read is None:
+            return None
+        passage = cam.passage
+        if now - passage.last_seen > self.passage_gap:
+            passage = cam.passage = _Passage()
+        passage.last_seen = now
+        passage.frames += 1
+        reads = [r for r in cam.window if r is not None]
+        together = combine(reads, self.charset) if self.charset else EMPTY
+        together = province_prior(together, self.charset, self.local, weight=self.province_weight,
+                                  confident=self.min_conf)
+        agreeing = sum(1 for r in reads if len(r.text) == len(together.text))
+        reason = judge(together, self.min_conf) if together.text else (read.reason or "no_text")
+        if together.text and reason is None and agreeing >= self.need:
+            plate = normalise_plate(together.text)
+            passage.settled = True
+            if plate in cam.emitted:
+                return None
+            cam.emitted[plate] = now + self.hold
+            return Verdict("plate.read", plate, together.score, together.confs, None, read)
+        if passage.settled or passage.frames < self.unreadable_after:
+            return None
+        passage.settled = True
+        text, score, confs = (together.text, together.score, together.confs) if together.text else (
+            read.text, read.score, read.confs)
+        return Verdict("plate.unreadable", text, score, confs, reason or "low_confidence", read)
 
     def vote(self, camera: str, plate: str | None, score: float = 1.0,
              now: float | None = None) -> tuple[str, float] | None:
-        """(plate, mean score of its winning reads) the first time it wins, else None."""
+        """A bare text vote (no per-character evidence): (plate, mean score of its winning reads) the first time
+        it wins ``need`` of the last ``window`` frames, else None. For reads from elsewhere (tests, tools)."""
         t = time.monotonic() if now is None else now
         cam = self._cameras.get(camera)
         if cam is None:
             cam = self._cameras[camera] = _CameraVotes(deque(maxlen=self.window))
         text = normalise_plate(plate) if plate is not None and valid_plate(plate) else None
-        cam.window.append((text, score))
+        cam.window.append(None if text is None else PlateRead(text, score, _NO_BOX, True))
         cam.emitted = {p: until for p, until in cam.emitted.items() if until > t}
         if text is None or text in cam.emitted:
             return None
-        scores = [s for p, s in cam.window if p == text]
+        scores = [r.score for r in cam.window if r is not None and r.text == text]
         if len(scores) < self.need:
             return None
         cam.emitted[text] = t + self.hold
         return text, float(np.mean(scores))
+
+
+_NO_BOX = PlateBox(np.zeros((4, 2), np.float32), 0.0)
+
+
+def unreadable_event(camera: str, verdict: Verdict, width_px: float, crop: str | None) -> Event:
+    """``plate.unreadable``: camera, score, width, reason and the crop's file name on this box (never the image)."""
+    payload: dict[str, object] = {"camera": camera, "score": round(float(verdict.score), 3),
+                                  "width_px": round(float(width_px), 1), "reason": verdict.reason or "low_confidence"}
+    if crop:
+        payload["crop"] = crop
+    return vision_event("plate.unreadable", camera, payload)
 
 
 def plate_event(camera: str, plate: str, score: float, *, allowlist: Collection[str] = (),
