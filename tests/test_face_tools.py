@@ -1,0 +1,141 @@
+"""Enrolment that explains itself, and `gateway vision identify`, on real images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+np = pytest.importorskip("numpy")
+pytest.importorskip("cryptography")
+
+from models.faces import ENROL_MIN_FACE, FacePipeline, assess_enrolment  # noqa: E402
+from models.gallery import Gallery, Person, create_key, load_key  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipeline(vision_dir: Path) -> FacePipeline:
+    return FacePipeline.from_data_dir(vision_dir)
+
+
+@pytest.fixture(scope="module")
+def images(vision_dir: Path) -> dict[str, np.ndarray]:
+    return {name: cv2.imread(str(vision_dir / "testdata" / f)) for name, f in
+            {"collins": "astronaut.png", "hopper": "grace_hopper.jpg", "cameraman": "camera.png",
+             "coffee": "coffee.png"}.items()}
+
+
+def codes(verdict: object) -> dict[str, tuple[float, bool]]:
+    return {c.code: (c.figure, c.fatal) for c in verdict.checks}  # type: ignore[attr-defined]
+
+
+def test_each_borderline_or_bad_image_says_why_with_its_figure(pipeline: FacePipeline,
+                                                               images: dict[str, np.ndarray]) -> None:
+    hopper = images["hopper"]
+    good = assess_enrolment(pipeline, hopper)
+    assert good.accepted and good.checks == () and good.embedding is not None
+    face = min(good.box[2:])  # type: ignore[index]
+
+    def scaled(px: float) -> np.ndarray:
+        return cv2.resize(hopper, None, fx=px / face, fy=px / face, interpolation=cv2.INTER_AREA)
+
+    small = assess_enrolment(pipeline, scaled(36))
+    assert not small.accepted and small.checks[0].code == "small" and small.checks[0].limit == ENROL_MIN_FACE
+    assert 30 < small.checks[0].figure < 42 and "closer" in small.checks[0].advice
+    near = assess_enrolment(pipeline, scaled(56))  # just over the limit: taken, and said to be borderline
+    assert near.accepted and codes(near)["small"][1] is False and "borderline" in near.checks[0].message
+    blurred = assess_enrolment(pipeline, cv2.GaussianBlur(images["collins"], (0, 0), 3))
+    assert not blurred.accepted and codes(blurred)["blurry"][0] < 60
+    dark = assess_enrolment(pipeline, cv2.convertScaleAbs(hopper, alpha=0.25))
+    assert not dark.accepted and codes(dark)["dark"][0] < 45 and "light" in dark.checks[-1].advice
+    bright = assess_enrolment(pipeline, cv2.convertScaleAbs(hopper, alpha=1.0, beta=150))
+    assert not bright.accepted and codes(bright)["bright"][0] > 210
+    profile = assess_enrolment(pipeline, images["cameraman"])  # looking sideways at his camera
+    assert not profile.accepted and codes(profile)["turned"][0] > 0.5 and "straight" in profile.reason
+    nobody = assess_enrolment(pipeline, images["coffee"])
+    assert not nobody.accepted and [c.code for c in nobody.checks] in (["no_face"], ["score"])
+    pair = np.hstack([hopper, cv2.resize(images["collins"], (hopper.shape[1], hopper.shape[0]))])
+    two = assess_enrolment(pipeline, pair)
+    assert not two.accepted and codes(two)["faces"][0] == 2 and "crop" in two.reason
+    assert json.loads(json.dumps(two.as_dict()))["checks"][0]["code"] == "faces"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, vision_dir: Path, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    from gateway.cli import vision, vision_tools
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    vision.add_commands(sub)
+    vision_tools.add_commands(sub)
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    for f in (vision_dir / "models").glob("face_*.onnx"):
+        (data / "models" / f.name).symlink_to(f)
+
+    def run(*argv: str) -> tuple[int, str]:
+        args = parser.parse_args(list(argv))
+        code = args.fn(args)
+        return code, capsys.readouterr().out
+
+    return run, data
+
+
+def test_enroll_prints_every_image_with_its_figures(cli, tmp_path: Path, images: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    run, data = cli
+    keyf = tmp_path / "faces.key"
+    create_key(keyf)
+    paths = {}
+    for name, img in {"good": images["collins"], "profile": images["cameraman"],
+                      "dim": cv2.convertScaleAbs(images["collins"], alpha=0.25)}.items():
+        paths[name] = tmp_path / f"{name}.png"
+        cv2.imwrite(str(paths[name]), img)
+    code, out = run("faces", "enroll", "p1", "--image", *map(str, paths.values()), "--consent", "2025-03-01",
+                    "--data-dir", str(data), "--key-file", str(keyf))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"accepted {paths['good']}"
+    assert f"rejected {paths['profile']}" in lines and "face turned away (yaw" in out and "look straight" in out
+    assert f"rejected {paths['dim']}" in lines and "face too dark (mean grey" in out
+    assert lines[-1] == "p1: 1 of 3 images enrolled (1 in the gallery)"
+
+
+def test_identify_reports_every_face_and_bad_files(cli, tmp_path: Path, images: dict[str, np.ndarray],  # type: ignore[no-untyped-def]
+                                                   pipeline: FacePipeline) -> None:
+    run, data = cli
+    keyf = tmp_path / "faces.key"
+    create_key(keyf)
+    with Gallery(data, load_key(keyf)) as g:
+        g.enroll(Person("p-collins", "Eileen Collins", "resident", "2025-01-01"),
+                 [pipeline.faces(images["collins"])[0].embedding])
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:256, :256] = cv2.resize(images["collins"], (256, 256))  # her face ~45 px: an event
+    badge = cv2.resize(images["hopper"], None, fx=20 / 175, fy=20 / 175, interpolation=cv2.INTER_AREA)
+    frame[300:300 + badge.shape[0], 400:400 + badge.shape[1]] = badge  # a 20 px face on a badge: none
+    scene, junk, missing = tmp_path / "scene.jpg", tmp_path / "junk.jpg", tmp_path / "nope.jpg"
+    cv2.imwrite(str(scene), frame)
+    junk.write_bytes(b"\xff\xd8\xff not really")
+    code, out = run("vision", "identify", str(scene), str(junk), str(missing), "--data-dir", str(data),
+                    "--key-file", str(keyf), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["min_event_px"] == 32
+    first, bad, gone = doc["images"]
+    faces = sorted(first["faces"], key=lambda f: -f["size_px"])
+    assert len(faces) == 2 and (first["width"], first["height"]) == (640, 480)
+    assert faces[0]["person"] == "p-collins" and faces[0]["name"] == "Eileen Collins"
+    assert faces[0]["similarity"] >= faces[0]["threshold"] and faces[0]["event"] == "face.recognized"
+    assert faces[1]["person"] is None and faces[1]["event"] is None and faces[1]["size_px"] < 32
+    assert "min_event_px" in faces[1]["no_event_because"]
+    assert "decode" in bad["error"] and "cannot read" in gone["error"]
+    code, out = run("vision", "identify", str(scene), str(missing), "--data-dir", str(data),
+                    "--key-file", str(keyf))
+    assert code == 1 and "Traceback" not in out
+    assert "p-collins (Eileen Collins)" in out and "-> face.recognized" in out and "no event: face" in out
+    assert f"{missing}: error: cannot read" in out
+    os.environ.pop("CREDENTIALS_DIRECTORY", None)
+    code, _ = run("vision", "identify", str(scene), "--data-dir", str(data))  # no key anywhere: said, exit 1
+    assert code == 1
