@@ -556,13 +556,14 @@ class PlateVoter:
         cam = self._cameras.get(camera)
         if cam is None:
             cam = self._cameras[camera] = _CameraVotes(deque(maxlen=self.window))
-        cam.window.append(read)
         cam.emitted = {p: until for p, until in cam.emitted.items() if until > now}
+        if read is not None and now - cam.passage.last_seen > self.passage_gap:
+            cam.passage = _Passage()  # a new plate: the last one's frames are no evidence for it
+            cam.window.clear()
+        cam.window.append(read)
         if read is None:
             return None
         passage = cam.passage
-        if now - passage.last_seen > self.passage_gap:
-            passage = cam.passage = _Passage()
         passage.last_seen = now
         passage.frames += 1
         reads = [r for r in cam.window if r is not None]
