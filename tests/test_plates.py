@@ -29,7 +29,6 @@ from models.plates import (
 from simulators.plate_scenes import RenderError, make_scene, motion_blur, paste, random_plate, render_plate
 
 
-
 def random_plates(n: int, seed: int = 6) -> list[str]:
     rng = random.Random(seed)
     return [random_plate(rng, "green" if i % 4 == 2 else "blue") for i in range(n)]
@@ -296,7 +295,7 @@ def test_the_analyser_reads_full_resolution_and_keeps_unreadable_crops(vision_di
     frame, corners = paste(background, render("粤B12345"), 160, random.Random(3), size=(1920, 1080))
     events = [e for t in range(3) for e in analyser.analyse(frame, 1000.0 + t)]
     assert [(e.kind, e.payload["plate"]) for e in events] == [("plate.read", "粤B12345")]
-    (kind, (x, y, w, h), label), = analyser.found
+    (_, (x, _y, w, _h), label), = analyser.found
     assert label == "粤B12345"
     assert abs(x - corners[:, 0].min() * 1280 / 1920) < 10 and abs(w - 160 * 1280 / 1920) < 15
     blurred = motion_blur(paste(background, render("京A12345"), 110, random.Random(1), size=(1280, 720))[0], 9)
