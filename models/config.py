@@ -108,8 +108,9 @@ class PlatesConfig(StrictModel):
 
 
 class FallsConfig(StrictModel):
-    hold: Duration = Field(default=10.0, description="How long a person must stay down before fall.detected; "
-                                                     "getting up within this time cancels it.")
+    hold: Duration = Field(default=5.0, description="How long a person must stay down after the fall before "
+                                                    "fall.detected (fall.suspected is sent at the fall itself); "
+                                                    "getting up within this time cancels it.")
 
 
 class VisionConfig(StrictModel):

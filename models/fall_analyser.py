@@ -1,4 +1,9 @@
-"""Falls on a camera: a pose every analysed frame, the fall logic on its landmarks."""
+"""Falls on a camera: a pose every analysed frame, the fall logic on its landmarks.
+
+``analyse`` gets the frame time as ``now`` and returns ``fall.suspected`` on the frame the fall is seen and
+``fall.detected`` once the person has stayed down ``[vision.falls] hold`` seconds: the same events at the
+same frame times for a clip read as fast as the CPU allows (``gateway vision falls``) as for live video.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ class FallAnalyser:
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
         pose = self.tracker.update(self.camera, frame)
-        event = self.falls.update(self.camera, now, None if pose is None else pose.landmarks)
+        events = self.falls.update(self.camera, now, None if pose is None else pose.landmarks)
+        if pose is None and self.tracker.tracking(self.camera):
+            return events  # a detection-only frame (models/pose.py): the person is still where last drawn
         self.found = []
         if pose is not None:
             xy = pose.landmarks[:33, :2]
@@ -38,4 +45,4 @@ class FallAnalyser:
             state = self.falls.state(self.camera)
             self.found = [("person", (float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
                            "person" if state == "watching" else state)]
-        return [] if event is None else [event]
+        return events

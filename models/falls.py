@@ -18,6 +18,11 @@ A fall is three things in order, all in image coordinates (y grows downwards):
    degrees of vertical *and* the hips back within ``recover`` torso lengths of their height before the
    fall) cancels it.
 
+Two events, both stamped with the frame time: ``fall.suspected`` (an event) on the frame where 1 and 2
+are met, the fall itself, so someone is told within a second; ``fall.detected`` (the alarm) once the
+person has stayed down for ``hold`` seconds after it. A suspected fall that is not followed by the alarm
+``hold_s`` later was cancelled: the person got up.
+
 Choices, deliberately:
 
 - Sitting down drops the hips but keeps the torso vertical: no fire.
@@ -55,8 +60,8 @@ MIN_TORSO = 4.0
 class FallConfig:
     """Thresholds; the defaults are the README's figures."""
 
-    hold: float = 10.0
-    """Seconds the person must stay down after the fall before the alarm."""
+    hold: float = 5.0
+    """Seconds the person must stay down after the fall before the alarm (models/README.md says why 5)."""
     descent: float = 0.5
     """Drop of the hip centre, in torso lengths, that counts as rapid when it happens within ``window``."""
     shoulder_descent: float = 1.5
@@ -131,7 +136,8 @@ class _Track:
 
 
 class FallDetector:
-    """Feed every frame of every camera (and track): ``update`` returns a ``fall.detected`` event once per fall."""
+    """Feed every frame of every camera (and track): ``update`` returns ``fall.suspected`` on the frame the fall
+    is seen, then ``fall.detected`` once the person has stayed down ``hold`` seconds (nothing if they got up)."""
 
     def __init__(self, config: FallConfig | None = None) -> None:
         self.config = config or FallConfig()
@@ -151,10 +157,10 @@ class FallDetector:
     def _up(self, s: Sample, before: Sample) -> bool:
         return s.angle < self.config.upright and s.hip_y <= before.hip_y + self.config.recover * before.torso
 
-    def update(self, camera: str, t: float, landmarks: NDArray[Any] | None, *, track: str = "0") -> Event | None:
-        """One frame: its timestamp (seconds, any monotonic clock) and its landmarks, or None if no pose."""
+    def update(self, camera: str, t: float, landmarks: NDArray[Any] | None, *, track: str = "0") -> list[Event]:
+        """One frame: its time (seconds, the frame time) and its landmarks, or None if no pose was found."""
         if not math.isfinite(t):
-            return None
+            return []
         key = (camera, track)
         tr = self._tracks.get(key)
         if tr is None or t < tr.last_t:
@@ -169,7 +175,8 @@ class FallDetector:
                 tr.alarmed, tr.fall = False, None
                 tr.history.clear()
                 tr.history.append(s)
-            return None
+            return []
+        out: list[Event] = []
         if tr.fall is not None:
             fall = tr.fall
             fall.seen += 1
@@ -178,32 +185,42 @@ class FallDetector:
                     tr.fall = None  # got up within the hold: no alarm
                     tr.history.clear()
                     tr.history.append(s)
-                    return None
+                    return []
                 fall.down += 1
                 fall.descent = max(fall.descent, (s.hip_y - fall.before.hip_y) / fall.before.torso)
                 fall.angle = max(fall.angle, min(s.angle, 90.0))
-            if t - fall.start < cfg.hold:
-                return None
+        elif s is None:
+            return []
+        elif s.angle > cfg.horizontal and (best := self._descent(tr, s)) is not None:
+            fall = tr.fall = _Fall(start=t, before=best[1], descent=best[0], angle=min(s.angle, 90.0), down=1,
+                                   seen=1)
+            tr.history.clear()
+            out.append(suspected_event(camera, descent=fall.descent, angle=fall.angle, descent_s=t - best[2],
+                                       hold=cfg.hold, track=track))
+        else:
+            tr.history.append(s)
+            return []
+        if t - fall.start >= cfg.hold:
             tr.alarmed = True
-            return fall_event(camera, self._confidence(fall), descent=fall.descent, angle=fall.angle,
-                              down_for=t - fall.start, track=track)
-        if s is None:
-            return None
-        if s.angle > cfg.horizontal:
-            best = None
-            for before in tr.history:
-                if before.angle >= cfg.upright:
-                    continue
-                drop = (s.hip_y - before.hip_y) / before.torso
-                upper = (s.shoulder_y - before.shoulder_y) / before.torso
-                if drop >= cfg.descent and upper >= cfg.shoulder_descent and (best is None or drop > best[0]):
+            out.append(fall_event(camera, self._confidence(fall), descent=fall.descent, angle=fall.angle,
+                                  down_for=t - fall.start, track=track))
+        return out
+
+    def _descent(self, tr: _Track, s: Sample) -> tuple[float, Sample, float] | None:
+        """A rapid descent to ``s`` from an upright frame of the window: the largest drop, the frame it is measured
+        from, and the latest such frame's time (the fall took at most ``s.t`` minus it)."""
+        cfg = self.config
+        best, latest = None, -math.inf
+        for before in tr.history:
+            if before.angle >= cfg.upright:
+                continue
+            drop = (s.hip_y - before.hip_y) / before.torso
+            upper = (s.shoulder_y - before.shoulder_y) / before.torso
+            if drop >= cfg.descent and upper >= cfg.shoulder_descent:
+                latest = max(latest, before.t)
+                if best is None or drop > best[0]:
                     best = (drop, before)
-            if best is not None:
-                tr.fall = _Fall(start=t, before=best[1], descent=best[0], angle=min(s.angle, 90.0), down=1, seen=1)
-                tr.history.clear()
-                return None
-        tr.history.append(s)
-        return None
+        return None if best is None else (*best, latest)
 
     def _confidence(self, fall: _Fall) -> float:
         """Mean of how far past the thresholds the fall went and how much of the hold it was seen down."""
@@ -212,6 +229,15 @@ class FallDetector:
         angle = min(1.0, fall.angle / 90.0)
         seen_down = fall.down / max(fall.seen, 1)
         return max(1e-3, min(1.0, (descent + angle + seen_down) / 3))
+
+
+def suspected_event(camera: str, *, descent: float, angle: float, descent_s: float, hold: float,
+                    track: str = "0") -> Event:
+    """``fall.suspected``: the fall as it happens, before the hold; the figures of that frame, no image bytes."""
+    return vision_event("fall.suspected", camera,
+                        {"camera": camera, "track": track, "descent_torso": round(float(descent), 2),
+                         "torso_angle_deg": round(float(angle), 1), "descent_s": round(float(descent_s), 2),
+                         "hold_s": round(float(hold), 2)})
 
 
 def fall_event(camera: str, confidence: float, *, descent: float, angle: float, down_for: float,

@@ -2,9 +2,10 @@
 
 No converter turns these files into ONNX (tflite2onnx 0.4 fails on their float16 weights, tf2onnx
 needs TensorFlow), so they run on LiteRT (``ai_edge_litert``, 14 MB aarch64 wheel). On one x86 core
-detection takes ~15 ms and landmarks ~17 ms, so :class:`PoseTracker` runs the detector only when it
-has no track: each frame's landmarks give the next frame's region of interest (hip centre and the
-point above the head), and only a lost track costs a detection.
+detection takes 6-16 ms and landmarks 9-18 ms (the upper figures with the core's sibling busy), so
+:class:`PoseTracker` runs the detector only when it has no track, and then alone: each frame's
+landmarks give the next frame's region of interest (hip centre and the point above the head), a
+detection's region is landmarked on the next frame, and no frame runs both models.
 
 All decoding, anchors and crop geometry are ours. Frames are hostile: anything ``as_bgr`` cannot turn
 into a BGR image gives no pose, never an exception. BlazePose finds one person per frame.
@@ -232,6 +233,8 @@ class _Track:
     hips: tuple[float, float]
     age: int
     """Tracked frames since the last detection."""
+    detected: bool = False
+    """The ROI came from the detector (on the previous frame), not from landmarks."""
 
 
 class PoseTracker:
@@ -242,11 +245,23 @@ class PoseTracker:
     only trusted while the person moves little: if the hip centre moved more than ``motion`` of the
     crop side since the previous frame, the tracked ROI has turned by ``max_turn`` or more, or the track
     is ``redetect_every`` frames old, the next frame runs the detector (which finds the rotation
-    itself). A lost track (presence below ``presence_threshold``) is re-detected on the same frame.
+    itself). A lost track (presence below ``presence_threshold``) gives no pose, and the next frame
+    runs the detector.
+
+    With ``defer`` (the default) a frame runs one model, never two: a frame without a track runs the
+    detector alone and gives no pose; the next frame runs the landmarks in the detector's crop (one
+    frame late: at 5 fps 0.2 s, still well within the second a fall has to be reported in). Its hip
+    centre is then compared with the detector's, which disagree by up to 7 % of the crop on a still
+    person (measured on the test people), so against ``detected_motion`` rather than ``motion``.
+    Without ``defer`` a frame that detects also runs the landmarks, and a lost track is detected again
+    on the same frame (up to three model runs).
     """
 
     def __init__(self, detector: PoseDetector, landmarker: PoseLandmarker, *, presence_threshold: float = 0.5,
-                 motion: float = 0.05, max_turn: float = math.radians(8), redetect_every: int = 10) -> None:
+                 motion: float = 0.05, detected_motion: float = 0.10, max_turn: float = math.radians(8),
+                 redetect_every: int = 10, defer: bool = True) -> None:
+        self.defer = defer
+        self.detected_motion = detected_motion
         self.detector = detector
         self.landmarker = landmarker
         self.presence_threshold = presence_threshold
@@ -300,22 +315,29 @@ class PoseTracker:
         track = self._tracks.pop(camera, None)
         if bgr is None:
             return None
+        if track is None and self.defer:
+            roi = self.detect_roi(bgr)
+            if roi is not None:
+                self._tracks[camera] = _Track(roi, (roi.cx, roi.cy), 0, detected=True)
+            return None
         pose = None
         if track is not None:
-            pose = self.estimate(bgr, track.roi, tracked=True)
-        if pose is None:
+            pose = self.estimate(bgr, track.roi, tracked=not track.detected)
+        if pose is None and not self.defer:
             roi = self.detect_roi(bgr)
             pose = None if roi is None else self.estimate(bgr, roi, tracked=False)
+            track = None
         if pose is None:
             return None
         following = Roi.from_points(pose.aux[0], pose.aux[1])
         hips = (float(pose.aux[0][0]), float(pose.aux[0][1]))
         if not following.valid(bgr.shape[1], bgr.shape[0]):
             return pose
-        if track is not None and pose.tracked:
+        if track is not None:
             moved = math.hypot(hips[0] - track.hips[0], hips[1] - track.hips[1]) / max(pose.roi.size, 1.0)
             turned = abs((following.rotation - pose.roi.rotation + math.pi) % (2 * math.pi) - math.pi)
-            if moved > self.motion or turned >= self.max_turn or track.age + 1 >= self.redetect_every:
+            limit = self.detected_motion if track.detected else self.motion
+            if moved > limit or turned >= self.max_turn or track.age + 1 >= self.redetect_every:
                 return pose  # no track: the next frame detects
             self._tracks[camera] = _Track(following, hips, track.age + 1)
         else:

@@ -65,12 +65,11 @@ def _print(report: Report, results: list[dict[str, Any]], repeat: int, skipped: 
             line += "\n          " + _line("plate detect", r["plate_detect_ms"]) + _line(
                 "rectify+read per plate", r["plate_read_ms"])
         if "pose_detect_ms" in r:
-            line += ("\n          " + _line("pose detect", r["pose_detect_ms"])
-                     + _line("pose landmarks", r["pose_landmark_ms"])
-                     + _line("tracked frame (landmarks + falls)", r["pose_tracked_frame_ms"]))
+            line += "".join("\n       " + text for text in vision_pose.lines(r))
         report.say(line)
     for stage, why in skipped.items():
         report.say(f"{stage}: skipped ({why})")
+    vision_pose.targets(report, results)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:

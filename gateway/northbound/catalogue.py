@@ -277,8 +277,10 @@ class FallSuspected(CameraData):
     track: str = Field(description="Person track id within the camera.")
     descent_torso: float = Field(description="Descent measured, in torso lengths.")
     torso_angle_deg: float = Field(description="Torso angle from vertical when the person was seen down.")
-    descent_s: float = Field(description="Seconds from the last upright frame to the first frame down.")
-    hold_s: float = Field(description="Seconds the person must stay down before fall.detected.")
+    descent_s: float = Field(description="Seconds from the last upright frame the descent is measured from to the "
+                                         "first frame down: the fall took at most this long.")
+    hold_s: float = Field(description="Seconds the person must stay down before fall.detected; none by then means "
+                                      "they got up.")
 
 
 class PlateUnreadable(CameraData):
