@@ -1,7 +1,11 @@
 """Camera workers seen from the daemon: one child process per camera, its JSON lines turned into events.
 
 The daemon never decodes a frame or runs a model. It starts ``python -m models.worker``, hands it
-the camera's config on stdin, and reads events and status lines. A worker that exits (a crash, a
+the camera's config on stdin, and reads events and status lines. With ``[vision] shared_models``
+(the default) the models are not in the workers: :class:`VisionServices` starts one
+``python -m models.service FAMILY`` per model family the enabled cameras need (faces, plates, pose),
+supervised the same way, and each worker is told the sockets; a worker then only captures, gates
+on motion and tracks. A worker that exits (a crash, a
 kill) or goes silent (a decoder stuck past every timeout) ends :meth:`CameraWorker.run` with an
 exception, so the supervisor reports ``gateway.task_crashed`` and starts a fresh worker with its
 usual backoff. Worker output is trusted no more than a field device: unknown kinds are refused,
@@ -13,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,10 @@ import structlog
 from gateway.bus import Sink
 from gateway.core.data import Event, Priority
 from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
+from gateway.supervisor import Supervisor
 from models.config import CameraConfig, VisionConfig
 from models.events import KINDS
+from models.hosting import DETECTOR_FAMILY
 
 log = structlog.get_logger("gateway.cameras")
 
@@ -43,17 +51,149 @@ Alarms are never held back."""
 
 NEEDS: dict[str, tuple[str, ...]] = {
     "": ("cv2", "numpy"),
-    "faces": ("onnxruntime", "cryptography"),
-    "plates": ("onnxruntime",),
-    "falls": ("ai_edge_litert",),
+    "faces": ("cryptography",),
+    "plates": (),
+    "falls": (),
 }
-"""Python modules a worker imports, per detector: checked before starting one, so a box without the
-vision extra says so once instead of crashing a worker every minute."""
+"""Python modules a worker imports itself, per detector (the gallery is decrypted in the worker)."""
+FAMILY_NEEDS: dict[str, tuple[str, ...]] = {
+    "faces": ("cv2", "numpy", "onnxruntime"),
+    "plates": ("cv2", "numpy", "onnxruntime"),
+    "pose": ("cv2", "numpy", "ai_edge_litert"),
+}
+"""Python modules the models of a family need: imported by its service, or by the worker when models are not
+shared. Both are checked before a camera starts, so a box without the vision extra says so once instead of
+crashing a worker every minute."""
+SERVICE_STOP = 5.0
 
 
 def missing_modules(camera: CameraConfig) -> list[str]:
     wanted = {m for key in ("", *camera.detect) for m in NEEDS[key]}
+    wanted |= {m for d in camera.detect for m in FAMILY_NEEDS[DETECTOR_FAMILY[d]]}
     return sorted(m for m in wanted if importlib.util.find_spec(m) is None)
+
+
+def service_dir(data_dir: Path) -> Path:
+    """The private directory (0700) of the services' sockets: ``$RUNTIME_DIRECTORY/vision`` under systemd, else
+    ``<data_dir>/run/vision``; where that is too long for a Unix socket path (108 bytes), a directory of our
+    own in the temp dir named after the data dir (a service refuses one owned by anybody else)."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    path = Path(runtime) / "vision" if runtime else data_dir / "run" / "vision"
+    if len(os.fsencode(path / "plates.sock")) > 100:
+        digest = hashlib.sha256(os.fsencode(data_dir.absolute())).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"gateway-vision-{os.getuid()}-{digest}"
+    return path
+
+
+class ServiceFailed(Exception):
+    """A family's inference service exited; the supervisor starts a new one, cameras reconnect to it."""
+
+
+class ModelService:
+    """One family's shared inference service (``python -m models.service FAMILY``), run like a camera worker: an
+    exit ends :meth:`run` with an exception, so the supervisor reports ``gateway.task_crashed`` and starts a new
+    one with its backoff. Cameras carry on meanwhile: their frames in the gap give ``camera.error``."""
+
+    def __init__(self, family: str, vision: VisionConfig, data_dir: Path, socket: Path, sink: Sink, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.family = family
+        self.vision = vision
+        self.data_dir = data_dir
+        self.socket = socket
+        self.sink = sink
+        self.clock = clock
+        self.pid: int | None = None
+        self.status: dict[str, Any] = {"state": "starting"}
+
+    def job(self) -> bytes:
+        return json.dumps({"vision": self.vision.model_dump(mode="json"), "data_dir": str(self.data_dir),
+                           "socket": str(self.socket)}).encode() + b"\n"
+
+    async def run(self) -> None:
+        missing = sorted(m for m in FAMILY_NEEDS[self.family] if importlib.util.find_spec(m) is None)
+        if missing:  # each camera says so itself (missing_modules); nothing to retry until the software changes
+            self._store({"state": "unavailable", "missing": ", ".join(missing)})
+            await asyncio.Event().wait()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "models.service", self.family, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, limit=LINE_LIMIT,
+        )
+        self.pid = proc.pid
+        assert proc.stdin and proc.stdout and proc.stderr
+        stderr = asyncio.create_task(_said(proc.stderr, self.clock, "vision service", family=self.family))
+        try:
+            proc.stdin.write(self.job())
+            await proc.stdin.drain()
+            proc.stdin.close()
+            while line := await proc.stdout.readline():
+                with contextlib.suppress(ValueError):
+                    msg = json.loads(line)
+                    if isinstance(msg, dict) and msg.get("t") == "ready":
+                        self._store({"state": "serving" if not msg.get("error") else "broken",
+                                     **safe_payload(msg), "models": json.dumps(msg.get("models"))[:MAX_TEXT]})
+                        if msg.get("error"):
+                            log.error("vision service cannot load its models", family=self.family,
+                                      error=str(msg.get("error"))[:MAX_TEXT])
+            code = await proc.wait()
+            self._store({"state": "exited", "code": code})
+            how = f"status {code}"
+            if code < 0:
+                with contextlib.suppress(ValueError):
+                    how = f"signal {signal.Signals(-code).name}"
+            raise ServiceFailed(f"vision service {self.family}: exited with {how}")
+        finally:
+            await _end(proc)
+            stderr.cancel()
+            self.pid = None
+
+    def _store(self, status: dict[str, Any]) -> None:
+        self.status = {**status, "pid": self.pid, "socket": str(self.socket)}
+        self.sink.meta(f"vision:{self.family}", {**self.status, "ts": self.clock.time()})
+
+
+class VisionServices:
+    """The services the enabled cameras need, one per model family, kept right as cameras come and go."""
+
+    def __init__(self, data_dir: Path, sink: Sink, supervisor: Supervisor, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.data_dir = data_dir
+        self.sink = sink
+        self.supervisor = supervisor
+        self.clock = clock
+        self.dir = service_dir(data_dir)
+        self.running: dict[str, tuple[str, ModelService]] = {}
+        """Family -> (the vision config it was started with, the service)."""
+
+    @staticmethod
+    def families(cameras: list[CameraConfig], vision: VisionConfig) -> set[str]:
+        if not vision.shared_models:
+            return set()
+        return {DETECTOR_FAMILY[d] for c in cameras if c.enabled for d in c.detect}
+
+    def sockets(self, camera: CameraConfig, vision: VisionConfig) -> dict[str, str]:
+        """What a worker is told: its families' sockets (none when models are not shared)."""
+        if not vision.shared_models:
+            return {}
+        families = sorted({DETECTOR_FAMILY[d] for d in camera.detect})
+        return {family: str(self.dir / f"{family}.sock") for family in families}
+
+    async def sync(self, cameras: list[CameraConfig], vision: VisionConfig) -> None:
+        """Start the services now needed, stop those no longer needed, restart those whose ``[vision]`` changed."""
+        want = self.families(cameras, vision)
+        key = json.dumps(vision.model_dump(mode="json"), sort_keys=True)
+        stale = sorted(f for f, (k, _) in self.running.items() if f not in want or k != key)
+        if stale:
+            late = await self.supervisor.end([f"vision:{f}" for f in stale], within=SERVICE_STOP)
+            if late:
+                log.error("vision services did not stop in time", tasks=late)
+            for family in stale:
+                del self.running[family]
+                self.sink.meta(f"vision:{family}", {"state": "stopped", "ts": self.clock.time()})
+        for family in sorted(want - set(self.running)):
+            service = ModelService(family, vision, self.data_dir, self.dir / f"{family}.sock", self.sink,
+                                   clock=self.clock)
+            self.running[family] = (key, service)
+            self.supervisor.spawn(f"vision:{family}", service.run)
 
 
 class WorkerFailed(Exception):
@@ -76,8 +216,10 @@ def safe_payload(payload: Any) -> dict[str, Any]:
 
 class CameraWorker:
     def __init__(self, camera: CameraConfig, vision: VisionConfig, data_dir: Path, sink: Sink, *,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, services: VisionServices | None = None) -> None:
         self.camera = camera
+        self.services = services
+        """The daemon's shared model services; None: the worker loads its own models (tests, tools)."""
         self.vision = vision
         self.data_dir = data_dir
         self.sink = sink
@@ -90,9 +232,11 @@ class CameraWorker:
         self._events = RateLimiter(EVENT_LIMIT, 60.0)
 
     def job(self) -> bytes:
-        """What the worker is told on its stdin: the camera, the vision settings and where data lives."""
+        """What the worker is told on its stdin: the camera, the vision settings, where data lives and the sockets
+        of the shared model services it is to use."""
+        sockets = self.services.sockets(self.camera, self.vision) if self.services is not None else {}
         return json.dumps({"camera": self.camera.model_dump(mode="json"), "vision": self.vision.model_dump(mode="json"),
-                           "data_dir": str(self.data_dir)}).encode() + b"\n"
+                           "data_dir": str(self.data_dir), "services": sockets}).encode() + b"\n"
 
     async def run(self) -> None:
         missing = missing_modules(self.camera)
@@ -111,14 +255,14 @@ class CameraWorker:
         )
         self.pid = proc.pid
         assert proc.stdin and proc.stdout and proc.stderr
-        stderr = asyncio.create_task(self._stderr(proc.stderr))
+        stderr = asyncio.create_task(_said(proc.stderr, self.clock, "camera worker", camera=self.camera.id))
         try:
             proc.stdin.write(self.job())
             await proc.stdin.drain()
             proc.stdin.close()
             await self._pump(proc)
         finally:
-            await self._end(proc)
+            await _end(proc)
             stderr.cancel()
             self.pid = None
 
@@ -202,21 +346,24 @@ class CameraWorker:
     def _store(self) -> None:
         self.sink.meta(f"camera:{self.camera.id}", {**self.status, "ts": self.clock.time()})
 
-    async def _stderr(self, stream: asyncio.StreamReader) -> None:
-        said = RateLimiter(20, 60.0)  # a worker spewing a traceback loop must not fill the journal
-        while line := await stream.readline():
-            if said.allow(self.clock.monotonic()):
-                log.warning("camera worker", camera=self.camera.id, said=line.decode(errors="replace").strip()[:500])
 
-    async def _end(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            async with asyncio.timeout(3):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+async def _said(stream: asyncio.StreamReader, clock: Clock, what: str, **who: str) -> None:
+    """A child's stderr to the log; a child spewing a traceback loop must not fill the journal."""
+    said = RateLimiter(20, 60.0)
+    while line := await stream.readline():
+        if said.allow(clock.monotonic()):
+            log.warning(what, **who, said=line.decode(errors="replace").strip()[:500])
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        async with asyncio.timeout(3):
             await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()

@@ -19,7 +19,7 @@ from drivers.registry import driver_class
 from gateway import __version__, systemd
 from gateway.automation import Automation
 from gateway.bus import LocalBus, Sink
-from gateway.cameras import CameraWorker
+from gateway.cameras import CameraWorker, VisionServices
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
@@ -110,8 +110,9 @@ class Daemon:
         self.commands = CommandHandler(cfg, self.drivers, self.bus, self.live)
         self.platform, self.uplinks = self.northbound(cfg, config_hash)
         self.sink = StreamSink(self.bus, self.pollers, clock=clock)
-        self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock)
-                        for c in cfg.cameras if c.enabled}
+        self.services = VisionServices(cfg.store.data_dir, self.bus, self.supervisor, clock=clock)
+        self.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, self.bus, clock=clock,
+                                           services=self.services) for c in cfg.cameras if c.enabled}
         self.control = ControlServer(cfg.store.data_dir / SOCKET_NAME, self.commands)
         self.automation: Automation | None = None
         if cfg.rules:
@@ -184,6 +185,7 @@ class Daemon:
             self.supervisor.spawn(f"device:{device_id}", poller.run)
         for driver in {id(d): d for d in self.drivers.values()}.values():
             self.supervisor.spawn(f"bus:{driver.bus.id}", functools.partial(driver.stream, self.sink))
+        await self.services.sync(self.cfg.cameras, self.cfg.vision)  # before the cameras that use them
         for camera_id, camera in self.cameras.items():
             self.supervisor.spawn(f"camera:{camera_id}", camera.run)
         self.supervisor.spawn("heartbeat", self._heartbeat)

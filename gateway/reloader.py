@@ -179,7 +179,8 @@ class Reloader:
             if driver is not None and driver.polls(device.id):
                 built.pollers[device.id] = DevicePoller(driver, device, daemon.bus, clock=daemon.clock)
         restart = {*change.cameras_added, *change.cameras_changed}
-        built.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, daemon.bus, clock=daemon.clock)
+        built.cameras = {c.id: CameraWorker(c, cfg.vision, cfg.store.data_dir, daemon.bus, clock=daemon.clock,
+                                            services=daemon.services)
                          for c in cfg.cameras if c.enabled and c.id in restart}
         return built
 
@@ -244,6 +245,7 @@ class Reloader:
             supervisor.spawn(f"device:{device_id}", poller.run)
         for driver in {id(d): d for d in built.drivers.values()}.values():
             supervisor.spawn(f"bus:{driver.bus.id}", functools.partial(driver.stream, daemon.sink))
+        await daemon.services.sync(cfg.cameras, cfg.vision)  # cameras added or removed, [vision] changed
         for camera_id, camera in built.cameras.items():
             supervisor.spawn(f"camera:{camera_id}", camera.run)
 

@@ -119,6 +119,12 @@ class VisionConfig(StrictModel):
     faces: FacesConfig = Field(default_factory=FacesConfig, description="Face recognition.")
     plates: PlatesConfig = Field(default_factory=PlatesConfig, description="Chinese licence plates.")
     falls: FallsConfig = Field(default_factory=FallsConfig, description="Fall detection.")
+    shared_models: bool = Field(
+        default=True,
+        description="One inference service per model family (faces, plates, pose) serves every camera, so a camera "
+                    "adds its capture and tracking only; false = each camera worker loads its own copy of the models "
+                    "(360-390 MB a camera).",
+    )
 
 
 def _polygon(points: list[Point]) -> list[Point]:

@@ -1,8 +1,10 @@
 """One camera's worker process: capture, motion gate, models; JSON lines out on stdout.
 
 The daemon starts ``python -m models.worker`` per camera and writes one JSON line on stdin (the
-camera's config, the vision config, the data dir). The worker answers with one JSON object a
-line: ``{"t": "event", ...}`` for each event and ``{"t": "status", ...}`` about once a second.
+camera's config, the vision config, the data dir, and the sockets of the shared model services:
+with them the worker holds no model, it sends frames to the services; see ``models.service``). The
+worker answers with one JSON object a line: ``{"t": "event", ...}`` for each event and
+``{"t": "status", ...}`` about once a second (with each analysed frame's milliseconds in the models).
 A hung decoder or a model that crashes the interpreter takes down this process only; the daemon
 notices the silence or the exit, reports it and starts a new one.
 
@@ -33,6 +35,7 @@ from models.analysers import Analyser, build
 from models.config import CameraConfig, VisionConfig, redact_url
 from models.fetch import FetchError
 from models.gallery import GalleryError
+from models.hosting import use_services
 from models.liveframe import Found, LiveFrames, face_finder
 from models.motion import MotionGate
 from models.snapshots import Snapshots
@@ -94,6 +97,8 @@ class CameraLoop:
         self.period = 1.0 / camera.fps
         self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0, "live_errors": 0}
         self.ms: dict[str, float] = {}
+        self.frame_ms: list[float] = []
+        """Each analysed frame's time in the models since the last status line (the bench's latency figures)."""
         self.state = "connecting"
         self._status_at = 0.0
         self._wall0: float | None = None
@@ -106,7 +111,9 @@ class CameraLoop:
             return
         self._status_at = now
         self.out.send({"t": "status", "state": self.state, **self.counts, "motion": round(self.gate.fraction, 4),
-                       "ms": {k: round(v, 1) for k, v in self.ms.items()}, **extra})
+                       "ms": {k: round(v, 1) for k, v in self.ms.items()},
+                       "frame_ms": [round(v, 2) for v in self.frame_ms[-200:]], **extra})
+        self.frame_ms.clear()
 
     def run_forever(self) -> None:
         backoff = Backoff(1.0, max(1.0, self.camera.reconnect_max), jitter=(1.0, 1.0))
@@ -208,6 +215,7 @@ class CameraLoop:
             return
         self.counts["analysed"] += 1
         looked: list[Analyser] = []
+        started = time.perf_counter()
         for analyser in self.analysers:
             t0 = time.perf_counter()
             try:
@@ -222,6 +230,7 @@ class CameraLoop:
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
                 self.emit(event, frame, now)
+        self.frame_ms.append((time.perf_counter() - started) * 1000)
         self.offer_live(frame, [f for a in looked for f in a.found],
                         faces_looked=any(a.name == "faces" for a in looked))
 
@@ -265,10 +274,14 @@ def main() -> int:
         camera = CameraConfig.model_validate(job["camera"])
         vision = VisionConfig.model_validate(job["vision"])
         data_dir = Path(job["data_dir"])
+        services = job.get("services") or {}
+        if not isinstance(services, dict):
+            raise TypeError("services must be a table")
     except (ValueError, KeyError, TypeError) as exc:
         print(f"worker: bad job on stdin: {exc}", file=sys.stderr)
         return 2
     out = Out(proto, camera.id)
+    use_services({str(k): str(v) for k, v in services.items()})  # models in the shared services, not here
     try:
         analysers = build(camera, vision, data_dir)
     except (FetchError, GalleryError, OSError) as exc:
