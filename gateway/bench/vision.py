@@ -52,24 +52,19 @@ def _print(report: Report, results: list[dict[str, Any]], repeat: int, skipped: 
     for r in results:
         line = f"{r['resolution']:>9}"
         if "detect_ms" in r:
-            line += _line("face detect", r["detect_ms"])
-            embeds = [(k.removeprefix("align_embed_ms_"), v) for k, v in r.items() if k.startswith("align_embed_ms_")]
-            for backend, e in embeds:
-                line += _line(f"align+embed ({backend})", e)
-            if not embeds:
-                line += "   (no face in the frame: give --image PORTRAIT for the embed figure)"
-            if "door_ms_per_frame" in r:
-                line += f"\n           faces as the worker runs them, a person 3 s at the door at 5 fps: " \
-                        f"{r['door_ms_per_frame']:.1f} ms per frame"
+            line += "\n       ".join(vision_faces.lines(r))
         if "plate_detect_ms" in r:
             line += "\n          " + _line("plate detect", r["plate_detect_ms"]) + _line(
                 "rectify+read per plate", r["plate_read_ms"])
+            line += "".join("\n           " + text for text in vision_plates.lines(r))
         if "pose_detect_ms" in r:
             line += "".join("\n       " + text for text in vision_pose.lines(r))
         report.say(line)
     for stage, why in skipped.items():
         report.say(f"{stage}: skipped ({why})")
+    vision_faces.targets(report, results)
     vision_pose.targets(report, results)
+    vision_plates.targets(report, results)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
