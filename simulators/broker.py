@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -44,9 +45,39 @@ def password_line(user: str, password: str, salt: bytes | None = None) -> str:
     return f"{user}:$7${PBKDF2_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+_WORKER_PORTS = 10000
+"""Ports each of two parallel test workers picks from, below the kernel's ephemeral range (32768-60999)."""
+_ports = random.Random()
+
+
+def _worker_block() -> int | None:
+    """First port of this pytest-xdist worker's block (gw0, gw1), or None: one process, or more workers."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if name in ("gw0", "gw1"):
+        return 12000 + int(name[2:]) * _WORKER_PORTS
+    return None
+
+
 def free_port(host: str = HOST, *, udp: bool = False) -> int:
-    """A port nobody listens on right now (the kernel's choice; another process may take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
+    """A port nobody listens on right now (another process may take it later).
+
+    In one process the kernel chooses. Under two parallel test workers each takes random ports from its own
+    block below the ephemeral range, so the workers never hand out the same port, and the kernel never gives one
+    of them to an outgoing connection or a ``bind(0)`` meanwhile.
+    """
+    first = _worker_block()
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    for _ in range(200):
+        if first is None:
+            break
+        port = _ports.randrange(first, first + _WORKER_PORTS)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

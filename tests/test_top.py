@@ -68,7 +68,9 @@ class Terminal:
 
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", *args, stdin=self.slave, stdout=self.slave, stderr=self.slave,
-            env={**os.environ, "TERM": "xterm", "LANG": "C.UTF-8"}, start_new_session=True,
+            env={**{k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}, "TERM": "xterm",
+                 "LANG": "C.UTF-8"},  # curses takes LINES/COLUMNS over the terminal's size (pytest-xdist sets them)
+            start_new_session=True,
             preexec_fn=own_terminal)
 
     def read(self) -> bytes:

@@ -220,7 +220,7 @@ async def clock_jumps(world: World, plan: Plan) -> list[dict[str, Any]]:
         started = time.monotonic()
         await asyncio.to_thread(offset.write_text, f"{jump:+d}\n")
         await asyncio.sleep(plan.hold)
-        seen = _skew(world)
+        seen = await _skew_of_next_poll(world, _newest_row(world))  # readings polled while the jump holds
         await asyncio.to_thread(offset.write_text, "+0\n")
         world.cleared = time.monotonic()
         await asyncio.sleep(0.5)  # a poll or two on true time again before the fault counts as over
