@@ -9,7 +9,7 @@ family needs: the faces service never loads LiteRT, the pose service never loads
 Cameras are served at once by a pool of threads sized by the cores. A model whose runtime is safe to
 call from several threads (an ONNX Runtime session) is shared by them; one built on an OpenCV DNN
 net or a LiteRT interpreter, which keep the input and output in the object, is lent to one call at a
-time, and a second copy is built only when calls actually queue for it (at most one per thread).
+time.
 
 A request that is not ours (a peer of another uid, a message too long, a buffer outside the shared
 memory, a class the unpickler does not know, a method that does not exist) gets an error reply or a
@@ -24,7 +24,6 @@ import ctypes
 import json
 import mmap
 import os
-import queue
 import signal
 import socket
 import stat
@@ -32,7 +31,6 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,44 +86,23 @@ def describe(obj: Any) -> dict[str, Any]:
 
 
 class Model:
-    """One named model object: shared by all threads, or lent one call at a time from a few copies."""
+    """One named model object: called by any thread at once (ONNX Runtime), or by one at a time (OpenCV DNN, LiteRT).
 
-    def __init__(self, name: str, first: Any, build: Callable[[], Any], copies: int) -> None:
+    No second copy of a model that one thread at a time may use is built: measured, a copy of the faces embedder
+    or of the pose models costs the service 60-120 MB, more than a camera may add, for little latency (those
+    models take 2-8 ms a call; the waits are short next to the shared detectors')."""
+
+    def __init__(self, name: str, obj: Any) -> None:
         self.name = name
-        self.shared = not exclusive(first)
-        self.build = build
-        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.idle.put(first)
-        self.first = first
-        self.made = 1
-        self.copies = copies
+        self.obj = obj
+        self.shared = not exclusive(obj)
         self.lock = threading.Lock()
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.shared:
-            return getattr(self.first, method)(*args, **kwargs)
-        obj = self._borrow()
-        try:
-            return getattr(obj, method)(*args, **kwargs)
-        finally:
-            self.idle.put(obj)
-
-    def _borrow(self) -> Any:
-        try:
-            return self.idle.get_nowait()
-        except queue.Empty:
-            pass
+            return getattr(self.obj, method)(*args, **kwargs)
         with self.lock:
-            grow = self.made < self.copies
-            if grow:
-                self.made += 1
-        if grow:
-            try:
-                return self.build()
-            except Exception:
-                with self.lock:
-                    self.made -= 1
-        return self.idle.get()
+            return getattr(self.obj, method)(*args, **kwargs)
 
 
 class Service:
@@ -156,18 +133,14 @@ class Service:
                 self.error = f"{type(exc).__name__}: {exc}"
                 return
             self.error = ""
-
-            def builder(name: str) -> Callable[[], Any]:
-                return lambda: FAMILIES[self.family](self.data_dir, self.vision)[name]
-
-            self.models = {name: Model(name, obj, builder(name), self.pool) for name, obj in built.items()}
+            self.models = {name: Model(name, obj) for name, obj in built.items()}
 
     def catalogue(self) -> dict[str, Any]:
         if not self.models:
             self.load()
         if not self.models:
             return {"": {"error": self.error}}
-        return {name: describe(m.first) for name, m in self.models.items()}
+        return {name: describe(m.obj) for name, m in self.models.items()}
 
     def listen(self) -> socket.socket:
         private_dir(self.path.parent)
@@ -256,7 +229,7 @@ class Service:
             model = self.models.get(name) if isinstance(name, str) else None
             if model is None or not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
                 raise remote.ProtocolError(f"no method {str(name)[:40]}.{str(method)[:40]}")
-            if not callable(getattr(model.first, method, None)):
+            if not callable(getattr(model.obj, method, None)):
                 raise remote.ProtocolError(f"no method {name}.{method}")
             if not (isinstance(args, tuple) and isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
                 raise remote.ProtocolError("arguments must be a tuple and a dict")
@@ -294,18 +267,33 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+
+
+def _steady_memory() -> None:
+    """glibc's malloc would give every thread serving a camera an arena of its own and, once a frame-sized
+    buffer has been freed, keep later ones in them: the service would grow with each camera (measured: 30-40
+    MB a camera). Two arenas, and buffers over 256 KiB mapped and returned at once, keep it flat."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in FAMILIES:
         print(f"usage: python -m models.service {{{','.join(FAMILIES)}}}", file=sys.stderr)
         return 2
     _die_with_parent()
+    _steady_memory()
     out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # a library's print never reaches the status line
     try:
         job = json.loads(sys.stdin.readline())
         vision = VisionConfig.model_validate(job["vision"])
         data_dir, path = Path(job["data_dir"]), Path(job["socket"])
+        pool = int(job.get("pool") or 0) or None
     except (ValueError, KeyError, TypeError) as exc:
         print(f"service: bad job on stdin: {exc}", file=sys.stderr)
         return 2
@@ -313,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         import cv2  # every family's pre- and post-processing uses it
 
         cv2.setNumThreads(1)  # the pool gives the parallelism: one thread a call, as in a worker
-    service = Service(args[0], vision, data_dir, path)
+    service = Service(args[0], vision, data_dir, path, pool=pool)
     started = time.perf_counter()
     service.load()
     sock = service.listen()

@@ -29,8 +29,9 @@ def add_commands(bench_subparsers: Any) -> None:
         soak,
         uplink,
         vision,
+        vision_cameras,
     )
 
     for module in (modbus, uplink, pipeline, bus, firepanel, rules, vision, field, chaos, soak, noise, commands,
-                   encoders, fleet, observe):
+                   encoders, fleet, observe, vision_cameras):
         module.add_command(bench_subparsers)
