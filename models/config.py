@@ -54,6 +54,11 @@ class FacesConfig(StrictModel):
                     "raise no face event: measured, SFace still separates two people at 24 px (same >= 0.48, "
                     "other <= 0.18) but not at 20 px (same down to 0.32); 32 px keeps same >= 0.69.",
     )
+    split_frames: bool = Field(
+        default=True,
+        description="A frame that finds a new face only detects it; the next frame embeds and matches it without "
+                    "detecting, so no frame pays for both (the event comes one frame later). false: the same frame.",
+    )
     min_event_score: float = Field(
         default=0.75, ge=0.0, le=1.0,
         description="Detector score a face needs to raise an event: real faces >= 24 px score 0.87+, the false "

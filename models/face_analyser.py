@@ -5,15 +5,21 @@ Per camera state lives here (the detector and embedder are stateless and may be 
 - **tracks**: a face found in the next frame with IoU >= TRACK_IOU to a track's last box is the same
   face; a track unseen for TRACK_GONE seconds ends. A track is embedded when new and then once per
   REFRESH while it stays, so a person at a door for 3 s at 5 fps costs 15 detections and 3 embeddings.
-- **at most EMBEDS_PER_FRAME embeddings per frame**: with several new faces at once, the largest is
-  embedded now and the others on the next frames, so no single frame pays for a crowd.
+- **a frame detects or embeds, not both** (``faces.split_frames``, on by default): the frame on which a
+  face is new is detected, tracked and the face's 112x112 crop aligned; the next frame embeds and
+  matches that crop and does not detect (``busy`` makes the worker analyse it even on a still scene).
+  A frame then costs the detection or one embedding, never their sum, and the event comes one frame
+  later (200 ms at 5 fps). With ``split_frames = false`` the same frame embeds at most
+  EMBEDS_PER_FRAME faces. Either way, with several faces due the largest new one goes first and the
+  others wait for the next frames, so no single frame pays for a crowd.
 - **minimum size and score**: a face smaller than ``faces.min_event_px`` or scoring under
   ``faces.min_event_score`` is drawn on the live view but never embedded and never an event (a badge
   photo or a coin at 20 px is not a visitor).
 - **cooldowns**: an unknown face is reported once per track, and again only if that track is still
   there after ``faces.cooldown``; a recognised person once per ``faces.cooldown`` per camera whatever
-  track they are on (leaving and coming back within the cooldown is one visit). A track once
-  recognised never raises ``face.unknown`` afterwards (a head turned on a refresh is not a stranger).
+  track they are on (leaving and coming back within the cooldown is one visit). A track recognised
+  within the cooldown raises no ``face.unknown`` (a head turned on a refresh is not a stranger); after
+  it, it can (the person was erased meanwhile, or the first match was wrong).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from gateway.core.data import Event
 from models.config import VisionConfig
-from models.faces import Face, FacePipeline, Image, face_events
+from models.faces import Face, FacePipeline, Image, align, face_events
 from models.gallery import Gallery, load_key
 from models.hosting import open_models
 
@@ -51,7 +57,8 @@ class Track:
     score: float = 0.0
     embedded: float | None = None  # frame time of the last embedding; None: waiting for one
     reported: float | None = None  # frame time of this track's last face.unknown
-    recognised: bool = False
+    recognised: float | None = None  # frame time this track was last matched to a person
+    matched: bool = False  # embedded and matched at least once (its label is then a person or "unknown")
 
 
 def iou(a: Box, b: Box) -> float:
@@ -68,7 +75,6 @@ class FaceAnalyser:
     """Per camera: tracks, cooldowns and the gallery; the models come from ``open_models("faces", ...)``."""
 
     name = "faces"
-    busy = False
 
     def __init__(self, camera: str, vision: VisionConfig, data_dir: Path) -> None:
         cfg = vision.faces
@@ -77,6 +83,7 @@ class FaceAnalyser:
         self.cooldown = cfg.cooldown
         self.min_px = cfg.min_event_px
         self.min_score = cfg.min_event_score
+        self.split = cfg.split_frames
         hosted = open_models("faces", data_dir, vision)
         self.pipeline = FacePipeline(hosted["detector"], hosted["embedder"])
         self.gallery = Gallery(data_dir, load_key(cfg.key_file))
@@ -85,6 +92,13 @@ class FaceAnalyser:
         self._next_id = 1
         self.embedded = 0
         self.found: list[tuple[str, Box, str]] = []
+        self._queued: tuple[Track, Image] | None = None
+        self._pairs: list[tuple[Track, Face]] = []  # a crop aligned on the last frame, embedded on this one
+
+    @property
+    def busy(self) -> bool:
+        """A crop waits to be embedded: the next frame must be analysed even if nothing moves."""
+        return self._queued is not None
 
     def _follow(self, faces: list[Face], now: float) -> list[tuple[Track, Face]]:
         """Each face onto the track it overlaps most (greedy, best overlap first), or a new track."""
@@ -114,32 +128,49 @@ class FaceAnalyser:
         return out
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
+        if self._queued is not None:  # this frame embeds what the last one found, and does not detect
+            track, aligned = self._queued
+            self._queued = None
+            queued = self._identify(track, aligned, now) if any(t is track for t in self.tracks) else []
+            self._label()
+            return queued
         bgr, found = self.pipeline.detect(frame)
         found = sorted(found, key=lambda f: f.size, reverse=True)[:MAX_TRACKS]
         if bgr is None:
             self.found = []
             return []
-        pairs = self._follow(found, now)
-        due = [(t, f) for t, f in pairs if not t.small and (t.embedded is None or now - t.embedded >= REFRESH)]
+        self._pairs = self._follow(found, now)
+        due = [(t, f) for t, f in self._pairs if not t.small and (t.embedded is None or now - t.embedded >= REFRESH)]
         due.sort(key=lambda tf: (tf[0].embedded is not None, tf[0].embedded or 0.0, -tf[1].size))
-        results: list[tuple[str | None, float]] = []
-        for track, face in due[:EMBEDS_PER_FRAME]:
-            embedded, _ = self.pipeline.embed(bgr, face)
-            self.embedded += 1
-            track.embedded = now
-            if embedded.embedding is None:
-                continue
-            match = self.gallery.match(embedded.embedding, self.threshold)
-            track.person, track.score = match.person, match.score
-            if match.person is not None:
-                track.recognised = True
-                if now - self._person_last.get(match.person, float("-inf")) >= self.cooldown:
-                    self._person_last[match.person] = now
-                    results.append((match.person, match.score))
-            elif not track.recognised and (track.reported is None or now - track.reported >= self.cooldown):
-                track.reported = now
-                results.append((None, match.score))
-        self.found = [("face", f.box, "small" if t.small else (t.person or ("unknown" if t.embedded is not None
-                                                                              else "face")))
-                      for t, f in pairs]
-        return face_events(self.camera, results)
+        events: list[Event] = []
+        if self.split and due:
+            track, face = due[0]
+            track.embedded = now  # not due again while its crop waits
+            self._queued = (track, align(bgr, face.landmarks))
+        else:
+            for track, face in due[:EMBEDS_PER_FRAME]:
+                events += self._identify(track, align(bgr, face.landmarks), now)
+        self._label()
+        return events
+
+    def _identify(self, track: Track, aligned: Image, now: float) -> list[Event]:
+        """Embed the crop, match it, and the event its track's cooldowns allow (if any)."""
+        embedding = self.pipeline.embedder.embed(aligned)
+        self.embedded += 1
+        track.embedded = now
+        match = self.gallery.match(embedding, self.threshold)
+        track.person, track.score, track.matched = match.person, match.score, True
+        if match.person is not None:
+            track.recognised = now
+            if now - self._person_last.get(match.person, float("-inf")) >= self.cooldown:
+                self._person_last[match.person] = now
+                return face_events(self.camera, [(match.person, match.score)])
+        elif ((track.recognised is None or now - track.recognised >= self.cooldown)
+              and (track.reported is None or now - track.reported >= self.cooldown)):
+            track.reported = now
+            return face_events(self.camera, [(None, match.score)])
+        return []
+
+    def _label(self) -> None:
+        self.found = [("face", f.box, "small" if t.small else (t.person or ("unknown" if t.matched else "face")))
+                      for t, f in self._pairs]

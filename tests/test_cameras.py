@@ -372,7 +372,7 @@ def test_a_face_that_stays_is_embedded_once_a_second_and_keeps_its_identity(tmp_
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
     enrol(tmp_path, key, "r-0101", portrait, vision_dir)
-    vision = VisionConfig.model_validate({"faces": {"key_file": str(key), "cooldown": "1h"}})
+    vision = VisionConfig.model_validate({"faces": {"key_file": str(key), "cooldown": "1h", "split_frames": False}})
     analyser = FaceAnalyser("door", vision, tmp_path)
     frame = scene(portrait)
     kinds = [[e.kind for e in analyser.analyse(frame, k / 5)] for k in range(15)]  # 3 s at 5 fps

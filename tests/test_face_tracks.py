@@ -57,6 +57,11 @@ def kinds(events: list) -> list[str]:  # type: ignore[type-arg]
     return [e.kind for e in events]
 
 
+def step(a: FaceAnalyser, frame: np.ndarray, t: float) -> list[str]:
+    """Two frames 0.1 s apart: with split_frames the first detects and the second embeds."""
+    return kinds(a.analyse(frame, t)) + kinds(a.analyse(frame, t + 0.1))
+
+
 def test_tiny_faces_and_non_faces_raise_nothing(tmp_path: Path, vision_dir: Path, portraits: dict) -> None:
     a = analyser(tmp_path, vision_dir)
     assert a.min_px == 32
@@ -71,37 +76,44 @@ def test_tiny_faces_and_non_faces_raise_nothing(tmp_path: Path, vision_dir: Path
             frame[:size[1], :size[0]] = cv2.resize(img, size)
             assert a.analyse(frame, 10.0) == [], name
     near = scene(portraits, [("hopper", 300, 200, 48)])  # the same face, closer: a visitor
-    assert kinds(a.analyse(near, 20.0)) == ["face.unknown"]
+    assert kinds(a.analyse(near, 20.0)) == [] and a.busy  # split_frames: this frame detects, the next embeds
+    assert kinds(a.analyse(near, 20.2)) == ["face.unknown"] and not a.busy
 
 
-def test_each_unknown_face_has_its_own_cooldown(tmp_path: Path, vision_dir: Path, portraits: dict) -> None:
-    a = analyser(tmp_path, vision_dir, cooldown="5s")
+@pytest.mark.parametrize("split", [True, False])
+def test_each_unknown_face_has_its_own_cooldown(tmp_path: Path, vision_dir: Path, portraits: dict,
+                                                split: bool) -> None:
+    a = analyser(tmp_path, vision_dir, cooldown="5s", split_frames=split)
     two = scene(portraits, [("collins", 40, 100, 80), ("hopper", 400, 100, 100)])
-    timeline = {round(k * 0.5, 1): kinds(a.analyse(two, k * 0.5)) for k in range(14)}  # 0 .. 6.5 s
-    # two strangers: two face.unknown (one embedding per frame: the larger now, the other on the next frame)
-    assert timeline[0.0] == ["face.unknown"] and timeline[0.5] == ["face.unknown"]
-    assert not any(v for t, v in timeline.items() if 0.5 < t < 5.0)  # each track's cooldown holds
-    assert sum(len(v) for t, v in timeline.items() if t >= 5.0) == 2  # and ends for each after 5 s
-    assert len({id(t) for t in a.tracks}) == 2
+    timeline = [(k * 0.5, kinds(a.analyse(two, k * 0.5))) for k in range(17)]  # 0 .. 8 s
+    # two strangers: two face.unknown, on two frames (one embedding a frame: the larger face first)
+    first = [(t, v) for t, v in timeline if t < 2.0 and v]
+    assert [v for _, v in first] == [["face.unknown"], ["face.unknown"]], timeline
+    assert first[0][0] == (0.5 if split else 0.0)
+    assert not any(v for t, v in timeline if 2.0 <= t < 5.0)  # each track's cooldown holds
+    assert sum(len(v) for t, v in timeline if t >= 5.0) == 2  # and ends for each after 5 s
+    assert len(a.tracks) == 2
 
 
+@pytest.mark.parametrize("split", [True, False])
 def test_a_known_person_has_a_cooldown_whatever_track_they_are_on(tmp_path: Path, vision_dir: Path,
-                                                                   portraits: dict,
-                                                                   pipeline: FacePipeline) -> None:
-    a = analyser(tmp_path, vision_dir, cooldown="10s")
+                                                                   portraits: dict, pipeline: FacePipeline,
+                                                                   split: bool) -> None:
+    a = analyser(tmp_path, vision_dir, cooldown="10s", split_frames=split)
     key = load_key(Path(tmp_path / "faces.key"))
     with Gallery(tmp_path, key) as g:
         g.enroll(Person("r-0101", "Eileen", "resident", "2026-01-01"),
                  [enrolment_embedding(pipeline, portraits["collins"][0])])
     here = scene(portraits, [("collins", 40, 100, 90)])
     there = scene(portraits, [("collins", 420, 150, 90), ("hopper", 40, 100, 90)])
-    assert kinds(a.analyse(here, 0.0)) == ["face.recognized"]
+    assert step(a, here, 0.0) == ["face.recognized"]
+    assert [label for _, _, label in a.found] == ["r-0101"]
     # she walks to the other side (a new track) while a stranger comes in: only the stranger is news
-    got = kinds(a.analyse(there, 0.2)) + kinds(a.analyse(there, 0.4))
-    assert got == ["face.unknown"]
+    assert step(a, there, 0.2) + step(a, there, 0.4) == ["face.unknown"]
+    assert sorted(label for _, _, label in a.found) == ["r-0101", "unknown"]
     empty = scene(portraits, [])
     for k in range(5):
         a.analyse(empty, 1.0 + k)  # both gone: their tracks end
     assert a.tracks == []
-    assert kinds(a.analyse(here, 8.0)) == []  # back within her cooldown: the same visit
-    assert kinds(a.analyse(here, 10.5)) == ["face.recognized"]  # after it, a new one
+    assert step(a, here, 8.0) == []  # back within her cooldown: the same visit
+    assert step(a, here, 10.5) == ["face.recognized"]  # after it, a new one

@@ -240,7 +240,11 @@ def test_cli_enroll_list_erase(tmp_path: Path, vision_dir: Path, images: dict[st
     assert states["yunet"] == states["sface"] == "ok" and states["clp_det"] == "missing" and code == 1
     code, out = run("bench", "vision", "--data-dir", str(data), "--image", str(good), "--repeat", "2", "--json",
                     "--idle", "0")
-    assert code == 0 and [r["faces"] for r in json.loads(out)["stages"]] == [1, 1]
+    doc = json.loads(out)  # the exit status follows the 25 ms target: a shared machine may miss it, no assertion
+    assert code == (0 if doc["ok"] else 1) and [r["faces"] for r in doc["stages"]] == [1, 1]
+    assert all(r["new_face_frame_ms"]["p90"] > 0 and r["new_face_next_frame_ms"]["p90"] > 0 for r in doc["stages"])
+    assert [t["figure"] for t in doc["targets"]] == ["stages[640x480].new_face_frame_ms.p90"]
+    assert all(p.startswith("new-face frame p90") for p in doc["problems"])
 
 
 frames = st.one_of(

@@ -1,8 +1,9 @@
 """`gateway bench vision`: the faces figures.
 
 The figure that matters is the **new-face frame** as the camera worker runs it (``FaceAnalyser``:
-detect, track, one embedding, gallery match), median and p90, with a target of 25 ms p90 at 640x480
-on one core. The stage figures (detect, align+embed per backend) say where the time goes.
+detect and track; the frame after it embeds and matches), median and p90 of both, with a target of
+25 ms p90 at 640x480 on one core (the worse of the two is held to it). The stage figures (detect,
+align+embed per backend) say where the time goes.
 """
 
 from __future__ import annotations
@@ -45,16 +46,23 @@ def measure(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, 
 
             row[f"align_embed_ms_{backend}"] = ms(embed, repeat)
         if faces:
-            row["new_face_frame_ms"], row["door_ms_per_frame"] = _worker(data_dir, frame, repeat)
+            row.update(_worker(data_dir, frame, repeat))
         rows.append(row)
     return rows
 
 
-def _worker(data_dir: Path, frame: Frame, repeat: int) -> tuple[dict[str, float], float]:
+def _stat(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
+    return {"median": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2)}
+
+
+def _worker(data_dir: Path, frame: Frame, repeat: int) -> dict[str, Any]:
     """As the camera worker runs faces (FaceAnalyser, shipped defaults, a 500-embedding gallery):
 
-    - the new-face frame: the face arrives (its earlier track has ended), so the frame is detected,
-      tracked, embedded once and matched; median and p90 over ``repeat`` arrivals;
+    - a face arrives (its earlier track has ended): the arrival frame and the frame after it, median and
+      p90 over ``repeat`` arrivals. With ``split_frames`` (the default) the arrival frame detects and
+      aligns, the next one embeds and matches; without it the arrival frame does it all (also measured,
+      for comparison);
     - the mean ms per analysed frame of a person standing 3 s at the door at 5 fps (detection every
       frame, an embedding when new and once a second after)."""
     import numpy as np
@@ -63,6 +71,7 @@ def _worker(data_dir: Path, frame: Frame, repeat: int) -> tuple[dict[str, float]
     from models.face_analyser import TRACK_GONE, FaceAnalyser
     from models.gallery import Gallery, Person, load_key
 
+    out: dict[str, Any] = {}
     with scratch(data_dir) as (work, key):
         rng = np.random.default_rng(0)
         with Gallery(work, load_key(key)) as gallery:
@@ -71,26 +80,33 @@ def _worker(data_dir: Path, frame: Frame, repeat: int) -> tuple[dict[str, float]
                 vecs = rng.normal(size=(each, 128)).astype(np.float32)
                 gallery.enroll(Person(f"p{i:03d}", f"Person {i}", "resident", "2025-01-01"),
                                list(vecs / np.linalg.norm(vecs, axis=1, keepdims=True)))
-        analyser = FaceAnalyser("bench", VisionConfig.model_validate({"faces": {"key_file": str(key)}}), work)
-        analyser.analyse(frame, -100.0)  # warm-up
-        times = []
+        analysers = {split: FaceAnalyser("bench", VisionConfig.model_validate(
+            {"faces": {"key_file": str(key), "split_frames": split}}), work) for split in (True, False)}
+        times: dict[tuple[bool, int], list[float]] = {(s, k): [] for s in (True, False) for k in (0, 1)}
+        for a in analysers.values():
+            a.analyse(frame, -100.0)  # warm-up
+            a.analyse(frame, -99.8)
         t = 0.0
-        for _ in range(repeat):
+        for _ in range(repeat):  # the two modes interleaved: a busy neighbour on the core hits both alike
             t += TRACK_GONE + 1.0  # the last face left long enough ago: this one is new
-            before = analyser.embedded
-            t0 = time.perf_counter()
-            analyser.analyse(frame, t)
-            times.append((time.perf_counter() - t0) * 1000)
-            if analyser.embedded != before + 1:
-                raise RuntimeError("the new-face frame was not embedded: the bench no longer measures it")
-        times.sort()
-        new_face = {"median": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2)}
+            for split, a in analysers.items():
+                before = a.embedded
+                for k in (0, 1):
+                    t0 = time.perf_counter()
+                    a.analyse(frame, t + k / 5)
+                    times[(split, k)].append((time.perf_counter() - t0) * 1000)
+                if a.embedded != before + 1:
+                    raise RuntimeError("the new face was not embedded once: the bench no longer measures it")
+        out["new_face_frame_ms"] = _stat(times[(True, 0)])
+        out["new_face_next_frame_ms"] = _stat(times[(True, 1)])
+        out["new_face_frame_ms_unsplit"] = _stat(times[(False, 0)])
+        a = analysers[True]
         t += TRACK_GONE + 1.0
         t0 = time.perf_counter()
         for k in range(15):
-            analyser.analyse(frame, t + k / 5)
-        door = round((time.perf_counter() - t0) * 1000 / 15, 2)
-    return new_face, door
+            a.analyse(frame, t + k / 5)
+        out["door_ms_per_frame"] = round((time.perf_counter() - t0) * 1000 / 15, 2)
+    return out
 
 
 def lines(row: dict[str, Any]) -> list[str]:
@@ -106,8 +122,10 @@ def lines(row: dict[str, Any]) -> list[str]:
         return [first + "   (no face in the frame: give --image PORTRAIT for the embed and new-face figures)"]
     out = [first]
     if "new_face_frame_ms" in row:
-        out.append("   faces as the worker runs them: " + stat("new-face frame", row["new_face_frame_ms"])
-                   + f"   a person 3 s at the door at 5 fps: {row['door_ms_per_frame']:.1f} ms per frame (mean)")
+        out.append("   faces as the worker runs them: a new face " + stat("arrives (detect)", row["new_face_frame_ms"])
+                   + "   " + stat("next frame (embed+match)", row["new_face_next_frame_ms"])
+                   + "   " + stat("both on one frame (split_frames=false)", row["new_face_frame_ms_unsplit"]))
+        out.append(f"   a person 3 s at the door at 5 fps: {row['door_ms_per_frame']:.1f} ms per frame (mean)")
     return out
 
 
@@ -116,10 +134,11 @@ def targets(report: Report, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row.get("resolution") != TARGET_RESOLUTION or "detect_ms" not in row:
             continue
-        actual = row["new_face_frame_ms"]["p90"] if "new_face_frame_ms" in row else None
+        actual = max(row["new_face_frame_ms"]["p90"], row["new_face_next_frame_ms"]["p90"]) \
+            if "new_face_frame_ms" in row else None
         target = report.target(f"stages[{TARGET_RESOLUTION}].new_face_frame_ms.p90",
-                               f"a new-face frame as the worker runs it, p90, {TARGET_RESOLUTION}, one thread",
-                               "<=", TARGET_MS, actual, " ms")
+                               f"a new-face frame (and the frame after it) as the worker runs them, p90, "
+                               f"{TARGET_RESOLUTION}, one thread", "<=", TARGET_MS, actual, " ms")
         if not target.met:
             report.problem("new-face frame: no face in the frame to measure it (give --image PORTRAIT)"
                            if actual is None else
