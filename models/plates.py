@@ -194,10 +194,14 @@ class PlateDetector:
         return found
 
 
-def rectify(frame: Image, corners: NDArray[np.float32], *, size: tuple[int, int] = (REC_WIDTH, REC_HEIGHT)) -> Image:
-    """The plate warped from its 4 corners (TL, TR, BR, BL) to ``size`` (w, h), the recogniser's input."""
+def rectify(frame: Image, corners: NDArray[np.float32], *, size: tuple[int, int] = (REC_WIDTH, REC_HEIGHT),
+            pad: tuple[float, float] = (0.0, 0.0)) -> Image:
+    """The plate warped from its 4 corners (TL, TR, BR, BL) to ``size`` (w, h), the recogniser's input, with
+    ``pad`` (fractions of w, h) of what is around the plate on each side."""
     w, h = size
-    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    px, py = pad  # a margin around the plate
+    dst = np.array([[w * px, h * py], [w * (1 - px), h * py], [w * (1 - px), h * (1 - py)], [w * px, h * (1 - py)]],
+                   dtype=np.float32)
     m = cv2.getPerspectiveTransform(np.asarray(corners, dtype=np.float32).reshape(4, 2), dst)
     out = cv2.warpPerspective(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.asarray(out, dtype=np.uint8)
@@ -348,7 +352,10 @@ on the rendered set), above the second a single-row one (440x140 / 480x140, meas
 both readings are tried and the better kept."""
 TOP_SQUEEZE = 0.6
 DOUBLE_SIZE = (220, 110)
-"""A double-row plate is rectified to this before its rows are split."""
+DOUBLE_PAD = (0.0, 0.1)
+"""A double-row plate is rectified to DOUBLE_SIZE with this margin (fractions of w, h) before its rows are split:
+the detector's corners often clip its top row (measured: 300 rendered plates, >= 120 px read exactly 63 % -> 70 %,
+the same margin on single-row plates lowers it)."""
 
 
 def quad_aspect(corners: NDArray[np.float32]) -> float:
@@ -457,7 +464,7 @@ class PlateReader:
 
         done = False
         if aspect < DOUBLE_ROW_ASPECT[1]:
-            plate = rectify(bgr, det.corners, size=DOUBLE_SIZE)
+            plate = rectify(bgr, det.corners, size=DOUBLE_SIZE, pad=DOUBLE_PAD)
             done = settle(2, self.recogniser.read_text(join_rows(plate)))
             top, bottom = split_rows(plate)
             for width in DOUBLE_BOTTOM_WIDTHS if not done else ():  # each row read on its own, then joined
@@ -465,11 +472,11 @@ class PlateReader:
                                     self.recogniser.read_text(bottom, width))):
                     break
         if not done and aspect >= DOUBLE_ROW_ASPECT[0]:
-            done = settle(1, self.recogniser.read_text(rectify(bgr, det.corners)))
             # A read that is not a confident plate (a lost or doubled character, mostly) gets a second look at
-            # other widths, ~8 ms each; the first publishable one wins, else the best of all.
-            for width in RETRY_WIDTHS if not done else ():
-                if settle(1, self.recogniser.read_text(rectify(bgr, det.corners, size=(width, REC_HEIGHT)), width)):
+            # other widths, ~4 ms each; the first publishable one wins, else the best of all.
+            for width in (REC_WIDTH, *RETRY_WIDTHS):
+                crop = rectify(bgr, det.corners, size=(width, REC_HEIGHT))
+                if settle(1, self.recogniser.read_text(crop, width)):
                     break
         rows, best = max(tries, key=lambda t: (judge(t[1], min_conf) is None, valid_plate(t[1].text), t[1].score))
         return PlateRead(best.text, best.score, det, valid_plate(best.text), confs=best.confs, probs=best.probs,

@@ -237,3 +237,29 @@ def build_set(testdata: Path, n: int = 240, *, seed: int = 17, size: tuple[int, 
 def width_band(width: float) -> str:
     """The target bands of the bench: '<80', '80-120', '>=120'."""
     return "<80" if width < 80 else "80-120" if width < 120 else ">=120"
+
+
+Passage = list[Scene]
+
+
+def build_passages(testdata: Path, n: int = 100, *, seed: int = 17, frames: int = 5,
+                   size: tuple[int, int] = (1280, 720), widths: tuple[float, float] = (60.0, 300.0)) -> list[Passage]:
+    """``n`` plates each seen on ``frames`` frames, as a camera sees a car pass: the same plate, background and
+    conditions, the plate a little nearer each frame (widths 0.94x to 1.06x of its own), placed, warped and
+    noised afresh each frame. Kinds, widths and conditions are spread as in :func:`build_set`."""
+    rng = random.Random(seed)
+    backgrounds = load_backgrounds(testdata)
+    names = sorted(backgrounds)
+    lo, hi = widths
+    spread = [lo + (hi - lo) * (i + 0.5) / n for i in range(n)]
+    rng.shuffle(spread)
+    passages = []
+    for i in range(n):
+        kind = KINDS[i % len(KINDS)]
+        conditions = CONDITIONS[(i // len(KINDS)) % len(CONDITIONS)]
+        name = rng.choice(names)
+        text = random_plate(rng, kind)
+        steps = [0.94 + 0.12 * k / max(1, frames - 1) for k in range(frames)]
+        passages.append([make_scene(backgrounds[name], text, kind, spread[i] * s, rng, conditions=conditions,
+                                    size=size, name=name) for s in steps])
+    return passages
