@@ -44,4 +44,5 @@ ANALYSERS: dict[str, type[FaceAnalyser] | type[PlateAnalyser] | type[FallAnalyse
 
 def build(camera: CameraConfig, vision: VisionConfig, data_dir: Path) -> list[Analyser]:
     """The camera's analysers, models loaded; raises FetchError / GalleryError with a reason to show."""
-    return [ANALYSERS[name](camera.id, vision, data_dir) for name in camera.detect]
+    return [PlateAnalyser(camera.id, vision, data_dir, max_width=camera.max_width) if name == "plates"  # boxes on
+            else ANALYSERS[name](camera.id, vision, data_dir) for name in camera.detect]  # the fitted frame
