@@ -261,7 +261,7 @@ class FaceUnknown(CameraData):
 
 class PlateRead(CameraData):
     plate: str = Field(description="The plate, normalised, e.g. 京A12345.")
-    score: float = Field(description="Reading confidence, 0-1.")
+    score: float = Field(description="Reading confidence, 0-1: the weakest character's, over the frames voted.")
     list: Literal["allowlist", "blocklist"] | None = Field(description="The list it is on, or null.")
 
 
@@ -286,7 +286,8 @@ class FallSuspected(CameraData):
 class PlateUnreadable(CameraData):
     score: float = Field(description="Confidence of the read, 0-1, below what is needed.")
     width_px: float = Field(description="Plate width in the frame, pixels.")
-    reason: str = Field(description="Why it was not published as a plate: low_confidence or invalid_format.")
+    reason: str = Field(description="Why it was not published as a plate: low_confidence (a character below "
+                                    "vision.plates.min_char_conf), invalid_format or no_text.")
     crop: str | Absent = Field(None, description="File name of the crop kept on the box for review, if any.")
 
 
