@@ -1,0 +1,271 @@
+"""Models shared between cameras: the real daemon, real services, real workers, real models.
+
+One inference service per model family serves every camera (``models.service``, ``models.remote``).
+Here a camera worker is killed, a service is killed, cameras come and go by a reload, and hostile
+requests reach a service: the others carry on every time, and no worker holds a model of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from conftest import running, write_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.config import load_config
+from gateway.core.data import Event
+from gateway.daemon import Daemon
+from models import remote
+from models.config import VisionConfig
+from models.service import Service
+from simulators.camera import MjpegCamera, scene
+
+
+def _config(tmp: Path, vision_dir: Path, cameras: dict[str, tuple[str, list[str]]]) -> Path:
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    if not (data / "models").exists():
+        (data / "models").symlink_to(vision_dir / "models")
+    key = tmp / "faces.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+    path = tmp / "gateway.toml"
+    if not path.exists():
+        write_config(path, data_dir=data, mqtt_port=None, buses=[], devices=[])
+        (tmp / "base.toml").write_text(path.read_text())
+    text = (tmp / "base.toml").read_text() + f'\n[vision.faces]\nkey_file = "{key}"\n'
+    for cid, (url, detect) in cameras.items():
+        text += (f'\n[[cameras]]\nid = "{cid}"\nurl = "{url}"\nfps = 5\ndetect = {json.dumps(detect)}\n'
+                 'stall_timeout = "2s"\nreconnect_max = "2s"\nmotion = { enabled = false }\n')
+    path.write_text(text)
+    return path
+
+
+def _image(vision_dir: Path) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    image = cv2.imread(str(vision_dir / "testdata" / "astronaut.png"))
+    assert image is not None
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+async def _until(check: Callable[[], Any], within: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {within:g} s: {what or check}")
+
+
+def _analysed(daemon: Daemon, camera: str) -> int:
+    return int(daemon.cameras[camera].status.get("analysed", 0) or 0)
+
+
+async def test_cameras_share_the_services_and_survive_a_killed_worker_a_killed_service_and_a_reload(
+        tmp_path: Path, vision_dir: Path) -> None:
+    portrait = _image(vision_dir)
+    async with MjpegCamera([scene(portrait)], fps=5) as cam:
+        path = _config(tmp_path, vision_dir, {"door": (cam.url, ["faces", "plates"]), "hall": (cam.url, ["faces"])})
+        daemon = Daemon(load_config(path), config_path=path)
+        seen: list[Event] = []
+        daemon.bus.on_event(seen.append)
+        async with running(daemon):
+            await _until(lambda: _analysed(daemon, "door") > 0 and _analysed(daemon, "hall") > 0, 60, "analysing")
+            tasks = daemon.supervisor.tasks
+            assert "vision:faces" in tasks and "vision:plates" in tasks and "vision:pose" not in tasks
+            faces, plates = (daemon.services.running[f][1] for f in ("faces", "plates"))
+            assert faces.pid and plates.pid
+            door, hall = daemon.cameras["door"].pid, daemon.cameras["hall"].pid
+            assert door and hall
+            plates_pid = plates.pid
+            # The models are in the services, once; the workers only send frames.
+            assert "onnxruntime" in _maps(faces.pid) and "onnxruntime" in _maps(plates.pid)
+            assert "onnxruntime" not in _maps(door) and "onnxruntime" not in _maps(hall)
+            assert faces.status["state"] == "serving" and plates.status["state"] == "serving"
+
+            # A camera killed: the services and the other camera never notice.
+            os.kill(door, signal.SIGKILL)
+            before = _analysed(daemon, "hall")
+            await _until(lambda: daemon.cameras["door"].pid not in (None, door), 30, "door restarted")
+            await _until(lambda: _analysed(daemon, "door") > 0 and _analysed(daemon, "hall") > before + 5, 30)
+            assert (faces.pid, plates.pid, daemon.cameras["hall"].pid) == (faces.pid, plates.pid, hall)
+            crashed = [e.source for e in seen if e.kind == "gateway.task_crashed"]
+            assert crashed == ["camera:door"], crashed
+
+            # A service killed: it is restarted, the cameras' frames in the gap are errors, no worker dies.
+            door = daemon.cameras["door"].pid
+            old = faces.pid
+            os.kill(old, signal.SIGKILL)
+            await _until(lambda: faces.pid not in (None, old) and faces.status.get("state") == "serving", 30,
+                         "faces service back")
+            await _until(lambda: any(e.kind == "camera.error" and "faces service" in e.payload.get("error", "")
+                                     for e in seen), 10, "the gap said")
+            count = _analysed(daemon, "hall")
+            await _until(lambda: _analysed(daemon, "hall") > count + 10, 30, "hall analysing again")
+            errors, count = int(daemon.cameras["hall"].status.get("errors", 0)), _analysed(daemon, "hall")
+            await _until(lambda: _analysed(daemon, "hall") > count + 10, 30, "hall analysing on")
+            assert int(daemon.cameras["hall"].status.get("errors", 0)) == errors  # the gap is over
+            assert (daemon.cameras["door"].pid, daemon.cameras["hall"].pid) == (door, hall)
+            crashed = [e.source for e in seen if e.kind == "gateway.task_crashed"]
+            assert crashed == ["camera:door", "vision:faces"], crashed
+
+            # A reload: a falls camera comes, the plates camera goes; the services follow.
+            _config(tmp_path, vision_dir, {"hall": (cam.url, ["faces"]), "yard": (cam.url, ["falls"])})
+            answer = await daemon.reload("test")
+            assert answer["applied"] is True, answer
+            await _until(lambda: "yard" in daemon.cameras and _analysed(daemon, "yard") > 0, 60, "yard analysing")
+            tasks = daemon.supervisor.tasks
+            assert "vision:pose" in tasks and "vision:plates" not in tasks and "vision:faces" in tasks
+            pose = daemon.services.running["pose"][1]
+            assert pose.pid and "ai_edge_litert" in _maps(pose.pid)
+            assert daemon.cameras["hall"].pid == hall and faces.pid not in (None, old)
+            assert "plates" not in daemon.services.running  # stopped, and its process reaped:
+            with pytest.raises(ProcessLookupError):
+                os.kill(plates_pid, 0)
+        assert not [e for e in seen if e.kind == "camera.error" and "service" not in e.payload.get("error", "")]
+
+
+# -- one service process, spoken to directly ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faces_service(vision_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
+    """The faces service, a real process; yields a function giving its socket (``restart=True``: a new one)."""
+    run_dir = Path(tmp_path_factory.mktemp("run"))
+    sock = run_dir / "vision" / "faces.sock"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*, restart: bool = False) -> Path:
+        if procs and not restart:
+            return sock
+        job = json.dumps({"vision": VisionConfig().model_dump(mode="json"), "data_dir": str(vision_dir),
+                          "socket": str(sock)}).encode() + b"\n"
+        proc = subprocess.Popen([sys.executable, "-m", "models.service", "faces"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdin and proc.stdout
+        proc.stdin.write(job)
+        proc.stdin.close()
+        ready = json.loads(proc.stdout.readline())
+        assert ready["t"] == "ready" and not ready["error"], ready
+        procs.append(proc)
+        return sock
+
+    start()
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_proxy_answers_as_the_model_does_and_survives_a_service_restart(
+        vision_dir: Path, faces_service: Callable[..., Path]) -> None:
+    from models.faces import FaceDetector, align
+    from models.fetch import model_path
+    from models.hosting import FAMILIES
+
+    socket_path = faces_service()
+    frame = _image(vision_dir)
+    local = FaceDetector(model_path(vision_dir, "yunet"), threads=1)
+    hosted = remote.connect("faces", socket_path)
+    assert set(hosted) == set(FAMILIES["faces"](vision_dir, VisionConfig()))
+    want, got = local.detect(frame), hosted["detector"].detect(frame)
+    assert len(got) == len(want) == 1
+    assert np.allclose(got[0].box, want[0].box, atol=1e-3) and np.allclose(got[0].landmarks, want[0].landmarks)
+    assert hosted["detector"].size == local.size  # a plain attribute, read without a call
+    view = frame[:, ::-1]  # a strided view goes through the shared memory as well
+    assert len(hosted["detector"].detect(view)) == 1
+    big = cv2.resize(frame, (1920, 1920))  # larger than the first shared memory: a new one is sent
+    assert len(hosted["detector"].detect(big)) == 1
+    aligned = align(frame, want[0].landmarks)
+    vec = hosted["embedder"].embed(aligned)
+    assert vec.shape == (128,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-4
+    with pytest.raises(remote.RemoteError, match="no method"):
+        hosted["detector"].teleport(frame)
+    with pytest.raises(remote.RemoteError):
+        hosted["detector"].detect("not a frame")  # the model raises; the service answers and goes on
+    assert len(hosted["detector"].detect(frame)) == 1
+
+    pid = _pid_of(socket_path)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(remote.ServiceUnavailable, match="faces service"):
+        hosted["detector"].detect(frame)
+    faces_service(restart=True)
+    time.sleep(remote.RETRY_AFTER)
+    assert len(hosted["detector"].detect(frame)) == 1  # the same proxy, connected again
+
+
+def _pid_of(sock: Path) -> int:
+    """The service's pid, as the kernel says who is at the other end of a connection (SO_PEERCRED)."""
+    import struct
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock))
+        pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return int(pid)
+
+
+def test_hostile_bytes_on_the_socket_never_stop_the_service(vision_dir: Path,
+                                                            faces_service: Callable[..., Path]) -> None:
+    sock_path = faces_service()
+    frame = _image(vision_dir)
+    hosted = remote.connect("faces", sock_path)
+    assert len(hosted["detector"].detect(frame)) == 1
+    attacks = [
+        b"\xff" * 64,  # a length far over the limit
+        remote.HEAD.pack(10, 1000),  # too many buffers
+        remote.pack(b"not a pickle at all", []),
+        remote.pack(pickle.dumps(("call", "detector", "detect", (), {}))[:-3], []),  # cut short
+        remote.pack(pickle.dumps(os.system), []),  # a class the unpickler must refuse
+        remote.pack(pickle.dumps(("call", "detector", "__init__", (), {})), []),
+        remote.pack(pickle.dumps(("call", "detector", "detect", (), {})), [(0, 1 << 40)]),  # outside the memory
+    ]
+    for attack in attacks:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock_path))
+            s.sendall(attack)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                reply = b"".join(iter(lambda: s.recv(65536), b""))
+            except ConnectionResetError:  # closed on us with our bytes unread: a refusal too
+                reply = b""
+            if reply:
+                body = reply[remote.HEAD.size:]
+                answer = remote.loads(body)
+                assert answer[0] == "error", (attack[:40], answer)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # a peer that hangs up mid-message
+        s.connect(str(sock_path))
+        s.sendall(remote.HEAD.pack(1000, 0) + b"abc")
+    assert len(hosted["detector"].detect(frame)) == 1  # the service is there, serving
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=300),
+                      st.builds(lambda a, b, c: pickle.dumps((a, b, c)), st.sampled_from(["call", "hello", "x"]),
+                                st.text(max_size=12), st.one_of(st.integers(), st.text(max_size=8)))),
+       slots=st.lists(st.tuples(st.integers(0, 1 << 62), st.integers(0, 1 << 62)), max_size=4))
+def test_any_request_gets_an_answer_and_never_an_exception(tmp_path: Path, body: bytes,
+                                                           slots: list[tuple[int, int]]) -> None:
+    service = Service("plates", VisionConfig(), tmp_path, tmp_path / "s.sock", pool=1)  # no models: loads fail
+    answer = service.handle(body, slots, None)
+    assert isinstance(answer, tuple) and answer[0] in ("error", "hello")
