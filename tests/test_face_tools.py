@@ -13,6 +13,9 @@ cv2 = pytest.importorskip("cv2")
 np = pytest.importorskip("numpy")
 pytest.importorskip("cryptography")
 
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
 from models.faces import ENROL_MIN_FACE, FacePipeline, assess_enrolment  # noqa: E402
 from models.gallery import Gallery, Person, create_key, load_key  # noqa: E402
 
@@ -139,3 +142,20 @@ def test_identify_reports_every_face_and_bad_files(cli, tmp_path: Path, images: 
     os.environ.pop("CREDENTIALS_DIRECTORY", None)
     code, _ = run("vision", "identify", str(scene), "--data-dir", str(data))  # no key anywhere: said, exit 1
     assert code == 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=2000),
+                      st.builds(lambda tail: b"\x89PNG\r\n\x1a\n" + tail, st.binary(max_size=500)),
+                      st.builds(lambda tail: b"\xff\xd8\xff\xe0" + tail, st.binary(max_size=500))))
+def test_identify_never_raises_on_hostile_files(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline,
+                                                data: bytes) -> None:
+    from gateway.cli.vision_identify import identify
+    from models.config import FacesConfig
+
+    work = tmp_path_factory.mktemp("hostile")
+    path = work / "x.jpg"
+    path.write_bytes(data)
+    with Gallery(work, os.urandom(32)) as g:
+        row = identify(pipeline, g, {}, FacesConfig(), path)
+    assert row["image"] == str(path) and ("error" in row or isinstance(row["faces"], list))
