@@ -392,7 +392,8 @@ def assess_enrolment(pipeline: FacePipeline, frame: object, *, min_face: float =
     if not confident:
         best = found[0]
         return Assessment((Check("score", best.score, min_score,
-                                 f"the only face-like region scores {best.score:.2f} (need {min_score:.2f})",
+                                 f"no clear face: the best face-like region scores {best.score:.2f} "
+                                 f"(need {min_score:.2f})",
                                  "use a sharper, frontal, well lit photo of the face", True),), box=best.box)
     if len(confident) > 1:
         sizes = ", ".join(f"{f.size:.0f}" for f in confident)
