@@ -34,6 +34,8 @@ TARGET_FRAME_MS = 60.0
 TARGET_EXACT = {">=120": 0.85, "80-120": 0.60}
 TARGET_WRONG = 0.02
 """Issue 17: exact >= 85 % (plates >= 120 px wide), >= 60 % (80-120 px); wrong-but-published <= 2 % of all."""
+MIN_JUDGED = 20
+"""A band with fewer plates (a toy run, ``--repeat 2``) is printed but not judged against its target."""
 
 
 def measure(data_dir: Path, frames: list[Frame], repeat: int) -> list[dict[str, Any]]:
@@ -185,6 +187,8 @@ def lines(r: dict[str, Any]) -> list[str]:
                            f"{c.get('unreadable', 0):3d} / {c.get('wrong', 0):2d}        exact {c['exact_rate']:.0%}"
                            f"{target}")
         out.append(f"    wrong-but-published {a['wrong_rate']:.1%} of all plates (target <= {TARGET_WRONG:.0%})")
+        if a["passages"] < 2 * MIN_JUDGED:
+            out.append(f"    (too few passages to judge the targets: {a['passages']}; use --repeat 30)")
     if "plate_scenes_skipped" in r:
         out.append(f"plate scenes skipped: {r['plate_scenes_skipped']}")
     return out
@@ -194,7 +198,7 @@ def targets(report: Report, results: list[dict[str, Any]]) -> None:
     """A problem for each issue-17 plate target the figures miss."""
     for r in results:
         f = r.get("plate_scene_frame_ms")
-        if f and f["p90"] > TARGET_FRAME_MS:
+        if f and f["p90"] > TARGET_FRAME_MS and f["scenes"] >= 2 * MIN_JUDGED:  # a p90 of a toy run says little
             report.problem(f"plate frame on real scenes at {r['resolution']}: p90 {f['p90']:.1f} ms > "
                            f"{TARGET_FRAME_MS:.0f} ms")
         a = r.get("plate_passages")
@@ -202,7 +206,7 @@ def targets(report: Report, results: list[dict[str, Any]]) -> None:
             continue
         for band, need in TARGET_EXACT.items():
             got = a["bands"][band]["exact_rate"]
-            if got is not None and got < need:
+            if got is not None and got < need and a["bands"][band]["plates"] >= MIN_JUDGED:
                 report.problem(f"plate passages {band} px wide: {got:.0%} read exactly < {need:.0%}")
-        if a["wrong_rate"] is not None and a["wrong_rate"] > TARGET_WRONG:
+        if a["wrong_rate"] is not None and a["wrong_rate"] > TARGET_WRONG and a["passages"] >= 2 * MIN_JUDGED:
             report.problem(f"plate passages: {a['wrong_rate']:.1%} published wrong > {TARGET_WRONG:.0%}")
