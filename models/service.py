@@ -267,17 +267,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+M_ARENA_MAX = -8
 
 
 def _steady_memory() -> None:
-    """glibc's malloc would give every thread serving a camera an arena of its own and, once a frame-sized
-    buffer has been freed, keep later ones in them: the service would grow with each camera (measured: 30-40
-    MB a camera). Two arenas, and buffers over 256 KiB mapped and returned at once, keep it flat."""
+    """glibc's malloc gives each thread that serves a camera an arena of its own and keeps freed frame-sized
+    buffers in it, so the service grew with each camera (measured: 10-20 MB a camera and a family). One arena
+    for all threads holds only what the calls under way need at once. (Mapping every buffer over 256 KiB
+    afresh kept it as flat but cost a faces call 5 ms in page faults.)"""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_ARENA_MAX, 2)
-        libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
