@@ -332,3 +332,18 @@ def test_gateway_vision_plates(vision_dir: Path, tmp_path: Path, background: np.
     assert [c["char"] for c in plate["chars"]] == list("沪AB1234") and all(c["conf"] >= 0.85 for c in plate["chars"])
     assert 180 < plate["width_px"] < 220 and len(plate["box"]) == 4
     assert "error" in rows[1] and "error" in rows[2]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.builds(lambda head, tail: head + tail,
+                                                         st.sampled_from([b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n",
+                                                                          b"BM", b"GIF89a"]),
+                                                         st.binary(max_size=300))))
+def test_vision_plates_takes_any_file(reader: PlateReader, tmp_path: Path, data: bytes) -> None:
+    from gateway.cli.vision_plates import read_image
+    from models.config import PlatesConfig
+
+    path = tmp_path / "x.img"
+    path.write_bytes(data)
+    row = read_image(reader, PlatesConfig(), path)
+    assert row["image"] == str(path) and ("error" in row or isinstance(row["plates"], list))
