@@ -26,7 +26,15 @@ from models.plates import (
     province_prior,
     valid_plate,
 )
-from simulators.plate_scenes import RenderError, make_scene, motion_blur, paste, random_plate, render_plate
+from simulators.plate_scenes import (
+    RenderError,
+    load_backgrounds,
+    make_scene,
+    motion_blur,
+    paste,
+    random_plate,
+    render_plate,
+)
 
 
 def random_plates(n: int, seed: int = 6) -> list[str]:
@@ -229,7 +237,7 @@ def test_double_row_plates_are_read_by_rows(reader: PlateReader, vision_dir: Pat
     if kind == "trailer":
         random_plate(rng, "yellow2")  # the same draws as the sweep that chose these scenes
     text = random_plate(rng, kind)
-    brick = cv2.imread(str(vision_dir / "testdata" / "brick.png"))
+    brick = load_backgrounds(vision_dir / "testdata")["brick.png"]
     scene = make_scene(brick, text, kind, 220, rng)
     reads = reader.read(scene.frame)
     assert [(r.text, r.rows, r.published) for r in reads] == [(text, 2, True)]
