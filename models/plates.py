@@ -520,8 +520,12 @@ class Verdict:
 
 
 def combine(reads: list[PlateRead], charset: str) -> TextRead:
-    """Per-character evidence of several frames: the reads of the most common length, their distributions
-    averaged position by position; each character is the best of its average, its confidence that average."""
+    """Per-character evidence of several frames: the reads of the most common length, position by position,
+    combined as a tempered product: the sum of the log-probabilities over n frames divided by sqrt(n), then
+    renormalised. Frames that agree make a character surer, frames that disagree make it doubtful. A plain
+    mean ignores agreement; a full product would count frames of one car as independent evidence, which they
+    are not (the same glare, the same angle). Measured on 150 passages of 5 frames: mean 85 of 113 plates
+    >= 120 px published exactly, 0 wrong of 150; tempered product 97 of 113, 2 wrong of 150."""
     if not reads:
         return EMPTY
     lengths: dict[int, list[PlateRead]] = {}
@@ -531,10 +535,14 @@ def combine(reads: list[PlateRead], charset: str) -> TextRead:
     if not lengths:
         return EMPTY
     group = max(lengths.values(), key=len)
-    mean = np.mean(np.stack([r.probs for r in group if r.probs is not None]), axis=0).astype(np.float32)
-    best = mean.argmax(axis=1)
-    return TextRead("".join(charset[int(i)] for i in best), tuple(float(mean[k, i]) for k, i in enumerate(best)),
-                    mean)
+    stack = np.stack([r.probs for r in group if r.probs is not None])
+    logp = np.log(np.clip(stack, 1e-6, 1.0)).sum(axis=0) / len(stack) ** 0.5
+    logp -= logp.max(axis=1, keepdims=True)
+    post = np.exp(logp)
+    post = (post / post.sum(axis=1, keepdims=True)).astype(np.float32)
+    best = post.argmax(axis=1)
+    return TextRead("".join(charset[int(i)] for i in best), tuple(float(post[k, i]) for k, i in enumerate(best)),
+                    post)
 
 
 class PlateVoter:
