@@ -164,7 +164,8 @@ class Gallery:
         """Create the tables, or upgrade a version 0 file (names and roles in clear) in place."""
         if "name" not in self._columns():
             self.db.executescript(_SCHEMA)
-            self.db.execute(f"PRAGMA user_version = {VERSION}")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != VERSION:  # a new file: no write otherwise
+                self.db.execute(f"PRAGMA user_version = {VERSION}")
             return
         # Version 0. The key must be the one the embeddings were sealed with, or the names would be
         # sealed with a key that opens nothing: check it on one embedding before touching anything.
