@@ -159,3 +159,23 @@ def test_identify_never_raises_on_hostile_files(tmp_path_factory: pytest.TempPat
     with Gallery(work, os.urandom(32)) as g:
         row = identify(pipeline, g, {}, FacesConfig(), path)
     assert row["image"] == str(path) and ("error" in row or isinstance(row["faces"], list))
+
+
+def test_erase_without_the_face_models_still_erases_and_says_what_it_could_not_check(
+        cli, tmp_path: Path, images: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    run, data = cli
+    for f in (data / "models").iterdir():
+        f.unlink()  # the models are gone (a box whose vision extra was removed)
+    keyf = tmp_path / "faces.key"
+    create_key(keyf)
+    with Gallery(data, load_key(keyf)) as g:
+        g.enroll(Person("p1", "P One", "resident", "2025-01-01"), [np.ones(128, np.float32)])
+    (data / "snapshots" / "gate").mkdir(parents=True)
+    snap = data / "snapshots" / "gate" / "20251231T080000-000-face.unknown.jpg"
+    cv2.imwrite(str(snap), images["collins"])
+    code, out = run("faces", "erase", "p1", "--data-dir", str(data), "--key-file", str(keyf), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["embeddings_removed"] == 1 and snap.exists()
+    assert doc["unknown_snapshots"]["removed"] == 0 and "not checked" in doc["unknown_snapshots"]["error"]
+    with Gallery(data, load_key(keyf)) as g:
+        assert g.people() == []
