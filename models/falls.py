@@ -54,6 +54,10 @@ from models.events import vision_event
 L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 11, 12, 23, 24
 MIN_TORSO = 4.0
 """A torso shorter than this (pixels) is too small to measure an angle on: the frame is ignored."""
+SLACK = 1e-3
+"""Seconds of slack in the window and hold comparisons. Frame times are epoch seconds (a live camera, or a file
+read by a camera: its start plus the position) or positions in a file (``gateway vision falls``); with frames
+exactly ``window`` or ``hold`` apart, float rounding would otherwise decide differently for the two origins."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +172,7 @@ class FallDetector:
         tr.last_t = t
         cfg = self.config
         s = measure(t, landmarks) if landmarks is not None else None
-        while tr.history and tr.history[0].t < t - cfg.window:
+        while tr.history and tr.history[0].t < t - cfg.window - SLACK:
             tr.history.popleft()
         if tr.alarmed:
             if s is not None and tr.fall is not None and self._up(s, tr.fall.before):
@@ -200,7 +204,7 @@ class FallDetector:
         else:
             tr.history.append(s)
             return []
-        if t - fall.start >= cfg.hold:
+        if t - fall.start >= cfg.hold - SLACK:
             tr.alarmed = True
             out.append(fall_event(camera, self._confidence(fall), descent=fall.descent, angle=fall.angle,
                                   down_for=t - fall.start, track=track))

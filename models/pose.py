@@ -227,6 +227,11 @@ class PoseLandmarker:
         return body, xy[NUM_LANDMARKS:NUM_LANDMARKS + 2].copy(), presence
 
 
+def _turn(a: float, b: float) -> float:
+    """The angle between two rotations (radians, 0..pi)."""
+    return abs((a - b + math.pi) % (2 * math.pi) - math.pi)
+
+
 @dataclass(frozen=True, slots=True)
 class _Track:
     roi: Roi
@@ -235,6 +240,8 @@ class _Track:
     """Tracked frames since the last detection."""
     detected: bool = False
     """The ROI came from the detector (on the previous frame), not from landmarks."""
+    origin: float = 0.0
+    """The rotation of the crop the detector found: tracking ends once the crop has turned ``max_drift`` from it."""
 
 
 class PoseTracker:
@@ -259,7 +266,8 @@ class PoseTracker:
 
     def __init__(self, detector: PoseDetector, landmarker: PoseLandmarker, *, presence_threshold: float = 0.5,
                  motion: float = 0.05, detected_motion: float = 0.10, max_turn: float = math.radians(8),
-                 redetect_every: int = 10, defer: bool = True) -> None:
+                 max_drift: float = math.radians(20), redetect_every: int = 10, defer: bool = True) -> None:
+        self.max_drift = max_drift
         self.defer = defer
         self.detected_motion = detected_motion
         self.detector = detector
@@ -318,7 +326,7 @@ class PoseTracker:
         if track is None and self.defer:
             roi = self.detect_roi(bgr)
             if roi is not None:
-                self._tracks[camera] = _Track(roi, (roi.cx, roi.cy), 0, detected=True)
+                self._tracks[camera] = _Track(roi, (roi.cx, roi.cy), 0, detected=True, origin=roi.rotation)
             return None
         pose = None
         if track is not None:
@@ -335,11 +343,12 @@ class PoseTracker:
             return pose
         if track is not None:
             moved = math.hypot(hips[0] - track.hips[0], hips[1] - track.hips[1]) / max(pose.roi.size, 1.0)
-            turned = abs((following.rotation - pose.roi.rotation + math.pi) % (2 * math.pi) - math.pi)
+            turned = _turn(following.rotation, pose.roi.rotation)
             limit = self.detected_motion if track.detected else self.motion
-            if moved > limit or turned >= self.max_turn or track.age + 1 >= self.redetect_every:
+            if (moved > limit or turned >= self.max_turn or _turn(following.rotation, track.origin) >= self.max_drift
+                    or track.age + 1 >= self.redetect_every):
                 return pose  # no track: the next frame detects
-            self._tracks[camera] = _Track(following, hips, track.age + 1)
+            self._tracks[camera] = _Track(following, hips, track.age + 1, origin=track.origin)
         else:
-            self._tracks[camera] = _Track(following, hips, 0)
+            self._tracks[camera] = _Track(following, hips, 0, origin=following.rotation)
         return pose

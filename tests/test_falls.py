@@ -243,6 +243,21 @@ def test_the_fall_is_suspected_at_once_and_detected_after_the_hold() -> None:
         == ["fall.suspected"]
 
 
+def test_the_same_frames_give_the_same_events_from_any_time_origin() -> None:
+    """A clip's frames are timed from 0 by `gateway vision falls` and from the epoch by a camera: frames exactly one
+    window (1 s) or one hold apart must be judged alike from both origins."""
+    track = fall_track(7.0)  # the frame at t = 1.3 is exactly 1 s after the standing frame at 0.3: the highest
+    track[3] = (0.3, body(290))
+    for origin in (1_764_900_000.0, 1_764_900_000.123456, 2.0**31):
+        shifted = [(origin + t, lm) for t, lm in track]
+        here = feed(FallDetector(FallConfig(hold=5.0)), track, kind="")
+        there = feed(FallDetector(FallConfig(hold=5.0)), shifted, kind="")
+        assert [(round(t, 6), e.kind, e.payload) for t, e in here] == \
+            [(round(t - origin, 6), e.kind, e.payload) for t, e in there]
+        assert [round(t - origin, 3) for t, _ in there] == [1.3, 6.3]
+        assert there[0][1].payload["descent_torso"] == 1.23  # measured from t = 0.3, in the window from either
+
+
 def test_with_no_hold_both_come_on_the_frame_of_the_fall() -> None:
     events = feed(FallDetector(FallConfig(hold=0.0)), fall_track(2.0), kind="")
     assert [(t, e.kind) for t, e in events] == [(1.3, "fall.suspected"), (1.3, "fall.detected")]
