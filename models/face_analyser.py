@@ -41,6 +41,8 @@ TRACK_GONE = 2.0
 """A track not seen for this long (seconds of frame time) ends; the face is new when it comes back."""
 EMBEDS_PER_FRAME = 1
 """Embeddings at most per analysed frame; the rest wait for the next frames (largest face first)."""
+CLOCK_BACK = 5.0
+"""Frame time this far behind the last frame's means the clock went back: tracks and cooldowns start over."""
 MAX_TRACKS = 64
 """More faces than this at once: the smallest are not tracked (bounded memory on a crowd)."""
 
@@ -92,8 +94,9 @@ class FaceAnalyser:
         self._next_id = 1
         self.embedded = 0
         self.found: list[tuple[str, Box, str]] = []
-        self._queued: tuple[Track, Image] | None = None
-        self._pairs: list[tuple[Track, Face]] = []  # a crop aligned on the last frame, embedded on this one
+        self._queued: tuple[Track, Image] | None = None  # a crop aligned on the last frame, embedded on this one
+        self._pairs: list[tuple[Track, Face]] = []  # the last detected frame's faces and their tracks
+        self._last_now = float("-inf")
 
     @property
     def busy(self) -> bool:
@@ -128,6 +131,9 @@ class FaceAnalyser:
         return out
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
+        if now < self._last_now - CLOCK_BACK:  # the clock went back: cooldowns and tracks would hold for as long
+            self.tracks, self._person_last, self._queued, self._pairs = [], {}, None, []
+        self._last_now = now
         if self._queued is not None:  # this frame embeds what the last one found, and does not detect
             track, aligned = self._queued
             self._queued = None
@@ -137,7 +143,7 @@ class FaceAnalyser:
         bgr, found = self.pipeline.detect(frame)
         found = sorted(found, key=lambda f: f.size, reverse=True)[:MAX_TRACKS]
         if bgr is None:
-            self.found = []
+            self.found, self._pairs = [], []
             return []
         self._pairs = self._follow(found, now)
         due = [(t, f) for t, f in self._pairs if not t.small and (t.embedded is None or now - t.embedded >= REFRESH)]

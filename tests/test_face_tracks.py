@@ -117,3 +117,12 @@ def test_a_known_person_has_a_cooldown_whatever_track_they_are_on(tmp_path: Path
     assert a.tracks == []
     assert step(a, here, 8.0) == []  # back within her cooldown: the same visit
     assert step(a, here, 10.5) == ["face.recognized"]  # after it, a new one
+
+
+def test_a_clock_that_goes_back_starts_tracks_and_cooldowns_over(tmp_path: Path, vision_dir: Path,
+                                                                  portraits: dict) -> None:
+    a = analyser(tmp_path, vision_dir, cooldown="1h")
+    face = scene(portraits, [("hopper", 300, 100, 80)])
+    assert step(a, face, 5000.0) == ["face.unknown"]
+    assert step(a, face, 5000.4) == []  # the same track, within its cooldown
+    assert step(a, face, 1000.0) == ["face.unknown"]  # NTP stepped the clock back over an hour
