@@ -256,7 +256,8 @@ def measure(work: Path, video: Path, key: Path, n: int, layout: str, fps: float,
             "pss_mb_total": round(sum(p for _, p in last.values()) / 1024, 1),
             "peak_pss_mb_total": round(max(sum(p for _, p in s.values()) for s in samples) / 1024, 1),
             "services": services, "per_camera": per_camera, "latency": latency_ms(everything),
-            "analysed_per_s": round(len(everything) / (end - start), 2), "camera_errors": errors}
+            "analysed_per_s": round(len(everything) / (end - start), 2), "asked_per_s": round(n * fps, 2),
+            "camera_errors": errors}
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -284,7 +285,10 @@ def _bench(report: Report, data_dir: Path, counts: list[int], layouts: list[str]
                 report.say(f"{layout:>6} {n} camera{'s' if n > 1 else ' '}: PSS {row['pss_mb_total']:6.0f} MB, "
                            f"RSS {row['rss_mb_total']:6.0f} MB; frame p50 {_ms(lat['p50_ms'])} / "
                            f"p99 {_ms(lat['p99_ms'])} ms over {lat['n']} frames "
-                           f"({row['analysed_per_s']:.1f}/s analysed, {row['camera_errors']} camera.error)")
+                           f"({row['analysed_per_s']:.1f} of {row['asked_per_s']:g}/s analysed, "
+                           f"{row['camera_errors']} camera.error)")
+                if row["analysed_per_s"] < 0.9 * row["asked_per_s"]:
+                    report.say("        the CPU did not keep up: frames waited, so the latency is mostly queueing")
     report.figure(runs=runs)
     _derive(report, runs, counts, layouts)
 
