@@ -269,3 +269,18 @@ def test_any_request_gets_an_answer_and_never_an_exception(tmp_path: Path, body:
     service = Service("plates", VisionConfig(), tmp_path, tmp_path / "s.sock", pool=1)  # no models: loads fail
     answer = service.handle(body, slots, None)
     assert isinstance(answer, tuple) and answer[0] in ("error", "hello")
+
+
+def test_bench_cameras_measures_real_processes_with_stable_keys(vision_dir: Path) -> None:
+    """The bench's machinery, one short run (the figures themselves belong to the bench, not to a test)."""
+    out = subprocess.run([sys.executable, "-m", "gateway", "bench", "cameras", "--data-dir", str(vision_dir),
+                          "--cameras", "1", "--layouts", "shared", "--seconds", "2", "--warmup", "1", "--json"],
+                         capture_output=True, text=True, timeout=50, check=False)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0, (doc["problems"], out.stderr[-500:])
+    assert doc["bench"] == "cameras" and doc["params"]["cameras"] == [1] and doc["params"]["layouts"] == ["shared"]
+    (row,) = doc["runs"]
+    assert set(row["services"]) == {"faces", "plates", "pose"}
+    assert 0 < row["per_camera"][0]["pss_mb"] <= row["per_camera"][0]["rss_mb"]
+    assert row["pss_mb_total"] > row["per_camera"][0]["pss_mb"] and row["latency"]["n"] > 0
+    assert row["camera_errors"] == 0
