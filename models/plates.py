@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,8 @@ class PlateRead:
     probs: NDArray[np.float32] | None = None
     rows: int = 1
     reason: str | None = None
+    colour: str | None = None
+    """blue, green or yellow when the plate's colour is clear (see :func:`plate_colour`), else None."""
 
     @property
     def published(self) -> bool:
@@ -414,6 +416,30 @@ def join_rows(plate: Image) -> Image:
     return np.asarray(cv2.resize(joined, (REC_WIDTH, REC_HEIGHT), interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
+COLOUR_HUES = {"yellow": (12, 35), "green": (40, 90), "blue": (95, 130)}
+"""OpenCV hue ranges (0-180) of plate backgrounds."""
+COLOUR_SHARE = 0.4
+LENGTHS = {"green": 8, "blue": 7}
+"""Green (new energy) plates carry 8 characters, blue ones 7; yellow ones either (7, or 8 on rare kinds)."""
+
+
+def plate_colour(crop: Image) -> str | None:
+    """The plate's background colour when at least COLOUR_SHARE of its pixels are saturated and of one hue."""
+    hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
+    h, sat, val = hsv[:, :, 0].ravel(), hsv[:, :, 1].ravel(), hsv[:, :, 2].ravel()
+    vivid = (sat > 70) & (val > 50)
+    for name, (lo, hi) in COLOUR_HUES.items():
+        if np.count_nonzero(vivid & (h >= lo) & (h <= hi)) >= COLOUR_SHARE * h.size:
+            return name
+    return None
+
+
+def fits_colour(text: str, colour: str | None) -> bool:
+    """False if the plate's colour says it carries another number of characters (a green plate read as 7)."""
+    need = LENGTHS.get(colour or "")
+    return need is None or len(text) == need
+
+
 class PlateReader:
     """Detect (on a downscale), rectify and read (from the frame given, full resolution). Stateless: every
     method takes and returns picklable values, so one reader serves every camera from a shared service.
@@ -460,12 +486,17 @@ class PlateReader:
                    local_provinces: Collection[str] = (),
                    province_weight: float = DEFAULT_PROVINCE_WEIGHT) -> PlateRead:
         aspect = quad_aspect(det.corners)
+        colour = plate_colour(rectify(bgr, det.corners, size=(48, 16)))
         tries: list[tuple[int, TextRead]] = []
+
+        def why(read: TextRead) -> str | None:
+            reason = judge(read, min_conf)
+            return "invalid_format" if reason is None and not fits_colour(read.text, colour) else reason
 
         def settle(rows: int, read: TextRead) -> bool:
             read = province_prior(read, self.charset, local_provinces, weight=province_weight, confident=min_conf)
             tries.append((rows, read))
-            return judge(read, min_conf) is None
+            return why(read) is None
 
         done = False
         if aspect < DOUBLE_ROW_ASPECT[1]:
@@ -483,9 +514,9 @@ class PlateReader:
                 crop = rectify(bgr, det.corners, size=(width, REC_HEIGHT), pad=pad)
                 if settle(1, self.recogniser.read_text(crop, width)):
                     break
-        rows, best = max(tries, key=lambda t: (judge(t[1], min_conf) is None, valid_plate(t[1].text), t[1].score))
+        rows, best = max(tries, key=lambda t: (why(t[1]) is None, valid_plate(t[1].text), t[1].score))
         return PlateRead(best.text, best.score, det, valid_plate(best.text), confs=best.confs, probs=best.probs,
-                         rows=rows, reason=judge(best, min_conf))
+                         rows=rows, reason=why(best), colour=colour)
 
 
 @dataclass(slots=True)
@@ -519,7 +550,7 @@ class Verdict:
     """The frame's read that settled it (its box and crop), None for a bare text vote."""
 
 
-def combine(reads: list[PlateRead], charset: str) -> TextRead:
+def combine(reads: list[PlateRead], charset: str, length: int | None = None) -> TextRead:
     """Per-character evidence of several frames: the reads of the most common length, position by position,
     combined as a tempered product: the sum of the log-probabilities over n frames divided by sqrt(n), then
     renormalised. Frames that agree make a character surer, frames that disagree make it doubtful. A plain
@@ -534,7 +565,7 @@ def combine(reads: list[PlateRead], charset: str) -> TextRead:
             lengths.setdefault(len(r.text), []).append(r)
     if not lengths:
         return EMPTY
-    group = max(lengths.values(), key=len)
+    group = lengths[length] if length in lengths else max(lengths.values(), key=len)
     stack = np.stack([r.probs for r in group if r.probs is not None])
     logp = np.log(np.clip(stack, 1e-6, 1.0)).sum(axis=0) / len(stack) ** 0.5
     logp -= logp.max(axis=1, keepdims=True)
@@ -587,11 +618,15 @@ class PlateVoter:
         passage.last_seen = now
         passage.frames += 1
         reads = [r for r in cam.window if r is not None]
-        together = combine(reads, self.charset) if self.charset else EMPTY
+        colours = Counter(r.colour for r in reads if r.colour is not None).most_common(1)
+        colour = colours[0][0] if colours and colours[0][1] * 2 > len(reads) else None
+        together = combine(reads, self.charset, LENGTHS.get(colour or "")) if self.charset else EMPTY
         together = province_prior(together, self.charset, self.local, weight=self.province_weight,
                                   confident=self.min_conf)
         agreeing = sum(1 for r in reads if len(r.text) == len(together.text))
         reason = judge(together, self.min_conf) if together.text else (read.reason or "no_text")
+        if reason is None and not fits_colour(together.text, colour):
+            reason = "invalid_format"
         if together.text and reason is None and agreeing >= self.need:
             plate = normalise_plate(together.text)
             passage.settled = True
