@@ -355,3 +355,14 @@ def test_vision_plates_takes_any_file(reader: PlateReader, tmp_path: Path, data:
     path.write_bytes(data)
     row = read_image(reader, PlatesConfig(), path)
     assert row["image"] == str(path) and ("error" in row or isinstance(row["plates"], list))
+
+
+def test_a_plate_colour_fixes_its_length() -> None:
+    from models.plates import fits_colour, plate_colour
+
+    assert plate_colour(render("京A12345", "blue")) == "blue"
+    assert plate_colour(render("粤BD12345", "green")) == "green"
+    assert plate_colour(render("粤B12345", "yellow")) == "yellow"
+    assert plate_colour(np.full((32, 100, 3), 128, np.uint8)) is None  # grey: no claim
+    assert not fits_colour("新J10253", "green") and fits_colour("新J10253D", "green")
+    assert not fits_colour("京A123456", "blue") and fits_colour("京A12345", "yellow") and fits_colour("x", None)
