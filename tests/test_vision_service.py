@@ -100,6 +100,7 @@ async def test_cameras_share_the_services_and_survive_a_killed_worker_a_killed_s
             plates_pid = plates.pid
             # The models are in the services, once; the workers only send frames.
             assert "onnxruntime" in _maps(faces.pid) and "onnxruntime" in _maps(plates.pid)
+            assert "ai_edge_litert" not in _maps(faces.pid) + _maps(plates.pid)  # each only what its family needs
             assert "onnxruntime" not in _maps(door) and "onnxruntime" not in _maps(hall)
             assert faces.status["state"] == "serving" and plates.status["state"] == "serving"
 
@@ -137,7 +138,7 @@ async def test_cameras_share_the_services_and_survive_a_killed_worker_a_killed_s
             tasks = daemon.supervisor.tasks
             assert "vision:pose" in tasks and "vision:plates" not in tasks and "vision:faces" in tasks
             pose = daemon.services.running["pose"][1]
-            assert pose.pid and "ai_edge_litert" in _maps(pose.pid)
+            assert pose.pid and "ai_edge_litert" in _maps(pose.pid) and "onnxruntime" not in _maps(pose.pid)
             assert daemon.cameras["hall"].pid == hall and faces.pid not in (None, old)
             assert "plates" not in daemon.services.running  # stopped, and its process reaped:
             with pytest.raises(ProcessLookupError):
