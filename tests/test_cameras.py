@@ -109,9 +109,9 @@ async def test_enrolled_person_recognised_upstream_without_image_bytes_then_eras
 
 async def test_plate_at_the_gate_is_read_once_and_marked_on_the_allowlist(
         tmp_path: Path, vision_dir: Path, broker: Broker, collector: Collector, portrait: np.ndarray) -> None:
-    from test_plates import paste, render_plate
+    from simulators.plate_scenes import paste, render_plate
 
-    frame, _ = paste(portrait, render_plate("京A12345"), random.Random(3))
+    frame, _ = paste(portrait, render_plate("京A12345"), 220, random.Random(3))
     async with MjpegCamera([frame], fps=10) as cam:
         config = camera_config(tmp_path, vision_dir, broker.port, cam.url, detect='["plates"]',
                                extra='\n[vision.plates]\nallowlist = ["京A 12345"]\nblocklist = ["沪B54321"]\n')
