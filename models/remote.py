@@ -40,8 +40,9 @@ import numpy as np
 
 CALL_TIMEOUT = 10.0
 """Longest wait for one reply: far above any frame on a Pi, short of the daemon's silence limit."""
-START_WAIT = 30.0
-"""How long a worker starting with the daemon waits for the service to be listening (models loading)."""
+START_WAIT = 15.0
+"""How long a worker starting with the daemon waits for the service to be listening (models load in 1-5 s);
+below the daemon's silence limit for a worker (2 x stall_timeout + 15 s), so a wait is never taken for a hang."""
 RETRY_AFTER = 0.5
 """After a failed connection, calls fail at once for this long instead of trying on every frame."""
 MAX_BODY = 16 << 20
