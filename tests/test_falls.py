@@ -321,6 +321,65 @@ def test_missing_frames_during_the_hold_neither_confirm_nor_cancel() -> None:
     assert feed(FallDetector(FallConfig(hold=5.0)), [(t, None if t < 1.25 else lm) for t, lm in track]) == []
 
 
+# -- the alarm it raises: the shipped rule pack (config.example.toml), driven on a stepped clock ------------------
+
+
+def lounge_rules() -> tuple[Any, Any]:
+    """The example config's rules and alarm classes (the fall rule and the built-in "fall" class), and its config."""
+    from gateway.config import load_config
+    from rules.runtime import RulesRuntime
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "config.example.toml")
+    return RulesRuntime.from_config(cfg, started=T0), cfg
+
+
+T0 = 1_764_900_000.0
+
+
+def trail(actions: list[Any], t: float) -> list[tuple[float, str, str | None]]:
+    from rules.runtime import Publish
+
+    return [(round(t - T0, 1), a.transition.action, a.transition.tier) for a in actions
+            if isinstance(a, Publish) and a.transition is not None]
+
+
+def test_an_unacknowledged_fall_alarm_escalates_to_the_next_tier() -> None:
+    """fall.suspected raises nothing; fall.detected raises the latching fall alarm to the family, and while nobody
+    acknowledges it the property staff are called after 60 s and the community after 180 s (the built-in class)."""
+    runtime, cfg = lounge_rules()
+    detector = FallDetector(FallConfig(hold=cfg.vision.falls.hold))
+    seen: list[tuple[float, str, str | None]] = []
+    kinds = []
+    for t, lm in fall_track(cfg.vision.falls.hold + 1):
+        for event in detector.update("elderly-lounge", T0 + t, lm):
+            kinds.append(event.kind)
+            actions = runtime.event(event, T0 + t)
+            if event.kind == "fall.suspected":
+                assert actions == [] and runtime.listing() == []  # said, but no alarm
+            seen += trail(actions, T0 + t)
+    raised = 1.3 + cfg.vision.falls.hold
+    assert kinds == ["fall.suspected", "fall.detected"]
+    # a momentary event: raised and cleared at once, but a fall latches until someone resets it
+    assert seen == [(raised, "raise", "family"), (raised, "clear", None)]
+    [alarm] = runtime.listing(everything=True)
+    assert alarm["key"] == "fall/elderly-lounge"
+    for step in range(1, 301):  # the daemon's clock: a tick every second for 5 minutes
+        seen += trail(runtime.tick(T0 + raised + step), T0 + raised + step)
+    assert seen[2:] == [(raised + 60, "escalate", "property"), (raised + 180, "escalate", "community")]
+
+
+def test_an_acknowledged_fall_alarm_stops_escalating() -> None:
+    runtime, cfg = lounge_rules()
+    detector = FallDetector(FallConfig(hold=cfg.vision.falls.hold))
+    for t, lm in fall_track(cfg.vision.falls.hold + 1):
+        for event in detector.update("elderly-lounge", T0 + t, lm):
+            runtime.event(event, T0 + t)
+    raised = T0 + 1.3 + cfg.vision.falls.hold
+    assert trail(runtime.command("acknowledge", "fall/elderly-lounge", "guard", raised + 30), raised + 30) \
+        == [(round(raised + 30 - T0, 1), "acknowledge", None)]
+    assert [x for step in range(1, 301) for x in trail(runtime.tick(raised + step), raised + step)] == []
+
+
 def test_cameras_and_tracks_are_independent() -> None:
     detector = FallDetector(FallConfig(hold=1.0))
     for t, lm in fall_track(3.0):
