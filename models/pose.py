@@ -299,7 +299,7 @@ class PoseTracker:
 
     def follow(self, camera: str, roi: Roi) -> None:
         """Track from ``roi`` on the next frame (as if the previous frame had put the person there)."""
-        self._tracks[camera] = _Track(roi, (roi.cx, roi.cy), 0)
+        self._tracks[camera] = _Track(roi, (roi.cx, roi.cy), 0, origin=roi.rotation)
 
     def detect_roi(self, bgr: Image) -> Roi | None:
         """The crop for the best-scoring person the detector finds, or None."""

@@ -134,6 +134,28 @@ def test_pose_lands_on_the_person(vision_dir: Path, tracker: PoseTracker, who: s
     assert np.abs(again.landmarks[core, :2] - pose.landmarks[core, :2]).max() < 25
 
 
+def test_a_turned_person_is_tracked_until_the_crop_drifts(vision_dir: Path, tracker: PoseTracker) -> None:
+    """A person leaning 30° keeps a track from frame to frame; turning on by 25° in small steps, each under the
+    per-frame limit, ends it (the crop would crawl behind the body), and the next frame detects again."""
+    who = PEOPLE["astronaut"]
+    img = person(vision_dir, "astronaut")
+    frame = scene(img, who["hips"], (-30.0, 320.0, 250.0))
+    roi = tracker.detect_roi(frame)
+    assert roi is not None and abs(math.degrees(roi.rotation)) > 20
+    tracker.follow("lean", roi)
+    for _ in range(3):
+        pose = tracker.update("lean", frame)
+        assert pose is not None and pose.tracked and tracker.tracking("lean")
+    steps = [scene(img, who["hips"], (-30.0 - 5 * k, 320.0, 250.0)) for k in range(1, 9)]
+    ended = next((k for k, f in enumerate(steps, 1) if tracker.update("lean", f) and not tracker.tracking("lean")), 0)
+    assert 3 <= ended <= 8, ended  # not at the first small step: the drift added up
+    # without the drift limit the crop crawls on behind the body, each step under the per-frame limit
+    crawling = PoseTracker(tracker.detector, tracker.landmarker, max_drift=math.pi)
+    crawling.follow("lean", roi)
+    crawling.update("lean", frame)
+    assert all(crawling.update("lean", f) is not None and crawling.tracking("lean") for f in steps[:ended])
+
+
 def test_no_person_no_pose(tracker: PoseTracker) -> None:
     rng = np.random.default_rng(3)
     for frame in (np.full((H, W, 3), 115, np.uint8), rng.integers(0, 255, (H, W, 3), dtype=np.uint8)):
