@@ -26,14 +26,14 @@ from gateway.cli.common import print_json
 DEFAULT_CONFIG = "/etc/gateway/config.toml"
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
     value = float(text.removesuffix("s"))
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: seconds, not negative")
     return value
 
 
-def _fps(text: str) -> float:
+def frame_rate(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: frames a second, above 0")
@@ -49,9 +49,9 @@ def add_command(vision_subparsers: Any) -> None:
     p.add_argument("-c", "--config", type=Path, default=None,
                    help=f"config file (TOML) for [store] data_dir and [vision.falls] (default: {DEFAULT_CONFIG})")
     p.add_argument("--data-dir", type=Path, help="data dir holding models/ (default: [store] data_dir of the config)")
-    p.add_argument("--hold", type=_seconds, metavar="SECONDS",
+    p.add_argument("--hold", type=seconds, metavar="SECONDS",
                    help="seconds down before fall.detected (default: [vision.falls] hold of the config, else 5)")
-    p.add_argument("--fps", type=_fps, help="analyse at most this many frames a second, as a camera with this "
+    p.add_argument("--fps", type=frame_rate, help="analyse at most this many frames a second, as a camera with this "
                                             "fps does (default: every frame)")
     p.add_argument("--json", action="store_true", help="one JSON object: parameters, events, frames, speed")
     p.set_defaults(fn=cmd_vision_falls)
