@@ -136,11 +136,8 @@ def targets(report: Report, rows: list[dict[str, Any]]) -> None:
             continue
         actual = max(row["new_face_frame_ms"]["p90"], row["new_face_next_frame_ms"]["p90"]) \
             if "new_face_frame_ms" in row else None
-        target = report.target(f"stages[{TARGET_RESOLUTION}].new_face_frame_ms.p90",
-                               f"a new-face frame (and the frame after it) as the worker runs them, p90, "
-                               f"{TARGET_RESOLUTION}, one thread", "<=", TARGET_MS, actual, " ms")
-        if not target.met:
-            report.problem("new-face frame: no face in the frame to measure it (give --image PORTRAIT)"
-                           if actual is None else
-                           f"new-face frame p90 {actual:.1f} ms at {TARGET_RESOLUTION}: over the {TARGET_MS:g} ms "
-                           "target")
+        report.target(f"stages[{TARGET_RESOLUTION}].new_face_frame_ms.p90",
+                      f"a new-face frame (and the frame after it) as the worker runs them, p90, "
+                      f"{TARGET_RESOLUTION}, one thread", "<=", TARGET_MS, actual, " ms")
+        if actual is None:  # a missed time is the target's to say (exit 1); this is a run that measured nothing
+            report.problem("new-face frame: no face in the frame to measure it (give --image PORTRAIT)")

@@ -81,8 +81,6 @@ def targets(report: Report, rows: list[dict[str, Any]]) -> None:
         if row.get("resolution") != TARGET_RESOLUTION or "pose_redetect_frame_ms" not in row:
             continue
         worst = max(row["pose_redetect_frame_ms"]["p90"], row["pose_tracked_frame_ms"]["p90"])
-        target = report.target(f"stages[{TARGET_RESOLUTION}].pose_redetect_frame_ms.p90",
-                               f"a pose frame with re-detection (and the tracked frame after it), p90, "
-                               f"{TARGET_RESOLUTION}, one thread", "<=", TARGET_MS, worst, " ms")
-        if not target.met:
-            report.problem(f"pose frame p90 {worst:.1f} ms at {TARGET_RESOLUTION}: over the {TARGET_MS:g} ms target")
+        report.target(f"stages[{TARGET_RESOLUTION}].pose_redetect_frame_ms.p90",
+                      f"a pose frame with re-detection (and the tracked frame after it), p90, "
+                      f"{TARGET_RESOLUTION}, one thread", "<=", TARGET_MS, worst, " ms")  # missed: exit 1
