@@ -9,8 +9,9 @@ read locally; anything else is a method call.
 The wire, on a Unix stream socket: each message is a header (body length, buffer count), a table of
 (offset, length) of the out-of-band buffers in the client's shared memory, then a pickle (protocol 5)
 body. Frames never travel through the socket: every contiguous numpy array in the arguments is
-written into a memfd the client made (sized for its frames, grown when a bigger one comes) and sent
-once over the socket with SCM_RIGHTS; the service reads the arrays in place, read-only. Replies are
+written into a memfd the client made (sized for its frames, replaced by a bigger one when a bigger frame
+comes, sealed against resizing) and sent once over the socket with SCM_RIGHTS; the service reads the
+arrays in place, read-only. Replies are
 small (boxes, landmarks, vectors, plate strings) and go in-band.
 
 Pickle can run code when loaded, so both ends load only the classes a model result is made of
@@ -25,6 +26,7 @@ that frame; the next call connects again (the daemon restarts a service that exi
 
 from __future__ import annotations
 
+import fcntl
 import io
 import mmap
 import os
@@ -50,6 +52,9 @@ MAX_BUFFERS = 64
 MAX_SHM = 256 << 20
 ALIGN = 64
 MIN_SHM = 1 << 20
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+"""A frame memory's size can never change once sent: a peer shrinking it under the service's mapping would
+kill the service with SIGBUS, so the service maps only memory sealed so."""
 HEAD = struct.Struct("!II")
 SLOT = struct.Struct("!QQ")
 
@@ -193,9 +198,10 @@ class Connection:
             raise ValueError(f"{need} bytes of arrays in one call (the limit is {MAX_SHM})")
         size = max(MIN_SHM, need, 2 * self.size)
         size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        fd = os.memfd_create(f"vision-{self.family}", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"vision-{self.family}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)  # its size is fixed: the service may map all of it safely
             shm = mmap.mmap(fd, size)
         except OSError:
             os.close(fd)

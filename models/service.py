@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import mmap
 import os
@@ -190,14 +191,16 @@ class Service:
             self.clients.release()
 
     def _shm(self, fds: list[int], old: mmap.mmap | None) -> mmap.mmap | None:
-        """A client's frame memory (the last descriptor it sent); anything but a plain memfd is refused."""
+        """A client's frame memory (the last descriptor it sent); anything but a memfd sealed against resizing
+        (``remote.SEALS``) is refused, and the calls that need it get an error reply."""
         new = old
         for fd in fds[:-1]:
             os.close(fd)
         fd = fds[-1]
         try:
             info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode) and 0 < info.st_size <= remote.MAX_SHM:
+            sealed = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & remote.SEALS == remote.SEALS
+            if sealed and stat.S_ISREG(info.st_mode) and 0 < info.st_size <= remote.MAX_SHM:
                 new = mmap.mmap(fd, info.st_size, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
             pass

@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -86,6 +87,12 @@ async def test_cameras_share_the_services_and_survive_a_killed_worker_a_killed_s
     portrait = _image(vision_dir)
     async with MjpegCamera([scene(portrait)], fps=5) as cam:
         path = _config(tmp_path, vision_dir, {"door": (cam.url, ["faces", "plates"]), "hall": (cam.url, ["faces"])})
+        from models.gallery import Gallery, load_key
+
+        # The gallery made before the cameras start, as on a site that enrolled first: two workers opening a
+        # gallery that does not exist yet at the same instant can collide on SQLite's first WAL switch.
+        with Gallery(tmp_path / "data", load_key(tmp_path / "faces.key")):
+            pass
         daemon = Daemon(load_config(path), config_path=path)
         seen: list[Event] = []
         daemon.bus.on_event(seen.append)
@@ -217,8 +224,6 @@ def test_a_proxy_answers_as_the_model_does_and_survives_a_service_restart(
 
 def _pid_of(sock: Path) -> int:
     """The service's pid, as the kernel says who is at the other end of a connection (SO_PEERCRED)."""
-    import struct
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(str(sock))
         pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -254,6 +259,22 @@ def test_hostile_bytes_on_the_socket_never_stop_the_service(vision_dir: Path,
                 body = reply[remote.HEAD.size:]
                 answer = remote.loads(body)
                 assert answer[0] == "error", (attack[:40], answer)
+    # A frame memory not sealed against resizing, shrunk once sent: mapped, reading it would be SIGBUS.
+    fd = os.memfd_create("hostile")
+    os.ftruncate(fd, 1 << 20)
+    buffers: list[pickle.PickleBuffer] = []
+    body = remote.dumps(("call", "detector", "detect", (frame,), {}), buffers)
+    raw = buffers[0].raw()
+    os.pwrite(fd, raw, 0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(sock_path))
+        s.sendmsg([remote.pack(body, [(0, raw.nbytes)])],
+                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        os.ftruncate(fd, 0)
+        answer = remote.loads(remote.recv_message(s)[0])
+    os.close(fd)
+    assert answer[0] == "error" and "outside the shared memory" in answer[2], answer
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # a peer that hangs up mid-message
         s.connect(str(sock_path))
         s.sendall(remote.HEAD.pack(1000, 0) + b"abc")
