@@ -20,7 +20,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 from numpy.typing import NDArray
 
 from models.faces import Image, as_bgr
@@ -125,6 +124,8 @@ class Pose:
 
 
 def _interpreter(path: Path, threads: int) -> Any:
+    from ai_edge_litert.interpreter import Interpreter  # here: a camera worker using the shared service never loads it
+
     interp = Interpreter(model_path=str(path), num_threads=threads)
     interp.allocate_tensors()
     return interp

@@ -167,7 +167,7 @@ def test_a_camera_restarts_when_it_or_vision_changes_and_upstream_is_privacy_too
     assert diff(base, cameras(fps=2.0)).summary() == {"cameras_changed": ["lobby"]}
     assert diff(base, cameras(upstream="upstream = true\n")).summary() == {
         "privacy": ["cameras.upstream"], "cameras_changed": ["lobby"]}
-    assert diff(base, cameras(vision='\n[vision.falls]\nhold = "5s"\n')).summary() == {
+    assert diff(base, cameras(vision='\n[vision.falls]\nhold = "8s"\n')).summary() == {
         "cameras_changed": ["gate", "lobby"]}
 
 
