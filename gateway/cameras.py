@@ -65,6 +65,14 @@ FAMILY_NEEDS: dict[str, tuple[str, ...]] = {
 shared. Both are checked before a camera starts, so a box without the vision extra says so once instead of
 crashing a worker every minute."""
 SERVICE_STOP = 5.0
+PING_EVERY = 5.0
+"""How often the daemon asks each serving vision service whether it is alive (on a connection of its own)."""
+PING_TIMEOUT = 10.0
+"""A service that does not answer a ping within this (stopped, deadlocked, swapped to death) is killed and
+restarted: a ping is answered outside the service's pool, in well under a second even on a loaded Pi."""
+STUCK_CALL = 30.0
+"""A service whose oldest model call has run this long is killed and restarted: no frame takes a model more
+than a second, and a worker gives a call up after 10 s (``models.remote.CALL_TIMEOUT``)."""
 
 
 def missing_modules(camera: CameraConfig) -> list[str]:
@@ -104,6 +112,10 @@ class ModelService:
         self.clock = clock
         self.pid: int | None = None
         self.status: dict[str, Any] = {"state": "starting"}
+        self.pongs = 0
+        """Pings answered in time since the daemon started (the watchdog's own count)."""
+        self.pinging = False
+        self.hung = ""
 
     def job(self) -> bytes:
         return json.dumps({"vision": self.vision.model_dump(mode="json"), "data_dir": str(self.data_dir),
@@ -122,6 +134,8 @@ class ModelService:
         self.pid = proc.pid
         assert proc.stdin and proc.stdout and proc.stderr
         stderr = asyncio.create_task(_said(proc.stderr, self.clock, "vision service", family=self.family))
+        watch: asyncio.Task[None] | None = None
+        self.hung = ""
         try:
             proc.stdin.write(self.job())
             await proc.stdin.drain()
@@ -135,7 +149,12 @@ class ModelService:
                         if msg.get("error"):
                             log.error("vision service cannot load its models", family=self.family,
                                       error=str(msg.get("error"))[:MAX_TEXT])
+                        if watch is None:
+                            watch = asyncio.create_task(self._watch(proc))
             code = await proc.wait()
+            if self.hung:
+                self._store({"state": "hung", "code": code, "reason": self.hung})
+                raise ServiceFailed(f"vision service {self.family}: {self.hung}; killed")
             self._store({"state": "exited", "code": code})
             how = f"status {code}"
             if code < 0:
@@ -143,9 +162,74 @@ class ModelService:
                     how = f"signal {signal.Signals(-code).name}"
             raise ServiceFailed(f"vision service {self.family}: exited with {how}")
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await _end(proc)
             stderr.cancel()
             self.pid = None
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Ping the service every PING_EVERY seconds on a connection of the daemon's own; a service that does not
+        answer within PING_TIMEOUT, or whose oldest model call has run STUCK_CALL seconds, is hung: every call
+        of every camera of its family would time out for ever. It is killed, and :meth:`run` ends as for a crash
+        (``gateway.task_crashed``, a restart with backoff); the cameras connect to the new one."""
+        link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            while proc.returncode is None:
+                await self.clock.sleep(PING_EVERY)
+                self.pinging = True
+                ping = asyncio.create_task(self._ping(link))
+                timer = asyncio.create_task(self.clock.sleep(PING_TIMEOUT))
+                try:
+                    await asyncio.wait({ping, timer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                    self.pinging = False
+                if not ping.done():
+                    ping.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, OSError, ValueError, EOFError):
+                        await ping
+                    self.hung = f"hung: no answer to a ping within {PING_TIMEOUT:g} s"
+                elif ping.exception() is not None:
+                    link = None  # the connection broke; the next ping opens another (an exit is seen by run)
+                    continue
+                else:
+                    link, busiest = ping.result()
+                    if busiest < STUCK_CALL:
+                        self.pongs += 1
+                        continue
+                    self.hung = f"hung: a model call running for {busiest:.0f} s"
+                log.error("vision service hung; killing it", family=self.family, pid=proc.pid, reason=self.hung)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()  # a stopped process dies of SIGKILL too; run() sees the exit
+                return
+        finally:
+            if link is not None:
+                link[1].close()
+
+    async def _ping(self, link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
+                    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], float]:
+        """One ping; the connection (opened when None) and the seconds the service's oldest call has run."""
+        from models import remote  # the vision extra is there: the service runs
+
+        if link is None:
+            link = await asyncio.open_unix_connection(str(self.socket))
+        reader, writer = link
+        try:
+            writer.write(remote.pack(remote.dumps(("ping",)), []))
+            await writer.drain()
+            length, count = remote.HEAD.unpack(await reader.readexactly(remote.HEAD.size))
+            if count or length > 4096:
+                raise ValueError(f"a pong of {length} bytes and {count} buffers")
+            reply = remote.loads(await reader.readexactly(length))
+            if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "pong" and isinstance(reply[1], dict)):
+                raise ValueError(f"not a pong: {str(reply)[:80]}")
+            return link, float(reply[1].get("busiest_s", 0.0))
+        except BaseException:
+            writer.close()
+            raise
 
     def _store(self, status: dict[str, Any]) -> None:
         self.status = {**status, "pid": self.pid, "socket": str(self.socket)}

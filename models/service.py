@@ -14,7 +14,10 @@ time.
 A request that is not ours (a peer of another uid, a message too long, a buffer outside the shared
 memory, a class the unpickler does not know, a method that does not exist) gets an error reply or a
 closed connection; a model raising on a frame gets an error reply. Neither ends the service. A crash
-in native code does: the daemon starts it again and the cameras connect again.
+in native code does: the daemon starts it again and the cameras connect again. A ``ping`` is answered
+outside the pool, with how long the oldest model call has been running: the daemon pings every few
+seconds and kills and restarts a service that does not answer (stopped, deadlocked) or whose calls
+have stopped ending.
 """
 
 from __future__ import annotations
@@ -122,6 +125,10 @@ class Service:
         self.uid = os.getuid()
         self.served = 0
         self.refused = 0
+        self.calls: dict[int, float] = {}
+        """The model calls under way: a token -> when it started (monotonic); a ping reports the oldest."""
+        self._token = 0
+        self._calls_lock = threading.Lock()
 
     def load(self) -> None:
         """The family's models; on failure the reason is kept and told to every client until a load works."""
@@ -222,6 +229,8 @@ class Service:
                 raise remote.ProtocolError("not a request")
             if request[0] == "hello":
                 return ("hello", self.catalogue())
+            if request[0] == "ping":  # the daemon's watchdog: answered here, never behind the pool's slots
+                return ("pong", {"busiest_s": self.busiest(), "served": self.served})
             if request[0] != "call" or len(request) != 5:
                 raise remote.ProtocolError(f"unknown request {str(request[0])[:40]!r}")
             _, name, method, args, kwargs = request
@@ -237,13 +246,28 @@ class Service:
             if not (isinstance(args, tuple) and isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
                 raise remote.ProtocolError("arguments must be a tuple and a dict")
             with self.slots:
-                value = model.call(method, args, kwargs)
+                with self._calls_lock:
+                    self._token += 1
+                    token = self._token
+                    self.calls[token] = time.monotonic()
+                try:
+                    value = model.call(method, args, kwargs)
+                finally:
+                    with self._calls_lock:
+                        del self.calls[token]
             self.served += 1
             return ("ok", value)
         except Exception as exc:  # whatever a request does, the service and its other cameras go on
             return ("error", type(exc).__name__, str(exc)[:500])
         finally:
             del buffers  # no view of the client's memory outlives its call
+
+    def busiest(self) -> float:
+        """Seconds the oldest model call under way has run (0 when none): a call stuck in native code holds a slot
+        of the pool for ever, and the daemon restarts a service whose calls stop ending."""
+        with self._calls_lock:
+            started = min(self.calls.values(), default=None)
+        return 0.0 if started is None else round(time.monotonic() - started, 3)
 
     def _reply(self, conn: socket.socket, reply: tuple[Any, ...]) -> None:
         try:

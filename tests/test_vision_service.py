@@ -8,6 +8,8 @@ requests reach a service: the others carry on every time, and no worker holds a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import pickle
@@ -151,6 +153,82 @@ async def test_cameras_share_the_services_and_survive_a_killed_worker_a_killed_s
             with pytest.raises(ProcessLookupError):
                 os.kill(plates_pid, 0)
         assert not [e for e in seen if e.kind == "camera.error" and "service" not in e.payload.get("error", "")]
+
+
+async def test_a_hung_service_is_killed_and_restarted_and_the_cameras_carry_on(
+        tmp_path: Path, vision_dir: Path) -> None:
+    """A stopped (SIGSTOP) pose service: not dead, so nothing exits, and every fall frame would time out for ever.
+    The daemon's ping goes unanswered, the service is killed and restarted, the camera analyses again. The
+    ping interval, its timeout and the restart backoff run on a manual clock: no waiting on them."""
+    from gateway import cameras as cams
+    from gateway.bus import LocalBus
+    from gateway.cameras import CameraWorker, VisionServices
+    from gateway.core.timing import ManualClock
+    from gateway.supervisor import Supervisor
+
+    portrait = _image(vision_dir)
+    async with MjpegCamera([scene(portrait)], fps=5) as cam:
+        cfg = load_config(_config(tmp_path, vision_dir, {"yard": (cam.url, ["falls"])}))
+        clock = ManualClock(start=1000.0)
+        bus = LocalBus(clock)
+        seen: list[Event] = []
+        bus.on_event(seen.append)
+        supervisor = Supervisor(bus, clock=clock, min_backoff=1.0)
+        services = VisionServices(cfg.store.data_dir, bus, supervisor, clock=clock)
+        worker = CameraWorker(cfg.cameras[0], cfg.vision, cfg.store.data_dir, bus, clock=clock, services=services)
+        try:
+            await services.sync(cfg.cameras, cfg.vision)
+            supervisor.spawn("camera:yard", worker.run)
+            pose = services.running["pose"][1]
+            await _until(lambda: pose.status.get("state") == "serving" and _camera_analysed(worker) > 0, 60,
+                         "analysing")
+            # A healthy service answers every ping (busy serving the camera as it is).
+            for n in (1, 2, 3):
+                await clock.advance(cams.PING_EVERY)
+                await _until(functools.partial(_answered, pose, n), 10, f"pong {n}")
+            assert not [e for e in seen if e.kind == "gateway.task_crashed"]
+            hung = pose.pid
+            assert hung
+            os.kill(hung, signal.SIGSTOP)
+            await _until(lambda: _stopped(hung), 10, "every thread of the service stopped")
+            try:
+                await clock.advance(cams.PING_EVERY)
+                await _until(lambda: pose.pinging, 10, "the ping sent")
+                await clock.advance(cams.PING_TIMEOUT)
+                await _until(lambda: any(e.kind == "gateway.task_crashed" for e in seen), 10, "said crashed")
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(hung, signal.SIGCONT)
+            (crash,) = [e for e in seen if e.kind == "gateway.task_crashed"]
+            assert crash.source == "vision:pose" and "hung: no answer to a ping" in crash.payload["error"]
+            with pytest.raises(ProcessLookupError):  # killed and reaped
+                os.kill(hung, 0)
+            await clock.advance(2.0)  # the supervisor's backoff
+            await _until(lambda: pose.pid not in (None, hung) and pose.status.get("state") == "serving", 30,
+                         "pose service back")
+            # The camera carries on with the new service: frames analysed, and the errors of the gap are over.
+            count = _camera_analysed(worker)
+            await _until(lambda: _camera_analysed(worker) > count + 5, 30, "yard analysing again")
+            errors, count = int(worker.status.get("errors", 0)), _camera_analysed(worker)
+            await _until(lambda: _camera_analysed(worker) > count + 5, 30, "yard analysing on")
+            assert int(worker.status.get("errors", 0)) == errors
+            assert [e.source for e in seen if e.kind == "gateway.task_crashed"] == ["vision:pose"]
+        finally:
+            await supervisor.stop()
+
+
+def _answered(service: Any, n: int) -> bool:
+    return bool(service.pongs == n and not service.pinging)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of the process in the stopped state (a group stop reaches the threads one by one)."""
+    states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in Path(f"/proc/{pid}/task").iterdir()]
+    return all(state == "T" for state in states)
+
+
+def _camera_analysed(worker: Any) -> int:
+    return int(worker.status.get("analysed", 0) or 0)
 
 
 # -- one service process, spoken to directly ------------------------------------------------------
