@@ -397,7 +397,8 @@ class CameraWorker:
         when = float(ts) if isinstance(ts, int | float) and abs(now - ts) < 3600 else now
         payload = safe_payload(msg.get("payload"))
         payload["camera"] = self.camera.id
-        if priority is Priority.EVENT and self._flooding(self.clock.monotonic()):
+        # fall.suspected is the first word of a life-safety alarm: never held back, like the alarms themselves
+        if priority is Priority.EVENT and not kind.startswith("fall.") and self._flooding(self.clock.monotonic()):
             return
         self.sink.event(Event(kind, self.camera.id, priority, payload, when))
         if kind in ("camera.connected", "camera.lost"):
