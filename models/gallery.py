@@ -26,10 +26,11 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ from models.faces import Vector
 
 DB_NAME = "faces.db"
 KEY_BYTES = 32
+BUSY_MS = 5000
+"""How long a statement waits for another process's lock (an enrolment beside the camera workers)."""
+OPEN_WAIT = 10.0
+"""How long opening retries a lock SQLite refuses at once (several workers creating the file together)."""
 CREDENTIAL_NAME = "faces-key"
 EMBEDDING_DIM = 128
 
@@ -150,12 +155,31 @@ class Gallery:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)
         os.chmod(self.path, 0o600)
-        self.db.execute("PRAGMA journal_mode = WAL")
+        # The wait for a lock first: two camera workers starting together create and open the file at once.
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
         self.db.execute("PRAGMA secure_delete = ON")
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self._open()
+        self._when_unlocked(lambda: self.db.execute("PRAGMA journal_mode = WAL"))
+        self._when_unlocked(self._open)
         self._cache: tuple[dt.date, int, list[str], np.ndarray[Any, np.dtype[np.float32]]] | None = None
+
+    def _when_unlocked(self, step: Callable[[], object]) -> None:
+        """Run an opening step, again while another process holds the lock it needs, for OPEN_WAIT seconds at most.
+
+        The busy timeout covers most waits, but SQLite answers 'database is locked' at once, without waiting,
+        where waiting could deadlock: the switch of a new file to WAL, a read upgraded to a write while another
+        connection writes. Every step here can be run again (``IF NOT EXISTS``, a version check)."""
+        deadline = time.monotonic() + OPEN_WAIT
+        while True:
+            try:
+                step()
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                    raise
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                time.sleep(0.02 + 0.08 * secrets.randbelow(100) / 100)
 
     def _columns(self) -> set[str]:
         return {row[1] for row in self.db.execute("PRAGMA table_info(people)")}
