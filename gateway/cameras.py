@@ -255,11 +255,14 @@ class VisionServices:
         return {DETECTOR_FAMILY[d] for c in cameras if c.enabled for d in c.detect}
 
     def sockets(self, camera: CameraConfig, vision: VisionConfig) -> dict[str, str]:
-        """What a worker is told: its families' sockets (none when models are not shared)."""
+        """What a worker is told: its families' sockets (none when models are not shared), and the faces service's
+        whenever one runs: the live frame for the status page blurs faces with its detector."""
         if not vision.shared_models:
             return {}
-        families = sorted({DETECTOR_FAMILY[d] for d in camera.detect})
-        return {family: str(self.dir / f"{family}.sock") for family in families}
+        families = {DETECTOR_FAMILY[d] for d in camera.detect}
+        if "faces" in self.running:
+            families.add("faces")
+        return {family: str(self.dir / f"{family}.sock") for family in sorted(families)}
 
     async def sync(self, cameras: list[CameraConfig], vision: VisionConfig) -> None:
         """Start the services now needed, stop those no longer needed, restart those whose ``[vision]`` changed."""

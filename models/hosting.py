@@ -57,6 +57,11 @@ def use_services(sockets: dict[str, str]) -> None:
     _services.update({family: Path(path) for family, path in sockets.items() if family in FAMILIES})
 
 
+def served(family: str) -> Path | None:
+    """The socket of the family's shared service this worker was told, or None (its models would be local)."""
+    return _services.get(family)
+
+
 def open_models(family: str, data_dir: Path, vision: VisionConfig) -> dict[str, Any]:
     """The family's model objects: local, or proxies to its shared service (see ``use_services``)."""
     socket = _services.get(family)

@@ -6,7 +6,10 @@ At most once a second, and only while the server's ``want`` file is fresh (model
 the names of the recognised. Blurring errs towards hiding: faces are looked for by a YuNet detector of their
 own at a low score threshold (``BLUR_SCORE``, well under the faces analyser's), added to whatever the analyser
 found, and each box is enlarged before it is pixelated; with no face model at all the whole picture is
-pixelated, since a face we cannot find we cannot hide.
+pixelated, since a face we cannot find we cannot hide. Where the faces family has a shared service, its
+detector is asked (at ``BLUR_SCORE``) instead of loading one in the worker (ONNX Runtime and the model, tens
+of MB, for as long as someone watches); a frame it cannot answer for (the service restarting) is pixelated
+whole.
 """
 
 from __future__ import annotations
@@ -134,9 +137,11 @@ class LiveFrames:
 
 
 def face_finder(data_dir: Path) -> Callable[[np.ndarray[Any, Any]], list[Box] | None]:
-    """Face boxes for blurring from a YuNet detector of its own at ``BLUR_SCORE`` (not the faces analyser's, which
-    keeps only faces it is sure of), loaded on first use (a camera nobody watches never loads it); None from it
-    when there is no face model."""
+    """Face boxes for blurring from a YuNet detector asked at ``BLUR_SCORE`` (not the faces analyser's threshold,
+    which keeps only faces it is sure of): the faces service's when the worker was told one
+    (``models.hosting.served``), else one of its own loaded on first use (a camera nobody watches never loads
+    it). None from it, so the whole frame is pixelated, when there is no face model or the service cannot
+    answer for this frame."""
     detector: Any = None
     missing = False
 
@@ -145,16 +150,38 @@ def face_finder(data_dir: Path) -> Callable[[np.ndarray[Any, Any]], list[Box] | 
 
         nonlocal detector, missing
         if detector is None and not missing:
-            from models.faces import FaceDetector
-            from models.fetch import FetchError, model_path
-
-            try:
-                detector = FaceDetector(model_path(data_dir, "yunet"), score_threshold=BLUR_SCORE, threads=1)
-            except (FetchError, Exception):  # no model, or ONNX Runtime refusing it: blur the whole frame
-                missing = True
+            detector, missing = _blur_detector(data_dir)
         if detector is None:
             return None
         bgr = as_bgr(frame)
-        return None if bgr is None else [face.box for face in detector.detect(bgr)]  # unreadable: blur it all
+        if bgr is None:
+            return None  # unreadable: blur it all
+        try:
+            return [face.box for face in detector.detect(bgr, score_threshold=BLUR_SCORE)]
+        except (OSError, RuntimeError):  # the service gone or restarting (ServiceUnavailable, RemoteError)
+            return None
 
     return find
+
+
+def _blur_detector(data_dir: Path) -> tuple[Any, bool]:
+    """(the detector, or None; True when there is none to be had: no model, a service that cannot load one)."""
+    from models.hosting import open_models, served
+
+    socket = served("faces")
+    if socket is not None:
+        if not socket.exists():  # stopped by a reload: no wait for it; the frame is pixelated whole
+            return None, False
+        from models.config import VisionConfig
+
+        try:
+            return open_models("faces", data_dir, VisionConfig())["detector"], False
+        except OSError as exc:  # ServiceUnavailable: not up (try again next frame), or up without models
+            return None, "cannot serve" in str(exc)
+    from models.faces import FaceDetector
+    from models.fetch import model_path
+
+    try:
+        return FaceDetector(model_path(data_dir, "yunet"), score_threshold=BLUR_SCORE, threads=1), False
+    except Exception:  # no model (FetchError), or ONNX Runtime refusing it: blur the whole frame
+        return None, True

@@ -300,6 +300,48 @@ def test_a_proxy_answers_as_the_model_does_and_survives_a_service_restart(
     assert len(hosted["detector"].detect(frame)) == 1  # the same proxy, connected again
 
 
+def test_the_live_frame_blurs_faces_with_the_services_detector(
+        tmp_path: Path, vision_dir: Path, faces_service: Callable[..., Path]) -> None:
+    """A worker told the faces service asks its detector for the faces to blur (at the blur score): nothing loaded
+    in the worker (its data dir here has no model at all), and still no face left on the blurred frame; with
+    the service gone a frame is pixelated whole, never shown with a face."""
+    from models import live as frames
+    from models.faces import FaceDetector
+    from models.fetch import model_path
+    from models.hosting import use_services
+    from models.liveframe import BLUR_SCORE, LiveFrames, face_finder
+
+    frame = np.asarray(scene(_image(vision_dir)), dtype=np.uint8)
+    look = FaceDetector(model_path(vision_dir, "yunet"), score_threshold=BLUR_SCORE)
+    assert len(look.detect(frame)) >= 1
+    bare = tmp_path / "bare"  # no models here: a detector loaded in the worker could not exist
+    bare.mkdir()
+    use_services({"faces": str(faces_service())})
+    try:
+        find = face_finder(bare)
+        boxes = find(frame)
+        assert boxes is not None and len(boxes) >= 1
+        now = [100.0]
+        live = LiveFrames(bare, "door", find, clock=lambda: now[0])
+        frames.want(bare, "door")
+        assert live.offer(frame, [], faces_looked=True)
+        jpeg = (frames.live_dir(bare, "door") / frames.BLURRED).read_bytes()
+        blurred = np.asarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), dtype=np.uint8)
+        assert blurred.shape == frame.shape and look.detect(blurred) == []
+        x, y, w, h = (int(v) for v in boxes[0])
+        outside = np.ones(frame.shape[:2], bool)
+        outside[max(0, y - h):y + 2 * h, max(0, x - w):x + 2 * w] = False
+        assert float(np.abs(blurred.astype(float) - frame)[outside].mean()) < 5  # only the faces, not the picture
+
+        os.kill(_pid_of(faces_service()), signal.SIGKILL)
+        assert find(frame) is None  # cannot answer for this frame: all of it is pixelated
+        faces_service(restart=True)
+        time.sleep(remote.RETRY_AFTER)
+        assert find(frame) is not None
+    finally:
+        use_services({})
+
+
 def _pid_of(sock: Path) -> int:
     """The service's pid, as the kernel says who is at the other end of a connection (SO_PEERCRED)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
