@@ -12,12 +12,17 @@ What it protects against: a copied SD card, a stolen faces.db or backup, without
 and dates but no name, role or face. What it does not: root on the running box reads the key.
 
 Every enrol, erase and export writes an audit row in the same transaction as the change. Erase
-deletes the person and their embeddings with ``secure_delete`` on and checkpoints the WAL, so the
-old bytes are overwritten, not just unlinked.
+deletes the person and their embeddings with ``secure_delete`` on, then scrubs the file: VACUUM and a
+full checkpoint of the WAL (``wal_checkpoint(TRUNCATE)``), so the old bytes are overwritten, not just
+unlinked. A checkpoint cannot finish while another connection reads an older snapshot (a camera
+worker in the middle of a match): it is retried for SCRUB_WAIT seconds, and if it still cannot finish
+the file is marked (``user_version`` 1, "scrub pending") and GalleryError says so and what to do; the
+next opening of the file (any ``gateway faces`` command, a camera worker starting) finishes it.
 
 Format versions (``PRAGMA user_version``): 0 = names and roles in clear (releases up to issue 17),
-2 = sealed. Opening a version 0 file with the key upgrades it in place (one transaction, then VACUUM
-so the clear text leaves the file).
+1 = sealed, but the file may still hold erased or clear bytes until its scrub finishes, 2 = sealed.
+Opening a version 0 file with the key upgrades it in place (one transaction, then the scrub, so the
+clear text leaves the file and its WAL).
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ EMBEDDING_DIM = 128
 
 VERSION = 2
 """``PRAGMA user_version`` of the current format (0: names and roles in clear)."""
+SCRUB_PENDING = 1
+"""``PRAGMA user_version`` of a sealed file whose old bytes (erased rows, clear names) may still be on disk."""
+SCRUB_WAIT = 10.0
+"""How long a scrub retries a checkpoint that another connection's read transaction holds back (seconds)."""
+SCRUB_BUSY_MS = 200
+"""The busy timeout of each checkpoint attempt during a scrub (so SCRUB_WAIT bounds the whole wait)."""
 
 _PEOPLE = """
 CREATE TABLE IF NOT EXISTS people (
@@ -188,7 +199,10 @@ class Gallery:
         """Create the tables, or upgrade a version 0 file (names and roles in clear) in place."""
         if "name" not in self._columns():
             self.db.executescript(_SCHEMA)
-            if self.db.execute("PRAGMA user_version").fetchone()[0] != VERSION:  # a new file: no write otherwise
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCRUB_PENDING:  # an erase or upgrade whose old bytes may still be on disk
+                self._scrub("a previous erase or upgrade")
+            elif version != VERSION:  # a new file: no write otherwise
                 self.db.execute(f"PRAGMA user_version = {VERSION}")
             return
         # Version 0. The key must be the one the embeddings were sealed with, or the names would be
@@ -207,8 +221,37 @@ class Gallery:
                     self._upgrade_v0()
         finally:
             self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("VACUUM")  # the clear names leave the file, not only the table
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._scrub("the upgrade sealed every name and role")  # the clear names leave the file, not only the table
+
+    def _scrub(self, done: str) -> None:
+        """Overwrite the bytes of deleted rows on disk: VACUUM (every page rewritten, through the WAL), then a
+        full checkpoint (the WAL copied into faces.db, the file cut to size, the WAL emptied).
+
+        The checkpoint cannot finish while another connection reads an older snapshot: retried for
+        SCRUB_WAIT seconds, then GalleryError (``done`` says what was already done). The file stays
+        marked SCRUB_PENDING until a scrub finishes, so the next opening tries again."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] != SCRUB_PENDING:
+            self.db.execute(f"PRAGMA user_version = {SCRUB_PENDING}")
+        self.db.execute("VACUUM")
+        deadline = time.monotonic() + SCRUB_WAIT
+        self.db.execute(f"PRAGMA busy_timeout = {SCRUB_BUSY_MS}")
+        try:
+            while True:
+                busy, log, moved = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy == 0 and log <= 0:
+                    break
+                if time.monotonic() >= deadline:
+                    raise GalleryError(
+                        f"{done}, but the old bytes are still in {self.path} (or its -wal): another process kept "
+                        f"a read transaction open on it for {SCRUB_WAIT:.0f} s ({moved} of {log} pages written). "
+                        "Stop what holds the gallery open (the gateway's camera workers: systemctl stop gateway), "
+                        "then run `gateway faces list` (any opening of the gallery finishes the job)")
+                time.sleep(0.05)
+            # Scrubbed: mark it so, then empty the WAL of that one page (best effort: the mark holds no secret).
+            self.db.execute(f"PRAGMA user_version = {VERSION}")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
 
     def _upgrade_v0(self) -> None:
         rows = self.db.execute("SELECT id, name, role, consent, expires, created FROM people").fetchall()
@@ -223,7 +266,7 @@ class Gallery:
         self.db.execute("UPDATE audit SET data = json_remove(data, '$.role') WHERE json_extract(data, '$.role') "
                         "IS NOT NULL")
         self._audit("faces.upgrade", None, people=len(rows), to_version=VERSION)
-        self.db.execute(f"PRAGMA user_version = {VERSION}")
+        self.db.execute(f"PRAGMA user_version = {SCRUB_PENDING}")  # sealed; VERSION once the clear bytes are gone
 
     def _seal_identity(self, person: str, name: str, role: str) -> tuple[bytes, bytes]:
         nonce = os.urandom(12)
@@ -321,8 +364,14 @@ class Gallery:
             removed = self.db.execute("DELETE FROM embeddings WHERE person = ?", (person_id,)).rowcount
             self.db.execute("DELETE FROM people WHERE id = ?", (person_id,))
             self._audit("faces.erase", person_id, actor=actor, embeddings=removed, **details)
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute(f"PRAGMA user_version = {SCRUB_PENDING}")  # until the freed bytes are overwritten
+        self._scrub(f"{person_id} was erased from the gallery")
         return int(removed)
+
+    def record(self, action: str, person: str | None, *, actor: str = "cli", **data: Any) -> None:
+        """An audit row on its own (what an erase did after the person left the gallery: snapshots, failures)."""
+        with self._tx():
+            self._audit(action, person, actor=actor, **data)
 
     def export(self, path: Path, *, actor: str = "cli") -> int:
         """Write the people and their embeddings (names, roles and faces still sealed with the key) to a 0600

@@ -131,3 +131,66 @@ def test_names_and_roles_are_sealed_to_their_person(tmp_path: Path) -> None:
         with pytest.raises(GalleryError, match="tampered"):
             g.people()
     assert b"Ann Example" not in on_disk(tmp_path) and b"resident" not in on_disk(tmp_path)
+
+
+def _reader(data: Path) -> sqlite3.Connection:
+    """Another process's connection in the middle of a read (a camera worker matching), on an older snapshot."""
+    r = sqlite3.connect(data / "faces.db", isolation_level=None, check_same_thread=False)
+    r.execute("BEGIN")
+    r.execute("SELECT count(*) FROM embeddings").fetchone()
+    return r
+
+
+def _files(data: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in data.iterdir() if p.name in ("faces.db", "faces.db-wal")}
+
+
+def test_upgrade_and_erase_overwrite_old_bytes_while_a_reader_is_open(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import models.gallery as gallery_mod
+
+    key = os.urandom(32)
+    vec = np.ones(128, np.float32) / np.sqrt(128)
+    data = tmp_path / "data"
+    write_v0(data, key, {pid: [vec] for pid, *_ in PEOPLE})
+    # A reader that ends 0.5 s into the upgrade: the scrub waits for it, then overwrites the clear names.
+    r = _reader(data)
+    threading.Timer(0.5, lambda: r.execute("COMMIT")).start()
+    with Gallery(data, key) as g:
+        assert g.db.execute("PRAGMA user_version").fetchone()[0] == VERSION
+        assert sorted(p.name for p in g.people()) == ["Eileen Collins", "Grace Hopper"]
+        sealed = [bytes(b) for (b,) in g.db.execute("SELECT sealed FROM people WHERE id = 'p-hopper' UNION ALL "
+                                                    "SELECT sealed FROM embeddings WHERE person = 'p-hopper'")]
+        for name, blob in _files(data).items():
+            for _, pname, role, _, _ in PEOPLE:
+                assert pname.encode() not in blob and role.encode() not in blob, name
+        # Erase with a reader open: the erased rows' bytes leave both files once the reader ends.
+        r.execute("BEGIN")
+        r.execute("SELECT count(*) FROM embeddings").fetchone()
+        threading.Timer(0.5, lambda: r.execute("COMMIT")).start()
+        assert all(any(s in blob for blob in _files(data).values()) for s in sealed)  # the test can fail
+        g.erase("p-hopper")
+        assert g.db.execute("PRAGMA user_version").fetchone()[0] == VERSION
+        for name, blob in _files(data).items():
+            assert not any(s in blob for s in sealed), name
+    r.close()
+
+    # A reader that never ends within the wait: the upgrade fails loudly, says what to do, and the next
+    # opening (once the reader is gone) finishes the job.
+    monkeypatch.setattr(gallery_mod, "SCRUB_WAIT", 0.5)
+    again = tmp_path / "again"
+    write_v0(again, key, {pid: [vec] for pid, *_ in PEOPLE})
+    r = _reader(again)
+    with pytest.raises(GalleryError, match="old bytes are still in .*systemctl stop gateway"):
+        Gallery(again, key)
+    assert any(b"Eileen Collins" in blob for blob in _files(again).values())
+    r.execute("COMMIT")
+    r.close()
+    with Gallery(again, key) as g:
+        assert g.db.execute("PRAGMA user_version").fetchone()[0] == VERSION
+        assert [r["action"] for r in g.audit()].count("faces.upgrade") == 1
+    for name, blob in _files(again).items():
+        for _, pname, role, _, _ in PEOPLE:
+            assert pname.encode() not in blob and role.encode() not in blob, name
