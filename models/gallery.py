@@ -98,6 +98,10 @@ class GalleryError(Exception):
     """Bad key, unknown person, or a record that does not make sense."""
 
 
+class ScrubError(GalleryError):
+    """The change is made, but the old bytes are not overwritten yet (another reader held the file)."""
+
+
 def load_key(key_file: Path | None = None, *, credential: str = CREDENTIAL_NAME) -> bytes:
     """The gallery key from ``key_file``, else from the systemd credential; refused if group/other can read it."""
     path = key_file
@@ -241,7 +245,7 @@ class Gallery:
                 if busy == 0 and log <= 0:
                     break
                 if time.monotonic() >= deadline:
-                    raise GalleryError(
+                    raise ScrubError(
                         f"{done}, but the old bytes are still in {self.path} (or its -wal): another process kept "
                         f"a read transaction open on it for {SCRUB_WAIT:.0f} s ({moved} of {log} pages written). "
                         "Stop what holds the gallery open (the gateway's camera workers: systemctl stop gateway), "

@@ -3,13 +3,14 @@
 Files are 0600 in a 0700 directory under the data dir; nothing here is ever sent upstream (the
 event carries the file name so a technician on the box can find it).
 
-Erasing a person (``gateway faces erase``) removes the snapshots named after them and the
-``face.unknown`` snapshots in which a face matches their embeddings at or above the match threshold
-(taken before they became known, or on a frame the camera did not recognise). Those are found by
-embedding the unknown snapshots again at erase time rather than by keeping a (sealed) embedding beside
-each one: a stored template of every passer-by would be new biometric data to protect, retain and
-erase, while re-embedding costs ~20-35 ms a snapshot on one core, and erase is rare and bounded by
-``max_mb``.
+Erasing a person (``gateway faces erase``) first removes them from the gallery (cameras stop naming
+them), then removes the snapshots named after them and the ``face.unknown`` snapshots in which a face
+matches their embeddings at or above the match threshold (taken before they became known, or on a frame
+the camera did not recognise). Those are found by embedding the unknown snapshots again at erase time
+rather than by keeping a (sealed) embedding beside each one: a stored template of every passer-by would
+be new biometric data to protect, retain and erase, while re-embedding costs ~20-35 ms a snapshot on one
+core, and erase is rare and bounded by ``max_mb``. The named snapshots are looked for once more at the
+end: a camera may have written one between the gallery's erase and its next match.
 """
 
 from __future__ import annotations
@@ -75,13 +76,19 @@ class Snapshots:
         return removed
 
 
-def erase_person(data_dir: Path, person: str) -> int:
-    """Delete every camera's snapshots of ``person`` (named ``...~<person>.jpg``); how many went."""
+def erase_person(data_dir: Path, person: str) -> tuple[int, list[str]]:
+    """Delete every camera's snapshots of ``person`` (named ``...~<person>.jpg``): (how many went, the files
+    that could not be deleted, as "name: error")."""
     removed = 0
+    failed: list[str] = []
     for path in (data_dir / "snapshots").glob(f"*/*~{glob.escape(person)}.jpg"):
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append(f"{path}: {exc.strerror or exc}")
+            continue
         removed += 1
-    return removed
+    return removed, failed
 
 
 def unknown_snapshots(data_dir: Path) -> list[Path]:
@@ -90,23 +97,29 @@ def unknown_snapshots(data_dir: Path) -> list[Path]:
 
 
 def erase_matching(data_dir: Path, pipeline: FacePipeline, embeddings: np.ndarray[Any, Any], threshold: float,
-                   progress: Callable[[int, int, str], None] | None = None) -> tuple[int, int]:
+                   progress: Callable[[int, int, str], None] | None = None) -> tuple[int, int, list[str]]:
     """Delete the unknown-face snapshots holding a face at or above ``threshold`` to any of ``embeddings``.
 
-    Returns (removed, checked). A file that cannot be read is left alone (and counted as checked).
+    Returns (removed, checked, failed): a file that cannot be read as an image is left alone (and counted as
+    checked: it holds no face); a file on which the models fail is left alone and named in ``failed``
+    ("name: error"), so the caller can say which were not checked.
     """
     files = unknown_snapshots(data_dir)
     if len(embeddings) == 0:
-        return 0, 0
+        return 0, 0, []
     matrix = np.asarray(embeddings, dtype=np.float32)
     matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     removed = 0
+    failed: list[str] = []
     for i, path in enumerate(files, 1):
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        faces = pipeline.faces(frame) if frame is not None else []
-        if any(f.embedding is not None and float((matrix @ f.embedding).max()) >= threshold for f in faces):
-            path.unlink(missing_ok=True)
-            removed += 1
+        try:
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            faces = pipeline.faces(frame) if frame is not None else []
+            if any(f.embedding is not None and float((matrix @ f.embedding).max()) >= threshold for f in faces):
+                path.unlink(missing_ok=True)
+                removed += 1
+        except Exception as exc:  # a model or the disk failing on one file: the others are still checked
+            failed.append(f"{path.name}: {type(exc).__name__}: {exc}"[:300])
         if progress is not None:
             progress(i, len(files), path.name)
-    return removed, len(files)
+    return removed, len(files) - len(failed), failed

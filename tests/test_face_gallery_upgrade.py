@@ -183,7 +183,7 @@ def test_upgrade_and_erase_overwrite_old_bytes_while_a_reader_is_open(tmp_path: 
     again = tmp_path / "again"
     write_v0(again, key, {pid: [vec] for pid, *_ in PEOPLE})
     r = _reader(again)
-    with pytest.raises(GalleryError, match="old bytes are still in .*systemctl stop gateway"):
+    with pytest.raises(GalleryError, match=r"old bytes are still in .*systemctl stop gateway"):
         Gallery(again, key)
     assert any(b"Eileen Collins" in blob for blob in _files(again).values())
     r.execute("COMMIT")

@@ -179,3 +179,32 @@ def test_erase_without_the_face_models_still_erases_and_says_what_it_could_not_c
     assert doc["unknown_snapshots"]["removed"] == 0 and "not checked" in doc["unknown_snapshots"]["error"]
     with Gallery(data, load_key(keyf)) as g:
         assert g.people() == []
+        trail = g.audit()
+    assert [r["action"] for r in trail[:2]] == ["faces.erase.snapshots", "faces.erase"]
+    assert "not checked" in trail[0]["errors"][0]
+
+
+def test_erase_that_fails_after_the_gallery_says_what_was_done_and_audits_it(
+        cli, tmp_path: Path, images: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    run, data = cli
+    keyf = tmp_path / "faces.key"
+    create_key(keyf)
+    with Gallery(data, load_key(keyf)) as g:
+        g.enroll(Person("p1", "P One", "resident", "2025-01-01"), [np.ones(128, np.float32)])
+    (data / "snapshots" / "door").mkdir(parents=True)
+    named = data / "snapshots" / "door" / "20260101T120000-000-face.recognized~p1.jpg"
+    named.write_bytes(b"jpeg")
+    stuck = data / "snapshots" / "door" / "20260101T120001-000-face.recognized~p1.jpg"
+    stuck.mkdir()  # a snapshot that cannot be unlinked (a directory: even root cannot)
+    unknown = data / "snapshots" / "door" / "20251231T080000-000-face.unknown.jpg"
+    cv2.imwrite(str(unknown), images["hopper"])
+    code, out = run("faces", "erase", "p1", "--data-dir", str(data), "--key-file", str(keyf), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["embeddings_removed"] == 1 and doc["snapshots_removed"] == 1 and not named.exists()
+    assert doc["unknown_snapshots"] == {"removed": 0, "checked": 1}  # still checked after the failure
+    assert len(doc["errors"]) == 1 and stuck.name in doc["errors"][0]
+    with Gallery(data, load_key(keyf)) as g:
+        assert g.people() == []
+        trail = g.audit()
+    assert [r["action"] for r in trail[:2]] == ["faces.erase.snapshots", "faces.erase"]
+    assert trail[0]["snapshots"] == 1 and stuck.name in trail[0]["errors"][0]

@@ -224,14 +224,16 @@ def test_cli_enroll_list_erase(tmp_path: Path, vision_dir: Path, images: dict[st
     broken.write_bytes(b"\xff\xd8 cut short")
     code, out = run("faces", "erase", "p1", *common)
     assert code == 0 and json.loads(out) == {"person": "p1", "embeddings_removed": 1, "snapshots_removed": 1,
-                                             "unknown_snapshots": {"removed": 1, "checked": 3}}
+                                             "unknown_snapshots": {"removed": 1, "checked": 3}, "errors": []}
     assert not mine.exists() and other.exists()
     assert not seen.exists() and stranger.exists() and broken.exists()
     assert run("faces", "list", *common)[1].strip() == "[]"
     code, out = run("faces", "audit", *common)
     trail = json.loads(out)
-    assert [(r["action"], r["person"]) for r in trail] == [("faces.erase", "p1"), ("faces.enroll", "p1")]
-    assert trail[0]["snapshots"] == 1 and trail[0]["embeddings"] == 1 and trail[0]["unknown_snapshots"] == 1
+    assert [(r["action"], r["person"]) for r in trail] == [("faces.erase.snapshots", "p1"), ("faces.erase", "p1"),
+                                                           ("faces.enroll", "p1")]
+    assert trail[1]["embeddings"] == 1  # out of the gallery first, then the files
+    assert trail[0]["snapshots"] == 1 and trail[0]["unknown_snapshots"] == 1 and trail[0]["errors"] == []
     code, _ = run("faces", "enroll", "../etc", "--image", str(good), "--consent", "2025-03-01", *common)
     assert code == 1  # an id travels in events and names snapshot files: no slashes, no spaces
     assert all(r["actor"] == getpass.getuser() for r in trail)

@@ -202,40 +202,67 @@ def cmd_faces_list(args: argparse.Namespace) -> int:
 
 
 def cmd_faces_erase(args: argparse.Namespace) -> int:
+    """The person leaves the gallery first (the cameras stop recognising them, so stop writing their snapshots),
+    their embeddings kept in memory; then their named snapshots, the unknown-face snapshots matching those
+    embeddings, and their named snapshots once more (written between the erase and a camera's next match).
+    Whatever fails after the gallery erase is said (exit 1, with what was and was not done) and audited."""
+    import sqlite3
+
     from models.faces import FacePipeline
-    from models.fetch import FetchError
-    from models.gallery import Gallery, GalleryError
+    from models.gallery import Gallery, GalleryError, ScrubError
     from models.snapshots import erase_matching, erase_person, unknown_snapshots
 
     data_dir = _data_dir(args)
     cfg = faces_config(args)
-    unknown: dict[str, Any] = {"removed": 0, "checked": 0}
+    errors: list[str] = []
     try:
-        with Gallery(data_dir, faces_key(args, cfg)) as gallery:
-            theirs = gallery.embeddings_of(args.person)  # before they go: to find their unknown snapshots
-            snapshots = erase_person(data_dir, args.person)
-            if len(theirs) and unknown_snapshots(data_dir):
-                try:
-                    pipeline = FacePipeline.from_data_dir(data_dir, embedder=cfg.embedder)
-                except FetchError as exc:
-                    unknown["error"] = f"unknown-face snapshots not checked: {exc}"
-                else:
-                    found, checked = erase_matching(data_dir, pipeline, theirs, cfg.threshold, _progress)
-                    unknown = {"removed": found, "checked": checked}
-            removed = gallery.erase(args.person, actor=actor(), snapshots=snapshots,
-                                    unknown_snapshots=unknown["removed"], threshold=cfg.threshold)
+        gallery = Gallery(data_dir, faces_key(args, cfg))
     except GalleryError as exc:
         print(f"faces erase: {exc}", file=sys.stderr)
         return 1
+    with gallery:
+        try:
+            theirs = gallery.embeddings_of(args.person)  # kept to find their unknown snapshots
+            removed = gallery.erase(args.person, actor=actor(), threshold=cfg.threshold)
+        except ScrubError as exc:  # erased, but the freed bytes are not overwritten yet
+            removed = len(theirs)
+            errors.append(str(exc))
+        except GalleryError as exc:
+            print(f"faces erase: {exc}", file=sys.stderr)
+            return 1
+        unknown: dict[str, Any] = {"removed": 0, "checked": 0}
+        snapshots, failed = erase_person(data_dir, args.person)
+        try:
+            if len(theirs) and unknown_snapshots(data_dir):
+                pipeline = FacePipeline.from_data_dir(data_dir, embedder=cfg.embedder)
+                found, checked, not_checked = erase_matching(data_dir, pipeline, theirs, cfg.threshold, _progress)
+                unknown = {"removed": found, "checked": checked}
+                if not_checked:
+                    unknown["error"] = f"{len(not_checked)} unknown-face snapshots not checked: {not_checked[0]}"
+        except Exception as exc:  # models missing (FetchError), a disk error, a model failing: said and audited
+            unknown["error"] = f"unknown-face snapshots not checked: {type(exc).__name__}: {exc}"
+        again, failed = erase_person(data_dir, args.person)  # written before the cameras saw the erase
+        snapshots += again
+        if failed:
+            errors.append(f"{len(failed)} of their snapshots not deleted: {'; '.join(failed[:3])}")
+        if "error" in unknown:
+            errors.append(unknown["error"])
+        try:
+            gallery.record("faces.erase.snapshots", args.person, actor=actor(), snapshots=snapshots,
+                           unknown_snapshots=unknown["removed"], unknown_checked=unknown["checked"],
+                           errors=errors)
+        except (GalleryError, sqlite3.Error) as exc:
+            errors.append(f"the snapshot part of the erase is not audited: {exc}")
     if args.json:
         print_json({"person": args.person, "embeddings_removed": removed, "snapshots_removed": snapshots,
-                    "unknown_snapshots": unknown})
+                    "unknown_snapshots": unknown, "errors": errors})
     else:
-        print(f"erased {args.person} ({removed} embeddings, {snapshots} snapshots, {unknown['removed']} of "
-              f"{unknown['checked']} unknown-face snapshots matching at >= {cfg.threshold:.2f}); audited")
-        if "error" in unknown:
-            print(f"faces erase: {unknown['error']}", file=sys.stderr)
-    return 1 if "error" in unknown else 0
+        print(f"erased {args.person} from the gallery ({removed} embeddings); removed {snapshots} of their "
+              f"snapshots and {unknown['removed']} of {unknown['checked']} unknown-face snapshots matching at "
+              f">= {cfg.threshold:.2f}; audited")
+    for error in errors:
+        print(f"faces erase: not done: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_faces_export(args: argparse.Namespace) -> int:
