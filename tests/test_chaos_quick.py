@@ -27,6 +27,10 @@ FIGURES = {"method", "faults", "fault_count", "stored_not_delivered", "telemetry
 DAEMON = {"rss_mb_start", "rss_mb_end", "rss_growth_mb", "fds_start", "fds_end", "fd_growth", "processes",
           "unexpected_exits", "exit_code"}
 
+# The clock jumps are judged by readings the daemon stored while a jump held; beside another test file on two
+# cores a loaded daemon stored none in the -1 h jump, so the scenario proved nothing. It runs alone.
+pytestmark = pytest.mark.solo
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
