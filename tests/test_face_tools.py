@@ -208,3 +208,78 @@ def test_erase_that_fails_after_the_gallery_says_what_was_done_and_audits_it(
         trail = g.audit()
     assert [r["action"] for r in trail[:2]] == ["faces.erase.snapshots", "faces.erase"]
     assert trail[0]["snapshots"] == 1 and stuck.name in trail[0]["errors"][0]
+
+
+def _claiming(kind: str, w: int, h: int) -> bytes:
+    """A small valid image whose header claims w x h pixels (a decompression bomb in a few hundred bytes)."""
+    import struct
+
+    small = np.zeros((16, 16, 3), np.uint8)
+    if kind == "jpeg":
+        b = bytearray(cv2.imencode(".jpg", small)[1].tobytes())
+        i = b.find(b"\xff\xc0")
+        b[i + 5:i + 9] = struct.pack(">HH", h, w)
+        return bytes(b)
+    b = bytearray(cv2.imencode(".png", small)[1].tobytes())
+    b[16:24] = struct.pack(">II", w, h)
+    return bytes(b)
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(["jpeg", "png"]), w=st.integers(1, 65535), h=st.integers(1, 65535),
+       tail=st.binary(max_size=64))
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(kind: str, w: int, h: int, tail: bytes) -> None:
+    from gateway.cli.vision import MAX_DECODE_PIXELS, decode_image, header_size
+
+    data = _claiming(kind, w, h)
+    assert header_size(data) == (w, h)
+    for cut in range(0, len(data), 7):  # cut short, or cut and followed by anything: never raises
+        size = header_size(data[:cut] + tail)
+        assert size is None or min(size) >= 0
+    if w * h > MAX_DECODE_PIXELS:  # refused from the header: nothing allocated
+        frame, why = decode_image(data)
+        assert frame is None and why is not None and f"{w}x{h}" in why
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(st.binary(max_size=300),
+                      *(st.builds(lambda tail, p=p: p + tail, st.binary(max_size=300))
+                        for p in (b"\xff\xd8", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"GIF89a", b"BM",
+                                  b"RIFF\x00\x00\x00\x00WEBPVP8X", b"RIFF\x00\x00\x00\x00WEBPVP8L"))))
+def test_header_size_takes_any_bytes(data: bytes) -> None:
+    from gateway.cli.vision import header_size
+
+    size = header_size(data)
+    assert size is None or (isinstance(size[0], int) and isinstance(size[1], int) and min(size) >= 0)
+
+
+def test_identify_plates_and_enroll_refuse_a_32000_px_jpeg_of_631_bytes(
+        cli, tmp_path: Path, vision_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    run, data = cli
+    keyf = tmp_path / "faces.key"
+    create_key(keyf)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(_claiming("jpeg", 32000, 32000))
+    # The tool as a site runs it, in its own process: its peak memory stays that of a small run (was 6 GB).
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "vision", "identify", str(bomb), "--data-dir", str(data),
+                             "--key-file", str(keyf), "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    doc = json.loads(out)
+    assert proc.returncode == 1 and "32000x32000" in doc["images"][0]["error"]
+    assert usage.ru_maxrss < 1_000_000  # KB: the face models and Python, not a 3-6 GB frame
+    for f in (vision_dir / "models").iterdir():  # the plate models too
+        if not (data / "models" / f.name).exists():
+            (data / "models" / f.name).symlink_to(f)
+    code, out = run("vision", "plates", str(bomb), "--data-dir", str(data), "--json")
+    doc = json.loads(out)
+    assert code == 1 and "32000x32000" in doc["images"][0]["error"]
+    code, out = run("faces", "enroll", "p1", "--image", str(bomb), "--consent", "2025-03-01", "--data-dir", str(data),
+                    "--key-file", str(keyf), "--json")
+    doc = json.loads(out)
+    assert code == 1 and "32000x32000" in doc["images"][0]["reason"]

@@ -36,20 +36,13 @@ def _event(face: Any, person: str | None, cfg: Any) -> tuple[str | None, str]:
 
 def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path: Path) -> dict[str, Any]:
     """One image's row: its faces, or an error a person can act on."""
-    import cv2
-
+    from gateway.cli.vision import read_image
     from models.faces import as_bgr
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return {"image": str(path), "error": f"cannot read: {exc.strerror or exc}"}
-    import numpy as np
-
-    frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    frame, why = read_image(path)
     bgr = as_bgr(frame)
     if bgr is None:
-        return {"image": str(path), "error": "not an image OpenCV can decode (or smaller than 16 px, or too large)"}
+        return {"image": str(path), "error": why or "not an image these tools take (smaller than 16 px, or too large)"}
     faces = []
     for face in pipeline.detector.detect(bgr):
         embedded, _ = pipeline.embed(bgr, face)
@@ -79,7 +72,9 @@ def _say(row: dict[str, Any], cfg: Any) -> None:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from gateway.cli.vision import _data_dir, faces_config, faces_key
+    from gateway.cli.vision import _data_dir, faces_config, faces_key, limit_decoding
+
+    limit_decoding()  # before cv2 is imported
     from models.faces import FacePipeline
     from models.fetch import FetchError
     from models.gallery import Gallery, GalleryError

@@ -38,19 +38,13 @@ def plates_config(args: argparse.Namespace) -> Any:
 
 def read_image(reader: Any, cfg: Any, path: Path) -> dict[str, Any]:
     """One image's row: its plates, or an error a person can act on."""
-    import cv2
-    import numpy as np
-
+    from gateway.cli.vision import read_image as load
     from models.faces import as_bgr
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return {"image": str(path), "error": f"cannot read: {exc.strerror or exc}"}
-    frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    frame, why = load(path)
     bgr = as_bgr(frame)
     if bgr is None:
-        return {"image": str(path), "error": "not an image OpenCV can decode (or smaller than 16 px, or too large)"}
+        return {"image": str(path), "error": why or "not an image these tools take (smaller than 16 px, or too large)"}
     plates = []
     for r in reader.read(bgr, min_conf=cfg.min_char_conf, local_provinces=cfg.local_provinces,
                          province_weight=cfg.province_weight):
@@ -81,7 +75,9 @@ def _say(row: dict[str, Any], min_conf: float) -> None:
 
 
 def cmd_plates(args: argparse.Namespace) -> int:
-    from gateway.cli.vision import _data_dir
+    from gateway.cli.vision import _data_dir, limit_decoding
+
+    limit_decoding()  # before cv2 is imported
     from models.fetch import FetchError
     from models.plates import PlateReader
 
