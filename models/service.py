@@ -101,12 +101,21 @@ class Model:
         self.obj = obj
         self.shared = not exclusive(obj)
         self.lock = threading.Lock()
+        self.calls = 0
+        self.wait_s = 0.0
+        """Seconds calls waited for this model (lent: another call had it) after getting a slot of the pool."""
+        self.run_s = 0.0
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.shared:
-            return getattr(self.obj, method)(*args, **kwargs)
-        with self.lock:
-            return getattr(self.obj, method)(*args, **kwargs)
+        t0 = time.perf_counter()
+        with contextlib.nullcontext() if self.shared else self.lock:
+            t1 = time.perf_counter()
+            try:
+                return getattr(self.obj, method)(*args, **kwargs)
+            finally:
+                self.calls += 1  # under the GIL: a lost update would only blur a bench figure
+                self.wait_s += t1 - t0
+                self.run_s += time.perf_counter() - t1
 
 
 class Service:
@@ -129,6 +138,8 @@ class Service:
         """The model calls under way: a token -> when it started (monotonic); a ping reports the oldest."""
         self._token = 0
         self._calls_lock = threading.Lock()
+        self.slot_wait_s = 0.0
+        """Seconds calls waited for a slot of the pool (every thread busy)."""
 
     def load(self) -> None:
         """The family's models; on failure the reason is kept and told to every client until a load works."""
@@ -230,7 +241,10 @@ class Service:
             if request[0] == "hello":
                 return ("hello", self.catalogue())
             if request[0] == "ping":  # the daemon's watchdog: answered here, never behind the pool's slots
-                return ("pong", {"busiest_s": self.busiest(), "served": self.served})
+                return ("pong", {"busiest_s": self.busiest(), "served": self.served, "pool": self.pool,
+                                 "slot_wait_s": round(self.slot_wait_s, 3),
+                                 "models": {n: {"calls": m.calls, "wait_s": round(m.wait_s, 3),
+                                                "run_s": round(m.run_s, 3)} for n, m in self.models.items()}})
             if request[0] != "call" or len(request) != 5:
                 raise remote.ProtocolError(f"unknown request {str(request[0])[:40]!r}")
             _, name, method, args, kwargs = request
@@ -245,7 +259,9 @@ class Service:
                 raise remote.ProtocolError(f"no method {name}.{method}")
             if not (isinstance(args, tuple) and isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
                 raise remote.ProtocolError("arguments must be a tuple and a dict")
+            asked = time.perf_counter()
             with self.slots:
+                self.slot_wait_s += time.perf_counter() - asked
                 with self._calls_lock:
                     self._token += 1
                     token = self._token

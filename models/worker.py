@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +35,7 @@ from gateway.core.timing import Backoff
 from models.analysers import Analyser, build
 from models.config import CameraConfig, VisionConfig, redact_url
 from models.fetch import FetchError
+from models.frametime import FileTimes
 from models.gallery import GalleryError
 from models.hosting import use_services
 from models.liveframe import Found, LiveFrames, face_finder
@@ -84,9 +86,18 @@ def is_file(camera: CameraConfig) -> bool:
 
 class CameraLoop:
     def __init__(self, camera: CameraConfig, analysers: list[Analyser], out: Out,
-                 snapshots: Snapshots | None, live: LiveFrames | None = None) -> None:
+                 snapshots: Snapshots | None, live: LiveFrames | None = None, *, parallel: bool = False) -> None:
         self.camera = camera
         self.analysers = analysers
+        self.lanes: dict[str, ThreadPoolExecutor] = {}
+        """With ``parallel`` (models in the shared services, one per family): each analyser but one runs on
+        a thread of its own, so a frame waits for the slowest family, not for the sum of them. The faces analyser
+        (else the first) stays on the loop's thread: its gallery's SQLite connection belongs to the thread that
+        opened it; each other analyser always runs on the same thread, its state touched by one thread only."""
+        if parallel and len(analysers) > 1:
+            home = next((a.name for a in analysers if a.name == "faces"), analysers[0].name)
+            self.lanes = {a.name: ThreadPoolExecutor(1, thread_name_prefix=f"lane-{a.name}")
+                          for a in analysers if a.name != home}
         self.out = out
         self.snapshots = snapshots
         self.live = live
@@ -103,8 +114,7 @@ class CameraLoop:
         self._status_at = 0.0
         self._wall0: float | None = None
         self._mono0 = 0.0
-        self._file_base = 0.0
-        self._file_last = float("-inf")
+        self._file_times: FileTimes | None = None
 
     def status(self, now: float, **extra: Any) -> None:
         if now - self._status_at < STATUS_EVERY:
@@ -163,11 +173,16 @@ class CameraLoop:
         """
         file = is_file(self.camera)
         fps = cap.get(cv2.CAP_PROP_FPS) if file else 0.0
+        if file and self._file_times is None:  # kept over the turns of a looping file
+            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            self._file_times = FileTimes(fps, count / fps if fps > 0 and math.isfinite(count) else None)
         pace = 1.0 / fps if file and self.camera.realtime and fps > 0 else 0.0
         due = float("-inf")
         last = time.monotonic()
         while True:
             if not cap.grab():
+                if not file:  # a live stream that stalled: a fall hold that ran out meanwhile is said now
+                    self.tick(self.frame_time(cap, time.monotonic(), file))
                 return "stalled" if time.monotonic() - last >= self.camera.stall_timeout * 0.9 else "ended"
             now = last = time.monotonic()
             t = self.frame_time(cap, now, file)
@@ -185,17 +200,29 @@ class CameraLoop:
             self.analyse(self.fit(frame), t, full=frame)
 
     def frame_time(self, cap: cv2.VideoCapture, now: float, file: bool) -> float:
-        """Seconds since the epoch: see :meth:`stream`. A file's position that goes back means it looped."""
+        """Seconds since the epoch: see :meth:`stream`. A file's times follow ``models.frametime`` (the rule of
+        ``gateway vision falls`` too): a stuck timestamp falls back to the frame's index, only a large jump back
+        is a new turn of a looping file."""
         if self._wall0 is None:
             self._wall0, self._mono0 = time.time(), now
-        if file:
-            pos = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if math.isfinite(pos) and pos >= 0:
-                if pos + self._file_base < self._file_last:  # a new turn of a looping file
-                    self._file_base = self._file_last + self.period
-                self._file_last = pos + self._file_base
-                return self._wall0 + self._file_last
+        if file and self._file_times is not None:
+            return self._wall0 + self._file_times.next(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
         return self._wall0 + (now - self._mono0)
+
+    def tick(self, now: float) -> None:
+        """Time passing without a frame: analysers that keep a clock (falls: the hold) say what came due by
+        ``now``."""
+        for analyser in self.analysers:
+            tick = getattr(analyser, "tick", None)
+            if tick is None:
+                continue
+            try:
+                events = tick(now)
+            except Exception as exc:
+                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            for event in events:
+                self.out.event(event.kind, dict(event.payload), now)
 
     def fit(self, frame: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         h, w = frame.shape[:2]
@@ -216,17 +243,25 @@ class CameraLoop:
         self.counts["analysed"] += 1
         looked: list[Analyser] = []
         started = time.perf_counter()
-        for analyser in self.analysers:
+
+        def one(analyser: Analyser) -> tuple[list[Event] | Exception, float]:
             t0 = time.perf_counter()
             try:
                 whole = full if full is not None and getattr(analyser, "full_resolution", False) else frame
-                events = analyser.analyse(whole, now)
+                result: list[Event] | Exception = list(analyser.analyse(whole, now))
             except Exception as exc:  # a model failing on one frame must not end the camera
+                result = exc
+            return result, (time.perf_counter() - t0) * 1000
+
+        lanes = {a.name: self.lanes[a.name].submit(one, a) for a in self.analysers if a.name in self.lanes}
+        here = {a.name: one(a) for a in self.analysers if a.name not in lanes}
+        for analyser in self.analysers:  # events in the analysers' order, as when they ran one after another
+            events, ms = lanes[analyser.name].result() if analyser.name in lanes else here[analyser.name]
+            if isinstance(events, Exception):
                 self.counts["errors"] += 1
-                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
+                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(events).__name__}: {events}"})
                 continue
             looked.append(analyser)
-            ms = (time.perf_counter() - t0) * 1000
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
                 self.emit(event, frame, now)
@@ -289,7 +324,8 @@ def main() -> int:
         return 3
     snapshots = Snapshots(data_dir / "snapshots" / camera.id, camera.snapshots) if camera.snapshots.enabled else None
     live = LiveFrames(data_dir, camera.id, face_finder(data_dir))
-    CameraLoop(camera, analysers, out, snapshots, live).run_forever()
+    parallel = bool(services) and job.get("parallel", True) is not False  # the bench's --serial compares
+    CameraLoop(camera, analysers, out, snapshots, live, parallel=parallel).run_forever()
     return 0
 
 

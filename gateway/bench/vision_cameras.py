@@ -40,7 +40,6 @@ from typing import Any
 from gateway.bench.harness import Report, add_json, bad_args, latency_ms, ratio, run, stop_process
 
 DEFAULT_CONFIG = "/etc/gateway/config.toml"
-FAMILIES = ("faces", "plates", "pose")
 DETECT = ["faces", "plates", "falls"]
 ADDED_TARGET_MB = 60.0
 TOTAL_TARGET_MB = 700.0
@@ -59,6 +58,11 @@ def add_command(bench: Any) -> None:
     p.add_argument("--layouts", default="shared,local",
                    help="shared (one service per family) and/or local (models in every worker), comma separated")
     p.add_argument("--pool", type=int, default=0, help="threads of each service (default 0: as the daemon, by cores)")
+    p.add_argument("--detect", default=",".join(DETECT),
+                   help="detectors every camera runs, comma separated (default faces,plates,falls): measure a site's "
+                        "own layout, e.g. faces,falls for a lobby, plates for a gate")
+    p.add_argument("--serial", action="store_true",
+                   help="a worker calls its families one after another (as before), not at once")
     add_json(p)
     p.set_defaults(fn=bench_cameras)
 
@@ -77,12 +81,34 @@ def bench_cameras(args: argparse.Namespace) -> int:
         return bad_args("--layouts: shared and/or local")
     if args.seconds <= 0 or args.warmup < 0 or not 0 < args.fps <= 30:
         return bad_args("--seconds must be positive, --warmup not negative, --fps in (0, 30]")
+    detect = list(dict.fromkeys(d.strip() for d in str(args.detect).split(",") if d.strip()))
+    if not detect or set(detect) - set(DETECT):
+        return bad_args(f"--detect: one or more of {','.join(DETECT)}")
     data_dir = _data_dir(args)
+    setup = Setup(detect, args.fps, args.pool, not args.serial)
     params = {"data_dir": str(data_dir), "cameras": counts, "layouts": layouts, "seconds": args.seconds,
-              "warmup": args.warmup, "fps": args.fps, "detect": DETECT, "resolution": "640x480",
-              "motion_gate": False, "cores": len(os.sched_getaffinity(0)), "pool": args.pool}
+              "warmup": args.warmup, "fps": args.fps, "detect": detect, "resolution": "640x480",
+              "motion_gate": False, "cores": len(os.sched_getaffinity(0)), "pool": args.pool,
+              "families_at_once": setup.parallel}
     report = Report.of("cameras", params, args)
-    return run(report, lambda r: _bench(r, data_dir, counts, layouts, args.seconds, args.warmup, args.fps, args.pool))
+    return run(report, lambda r: _bench(r, data_dir, counts, layouts, args.seconds, args.warmup, setup))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every camera of a run does."""
+
+    detect: list[str]
+    fps: float
+    pool: int
+    parallel: bool
+    """A worker calls its families' services at once (the daemon's way), or one after another (``--serial``)."""
+
+    @property
+    def families(self) -> list[str]:
+        from models.hosting import DETECTOR_FAMILY
+
+        return sorted({DETECTOR_FAMILY[d] for d in self.detect})
 
 
 # -- the processes -----------------------------------------------------------------------------
@@ -175,7 +201,7 @@ def clip(path: Path, testdata: Path) -> Path:
 
 
 @contextlib.contextmanager
-def cameras(work: Path, video: Path, key: Path, n: int, layout: str, fps: float, pool: int) -> Iterator[list[Child]]:
+def cameras(work: Path, video: Path, key: Path, n: int, layout: str, setup: Setup) -> Iterator[list[Child]]:
     """The services (for the shared layout) and ``n`` camera workers, started and ready; stopped after."""
     from gateway.cameras import CameraWorker, VisionServices
     from gateway.supervisor import Supervisor
@@ -191,9 +217,9 @@ def cameras(work: Path, video: Path, key: Path, n: int, layout: str, fps: float,
     children: list[Child] = []
     try:
         if layout == "shared":
-            for family in FAMILIES:
+            for family in setup.families:
                 job = json.dumps({"vision": vision.model_dump(mode="json"), "data_dir": str(work),
-                                  "socket": str(services.dir / f"{family}.sock"), "pool": pool}).encode() + b"\n"
+                                  "socket": str(services.dir / f"{family}.sock"), "pool": setup.pool}).encode() + b"\n"
                 children.append(_spawn(f"service:{family}", ["-m", "models.service", family], job))
             _wait(children, lambda c: any(m.get("t") == "ready" for m in c.lines), "service ready")
             broken = [m for c in children for m in c.lines if m.get("error")]
@@ -201,9 +227,11 @@ def cameras(work: Path, video: Path, key: Path, n: int, layout: str, fps: float,
                 raise RuntimeError(f"a service cannot load its models: {broken[0]['error']}")
         workers = []
         for i in range(n):
-            camera = CameraConfig.model_validate({"id": f"cam{i + 1}", "url": str(video), "fps": fps,
-                                                  "detect": DETECT, "motion": {"enabled": False}})
+            camera = CameraConfig.model_validate({"id": f"cam{i + 1}", "url": str(video), "fps": setup.fps,
+                                                  "detect": setup.detect, "motion": {"enabled": False}})
             job = CameraWorker(camera, vision, work, sink, services=services).job()
+            if not setup.parallel:
+                job = json.dumps({**json.loads(job), "parallel": False}).encode() + b"\n"
             workers.append(_spawn(f"camera:{camera.id}", ["-m", "models.worker"], job))
         children += workers
 
@@ -220,16 +248,65 @@ def cameras(work: Path, video: Path, key: Path, n: int, layout: str, fps: float,
             stop_process(child.proc, grace=5)
 
 
-def measure(work: Path, video: Path, key: Path, n: int, layout: str, fps: float, warmup: float,
-            seconds: float, pool: int) -> dict[str, Any]:
-    with cameras(work, video, key, n, layout, fps, pool) as children:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat); 0 for one gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_stats(sock: Path) -> dict[str, Any]:
+    """A service's own counters, asked with the daemon's ping: calls, seconds run and waited per model."""
+    import socket
+
+    from models import remote
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall(remote.pack(remote.dumps(("ping",)), []))
+        reply = remote.loads(remote.recv_message(s)[0])
+    return dict(reply[1]) if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "pong" else {}
+
+
+def _where(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per model of a service over the window: calls, mean ms running, mean ms waiting (for a pool slot, shared
+    by the service's models, plus for the model itself when it is lent to one call at a time)."""
+    out: dict[str, Any] = {}
+    slot = after.get("slot_wait_s", 0.0) - before.get("slot_wait_s", 0.0)
+    total = sum(m["calls"] - before.get("models", {}).get(n, {}).get("calls", 0)
+                for n, m in after.get("models", {}).items())
+    for name, m in after.get("models", {}).items():
+        b = before.get("models", {}).get(name, {"calls": 0, "wait_s": 0.0, "run_s": 0.0})
+        calls = m["calls"] - b["calls"]
+        if calls <= 0:
+            continue
+        out[name] = {"calls": calls, "run_ms": round((m["run_s"] - b["run_s"]) * 1000 / calls, 2),
+                     "wait_model_ms": round((m["wait_s"] - b["wait_s"]) * 1000 / calls, 2)}
+    out["wait_slot_ms"] = round(slot * 1000 / total, 2) if total else 0.0
+    out["pool"] = after.get("pool")
+    return out
+
+
+def measure(work: Path, video: Path, key: Path, n: int, layout: str, warmup: float, seconds: float,
+            setup: Setup) -> dict[str, Any]:
+    from gateway.cameras import service_dir
+
+    socks = {f: service_dir(work) / f"{f}.sock" for f in setup.families} if layout == "shared" else {}
+    with cameras(work, video, key, n, layout, setup) as children:
         time.sleep(warmup)
+        stats0 = {f: service_stats(p) for f, p in socks.items()}
+        cpu0 = sum(cpu_s(c.proc.pid) for c in children)
         start = time.monotonic()
         samples: list[dict[str, tuple[int, int]]] = []
         while time.monotonic() - start < seconds:
             time.sleep(min(2.0, seconds / 4))
             samples.append({c.role: memory_kb(c.proc.pid) for c in children})
         end = time.monotonic()
+        cpu1 = sum(cpu_s(c.proc.pid) for c in children)
+        stats1 = {f: service_stats(p) for f, p in socks.items()}
         gone = [c.role for c in children if c.proc.poll() is not None]
         if gone:
             raise RuntimeError(f"{', '.join(gone)} died during the run")
@@ -248,15 +325,19 @@ def measure(work: Path, video: Path, key: Path, n: int, layout: str, fps: float,
         per_camera.append({"camera": child.role.removeprefix("camera:"), **latency_ms(frames),
                            "rss_mb": round(last[child.role][0] / 1024, 1),
                            "pss_mb": round(last[child.role][1] / 1024, 1)})
-    services = {c.role.removeprefix("service:"): {"rss_mb": round(last[c.role][0] / 1024, 1),
-                                                  "pss_mb": round(last[c.role][1] / 1024, 1)}
-                for c in children if c.role.startswith("service:")}
+    services: dict[str, dict[str, Any]] = {
+        c.role.removeprefix("service:"): {"rss_mb": round(last[c.role][0] / 1024, 1),
+                                          "pss_mb": round(last[c.role][1] / 1024, 1)}
+        for c in children if c.role.startswith("service:")}
+    for family in services:
+        services[family]["calls"] = _where(stats0.get(family, {}), stats1.get(family, {}))
     return {"layout": layout, "cameras": n,
             "rss_mb_total": round(sum(r for r, _ in last.values()) / 1024, 1),
             "pss_mb_total": round(sum(p for _, p in last.values()) / 1024, 1),
             "peak_pss_mb_total": round(max(sum(p for _, p in s.values()) for s in samples) / 1024, 1),
             "services": services, "per_camera": per_camera, "latency": latency_ms(everything),
-            "analysed_per_s": round(len(everything) / (end - start), 2), "asked_per_s": round(n * fps, 2),
+            "analysed_per_s": round(len(everything) / (end - start), 2), "asked_per_s": round(n * setup.fps, 2),
+            "cpu_cores_used": round((cpu1 - cpu0) / (end - start), 2),
             "camera_errors": errors}
 
 
@@ -264,7 +345,7 @@ def measure(work: Path, video: Path, key: Path, n: int, layout: str, fps: float,
 
 
 def _bench(report: Report, data_dir: Path, counts: list[int], layouts: list[str], seconds: float, warmup: float,
-           fps: float, pool: int) -> None:
+           setup: Setup) -> None:
     from gateway.bench.vision_common import scratch
     from models.fetch import FetchError, model_path
 
@@ -279,14 +360,22 @@ def _bench(report: Report, data_dir: Path, counts: list[int], layouts: list[str]
         video = clip(work, data_dir / "testdata")
         for layout in layouts:
             for n in counts:
-                row = measure(work, video, key, n, layout, fps, warmup, seconds, pool)
+                row = measure(work, video, key, n, layout, warmup, seconds, setup)
                 runs.append(row)
                 lat = row["latency"]
                 report.say(f"{layout:>6} {n} camera{'s' if n > 1 else ' '}: PSS {row['pss_mb_total']:6.0f} MB, "
                            f"RSS {row['rss_mb_total']:6.0f} MB; frame p50 {_ms(lat['p50_ms'])} / "
                            f"p99 {_ms(lat['p99_ms'])} ms over {lat['n']} frames "
                            f"({row['analysed_per_s']:.1f} of {row['asked_per_s']:g}/s analysed, "
+                           f"{row['cpu_cores_used']:.2f} of {os.cpu_count()} cores busy, "
                            f"{row['camera_errors']} camera.error)")
+                for family, figures in row["services"].items():
+                    calls = figures.get("calls", {})
+                    parts = [f"{name} {c['calls']} calls {c['run_ms']:.1f} ms run + {c['wait_model_ms']:.1f} ms "
+                             f"waiting for the model" for name, c in calls.items() if isinstance(c, dict)]
+                    if parts:
+                        report.say(f"        {family}: {'; '.join(parts)}; {calls.get('wait_slot_ms', 0):.1f} ms "
+                                   f"a call waiting for one of {calls.get('pool')} threads")
                 if row["analysed_per_s"] < 0.9 * row["asked_per_s"]:
                     report.say("        the CPU did not keep up: frames waited, so the latency is mostly queueing")
     report.figure(runs=runs)
