@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.core.config import Duration, Identifier, StrictModel
 
@@ -18,6 +18,9 @@ from gateway.core.config import Duration, Identifier, StrictModel
 DEFAULT_MATCH_THRESHOLD = 0.40
 
 Detector = Literal["faces", "plates", "falls"]
+MIN_FALLS_FPS = 2.0
+"""The slowest analysed rate a camera with falls may have (models/falls.py MAX_PERIOD: the last upright reading is
+kept two frame periods beyond the window, at most 0.5 s each)."""
 Point = tuple[float, float]
 
 PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
@@ -209,6 +212,13 @@ class CameraConfig(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError("a detector is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _falls_rate(self) -> CameraConfig:
+        if "falls" in self.detect and self.fps < MIN_FALLS_FPS:
+            raise ValueError(f"fps = {self.fps:g} is too slow for falls: a fall that takes one frame needs at least "
+                             f"{MIN_FALLS_FPS:g} analysed frames a second to be seen (models/README.md, Falls)")
+        return self
 
 
 def redact_url(url: str) -> str:

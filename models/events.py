@@ -14,6 +14,7 @@ from gateway.core.data import Event, Priority
 KINDS: dict[str, Priority] = {
     "fall.detected": Priority.ALARM,  # a resident down: life safety
     "fall.suspected": Priority.EVENT,  # the fall itself, seconds before the hold confirms it (or it is cancelled)
+    "fall.cancelled": Priority.EVENT,  # the person of a fall.suspected got up within the hold: no alarm follows
     "face.recognized": Priority.EVENT,
     "face.unknown": Priority.EVENT,
     "plate.read": Priority.EVENT,

@@ -1,8 +1,9 @@
 """Falls on a camera: a pose every analysed frame, the fall logic on its landmarks.
 
-``analyse`` gets the frame time as ``now`` and returns ``fall.suspected`` on the frame the fall is seen and
-``fall.detected`` once the person has stayed down ``[vision.falls] hold`` seconds: the same events at the
-same frame times for a clip read as fast as the CPU allows (``gateway vision falls``) as for live video.
+``analyse`` gets the frame time as ``now`` and returns ``fall.suspected`` on the frame the fall is seen,
+``fall.cancelled`` if the person gets up within ``[vision.falls] hold`` seconds, else ``fall.detected``
+(``tick`` too, when time passes without a frame): the same events at the same frame times for a clip read
+as fast as the CPU allows (``gateway vision falls``) as for live video.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class FallAnalyser:
     @property
     def busy(self) -> bool:
         return self.falls.state(self.camera) == "down"
+
+    def tick(self, now: float) -> list[Event]:
+        """No frame, but time has passed (the stream stalled): ``fall.detected`` if a hold ran out by ``now``."""
+        return self.falls.tick(self.camera, now)
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
         pose = self.tracker.update(self.camera, frame)

@@ -2,7 +2,8 @@
 
 A fall is three things in order, all in image coordinates (y grows downwards):
 
-1. **Rapid descent**: within ``window`` seconds (1.0 s) of a frame where the person was upright, the
+1. **Rapid descent**: within ``window`` seconds (1.0 s) of a frame where the person was upright (or from the
+   last upright frame, if it is at most ``window`` plus two frame periods old: see below), the
    hip centre is at least ``descent`` torso lengths (0.5) lower *and* the shoulder centre at least
    ``shoulder_descent`` (1.5) lower. The torso length (hip centre to shoulder centre) is taken from
    that upright frame, so the figures do not depend on the camera's distance, and a torso foreshortened
@@ -16,12 +17,26 @@ A fall is three things in order, all in image coordinates (y grows downwards):
    ``horizontal`` degrees (60) from vertical.
 3. **Staying down** for ``hold`` seconds. Getting up within the hold (torso back within ``upright``
    degrees of vertical *and* the hips back within ``recover`` torso lengths of their height before the
-   fall) cancels it.
+   fall *and* within ``near`` torso lengths sideways of where the hips were when the fall was seen)
+   cancels it. The pose model follows one person, the best-scoring one after each re-detection: a
+   passer-by standing elsewhere in the room is not the fallen person getting up, so an upright pose
+   away from the fall counts as a frame without a pose.
 
-Two events, both stamped with the frame time: ``fall.suspected`` (an event) on the frame where 1 and 2
+Three events, all stamped with the frame time: ``fall.suspected`` (an event) on the frame where 1 and 2
 are met, the fall itself, so someone is told within a second; ``fall.detected`` (the alarm) once the
-person has stayed down for ``hold`` seconds after it. A suspected fall that is not followed by the alarm
-``hold_s`` later was cancelled: the person got up.
+person has stayed down for ``hold`` seconds after it; ``fall.cancelled`` (an event) when the person got
+up within the hold. The hold is also checked on time passing without a frame (:meth:`FallDetector.tick`,
+which the camera worker calls when its stream stalls), and the daemon raises an unconfirmed
+``fall.detected`` itself when a suspected fall is followed by neither (``gateway/fall_watch.py``).
+
+Why the last upright frame may be up to two frame periods older than the window: the pose pipeline
+gives no landmarks on the frame after a track ends (the detector runs alone, models/pose.py), and the
+frame the person fell on is tracked with a crop that no longer fits. At 2.5 analysed frames a second
+or fewer, a fall that takes one frame then has its last upright reading 3 periods (1.2 s at 2.5 fps)
+before the first horizontal one. The frame period is the time since the previous frame, counted as
+at most ``MAX_PERIOD`` (0.5 s, 2 fps): cameras with falls analyse at least 2 frames a second
+(models/config.py refuses fewer). The extension is one sample, the latest upright one, and the drop
+it must show is the same; a slow lie-down drops the hips far less than ``descent`` in 2 s.
 
 Choices, deliberately:
 
@@ -54,6 +69,9 @@ from models.events import vision_event
 L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 11, 12, 23, 24
 MIN_TORSO = 4.0
 """A torso shorter than this (pixels) is too small to measure an angle on: the frame is ignored."""
+MAX_PERIOD = 0.5
+"""The longest frame period the upright reading is kept two of beyond the window (2 fps, the slowest rate
+models/config.py allows a camera with falls)."""
 SLACK = 1e-3
 """Seconds of slack in the window and hold comparisons. Frame times are epoch seconds (a live camera, or a file
 read by a camera: its start plus the position) or positions in a file (``gateway vision falls``); with frames
@@ -78,10 +96,13 @@ class FallConfig:
     """Torso angle from vertical (degrees) below which the person is up (stooping elderly people lean)."""
     recover: float = 0.5
     """Hips within this many torso lengths of their pre-fall height count as back up."""
+    near: float = 1.0
+    """An upright pose counts as the fallen person getting up only with its hips within this many torso lengths
+    (the standing torso's) sideways of the hips on the frame the fall was seen; elsewhere it is somebody else."""
 
     def __post_init__(self) -> None:
         values = (self.hold, self.descent, self.shoulder_descent, self.window, self.horizontal, self.upright,
-                  self.recover)
+                  self.recover, self.near)
         if not all(math.isfinite(v) and v >= 0 for v in values) or self.window <= 0:
             raise ValueError("fall thresholds must be finite and non-negative (window > 0)")
         if not 0 <= self.upright < self.horizontal <= 90:
@@ -93,6 +114,7 @@ class Sample:
     """What the fall logic needs from one frame's landmarks."""
 
     t: float
+    hip_x: float
     hip_y: float
     shoulder_y: float
     torso: float
@@ -116,7 +138,7 @@ def measure(t: float, landmarks: object) -> Sample | None:
     if torso < MIN_TORSO:
         return None
     angle = math.degrees(math.atan2(abs(dx), -dy))  # 0 when the shoulders are straight above the hips
-    return Sample(t, float(hips[1]), float(shoulders[1]), torso, angle)
+    return Sample(t, float(hips[0]), float(hips[1]), float(shoulders[1]), torso, angle)
 
 
 @dataclass(slots=True)
@@ -125,6 +147,8 @@ class _Fall:
 
     start: float
     before: Sample
+    at: Sample
+    """The frame the fall was seen on: where the person lies."""
     descent: float
     angle: float
     down: int = 0
@@ -137,11 +161,14 @@ class _Track:
     fall: _Fall | None = None
     alarmed: bool = False
     last_t: float = -math.inf
+    upright: Sample | None = None
+    """The latest upright sample, kept beyond the window (see the module's text)."""
 
 
 class FallDetector:
     """Feed every frame of every camera (and track): ``update`` returns ``fall.suspected`` on the frame the fall
-    is seen, then ``fall.detected`` once the person has stayed down ``hold`` seconds (nothing if they got up)."""
+    is seen, then ``fall.detected`` once the person has stayed down ``hold`` seconds, or ``fall.cancelled`` if they
+    got up within it."""
 
     def __init__(self, config: FallConfig | None = None) -> None:
         self.config = config or FallConfig()
@@ -161,14 +188,36 @@ class FallDetector:
     def _up(self, s: Sample, before: Sample) -> bool:
         return s.angle < self.config.upright and s.hip_y <= before.hip_y + self.config.recover * before.torso
 
+    def _got_up(self, s: Sample, fall: _Fall) -> bool:
+        """Up, and where the person fell: an upright pose elsewhere is someone else (the caller treats it as none)."""
+        return self._up(s, fall.before) and abs(s.hip_x - fall.at.hip_x) <= self.config.near * fall.before.torso
+
+    def tick(self, camera: str, t: float) -> list[Event]:
+        """Time passing without a frame (a stalled stream): ``fall.detected`` for each fall whose hold ran out by
+        ``t`` (frame-time clock), counted as seen on no frame since the last one."""
+        out: list[Event] = []
+        for (cam, track), tr in self._tracks.items():
+            fall = tr.fall
+            if cam != camera or fall is None or tr.alarmed or not math.isfinite(t) or t < tr.last_t:
+                continue
+            if t - fall.start >= self.config.hold - SLACK:
+                tr.alarmed = True
+                fall.seen += 1
+                out.append(fall_event(camera, self._confidence(fall), descent=fall.descent, angle=fall.angle,
+                                      down_for=t - fall.start, track=track))
+        return out
+
     def update(self, camera: str, t: float, landmarks: NDArray[Any] | None, *, track: str = "0") -> list[Event]:
-        """One frame: its time (seconds, the frame time) and its landmarks, or None if no pose was found."""
+        """One frame: its time (seconds, the frame time) and its landmarks, or None if no pose was found.
+        Returns ``fall.suspected``, ``fall.cancelled`` or ``fall.detected`` (with ``fall.suspected`` too when the
+        hold is 0)."""
         if not math.isfinite(t):
             return []
         key = (camera, track)
         tr = self._tracks.get(key)
         if tr is None or t < tr.last_t:
             tr = self._tracks[key] = _Track()
+        period = min(t - tr.last_t, MAX_PERIOD)
         tr.last_t = t
         cfg = self.config
         s = measure(t, landmarks) if landmarks is not None else None
@@ -176,33 +225,42 @@ class FallDetector:
             tr.history.popleft()
         if tr.alarmed:
             if s is not None and tr.fall is not None and self._up(s, tr.fall.before):
+                # anyone up, anywhere: the alarm is out, and a fallen person helped up and away must not leave the
+                # track deaf to the next fall
                 tr.alarmed, tr.fall = False, None
                 tr.history.clear()
                 tr.history.append(s)
+                tr.upright = s
             return []
         out: list[Event] = []
         if tr.fall is not None:
             fall = tr.fall
             fall.seen += 1
+            if s is not None and self._up(s, fall.before) and not self._got_up(s, fall):
+                s = None  # someone else standing (see the module's text): no evidence either way
             if s is not None:
                 if self._up(s, fall.before):
                     tr.fall = None  # got up within the hold: no alarm
                     tr.history.clear()
                     tr.history.append(s)
-                    return []
+                    tr.upright = s
+                    return [cancelled_event(camera, down_for=t - fall.start, track=track)]
                 fall.down += 1
                 fall.descent = max(fall.descent, (s.hip_y - fall.before.hip_y) / fall.before.torso)
                 fall.angle = max(fall.angle, min(s.angle, 90.0))
         elif s is None:
             return []
-        elif s.angle > cfg.horizontal and (best := self._descent(tr, s)) is not None:
-            fall = tr.fall = _Fall(start=t, before=best[1], descent=best[0], angle=min(s.angle, 90.0), down=1,
+        elif s.angle > cfg.horizontal and (best := self._descent(tr, s, period)) is not None:
+            fall = tr.fall = _Fall(start=t, before=best[1], at=s, descent=best[0], angle=min(s.angle, 90.0), down=1,
                                    seen=1)
             tr.history.clear()
+            tr.upright = None
             out.append(suspected_event(camera, descent=fall.descent, angle=fall.angle, descent_s=t - best[2],
                                        hold=cfg.hold, track=track))
         else:
             tr.history.append(s)
+            if s.angle < cfg.upright:
+                tr.upright = s
             return []
         if t - fall.start >= cfg.hold - SLACK:
             tr.alarmed = True
@@ -210,12 +268,17 @@ class FallDetector:
                                   down_for=t - fall.start, track=track))
         return out
 
-    def _descent(self, tr: _Track, s: Sample) -> tuple[float, Sample, float] | None:
-        """A rapid descent to ``s`` from an upright frame of the window: the largest drop, the frame it is measured
-        from, and the latest such frame's time (the fall took at most ``s.t`` minus it)."""
+    def _descent(self, tr: _Track, s: Sample, period: float) -> tuple[float, Sample, float] | None:
+        """A rapid descent to ``s`` from an upright frame of the window (or the last upright frame, up to two frame
+        periods older): the largest drop, the frame it is measured from, and the latest such frame's time (the
+        fall took at most ``s.t`` minus it)."""
         cfg = self.config
         best, latest = None, -math.inf
-        for before in tr.history:
+        candidates = list(tr.history)
+        last = tr.upright
+        if last is not None and last not in candidates and s.t - last.t <= cfg.window + 2 * max(period, 0.0) + SLACK:
+            candidates.append(last)
+        for before in candidates:
             if before.angle >= cfg.upright:
                 continue
             drop = (s.hip_y - before.hip_y) / before.torso
@@ -242,6 +305,12 @@ def suspected_event(camera: str, *, descent: float, angle: float, descent_s: flo
                         {"camera": camera, "track": track, "descent_torso": round(float(descent), 2),
                          "torso_angle_deg": round(float(angle), 1), "descent_s": round(float(descent_s), 2),
                          "hold_s": round(float(hold), 2)})
+
+
+def cancelled_event(camera: str, *, down_for: float, track: str = "0") -> Event:
+    """``fall.cancelled``: the person of a ``fall.suspected`` got up within the hold; no alarm follows."""
+    return vision_event("fall.cancelled", camera, {"camera": camera, "track": track,
+                                                   "down_s": round(float(down_for), 2)})
 
 
 def fall_event(camera: str, confidence: float, *, descent: float, angle: float, down_for: float,

@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,18 +85,9 @@ def is_file(camera: CameraConfig) -> bool:
 
 class CameraLoop:
     def __init__(self, camera: CameraConfig, analysers: list[Analyser], out: Out,
-                 snapshots: Snapshots | None, live: LiveFrames | None = None, *, parallel: bool = False) -> None:
+                 snapshots: Snapshots | None, live: LiveFrames | None = None) -> None:
         self.camera = camera
         self.analysers = analysers
-        self.lanes: dict[str, ThreadPoolExecutor] = {}
-        """With ``parallel`` (models in the shared services, one per family): each analyser but one runs on
-        a thread of its own, so a frame waits for the slowest family, not for the sum of them. The faces analyser
-        (else the first) stays on the loop's thread: its gallery's SQLite connection belongs to the thread that
-        opened it; each other analyser always runs on the same thread, its state touched by one thread only."""
-        if parallel and len(analysers) > 1:
-            home = next((a.name for a in analysers if a.name == "faces"), analysers[0].name)
-            self.lanes = {a.name: ThreadPoolExecutor(1, thread_name_prefix=f"lane-{a.name}")
-                          for a in analysers if a.name != home}
         self.out = out
         self.snapshots = snapshots
         self.live = live
@@ -243,25 +233,17 @@ class CameraLoop:
         self.counts["analysed"] += 1
         looked: list[Analyser] = []
         started = time.perf_counter()
-
-        def one(analyser: Analyser) -> tuple[list[Event] | Exception, float]:
+        for analyser in self.analysers:
             t0 = time.perf_counter()
             try:
                 whole = full if full is not None and getattr(analyser, "full_resolution", False) else frame
-                result: list[Event] | Exception = list(analyser.analyse(whole, now))
+                events = analyser.analyse(whole, now)
             except Exception as exc:  # a model failing on one frame must not end the camera
-                result = exc
-            return result, (time.perf_counter() - t0) * 1000
-
-        lanes = {a.name: self.lanes[a.name].submit(one, a) for a in self.analysers if a.name in self.lanes}
-        here = {a.name: one(a) for a in self.analysers if a.name not in lanes}
-        for analyser in self.analysers:  # events in the analysers' order, as when they ran one after another
-            events, ms = lanes[analyser.name].result() if analyser.name in lanes else here[analyser.name]
-            if isinstance(events, Exception):
                 self.counts["errors"] += 1
-                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(events).__name__}: {events}"})
+                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             looked.append(analyser)
+            ms = (time.perf_counter() - t0) * 1000
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
                 self.emit(event, frame, now)
@@ -324,8 +306,7 @@ def main() -> int:
         return 3
     snapshots = Snapshots(data_dir / "snapshots" / camera.id, camera.snapshots) if camera.snapshots.enabled else None
     live = LiveFrames(data_dir, camera.id, face_finder(data_dir))
-    parallel = bool(services) and job.get("parallel", True) is not False  # the bench's --serial compares
-    CameraLoop(camera, analysers, out, snapshots, live, parallel=parallel).run_forever()
+    CameraLoop(camera, analysers, out, snapshots, live).run_forever()
     return 0
 
 

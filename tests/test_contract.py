@@ -124,6 +124,7 @@ DATA: dict[str, dict[str, Any]] = {
                        "hold_s": 10.0},
     "fall.detected": {**CAMERA, "confidence": 0.9, "track": "0", "descent_torso": 1.4, "torso_angle_deg": 80.0,
                       "down_s": 3.0},
+    "fall.cancelled": {**CAMERA, "track": "0", "down_s": 1.7},
     "camera.connected": {**CAMERA, "url": "rtsp://admin:***@10.0.0.5/s1"},
     "camera.lost": {**CAMERA, "reason": "stalled", "retry_in": 2.0},
     "camera.error": {**CAMERA, "stage": "faces", "error": "OSError: model"},

@@ -8,7 +8,9 @@ at the same times relative to the clip's start; sitting down and bending over mu
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,10 +22,13 @@ import cv2
 import numpy as np
 import pytest
 from conftest import Broker, Collector, running, write_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_falls import PEOPLE, Step, person, ramp, scene
 
 from gateway.config import load_config
 from gateway.daemon import Daemon
+from models.frametime import FileTimes
 
 FPS = 10
 HOLD = 3.0
@@ -196,6 +201,46 @@ async def test_the_clip_as_a_camera_gives_the_same_events_at_the_same_clip_times
         assert message["source"] == "lounge" and message["data"]["camera"] == "lounge"
         assert {k: v for k, v in message["data"].items() if k != "camera"} == \
             {k: v for k, v in event["payload"].items() if k != "camera"}
+
+
+# -- frame times of a file: one rule for the worker and the offline tool (models/frametime.py) ---------------------
+
+
+def times(fps: float, positions: list[float], length: float | None = None) -> list[float]:
+    clock = FileTimes(fps, length)
+    return [round(clock.next(p), 6) for p in positions]
+
+
+def test_file_times_follow_the_container_and_fall_back_to_the_index() -> None:
+    assert times(10, [0.0, 0.1, 0.2, 0.3]) == [0.0, 0.1, 0.2, 0.3]
+    # a timestamp that never advances: the index over the rate (the worker analysed two frames and skipped the rest)
+    assert times(10, [0.0] * 5) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert times(10, [-1.0, math.nan, math.inf, 0.0]) == [0.0, 0.1, 0.2, 0.3]
+    # a small step back is not a loop: one frame on, never back
+    assert times(10, [0.0, 0.1, 0.2, 0.3, 0.25, 0.4, 0.5]) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    # a jump back to the start, or by more than half the clip: a new turn, one frame after the last
+    assert times(10, [0.0, 1.0, 2.0, 3.0, 0.0, 1.0]) == [0.0, 1.0, 2.0, 3.0, 3.1, 4.1]
+    assert times(10, [2.0, 3.0, 4.0, 5.0, 1.0, 2.0], length=5.0) == [2.0, 3.0, 4.0, 5.0, 5.1, 6.1]
+    assert times(10, [2.0, 3.0, 4.0, 5.0, 3.5, 6.0], length=5.0) == [2.0, 3.0, 4.0, 5.0, 5.1, 6.0]
+    # no rate, no timestamp: the frames share the last time, nothing goes back
+    assert times(0, [0.0, 0.5, math.nan, 0.2, 0.7]) == [0.0, 0.5, 0.5, 0.5, 0.7]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(), st.lists(st.floats() | st.sampled_from([0.0, 0.04, 1.0, 2.0]), max_size=60),
+       st.none() | st.floats())
+def test_file_times_never_go_back_whatever_the_container_says(fps: float, positions: list[float],
+                                                               length: float | None) -> None:
+    out = times(fps, positions, length)
+    assert all(math.isfinite(t) and t >= 0 for t in out)
+    assert all(b >= a for a, b in itertools.pairwise(out))
+
+
+def test_the_offline_tool_times_a_short_clip_frame_by_frame(vision_dir: Path, tmp_path: Path) -> None:
+    """Every frame of a 10 fps clip analysed at --fps 10: none taken for early, the last at 0.5 s."""
+    clip = clip_of(vision_dir, [STAND] * 6, tmp_path / "still.avi")
+    doc = clip_events(vision_dir, clip, "--fps", "10")
+    assert doc["analysed"] == doc["frames"] == 6 and doc["video_s"] == 0.5
 
 
 def of(collector: Collector, kind: str) -> list[dict[str, Any]]:

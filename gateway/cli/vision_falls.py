@@ -3,7 +3,8 @@
 For commissioning and for checking a site's own footage: the same ``FallAnalyser`` a camera worker runs
 (pose tracker, fall logic, ``[vision.falls] hold``), in this process with the local models, fed every
 frame of the file (or ``--fps`` of them a second, as a camera analyses). A frame's time is its position
-in the file (the container's timestamp, else its index over the frame rate), so the events come at the
+in the file (the container's timestamp, else its index over the frame rate: ``models.frametime``, the
+rule the camera worker follows too), so the events come at the
 times they would on live video, and at the times a camera pointed at the file with ``realtime = false``
 stamps them (its start plus the position). The camera's motion gate is not applied: it only ever skips
 frames without movement, and the fall analyser keeps it open while someone is down.
@@ -132,22 +133,21 @@ class _Run:
         self.file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         if not math.isfinite(self.file_fps) or self.file_fps <= 0 or self.file_fps > 1000:
             self.file_fps = 0.0
+        from models.frametime import FileTimes
+
+        count = float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
+        self.times = FileTimes(self.file_fps, count / self.file_fps if self.file_fps and math.isfinite(count) else None)
         self.frames = self.analysed = self.bad = 0
         self.last_t = 0.0
         self.events: list[dict[str, Any]] = []
         self.elapsed = 0.0
         self.interrupted = False
 
-    def frame_time(self, index: int) -> float:
-        """The frame's position in the file (seconds): its timestamp, else index / fps, never going back."""
+    def frame_time(self) -> float:
+        """The frame's position in the file (seconds): ``models.frametime``, the camera worker's rule."""
         import cv2
 
-        pos = self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        if math.isfinite(pos) and pos >= 0 and (index == 0 or pos > self.last_t):
-            return float(pos)
-        if self.file_fps > 0:  # no usable timestamp (or one that repeats): the frame's index over the rate
-            return max(index / self.file_fps, self.last_t)
-        return self.last_t
+        return self.times.next(self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
 
     def read(self) -> None:
         import numpy as np
@@ -157,7 +157,7 @@ class _Run:
         started = time.perf_counter()
         try:
             while self.cap.grab():
-                t = self.frame_time(self.frames)
+                t = self.frame_time()
                 self.frames += 1
                 self.last_t = t
                 if period and t < due - period * 0.25:  # the worker's rule: a frame a little early still counts

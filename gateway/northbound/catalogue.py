@@ -271,6 +271,16 @@ class FallDetected(CameraData):
     descent_torso: float = Field(description="Descent measured, in torso lengths.")
     torso_angle_deg: float = Field(description="Torso angle from vertical at the end.")
     down_s: float = Field(description="Seconds the person has stayed down.")
+    unconfirmed: bool | Absent = Field(None, description="True when the daemon raised it, not the camera: a "
+                                       "fall.suspected was followed by neither fall.detected nor fall.cancelled in "
+                                       "time (the camera's worker ended, or its stream stalled); the figures are those "
+                                       "of the fall.suspected.")
+    reason: str | Absent = Field(None, description="With unconfirmed: worker_exited or no_answer.")
+
+
+class FallCancelled(CameraData):
+    track: str = Field(description="Person track id within the camera (that of the fall.suspected).")
+    down_s: float = Field(description="Seconds the person was down before getting up.")
 
 
 class FallSuspected(CameraData):
@@ -279,8 +289,8 @@ class FallSuspected(CameraData):
     torso_angle_deg: float = Field(description="Torso angle from vertical when the person was seen down.")
     descent_s: float = Field(description="Seconds from the last upright frame the descent is measured from to the "
                                          "first frame down: the fall took at most this long.")
-    hold_s: float = Field(description="Seconds the person must stay down before fall.detected; none by then means "
-                                      "they got up.")
+    hold_s: float = Field(description="Seconds the person must stay down before fall.detected; fall.cancelled "
+                                      "instead means they got up.")
 
 
 class PlateUnreadable(CameraData):
@@ -394,8 +404,11 @@ KINDS: tuple[KindInfo, ...] = (
     _k("plate.unreadable", PlateUnreadable, "event", "camera id", "a plate seen but not read with the confidence "
        "needed (kept local by default)"),
     _k("fall.suspected", FallSuspected, "event", "camera id", "a person went down fast; fall.detected follows "
-       "unless they get up within the hold"),
-    _k("fall.detected", FallDetected, "alarm", "camera id", "a person fell and stays down"),
+       "unless they get up within the hold (then fall.cancelled)"),
+    _k("fall.cancelled", FallCancelled, "event", "camera id", "the person of a fall.suspected got up within the "
+       "hold: no alarm follows"),
+    _k("fall.detected", FallDetected, "alarm", "camera id", "a person fell and stays down (unconfirmed: raised by "
+       "the daemon when the camera never said)"),
     _k("camera.connected", CameraConnected, "event", "camera id", "stream opened"),
     _k("camera.lost", CameraLost, "event", "camera id", "stream stalled or ended; reconnecting"),
     _k("camera.error", CameraError, "event", "camera id", "the worker or an analyser failed"),
