@@ -9,7 +9,8 @@ Per camera state lives here (the detector and embedder are stateless and may be 
   face is new is detected, tracked and the face's 112x112 crop aligned; the next frame embeds and
   matches that crop and does not detect (``busy`` makes the worker analyse it even on a still scene).
   A frame then costs the detection or one embedding, never their sum, and the event comes one frame
-  later (200 ms at 5 fps). With ``split_frames = false`` the same frame embeds at most
+  later (200 ms at 5 fps); its snapshot is the frame the face was seen on (``seen_frame``), not the
+  later one, where the person may have moved or left. With ``split_frames = false`` the same frame embeds at most
   EMBEDS_PER_FRAME faces. Either way, with several faces due the largest new one goes first and the
   others wait for the next frames, so no single frame pays for a crowd.
 - **minimum size and score**: a face smaller than ``faces.min_event_px`` or scoring under
@@ -94,7 +95,11 @@ class FaceAnalyser:
         self._next_id = 1
         self.embedded = 0
         self.found: list[tuple[str, Box, str]] = []
-        self._queued: tuple[Track, Image] | None = None  # a crop aligned on the last frame, embedded on this one
+        self._queued: tuple[Track, Image, Image] | None = None
+        """A crop aligned on the last frame, embedded on this one; with the frame it was aligned on."""
+        self.seen_frame: Image | None = None
+        """The frame the last analyse()'s events were seen on, when it is not the frame analysed (split frames):
+        the worker saves it as the snapshot. None: the frame analysed."""
         self._pairs: list[tuple[Track, Face]] = []  # the last detected frame's faces and their tracks
         self._last_now = float("-inf")
 
@@ -134,10 +139,13 @@ class FaceAnalyser:
         if now < self._last_now - CLOCK_BACK:  # the clock went back: cooldowns and tracks would hold for as long
             self.tracks, self._person_last, self._queued, self._pairs = [], {}, None, []
         self._last_now = now
+        self.seen_frame = None
         if self._queued is not None:  # this frame embeds what the last one found, and does not detect
-            track, aligned = self._queued
+            track, aligned, seen = self._queued
             self._queued = None
             queued = self._identify(track, aligned, now) if any(t is track for t in self.tracks) else []
+            if queued:
+                self.seen_frame = seen
             self._label()
             return queued
         bgr, found = self.pipeline.detect(frame)
@@ -152,7 +160,7 @@ class FaceAnalyser:
         if self.split and due:
             track, face = due[0]
             track.embedded = now  # not due again while its crop waits
-            self._queued = (track, align(bgr, face.landmarks))
+            self._queued = (track, align(bgr, face.landmarks), frame)  # the worker hands a new array each frame
         else:
             for track, face in due[:EMBEDS_PER_FRAME]:
                 events += self._identify(track, align(bgr, face.landmarks), now)

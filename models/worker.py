@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,9 +86,18 @@ def is_file(camera: CameraConfig) -> bool:
 
 class CameraLoop:
     def __init__(self, camera: CameraConfig, analysers: list[Analyser], out: Out,
-                 snapshots: Snapshots | None, live: LiveFrames | None = None) -> None:
+                 snapshots: Snapshots | None, live: LiveFrames | None = None, *, parallel: bool = False) -> None:
         self.camera = camera
         self.analysers = analysers
+        self.lanes: dict[str, ThreadPoolExecutor] = {}
+        """With ``parallel`` (models in the shared services, one per family): each analyser but one runs on
+        a thread of its own, so a frame waits for the slowest family, not for the sum of them. The faces analyser
+        (else the first) stays on the loop's thread: its gallery's SQLite connection belongs to the thread that
+        opened it; each other analyser always runs on the same thread, its state touched by one thread only."""
+        if parallel and len(analysers) > 1:
+            home = next((a.name for a in analysers if a.name == "faces"), analysers[0].name)
+            self.lanes = {a.name: ThreadPoolExecutor(1, thread_name_prefix=f"lane-{a.name}")
+                          for a in analysers if a.name != home}
         self.out = out
         self.snapshots = snapshots
         self.live = live
@@ -233,20 +243,28 @@ class CameraLoop:
         self.counts["analysed"] += 1
         looked: list[Analyser] = []
         started = time.perf_counter()
-        for analyser in self.analysers:
+
+        def one(analyser: Analyser) -> tuple[list[Event] | Exception, float]:
             t0 = time.perf_counter()
             try:
                 whole = full if full is not None and getattr(analyser, "full_resolution", False) else frame
-                events = analyser.analyse(whole, now)
+                result: list[Event] | Exception = list(analyser.analyse(whole, now))
             except Exception as exc:  # a model failing on one frame must not end the camera
+                result = exc
+            return result, (time.perf_counter() - t0) * 1000
+
+        lanes = {a.name: self.lanes[a.name].submit(one, a) for a in self.analysers if a.name in self.lanes}
+        here = {a.name: one(a) for a in self.analysers if a.name not in lanes}
+        for analyser in self.analysers:  # events in the analysers' order, as when they ran one after another
+            events, ms = lanes[analyser.name].result() if analyser.name in lanes else here[analyser.name]
+            if isinstance(events, Exception):
                 self.counts["errors"] += 1
-                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(exc).__name__}: {exc}"})
+                self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(events).__name__}: {events}"})
                 continue
             looked.append(analyser)
-            ms = (time.perf_counter() - t0) * 1000
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
-                self.emit(event, frame, now)
+                self.emit(event, frame, now, seen=getattr(analyser, "seen_frame", None))
         self.frame_ms.append((time.perf_counter() - started) * 1000)
         self.offer_live(frame, [f for a in looked for f in a.found],
                         faces_looked=any(a.name == "faces" for a in looked))
@@ -266,12 +284,15 @@ class CameraLoop:
             self.out.event("camera.error", {"stage": "live", "error": f"{type(exc).__name__}: {exc}"[:300],
                                             "retry_in": pause})
 
-    def emit(self, event: Event, frame: np.ndarray[Any, Any], t: float) -> None:
-        """An analyser's event, stamped with the frame time it was seen at."""
+    def emit(self, event: Event, frame: np.ndarray[Any, Any], t: float,
+             seen: np.ndarray[Any, Any] | None = None) -> None:
+        """An analyser's event, stamped with the frame time it was seen at. ``seen``: the frame to keep as the
+        snapshot when the analyser saw the event on an earlier frame (faces with split frames)."""
         payload = dict(event.payload)
         if self.snapshots is not None:
             person = payload.get("person")
-            name = self.snapshots.save(frame, event.kind, t, person if isinstance(person, str) else None)
+            name = self.snapshots.save(frame if seen is None else seen, event.kind, t,
+                                       person if isinstance(person, str) else None)
             if name:
                 payload["snapshot"] = name  # a file name on this box, never the image
         self.out.event(event.kind, payload, t)
@@ -306,7 +327,8 @@ def main() -> int:
         return 3
     snapshots = Snapshots(data_dir / "snapshots" / camera.id, camera.snapshots) if camera.snapshots.enabled else None
     live = LiveFrames(data_dir, camera.id, face_finder(data_dir))
-    CameraLoop(camera, analysers, out, snapshots, live).run_forever()
+    parallel = bool(services) and job.get("parallel", True) is not False  # the bench's --serial compares
+    CameraLoop(camera, analysers, out, snapshots, live, parallel=parallel).run_forever()
     return 0
 
 

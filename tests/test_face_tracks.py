@@ -126,3 +126,28 @@ def test_a_clock_that_goes_back_starts_tracks_and_cooldowns_over(tmp_path: Path,
     assert step(a, face, 5000.0) == ["face.unknown"]
     assert step(a, face, 5000.4) == []  # the same track, within its cooldown
     assert step(a, face, 1000.0) == ["face.unknown"]  # NTP stepped the clock back over an hour
+
+
+def test_with_split_frames_the_snapshot_is_the_frame_the_face_was_seen_on(tmp_path: Path, vision_dir: Path,
+                                                                            portraits: dict) -> None:
+    """Frame N detects the face, frame N+1 embeds it and raises the event: the snapshot is frame N (on N+1 the
+    person may have gone), through the camera worker's loop and real snapshot files."""
+    import io
+
+    from models.config import CameraConfig, SnapshotConfig
+    from models.snapshots import Snapshots
+    from models.worker import CameraLoop, Out
+
+    a = analyser(tmp_path, vision_dir, split_frames=True)
+    camera = CameraConfig.model_validate({"id": "door", "url": "usb:0", "snapshots": {"enabled": True}})
+    shots = tmp_path / "snapshots" / "door"
+    loop = CameraLoop(camera, [a], Out(io.StringIO(), "door"), Snapshots(shots, SnapshotConfig(enabled=True)))
+    seen = scene(portraits, [("collins", 200, 100, 80)])
+    gone = np.full((480, 640, 3), 200, np.uint8)  # the next frame: the person has left
+    loop.analyse(seen, 100.0)
+    assert a.busy and not (shots.exists() and list(shots.glob("*.jpg")))
+    loop.analyse(gone, 100.2)
+    (shot,) = shots.glob("*-face.unknown.jpg")
+    saved = cv2.imread(str(shot)).astype(np.float32)
+    assert np.abs(saved - seen).mean() < 5 < np.abs(saved - gone).mean()
+    assert a.analyse(gone, 100.4) == [] and a.seen_frame is None  # no event: nothing to save
