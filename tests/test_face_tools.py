@@ -283,3 +283,35 @@ def test_identify_plates_and_enroll_refuse_a_32000_px_jpeg_of_631_bytes(
                     "--key-file", str(keyf), "--json")
     doc = json.loads(out)
     assert code == 1 and "32000x32000" in doc["images"][0]["reason"]
+
+
+def test_identify_shrinks_an_image_as_a_camera_does(cli, tmp_path: Path, images: dict[str, np.ndarray],  # type: ignore[no-untyped-def]
+                                                   pipeline: FacePipeline) -> None:
+    import io
+
+    from gateway.cli.vision_identify import MAX_WIDTH, fit
+    from models.config import CameraConfig
+    from models.worker import CameraLoop, Out
+
+    run, data = cli
+    keyf = tmp_path / "faces.key"
+    create_key(keyf)
+    big = np.full((1920, 2560, 3), 90, np.uint8)
+    size = pipeline.faces(images["collins"])[0].size
+    face = cv2.resize(images["collins"], None, fx=50 / size, fy=50 / size, interpolation=cv2.INTER_AREA)
+    big[800:800 + face.shape[0], 1200:1200 + face.shape[1]] = face  # a 50 px face in a 2560 px wide photo
+    photo = tmp_path / "wide.png"
+    cv2.imwrite(str(photo), big)
+    camera = CameraConfig.model_validate({"id": "door", "url": "usb:0"})
+    loop = CameraLoop(camera, [], Out(io.StringIO(), "door"), None)
+    assert camera.max_width == MAX_WIDTH and np.array_equal(fit(big, MAX_WIDTH), loop.fit(big))
+    common = ("--data-dir", str(data), "--key-file", str(keyf), "--json")
+    doc = json.loads(run("vision", "identify", str(photo), *common)[1])
+    (row,) = doc["images"]
+    assert doc["max_width"] == 1280 and (row["width"], row["height"]) == (1280, 960)
+    assert row["shrunk_from"] == [2560, 1920]
+    (seen,) = row["faces"]  # 25 px as the camera analyses it: shown, no event
+    assert seen["size_px"] < 32 and seen["event"] is None and "min_event_px" in seen["no_event_because"]
+    doc = json.loads(run("vision", "identify", str(photo), "--max-width", "2560", *common)[1])
+    (row,) = doc["images"]
+    assert "shrunk_from" not in row and row["faces"][0]["size_px"] >= 32 and row["faces"][0]["event"] == "face.unknown"

@@ -2,6 +2,8 @@
 
 For commissioning: which faces a camera at this distance would see, how well each scores against the
 enrolled people, and whether it would raise an event (``faces.min_event_px``, ``faces.min_event_score``).
+An image wider than ``--max-width`` (default: a camera's ``max_width``, 1280) is shrunk first exactly as
+a camera's worker shrinks its frames, so face sizes, boxes and the event verdict are the camera's.
 The data dir, config and gallery key are found like the ``gateway faces`` commands find them.
 """
 
@@ -23,7 +25,35 @@ def add_command(vision_subparsers: Any) -> None:
     _common(p)
     _key_args(p)
     p.add_argument("image", type=Path, nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--max-width", type=_width, default=MAX_WIDTH,
+                   help=f"shrink wider images to this width first, as a camera does (its max_width; default "
+                        f"{MAX_WIDTH})")
     p.set_defaults(fn=cmd_identify)
+
+
+MAX_WIDTH = 1280
+"""A camera's default ``max_width`` (models.config.CameraConfig; a test keeps the two equal)."""
+
+
+def _width(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a width in pixels, got {text!r}") from None
+    if not 160 <= value <= 7680:
+        raise argparse.ArgumentTypeError(f"a width between 160 and 7680 px (a camera's range), got {value}")
+    return value
+
+
+def fit(frame: Any, max_width: int) -> Any:
+    """A frame as a camera's worker analyses it (models.worker.CameraLoop.fit): wider than ``max_width``,
+    shrunk to it with INTER_AREA, aspect kept."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    if w <= max_width:
+        return frame
+    return cv2.resize(frame, (max_width, round(h * max_width / w)), interpolation=cv2.INTER_AREA)
 
 
 def _event(face: Any, person: str | None, cfg: Any) -> tuple[str | None, str]:
@@ -34,8 +64,10 @@ def _event(face: Any, person: str | None, cfg: Any) -> tuple[str | None, str]:
     return ("face.recognized" if person else "face.unknown"), ""
 
 
-def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path: Path) -> dict[str, Any]:
-    """One image's row: its faces, or an error a person can act on."""
+def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path: Path,
+             max_width: int = MAX_WIDTH) -> dict[str, Any]:
+    """One image's row: its faces (in the pixels of the frame a camera would analyse), or an error a person
+    can act on."""
     from gateway.cli.vision import read_image
     from models.faces import as_bgr
 
@@ -43,6 +75,8 @@ def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path:
     bgr = as_bgr(frame)
     if bgr is None:
         return {"image": str(path), "error": why or "not an image these tools take (smaller than 16 px, or too large)"}
+    source = (int(bgr.shape[1]), int(bgr.shape[0]))
+    bgr = fit(bgr, max_width)
     faces = []
     for face in pipeline.detector.detect(bgr):
         embedded, _ = pipeline.embed(bgr, face)
@@ -53,7 +87,11 @@ def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path:
             "person": match.person, "name": names.get(match.person or ""), "similarity": round(match.score, 3),
             "threshold": cfg.threshold, "event": kind, "no_event_because": why or None,
         })
-    return {"image": str(path), "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "faces": faces}
+    row: dict[str, Any] = {"image": str(path), "width": int(bgr.shape[1]), "height": int(bgr.shape[0]),
+                           "faces": faces}
+    if source != (row["width"], row["height"]):
+        row["shrunk_from"] = list(source)
+    return row
 
 
 def _say(row: dict[str, Any], cfg: Any) -> None:
@@ -61,7 +99,10 @@ def _say(row: dict[str, Any], cfg: Any) -> None:
         print(f"{row['image']}: error: {row['error']}")
         return
     faces = row["faces"]
-    print(f"{row['image']} ({row['width']}x{row['height']}): {len(faces) or 'no'} face{'s' * (len(faces) != 1)}")
+    shrunk = f", shrunk from {row['shrunk_from'][0]}x{row['shrunk_from'][1]} as a camera would" \
+        if "shrunk_from" in row else ""
+    print(f"{row['image']} ({row['width']}x{row['height']}{shrunk}): {len(faces) or 'no'} "
+          f"face{'s' * (len(faces) != 1)}")
     for f in faces:
         who = f["person"] + (f" ({f['name']})" if f["name"] and f["name"] != f["person"] else "") \
             if f["person"] else "unknown"
@@ -90,14 +131,15 @@ def cmd_identify(args: argparse.Namespace) -> int:
         return 1
     try:
         names = {p.id: p.name for p in gallery.people()}
-        rows = [identify(pipeline, gallery, names, cfg, Path(image)) for image in args.image]
+        rows = [identify(pipeline, gallery, names, cfg, Path(image), args.max_width) for image in args.image]
     except GalleryError as exc:
         print(f"vision identify: {exc}", file=sys.stderr)
         return 1
     finally:
         gallery.close()
     if args.json:
-        print_json({"min_event_px": cfg.min_event_px, "min_event_score": cfg.min_event_score, "images": rows})
+        print_json({"min_event_px": cfg.min_event_px, "min_event_score": cfg.min_event_score,
+                    "max_width": args.max_width, "images": rows})
     else:
         for row in rows:
             _say(row, cfg)
