@@ -369,7 +369,11 @@ class Gallery:
             self.db.execute("DELETE FROM people WHERE id = ?", (person_id,))
             self._audit("faces.erase", person_id, actor=actor, embeddings=removed, **details)
             self.db.execute(f"PRAGMA user_version = {SCRUB_PENDING}")  # until the freed bytes are overwritten
-        self._scrub(f"{person_id} was erased from the gallery")
+        try:
+            self._scrub(f"{person_id} was erased from the gallery")
+        except sqlite3.OperationalError as exc:  # VACUUM kept from its lock past the busy timeout
+            raise ScrubError(f"{person_id} was erased from the gallery, but the old bytes could not be overwritten "
+                             f"yet ({exc}): run `gateway faces list` to finish (the file is marked for it)") from None
         return int(removed)
 
     def record(self, action: str, person: str | None, *, actor: str = "cli", **data: Any) -> None:
