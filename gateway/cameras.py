@@ -32,6 +32,7 @@ import structlog
 from gateway.bus import Sink
 from gateway.core.data import Event, Priority
 from gateway.core.timing import SYSTEM_CLOCK, Clock, RateLimiter
+from gateway.fall_watch import FallWatch
 from gateway.supervisor import Supervisor
 from models.config import CameraConfig, VisionConfig
 from models.events import KINDS
@@ -317,6 +318,7 @@ class CameraWorker:
         self.refused = 0
         self._status_at = 0.0
         self._events = RateLimiter(EVENT_LIMIT, 60.0)
+        self.fall_watch = FallWatch(camera.id, vision.falls.hold, clock)
 
     def job(self) -> bytes:
         """What the worker is told on its stdin: the camera, the vision settings, where data lives and the sockets
@@ -343,6 +345,7 @@ class CameraWorker:
         self.pid = proc.pid
         assert proc.stdin and proc.stdout and proc.stderr
         stderr = asyncio.create_task(_said(proc.stderr, self.clock, "camera worker", camera=self.camera.id))
+        falls = asyncio.create_task(self._falls_due()) if "falls" in self.camera.detect else None
         try:
             proc.stdin.write(self.job())
             await proc.stdin.drain()
@@ -351,7 +354,18 @@ class CameraWorker:
         finally:
             await _end(proc)
             stderr.cancel()
+            if falls is not None:
+                falls.cancel()
+            for event in self.fall_watch.ended():  # a hold dies with its worker: its alarm is raised here
+                self.sink.event(event)
             self.pid = None
+
+    async def _falls_due(self) -> None:
+        """A fall.suspected the worker never answered raises the alarm itself (gateway/fall_watch.py)."""
+        while True:
+            await self.clock.sleep(1.0)
+            for event in self.fall_watch.due():
+                self.sink.event(event)
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout
@@ -404,6 +418,7 @@ class CameraWorker:
         if priority is Priority.EVENT and not kind.startswith("fall.") and self._flooding(self.clock.monotonic()):
             return
         self.sink.event(Event(kind, self.camera.id, priority, payload, when))
+        self.fall_watch.seen(kind, payload)
         if kind in ("camera.connected", "camera.lost"):
             self._state("streaming" if kind == "camera.connected" else "lost")
 

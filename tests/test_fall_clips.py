@@ -8,10 +8,13 @@ at the same times relative to the clip's start; sitting down and bending over mu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from hypothesis import strategies as st
 from test_falls import PEOPLE, Step, person, ramp, scene
 
 from gateway.config import load_config
+from gateway.core.data import Event, Priority
 from gateway.daemon import Daemon
 from models.frametime import FileTimes
 
@@ -201,6 +205,71 @@ async def test_the_clip_as_a_camera_gives_the_same_events_at_the_same_clip_times
         assert message["source"] == "lounge" and message["data"]["camera"] == "lounge"
         assert {k: v for k, v in message["data"].items() if k != "camera"} == \
             {k: v for k, v in event["payload"].items() if k != "camera"}
+
+
+# -- a worker that never answers a suspected fall: the daemon raises the alarm itself -------------------------------
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def event(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def meta(self, key: str, value: Any) -> None:
+        pass
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events if e.kind.startswith("fall.")]
+
+
+@pytest.mark.parametrize("how", ["killed", "silent"])
+async def test_a_fall_the_worker_never_confirms_is_alarmed_by_the_daemon(tmp_path: Path, vision_dir: Path,
+                                                                         fall_clip: Path, how: str) -> None:
+    """A real worker reads the fall clip (hold 60 s, longer than the clip): it says fall.suspected, then nothing.
+    Killed during the hold, its camera raises fall.detected at once (worker_exited); left alive, once the hold and
+    the margin have passed on the daemon's clock (no_answer). Either way unconfirmed, and once."""
+    from gateway.cameras import CameraWorker, WorkerFailed
+    from gateway.core.timing import ManualClock
+    from gateway.fall_watch import MARGIN
+    from models.config import CameraConfig, VisionConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(vision_dir / "models")
+    vision = VisionConfig()
+    vision = vision.model_copy(update={"falls": vision.falls.model_copy(update={"hold": 60.0})})
+    camera = CameraConfig(id="lounge", url=str(fall_clip), realtime=False, fps=FPS, detect=["falls"])
+    sink, clock = _Sink(), ManualClock()
+    worker = CameraWorker(camera, vision, data, sink, clock=clock)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(40):
+            while "fall.suspected" not in sink.kinds():  # noqa: ASYNC110 (the worker's pump fills it)
+                await asyncio.sleep(0.05)
+        assert sink.kinds() == ["fall.suspected"]
+        if how == "killed":
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            with pytest.raises(WorkerFailed):
+                await task
+            reason = "worker_exited"
+        else:
+            await clock.advance(60.0 + MARGIN - 1.5)
+            assert sink.kinds() == ["fall.suspected"]
+            await clock.advance(1.5)
+            reason = "no_answer"
+        assert sink.kinds() == ["fall.suspected", "fall.detected"]
+        alarm = sink.events[-1]
+        assert alarm.priority is Priority.ALARM and alarm.source == "lounge"
+        assert alarm.payload["unconfirmed"] is True and alarm.payload["reason"] == reason
+        assert alarm.payload["descent_torso"] == sink.events[-2].payload["descent_torso"] >= 0.5
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WorkerFailed):
+            await task
+    assert sink.kinds() == ["fall.suspected", "fall.detected"]  # the cancelled run raised nothing more
 
 
 # -- frame times of a file: one rule for the worker and the offline tool (models/frametime.py) ---------------------

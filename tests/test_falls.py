@@ -574,3 +574,50 @@ def test_a_camera_with_falls_must_analyse_two_frames_a_second() -> None:
     assert CameraConfig(id="a", url="usb:0", fps=1, detect=["faces"]).fps == 1
     with pytest.raises(ValidationError, match="too slow for falls"):
         CameraConfig(id="a", url="usb:0", fps=1.5, detect=["faces", "falls"])
+
+
+# -- the daemon's watch: a suspected fall is never left unanswered (gateway/fall_watch.py), on a stepped clock -------
+
+
+def test_the_watch_raises_an_unconfirmed_alarm_when_the_camera_never_answers() -> None:
+    from gateway.core.timing import ManualClock
+    from gateway.fall_watch import MARGIN, FallWatch
+
+    clock = ManualClock()
+    watch = FallWatch("lounge", 5.0, clock)
+    suspected = {"camera": "lounge", "track": "0", "descent_torso": 1.2, "torso_angle_deg": 80.0, "descent_s": 0.4,
+                 "hold_s": 5.0}
+    watch.seen("face.unknown", {"camera": "lounge", "score": 0.1})
+    watch.seen("fall.suspected", suspected)
+    clock._now = 5.0 + MARGIN - 0.01
+    assert watch.due() == [] and watch.waiting == 1
+    clock._now = 5.0 + MARGIN
+    [alarm] = watch.due()
+    assert alarm.kind == "fall.detected" and alarm.priority is Priority.ALARM and alarm.source == "lounge"
+    assert alarm.payload == {"camera": "lounge", "confidence": 0.5, "track": "0", "descent_torso": 1.2,
+                             "torso_angle_deg": 80.0, "down_s": 10.0, "unconfirmed": True, "reason": "no_answer"}
+    assert alarm.ts == clock.time()
+    assert watch.due() == [] and watch.ended() == []  # once
+
+
+def test_the_watch_stays_quiet_when_the_camera_answers_and_alarms_at_once_when_the_worker_ends() -> None:
+    from gateway.core.timing import ManualClock
+    from gateway.fall_watch import FallWatch
+
+    clock = ManualClock()
+    watch = FallWatch("lounge", 5.0, clock)
+    for answer in ("fall.detected", "fall.cancelled"):
+        watch.seen("fall.suspected", {"track": "0"})
+        clock._now += 3
+        watch.seen(answer, {"track": "0"})
+        clock._now += 60
+        assert watch.due() == [] and watch.ended() == []
+    # two tracks, one answered; the worker exits before the hold ends: the other alarms at once
+    watch.seen("fall.suspected", {"track": "0"})
+    watch.seen("fall.suspected", {"track": "1"})
+    watch.seen("fall.cancelled", {"track": "1"})
+    clock._now += 1
+    [alarm] = watch.ended()
+    assert alarm.payload["reason"] == "worker_exited" and alarm.payload["track"] == "0"
+    assert alarm.payload["unconfirmed"] is True and alarm.payload["down_s"] == 1.0
+    assert watch.due() == [] and watch.waiting == 0
