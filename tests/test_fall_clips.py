@@ -272,6 +272,47 @@ async def test_a_fall_the_worker_never_confirms_is_alarmed_by_the_daemon(tmp_pat
     assert sink.kinds() == ["fall.suspected", "fall.detected"]  # the cancelled run raised nothing more
 
 
+async def test_a_stream_that_stalls_during_the_hold_is_alarmed_by_the_worker(tmp_path: Path, vision_dir: Path) -> None:
+    """A live camera (MJPEG over HTTP) shows the fall, then freezes during the 1.5 s hold: no frame comes. When the
+    worker's read gives up (``stall_timeout`` 3 s), it checks the hold on its clock and raises fall.detected itself,
+    confirmed (the daemon's watch, on a clock that never moves here, cannot be the one)."""
+    from gateway.cameras import CameraWorker
+    from gateway.core.timing import ManualClock
+    from models.config import CameraConfig, VisionConfig
+    from simulators.camera import MjpegCamera
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(vision_dir / "models")
+    vision = VisionConfig()
+    vision = vision.model_copy(update={"falls": vision.falls.model_copy(update={"hold": 1.5})})
+    who, img = PEOPLE["astronaut"], person(vision_dir, "astronaut")
+    lying = (float(who["fall"]), 360.0, 390.0)
+    frames = [scene(img, who["hips"], step) for step in [STAND] * 10 + ramp(STAND, lying, 2) + [lying] * 100]
+    sink = _Sink()
+    async with MjpegCamera(frames, fps=FPS) as cam:
+        camera = CameraConfig(id="hall", url=cam.url, fps=FPS, detect=["falls"], stall_timeout=3.0)
+        worker = CameraWorker(camera, vision, data, sink, clock=ManualClock())  # type: ignore[arg-type]
+        task = asyncio.create_task(worker.run())
+        try:
+            async with asyncio.timeout(40):
+                while "fall.suspected" not in sink.kinds():  # noqa: ASYNC110 (the worker's pump fills it)
+                    await asyncio.sleep(0.02)
+                cam.freeze()
+                while "fall.detected" not in sink.kinds():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert sink.kinds()[:2] == ["fall.suspected", "fall.detected"]
+    alarm = [e for e in sink.events if e.kind.startswith("fall.")][1]
+    assert "unconfirmed" not in alarm.payload and alarm.priority is Priority.ALARM
+    assert alarm.payload["down_s"] >= 2.0  # said at the stall (3 s without a frame), not by a frame at 1.5 s
+    lost = [e for e in sink.events if e.kind == "camera.lost"]
+    assert lost and lost[0].payload["reason"] == "stalled"
+
+
 # -- frame times of a file: one rule for the worker and the offline tool (models/frametime.py) ---------------------
 
 
