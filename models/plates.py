@@ -44,6 +44,12 @@ Measured on the 40 rendered plates at 1280x720 (180-260 px wide): 1280 -> 40 fou
 960 -> 40 found, 39 exact, 41 ms; 800 -> 39, 38, 32 ms; 640 -> 38, 36, 18 ms. Raise it (config
 ``vision.plates.detect_max_side``) for cameras that see plates under ~100 px wide."""
 
+DEFAULT_SECOND_LOOKS = 3
+DEFAULT_SECOND_FLOOR = 0.05
+SECOND_WIDTH = 120.0
+SECOND_REGION = (3.0, 5.0)
+SECOND_MIN = 160.0
+
 REC_HEIGHT = 32
 REC_WIDTH = 200
 RETRY_WIDTHS = (180, 220, 240, 160)
@@ -141,8 +147,11 @@ def order_corners(points: NDArray[np.float32]) -> NDArray[np.float32]:
 
 class PlateDetector:
     def __init__(self, path: Path, *, score_threshold: float = 0.4, nms_threshold: float = 0.4,
-                 max_side: int = DEFAULT_MAX_SIDE, threads: int = 1) -> None:
+                 max_side: int = DEFAULT_MAX_SIDE, threads: int = 1, second_looks: int = DEFAULT_SECOND_LOOKS,
+                 second_floor: float = DEFAULT_SECOND_FLOOR) -> None:
         self.session = _session(path, threads)
+        self.second_looks = second_looks
+        self.second_floor = second_floor
         self.input_name: str = self.session.get_inputs()[0].name
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
@@ -164,12 +173,16 @@ class PlateDetector:
             self._priors[key] = np.concatenate(parts).astype(np.float32)
         return self._priors[key]
 
-    def detect(self, bgr: Image) -> list[PlateBox]:
+    def _run(self, bgr: Image, scale: float, floor: float,
+             offset: tuple[float, float] = (0.0, 0.0)) -> tuple[NDArray[np.float32], NDArray[np.float32],
+                                                                  NDArray[np.float32]]:
+        """One pass of the network on ``bgr`` resized by ``scale``: (boxes x, y, w, h; corners n x 4 x 2; scores)
+        of the priors scoring at least ``floor``, in the coordinates of ``bgr`` plus ``offset``, before NMS."""
         h, w = bgr.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        if scale < 1.0:
-            small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-            bgr = np.asarray(small, dtype=np.uint8)
+        if scale != 1.0:
+            interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+            bgr = np.asarray(cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                        interpolation=interpolation), dtype=np.uint8)
         sh, sw = bgr.shape[:2]
         ph, pw = -(-sh // DET_ALIGN) * DET_ALIGN, -(-sw // DET_ALIGN) * DET_ALIGN
         canvas = np.zeros((ph, pw, 3), dtype=np.float32)
@@ -178,27 +191,73 @@ class PlateDetector:
         loc, conf, landms = self.session.run(None, {self.input_name: blob})
         priors = self.priors(ph, pw)
         if loc.shape[1] != len(priors):  # a model other than the one pinned: find nothing, loudly in tests
-            return []
+            return np.zeros((0, 4), np.float32), np.zeros((0, 4, 2), np.float32), np.zeros(0, np.float32)
         scores = conf[0, :, 1]
-        keep = np.flatnonzero(scores >= self.score_threshold)
-        if keep.size == 0:
-            return []
+        keep = np.flatnonzero(scores >= floor)
         pr = priors[keep]
         var0, var1 = DET_VARIANCE
         centre = pr[:, :2] + loc[0, keep, :2] * var0 * pr[:, 2:]
         wh = pr[:, 2:] * np.exp(np.clip(loc[0, keep, 2:] * var1, -10, 10))
+        shift = np.array(offset, dtype=np.float32)
         boxes = np.concatenate([centre - wh / 2, wh], axis=1) / scale
-        corners = (pr[:, None, :2] + landms[0, keep].reshape(-1, 4, 2) * var0 * pr[:, None, 2:]) / scale
-        kept = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), self.score_threshold, self.nms_threshold)
+        boxes[:, :2] += shift
+        corners = (pr[:, None, :2] + landms[0, keep].reshape(-1, 4, 2) * var0 * pr[:, None, 2:]) / scale + shift
+        return boxes.astype(np.float32), corners.astype(np.float32), scores[keep].astype(np.float32)
+
+    def _nms(self, boxes: NDArray[np.float32], corners: NDArray[np.float32], scores: NDArray[np.float32],
+             floor: float, w: int, h: int) -> list[PlateBox]:
+        if len(scores) == 0:
+            return []
+        kept = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), floor, self.nms_threshold)
         found = []
         for i in np.asarray(kept, dtype=np.int64).ravel():
             c = corners[i]
             if not np.isfinite(c).all():
                 continue
             clipped = np.clip(c, 0, [w - 1, h - 1]).astype(np.float32)
-            found.append(PlateBox(order_corners(clipped), float(scores[keep][i])))
+            found.append(PlateBox(order_corners(clipped), float(scores[i])))
         found.sort(key=lambda p: p.score, reverse=True)
         return found
+
+    def detect(self, bgr: Image) -> list[PlateBox]:
+        """Plates scoring at least ``score_threshold``, best first. The whole frame is looked at on a copy at most
+        ``max_side`` long; then up to ``second_looks`` candidates that scored between ``second_floor`` and the
+        threshold there get a second look: the region around each, cut from the frame at full resolution and
+        enlarged so the candidate is at least SECOND_WIDTH px wide, is run through the detector again (a
+        distant plate is a few pixels on the copy; see models/README.md)."""
+        h, w = bgr.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        floor = min(self.second_floor, self.score_threshold) if self.second_looks else self.score_threshold
+        boxes, corners, scores = self._run(bgr, scale, floor)
+        found = self._nms(boxes, corners, scores, floor, w, h)
+        sure = [p for p in found if p.score >= self.score_threshold]
+        doubtful = [p for p in found if p.score < self.score_threshold][:self.second_looks]
+        for cand in doubtful:
+            x, y, bw, bh = cand.box
+            if any(_overlap(cand.box, p.box) > 0.3 for p in sure):
+                continue
+            zoom = max(1.0, SECOND_WIDTH / max(bw, 1.0))
+            rw, rh = max(bw * SECOND_REGION[0], SECOND_MIN / zoom), max(bh * SECOND_REGION[1], SECOND_MIN / zoom)
+            x0, y0 = int(max(0, x + bw / 2 - rw / 2)), int(max(0, y + bh / 2 - rh / 2))
+            x1, y1 = int(min(w, x + bw / 2 + rw / 2)), int(min(h, y + bh / 2 + rh / 2))
+            if x1 - x0 < 8 or y1 - y0 < 8:
+                continue
+            b2, c2, s2 = self._run(np.ascontiguousarray(bgr[y0:y1, x0:x1]), zoom, self.score_threshold,
+                                   (float(x0), float(y0)))
+            for p in self._nms(b2, c2, s2, self.score_threshold, w, h):
+                if not any(_overlap(p.box, q.box) > 0.3 for q in sure):
+                    sure.append(p)
+        sure.sort(key=lambda p: p.score, reverse=True)
+        return sure
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
 
 
 def rectify(frame: Image, corners: NDArray[np.float32], *, size: tuple[int, int] = (REC_WIDTH, REC_HEIGHT),
@@ -498,6 +557,9 @@ class PlateReader:
             tries.append((rows, read))
             return why(read) is None
 
+        def rank(t: tuple[int, TextRead]) -> tuple[bool, bool, float]:
+            return why(t[1]) is None, valid_plate(t[1].text), t[1].score
+
         done = False
         if aspect < DOUBLE_ROW_ASPECT[1]:
             plate = rectify(bgr, det.corners, size=DOUBLE_SIZE, pad=DOUBLE_PAD)
@@ -514,7 +576,7 @@ class PlateReader:
                 crop = rectify(bgr, det.corners, size=(width, REC_HEIGHT), pad=pad)
                 if settle(1, self.recogniser.read_text(crop, width)):
                     break
-        rows, best = max(tries, key=lambda t: (why(t[1]) is None, valid_plate(t[1].text), t[1].score))
+        rows, best = max(tries, key=rank)
         return PlateRead(best.text, best.score, det, valid_plate(best.text), confs=best.confs, probs=best.probs,
                          rows=rows, reason=why(best), colour=colour)
 
@@ -576,6 +638,15 @@ def combine(reads: list[PlateRead], charset: str, length: int | None = None) -> 
                     post)
 
 
+def lost_province(read: str, plate: str) -> bool:
+    """True if ``read`` is ``plate`` without its province character: a frame that agrees on every other one.
+
+    On small plates the province glyph (the first and most intricate, ~9 px wide on a 90 px plate) is the one a
+    frame loses, read as nothing when the quadrilateral clips it. Such a frame counts towards the frames that
+    must agree, but gives no evidence about the province: that comes from the frames that read one."""
+    return bool(read) and len(plate) == len(read) + 1 and plate[0] in PROVINCES and plate[1:] == read
+
+
 class PlateVoter:
     """Per camera: combine the last ``window`` frames' per-character evidence; publish a plate once ``need``
     frames of one length agree on a confident, valid text; then hold it for ``hold`` seconds.
@@ -623,7 +694,7 @@ class PlateVoter:
         together = combine(reads, self.charset, LENGTHS.get(colour or "")) if self.charset else EMPTY
         together = province_prior(together, self.charset, self.local, weight=self.province_weight,
                                   confident=self.min_conf)
-        agreeing = sum(1 for r in reads if len(r.text) == len(together.text))
+        agreeing = sum(1 for r in reads if len(r.text) == len(together.text) or lost_province(r.text, together.text))
         reason = judge(together, self.min_conf) if together.text else (read.reason or "no_text")
         if reason is None and not fits_colour(together.text, colour):
             reason = "invalid_format"
