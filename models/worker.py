@@ -177,6 +177,9 @@ class CameraLoop:
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
             self._file_times = FileTimes(fps, count / fps if fps > 0 and math.isfinite(count) else None)
         pace = 1.0 / fps if file and self.camera.realtime and fps > 0 else 0.0
+        played = float("-inf")
+        """When the file's last frame was due (realtime): it plays at its own rate, the time spent analysing
+        included; one that fell behind by more than a frame does not rush to catch up."""
         due = float("-inf")
         last = time.monotonic()
         while True:
@@ -189,7 +192,8 @@ class CameraLoop:
             self.counts["frames"] += 1
             self.status(now)
             if pace:
-                time.sleep(pace)
+                played = max(played + pace, now - pace)
+                time.sleep(max(0.0, played - now))
             if t < due - self.period * 0.25:  # a frame a little early still counts (stream jitter)
                 continue
             due = max(due + self.period, t)
