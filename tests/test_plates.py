@@ -22,6 +22,7 @@ from models.plates import (
     ctc_decode,
     ctc_greedy,
     judge,
+    lost_province,
     plate_event,
     province_prior,
     valid_plate,
@@ -366,3 +367,59 @@ def test_a_plate_colour_fixes_its_length() -> None:
     assert plate_colour(np.full((32, 100, 3), 128, np.uint8)) is None  # grey: no claim
     assert not fits_colour("新J10253", "green") and fits_colour("新J10253D", "green")
     assert not fits_colour("京A123456", "blue") and fits_colour("京A12345", "yellow") and fits_colour("x", None)
+
+
+def test_small_plates_missed_on_the_downscale_are_found_by_a_second_look(reader: PlateReader,
+                                                                          vision_dir: Path) -> None:
+    """Plates 85-105 px wide in 1280x720 frames (every other one blurred): the 960-px pass alone misses most;
+    the second look at full resolution around its doubtful candidates finds them, and nothing elsewhere."""
+    backgrounds = load_backgrounds(vision_dir / "testdata")
+    rng = random.Random(5)
+    found = {0: 0, 3: 0}
+    for i in range(12):
+        kind = ("blue", "green", "yellow")[i % 3]
+        scene = make_scene(backgrounds["grace_hopper.jpg" if i % 2 else "brick.png"], random_plate(rng, kind), kind,
+                           rng.uniform(85, 105), rng, conditions=("blur",) if i % 2 else ())
+        for looks in found:
+            reader.detector.second_looks = looks
+            try:
+                plates = reader.detect(scene.frame)
+            finally:
+                reader.detector.second_looks = 3
+            near = [p for p in plates if np.abs(p.corners.mean(axis=0) - scene.corners.mean(axis=0)).max()
+                    < scene.width_px * 0.3]
+            assert len(near) == len(plates), f"{scene.text}: a plate found elsewhere"
+            found[looks] += bool(near)
+    assert found[0] <= 5 and found[3] >= 8, found
+
+
+def test_a_frame_that_lost_the_province_agrees_but_never_names_it(reader: PlateReader) -> None:
+    from models.plates import PlateBox, PlateRead
+
+    charset = reader.charset
+    assert lost_province("B12345", "粤B12345") and not lost_province("B12346", "粤B12345")
+    assert not lost_province("", "粤") and not lost_province("AB12345", "AAB12345")
+
+    def frame_read(text: str) -> PlateRead:
+        probs = np.full((len(text), len(charset)), 0.001, np.float32)
+        for k, ch in enumerate(text):
+            probs[k, charset.index(ch)] = 0.99
+        probs /= probs.sum(axis=1, keepdims=True)
+        box = PlateBox(np.array([[0, 0], [100, 0], [100, 32], [0, 32]], np.float32), 0.9)
+        confs = tuple(float(probs[k].max()) for k in range(len(text)))
+        return PlateRead(text, min(confs), box, valid_plate(text), confs=confs, probs=probs)
+
+    # Two frames read the whole plate, two lost the province glyph: four frames agree, the plate is published.
+    voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset)
+    frames = [frame_read(t) for t in ("粤B12345", "B12345", "粤B12345", "B12345")]
+    verdicts = [voter.observe("gate", f, t * 0.2) for t, f in enumerate(frames)]
+    assert verdicts[:2] == [None, None]
+    assert verdicts[2] is not None and verdicts[2].kind == "plate.read" and verdicts[2].text == "粤B12345"
+    # Frames that never saw a province give none: nothing published, however many agree.
+    voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset)
+    out = [voter.observe("gate", frame_read("B12345"), t * 0.2) for t in range(10)]
+    assert [v.kind for v in out if v is not None] == ["plate.unreadable"]
+    # A frame without the province agrees only if every other character is the same.
+    voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset)
+    mixed = [frame_read(t) for t in ("粤B12345", "B12346", "B12347")]
+    assert all(voter.observe("gate", f, t * 0.2) is None for t, f in enumerate(mixed))
