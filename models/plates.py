@@ -41,14 +41,24 @@ DEFAULT_MAX_SIDE = 960
 """Larger frames are scaled down to this before detection; the plate is still read from the full frame.
 
 Measured on the 40 rendered plates at 1280x720 (180-260 px wide): 1280 -> 40 found, 37 exact, 81 ms;
-960 -> 40 found, 39 exact, 41 ms; 800 -> 39, 38, 32 ms; 640 -> 38, 36, 18 ms. Raise it (config
-``vision.plates.detect_max_side``) for cameras that see plates under ~100 px wide."""
+960 -> 40 found, 39 exact, 41 ms; 800 -> 39, 38, 32 ms; 640 -> 38, 36, 18 ms. Plates under ~120 px wide that the
+copy misses are mostly found by the second look (see :meth:`PlateDetector.detect`); raising it (config
+``vision.plates.detect_max_side``) to 1280 found more of them on the passages set but published more wrong
+provinces (models/README.md)."""
 
 DEFAULT_SECOND_LOOKS = 3
+"""Candidates a frame that get a second look at full resolution (0: none), best first."""
 DEFAULT_SECOND_FLOOR = 0.05
+"""A candidate of the first pass scoring this much (and less than the threshold) is worth a second look
+(measured on the 125 frames of plates 80-120 px of the passages set: 105 plates score >= 0.05 on the 960 copy;
+0.08 candidates a frame elsewhere on the set's real photos; 0.02 gave one more wrong passage)."""
 SECOND_WIDTH = 120.0
+"""The region of a second look is enlarged so the candidate is at least this wide (the size above which the
+detector finds plates reliably on the set)."""
 SECOND_REGION = (3.0, 5.0)
 SECOND_MIN = 160.0
+"""The region of a second look: this many candidate widths and heights, and at least this many pixels a side
+at the zoom (the candidate's box is loose on a small plate)."""
 
 REC_HEIGHT = 32
 REC_WIDTH = 200
