@@ -77,7 +77,8 @@ class PlatesConfig(StrictModel):
     hold: Duration = Field(default=30.0, description="The same plate on the same camera is reported once per hold.")
     detect_max_side: int = Field(default=960, ge=320, le=3840,
                                  description="Frames are shrunk to this longest side for plate detection only "
-                                             "(the read uses full resolution); raise it for distant plates.")
+                                             "(the read uses full resolution; doubtful candidates get a second "
+                                             "look at full resolution).")
     min_char_conf: float = Field(
         default=0.85, ge=0.0, le=1.0,
         description="A plate is published only if every character was read with at least this confidence; "
