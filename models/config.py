@@ -19,8 +19,8 @@ DEFAULT_MATCH_THRESHOLD = 0.40
 
 Detector = Literal["faces", "plates", "falls"]
 MIN_FALLS_FPS = 2.0
-"""The slowest analysed rate a camera with falls may have (models/falls.py MAX_PERIOD: the last upright reading is
-kept two frame periods beyond the window, at most 0.5 s each)."""
+"""The slowest analysed rate a camera with falls may have: a fall that takes one frame has its first horizontal
+landmarks up to 2 frame periods after the last upright ones, which must be within the 1 s window (models/falls.py)."""
 Point = tuple[float, float]
 
 PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"

@@ -8,6 +8,7 @@ as fast as the CPU allows (``gateway vision falls``) as for live video.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from gateway.core.data import Event
@@ -16,6 +17,10 @@ from models.faces import Image
 from models.falls import FallConfig, FallDetector
 from models.hosting import open_models
 from models.pose import PoseTracker
+
+SLOW_PERIOD = 0.25
+"""Seconds between analysed frames above which (below 4 fps) a frame without a track runs the detector and the
+landmarks together, not the detector alone: see :meth:`FallAnalyser.analyse`."""
 
 
 class FallAnalyser:
@@ -29,6 +34,7 @@ class FallAnalyser:
         self.tracker = PoseTracker(hosted["detector"], hosted["landmarker"])
         self.falls = FallDetector(FallConfig(hold=vision.falls.hold))
         self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
+        self._last = -math.inf
 
     @property
     def busy(self) -> bool:
@@ -39,7 +45,14 @@ class FallAnalyser:
         return self.falls.tick(self.camera, now)
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
-        pose = self.tracker.update(self.camera, frame)
+        """One frame. At 4 analysed frames a second or more, a frame runs one model (models/pose.py: a frame with no
+        track runs the detector alone, the landmarks come a frame later), which keeps every frame within the speed
+        target. Slower, the frame after a track ended runs both: with the detection-only frame in between, a fall
+        that takes one frame would have its first horizontal landmarks 3 periods after the last upright ones, over
+        the 1 s window at 2.5 fps and below (models/README.md, "Slow frame rates"); a frame has 250 ms or more then."""
+        slow = now - self._last > SLOW_PERIOD
+        self._last = now
+        pose = self.tracker.update(self.camera, frame, defer=False if slow else None)
         events = self.falls.update(self.camera, now, None if pose is None else pose.landmarks)
         if pose is None and self.tracker.tracking(self.camera):
             return events  # a detection-only frame (models/pose.py): the person is still where last drawn

@@ -2,17 +2,18 @@
 
 A fall is three things in order, all in image coordinates (y grows downwards):
 
-1. **Rapid descent**: within ``window`` seconds (1.0 s) of a frame where the person was upright (or from the
-   last upright frame, if it is at most ``window`` plus two frame periods old: see below), the
-   hip centre is at least ``descent`` torso lengths (0.5) lower *and* the shoulder centre at least
-   ``shoulder_descent`` (1.5) lower. The torso length (hip centre to shoulder centre) is taken from
-   that upright frame, so the figures do not depend on the camera's distance, and a torso foreshortened
-   by lying down does not inflate them. Why both: lying back from a seat brings the shoulders down by
-   about one torso length (to the level of the hips) while the hips stay put; falling to the floor,
-   from standing or from a chair, brings the shoulders down by 1.7 torso lengths or more and the hips
-   by 0.9 or more. Why 1.0 s: a fall takes 0.4-0.8 s from losing balance to the floor, and the hip
-   estimates of a partly hidden body drift by up to 0.8 torso lengths over 1.5 s (measured on the test
-   sequences while the person lay back).
+1. **Rapid descent**: within ``window`` seconds (1.0 s) of a frame where the person was upright, the hip
+   centre is at least ``descent`` torso lengths (0.5) lower *and* the shoulder centre at least
+   ``shoulder_descent`` (1.5) lower. The torso length (hip centre to shoulder centre) is the longer of that
+   upright frame's and the horizontal frame's, so the figures do not depend on the camera's distance, a
+   torso foreshortened by lying down does not inflate them, and neither does the short torso the landmark
+   model draws in a crop that lags a turning body (measured: 50 px against 74-80 for the cameraman lying
+   back at 3.3 fps, which made a lie-back a fall). Why both: lying back from a seat brings the shoulders
+   down by about one torso length (to the level of the hips) while the hips stay put; falling to the floor,
+   from standing or from a chair, brings the shoulders down by 1.7 torso lengths or more and the hips by 0.9
+   or more. Why 1.0 s: a fall takes 0.4-0.8 s from losing balance to the floor, and the hip estimates of a
+   partly hidden body drift by up to 0.8 torso lengths over 1.5 s (measured on the test sequences while the
+   person lay back).
 2. **Horizontal torso**: in the same frame, the torso (hip centre -> shoulder centre) is more than
    ``horizontal`` degrees (60) from vertical.
 3. **Staying down** for ``hold`` seconds. Getting up within the hold (torso back within ``upright``
@@ -29,14 +30,10 @@ up within the hold. The hold is also checked on time passing without a frame (:m
 which the camera worker calls when its stream stalls), and the daemon raises an unconfirmed
 ``fall.detected`` itself when a suspected fall is followed by neither (``gateway/fall_watch.py``).
 
-Why the last upright frame may be up to two frame periods older than the window: the pose pipeline
-gives no landmarks on the frame after a track ends (the detector runs alone, models/pose.py), and the
-frame the person fell on is tracked with a crop that no longer fits. At 2.5 analysed frames a second
-or fewer, a fall that takes one frame then has its last upright reading 3 periods (1.2 s at 2.5 fps)
-before the first horizontal one. The frame period is the time since the previous frame, counted as
-at most ``MAX_PERIOD`` (0.5 s, 2 fps): cameras with falls analyse at least 2 frames a second
-(models/config.py refuses fewer). The extension is one sample, the latest upright one, and the drop
-it must show is the same; a slow lie-down drops the hips far less than ``descent`` in 2 s.
+The window holds at 2 analysed frames a second and faster (models/config.py refuses fewer for a camera
+with falls): below 4 fps the fall analyser runs the landmarks on the detection frame too
+(models/fall_analyser.py), so a fall that takes one frame has horizontal landmarks at most 2 frame periods
+after the last upright ones.
 
 Choices, deliberately:
 
@@ -69,9 +66,6 @@ from models.events import vision_event
 L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 11, 12, 23, 24
 MIN_TORSO = 4.0
 """A torso shorter than this (pixels) is too small to measure an angle on: the frame is ignored."""
-MAX_PERIOD = 0.5
-"""The longest frame period the upright reading is kept two of beyond the window (2 fps, the slowest rate
-models/config.py allows a camera with falls)."""
 SLACK = 1e-3
 """Seconds of slack in the window and hold comparisons. Frame times are epoch seconds (a live camera, or a file
 read by a camera: its start plus the position) or positions in a file (``gateway vision falls``); with frames
@@ -149,6 +143,8 @@ class _Fall:
     before: Sample
     at: Sample
     """The frame the fall was seen on: where the person lies."""
+    scale: float
+    """The torso length the figures are in: the longer of the upright frame's and the fall frame's."""
     descent: float
     angle: float
     down: int = 0
@@ -161,8 +157,6 @@ class _Track:
     fall: _Fall | None = None
     alarmed: bool = False
     last_t: float = -math.inf
-    upright: Sample | None = None
-    """The latest upright sample, kept beyond the window (see the module's text)."""
 
 
 class FallDetector:
@@ -185,12 +179,12 @@ class FallDetector:
             return "watching"
         return "alarmed" if tr.alarmed else "down"
 
-    def _up(self, s: Sample, before: Sample) -> bool:
-        return s.angle < self.config.upright and s.hip_y <= before.hip_y + self.config.recover * before.torso
+    def _up(self, s: Sample, fall: _Fall) -> bool:
+        return s.angle < self.config.upright and s.hip_y <= fall.before.hip_y + self.config.recover * fall.scale
 
     def _got_up(self, s: Sample, fall: _Fall) -> bool:
         """Up, and where the person fell: an upright pose elsewhere is someone else (the caller treats it as none)."""
-        return self._up(s, fall.before) and abs(s.hip_x - fall.at.hip_x) <= self.config.near * fall.before.torso
+        return self._up(s, fall) and abs(s.hip_x - fall.at.hip_x) <= self.config.near * fall.scale
 
     def tick(self, camera: str, t: float) -> list[Event]:
         """Time passing without a frame (a stalled stream): ``fall.detected`` for each fall whose hold ran out by
@@ -217,50 +211,44 @@ class FallDetector:
         tr = self._tracks.get(key)
         if tr is None or t < tr.last_t:
             tr = self._tracks[key] = _Track()
-        period = min(t - tr.last_t, MAX_PERIOD)
         tr.last_t = t
         cfg = self.config
         s = measure(t, landmarks) if landmarks is not None else None
         while tr.history and tr.history[0].t < t - cfg.window - SLACK:
             tr.history.popleft()
         if tr.alarmed:
-            if s is not None and tr.fall is not None and self._up(s, tr.fall.before):
+            if s is not None and tr.fall is not None and self._up(s, tr.fall):
                 # anyone up, anywhere: the alarm is out, and a fallen person helped up and away must not leave the
                 # track deaf to the next fall
                 tr.alarmed, tr.fall = False, None
                 tr.history.clear()
                 tr.history.append(s)
-                tr.upright = s
             return []
         out: list[Event] = []
         if tr.fall is not None:
             fall = tr.fall
             fall.seen += 1
-            if s is not None and self._up(s, fall.before) and not self._got_up(s, fall):
+            if s is not None and self._up(s, fall) and not self._got_up(s, fall):
                 s = None  # someone else standing (see the module's text): no evidence either way
             if s is not None:
-                if self._up(s, fall.before):
+                if self._up(s, fall):
                     tr.fall = None  # got up within the hold: no alarm
                     tr.history.clear()
                     tr.history.append(s)
-                    tr.upright = s
                     return [cancelled_event(camera, down_for=t - fall.start, track=track)]
                 fall.down += 1
-                fall.descent = max(fall.descent, (s.hip_y - fall.before.hip_y) / fall.before.torso)
+                fall.descent = max(fall.descent, (s.hip_y - fall.before.hip_y) / fall.scale)
                 fall.angle = max(fall.angle, min(s.angle, 90.0))
         elif s is None:
             return []
-        elif s.angle > cfg.horizontal and (best := self._descent(tr, s, period)) is not None:
-            fall = tr.fall = _Fall(start=t, before=best[1], at=s, descent=best[0], angle=min(s.angle, 90.0), down=1,
-                                   seen=1)
+        elif s.angle > cfg.horizontal and (best := self._descent(tr, s)) is not None:
+            fall = tr.fall = _Fall(start=t, before=best[1], at=s, scale=max(best[1].torso, s.torso), descent=best[0],
+                                   angle=min(s.angle, 90.0), down=1, seen=1)
             tr.history.clear()
-            tr.upright = None
             out.append(suspected_event(camera, descent=fall.descent, angle=fall.angle, descent_s=t - best[2],
                                        hold=cfg.hold, track=track))
         else:
             tr.history.append(s)
-            if s.angle < cfg.upright:
-                tr.upright = s
             return []
         if t - fall.start >= cfg.hold - SLACK:
             tr.alarmed = True
@@ -268,21 +256,17 @@ class FallDetector:
                                   down_for=t - fall.start, track=track))
         return out
 
-    def _descent(self, tr: _Track, s: Sample, period: float) -> tuple[float, Sample, float] | None:
-        """A rapid descent to ``s`` from an upright frame of the window (or the last upright frame, up to two frame
-        periods older): the largest drop, the frame it is measured from, and the latest such frame's time (the
-        fall took at most ``s.t`` minus it)."""
+    def _descent(self, tr: _Track, s: Sample) -> tuple[float, Sample, float] | None:
+        """A rapid descent to ``s`` from an upright frame of the window: the largest drop, the frame it is measured
+        from, and the latest such frame's time (the fall took at most ``s.t`` minus it)."""
         cfg = self.config
         best, latest = None, -math.inf
-        candidates = list(tr.history)
-        last = tr.upright
-        if last is not None and last not in candidates and s.t - last.t <= cfg.window + 2 * max(period, 0.0) + SLACK:
-            candidates.append(last)
-        for before in candidates:
+        for before in tr.history:
             if before.angle >= cfg.upright:
                 continue
-            drop = (s.hip_y - before.hip_y) / before.torso
-            upper = (s.shoulder_y - before.shoulder_y) / before.torso
+            scale = max(before.torso, s.torso)
+            drop = (s.hip_y - before.hip_y) / scale
+            upper = (s.shoulder_y - before.shoulder_y) / scale
             if drop >= cfg.descent and upper >= cfg.shoulder_descent:
                 latest = max(latest, before.t)
                 if best is None or drop > best[0]:

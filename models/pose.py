@@ -262,7 +262,9 @@ class PoseTracker:
     centre is then compared with the detector's, which disagree by up to 7 % of the crop on a still
     person (measured on the test people), so against ``detected_motion`` rather than ``motion``.
     Without ``defer`` a frame that detects also runs the landmarks, and a lost track is detected again
-    on the same frame (up to three model runs).
+    on the same frame (up to three model runs). ``update(..., defer=False)`` asks for that on one frame:
+    the fall analyser does below 4 analysed frames a second, where the frame a person is lost on is too far
+    from the next for the fall's 1 s window (models/fall_analyser.py).
     """
 
     def __init__(self, detector: PoseDetector, landmarker: PoseLandmarker, *, presence_threshold: float = 0.5,
@@ -318,13 +320,15 @@ class PoseTracker:
             return None
         return Pose(body, presence, roi, tracked, aux)
 
-    def update(self, camera: str, frame: object) -> Pose | None:
-        """The pose of the person on ``camera`` in this frame, or None (no person, or not an image)."""
+    def update(self, camera: str, frame: object, *, defer: bool | None = None) -> Pose | None:
+        """The pose of the person on ``camera`` in this frame, or None (no person, or not an image). ``defer``
+        overrides the tracker's own for this frame (the fall analyser turns it off at slow frame rates)."""
         bgr = as_bgr(frame)
         track = self._tracks.pop(camera, None)
+        defer = self.defer if defer is None else defer
         if bgr is None:
             return None
-        if track is None and self.defer:
+        if track is None and defer:
             roi = self.detect_roi(bgr)
             if roi is not None:
                 self._tracks[camera] = _Track(roi, (roi.cx, roi.cy), 0, detected=True, origin=roi.rotation)
@@ -332,7 +336,7 @@ class PoseTracker:
         pose = None
         if track is not None:
             pose = self.estimate(bgr, track.roi, tracked=not track.detected)
-        if pose is None and not self.defer:
+        if pose is None and not defer:
             roi = self.detect_roi(bgr)
             pose = None if roi is None else self.estimate(bgr, roi, tracked=False)
             track = None

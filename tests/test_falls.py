@@ -200,23 +200,30 @@ def test_fall_sequences_on_real_images(vision_dir: Path, tracker: PoseTracker, w
             assert events == [], (name, events)
 
 
+@pytest.fixture(scope="module")
+def slow_analyser(vision_dir: Path) -> Any:
+    from models.config import VisionConfig
+    from models.fall_analyser import FallAnalyser
+
+    vision = VisionConfig()
+    return FallAnalyser("cam", vision.model_copy(update={"falls": vision.falls.model_copy(update={"hold": 2.0})}),
+                        vision_dir)
+
+
 @pytest.mark.parametrize("fps", [2.0, 2.5])
 @pytest.mark.parametrize("who", sorted(PEOPLE))
-def test_a_fall_in_one_frame_is_caught_at_the_slowest_rates(vision_dir: Path, tracker: PoseTracker, who: str,
+def test_a_fall_in_one_frame_is_caught_at_the_slowest_rates(vision_dir: Path, slow_analyser: Any, who: str,
                                                               fps: float) -> None:
-    """At 2 and 2.5 analysed frames a second a fall can take one frame: the tracked crop no longer fits on it, the next
-    frame runs the detector alone, and the first horizontal landmarks come 3 periods (1.5 s, 1.2 s) after the last
-    upright ones, beyond the 1 s window: the last upright reading is kept two periods longer (models/falls.py)."""
+    """At 2 and 2.5 analysed frames a second a fall can take one frame. Detector alone on the frame after a track
+    ends, the first horizontal landmarks would come 3 periods (1.5 s, 1.2 s) after the last upright ones, beyond the
+    1 s window: no alarm ever (the reviewer's finding). The camera's analyser, as the worker runs it, landmarks the
+    detection frame too below 4 fps (models/fall_analyser.py)."""
     img = person(vision_dir, who)
     stand, lying = (0.0, 320.0, STAND_HIP_Y), (float(PEOPLE[who]["fall"]), 360.0, FLOOR_HIP_Y)
-    steps = [stand] * 6 + [lying] * 8
-    tracker.reset("cam")
-    detector = FallDetector(FallConfig(hold=2.0))
-    events = []
-    for k, step in enumerate(steps):
-        pose = tracker.update("cam", scene(img, PEOPLE[who]["hips"], step))
-        events += [(k, e.kind) for e in detector.update("cam", 1000.0 + k / fps,
-                                                          None if pose is None else pose.landmarks)]
+    slow_analyser.tracker.reset("cam")
+    slow_analyser.falls.reset("cam")
+    events = [(k, e.kind) for k, step in enumerate([stand] * 6 + [lying] * 8)
+              for e in slow_analyser.analyse(scene(img, PEOPLE[who]["hips"], step), 1000.0 + k / fps)]
     (k1, first), (k2, second) = events
     assert first == "fall.suspected" and (k1 - 6) / fps <= 1.0, events  # within a second of the fall frame
     assert second == "fall.detected" and k2 == k1 + math.ceil(2.0 * fps - 1e-9), events
@@ -301,7 +308,7 @@ def test_the_same_frames_give_the_same_events_from_any_time_origin() -> None:
         assert [(round(t, 6), e.kind, e.payload) for t, e in here] == \
             [(round(t - origin, 6), e.kind, e.payload) for t, e in there]
         assert [round(t - origin, 3) for t, _ in there] == [1.3, 6.3]
-        assert there[0][1].payload["descent_torso"] == 1.23  # measured from t = 0.3, in the window from either
+        assert there[0][1].payload["descent_torso"] in (1.22, 1.23)  # 1.225, from t = 0.3, in the window from either
 
 
 def test_with_no_hold_both_come_on_the_frame_of_the_fall() -> None:
@@ -520,21 +527,18 @@ def test_arbitrary_landmark_sequences_never_crash(seq: list[tuple[float, np.ndar
 # -- slow rates, passers-by, time without frames, the slowest rate allowed ----------------------------------------
 
 
-def test_the_last_upright_reading_is_kept_two_frame_periods_beyond_the_window() -> None:
-    """2 fps: upright at 1.0 s, no pose at 1.5 and 2.0 (the fall frame, the detection), horizontal at 2.5: 1.5 s
-    after the upright reading, within the window plus two periods. The same gap at 10 fps is 14 frames without a pose:
-    nothing then said when the descent happened, so no fall."""
-    lying = body(450, 88)
-    slow: Track = [(0.0, body(300)), (0.5, body(300)), (1.0, body(300)), (1.5, None), (2.0, None), (2.5, lying)]
-    events = feed(FallDetector(FallConfig(hold=1.0)), [*slow, (3.0, lying), (3.5, lying)], kind="")
-    assert [(t, e.kind) for t, e in events] == [(2.5, "fall.suspected"), (3.5, "fall.detected")]
-    assert events[0][1].payload["descent_s"] == 1.5
-    fast: Track = [(i / 10, body(300)) for i in range(11)] + [(round(1 + i / 10, 1), None) for i in range(1, 15)]
-    fast += [(2.5 + i / 10, lying) for i in range(20)]
-    assert feed(FallDetector(FallConfig(hold=1.0)), fast, kind="") == []
-    # a period longer than 0.5 s (below 2 fps, which the config refuses for falls) is counted as 0.5 s
-    slower: Track = [(0.0, body(300)), (1.0, body(300)), (2.0, None), (3.1, lying)]
-    assert feed(FallDetector(FallConfig(hold=1.0)), slower, kind="") == []
+def test_a_short_torso_from_a_lagging_crop_does_not_make_a_lie_back_a_fall() -> None:
+    """Measured on the cameraman lying back at 3.3 fps: the landmarks in a crop that lags the turning body drew an
+    upright torso of 50 px (74-80 px otherwise); in units of it the hips dropped 0.84 and the shoulders 1.82, a fall.
+    In units of the lying torso (the longer one), 0.57 and 1.23: not a fall (the shoulders drop less than 1.5)."""
+    track: Track = [(0.0, body(320, 0, torso=76)), (0.3, body(311, 7, torso=50))]
+    track += [(round(0.9 + i / 10, 1), body(353, 90, torso=74)) for i in range(40)]
+    assert feed(FallDetector(FallConfig(hold=1.0)), track, kind="") == []
+    # a real fall measured from the same short torso still fires (its shoulders drop 1.7 lying torso lengths)
+    track = [(0.0, body(320, 0, torso=76)), (0.3, body(311, 7, torso=50))]
+    track += [(round(0.9 + i / 10, 1), body(440, 90, torso=74)) for i in range(40)]
+    assert [e.kind for _, e in feed(FallDetector(FallConfig(hold=1.0)), track, kind="")] == \
+        ["fall.suspected", "fall.detected"]
 
 
 def test_someone_else_standing_does_not_cancel_the_fall() -> None:
