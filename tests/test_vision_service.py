@@ -399,26 +399,29 @@ def test_hostile_bytes_on_the_socket_never_stop_the_service(vision_dir: Path,
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(st.binary(max_size=300),
-                      st.builds(lambda a, b, c: pickle.dumps((a, b, c)), st.sampled_from(["call", "hello", "x"]),
+                      st.builds(lambda a, b, c: pickle.dumps((a, b, c)),
+                                st.sampled_from(["call", "hello", "ping", "x"]),
                                 st.text(max_size=12), st.one_of(st.integers(), st.text(max_size=8)))),
        slots=st.lists(st.tuples(st.integers(0, 1 << 62), st.integers(0, 1 << 62)), max_size=4))
 def test_any_request_gets_an_answer_and_never_an_exception(tmp_path: Path, body: bytes,
                                                            slots: list[tuple[int, int]]) -> None:
     service = Service("plates", VisionConfig(), tmp_path, tmp_path / "s.sock", pool=1)  # no models: loads fail
     answer = service.handle(body, slots, None)
-    assert isinstance(answer, tuple) and answer[0] in ("error", "hello")
+    assert isinstance(answer, tuple) and answer[0] in ("error", "hello", "pong")
 
 
 def test_bench_cameras_measures_real_processes_with_stable_keys(vision_dir: Path) -> None:
     """The bench's machinery, one short run (the figures themselves belong to the bench, not to a test)."""
     out = subprocess.run([sys.executable, "-m", "gateway", "bench", "cameras", "--data-dir", str(vision_dir),
-                          "--cameras", "1", "--layouts", "shared", "--seconds", "2", "--warmup", "1", "--json"],
+                          "--cameras", "1", "--layouts", "shared", "--seconds", "2", "--warmup", "1",
+                          "--detect", "faces,falls", "--json"],
                          capture_output=True, text=True, timeout=50, check=False)
     doc = json.loads(out.stdout)
     assert out.returncode == 0, (doc["problems"], out.stderr[-500:])
     assert doc["bench"] == "cameras" and doc["params"]["cameras"] == [1] and doc["params"]["layouts"] == ["shared"]
     (row,) = doc["runs"]
-    assert set(row["services"]) == {"faces", "plates", "pose"}
+    assert doc["params"]["detect"] == ["faces", "falls"] and set(row["services"]) == {"faces", "pose"}
+    assert row["services"]["pose"]["calls"]["landmarker"]["calls"] > 0  # the service's own counters, by ping
     assert 0 < row["per_camera"][0]["pss_mb"] <= row["per_camera"][0]["rss_mb"]
     assert row["pss_mb_total"] > row["per_camera"][0]["pss_mb"] and row["latency"]["n"] > 0
     assert row["camera_errors"] == 0

@@ -315,11 +315,17 @@ def measure(work: Path, video: Path, key: Path, n: int, layout: str, warmup: flo
     per_camera = []
     everything: list[float] = []
     errors = 0
+    rate = 0.0
     for child in children:
         if not child.role.startswith("camera:"):
             continue
         window = [m for m in child.lines if start <= m["_at"] <= end + 1.1]
         frames = [float(v) / 1000 for m in window if m.get("t") == "status" for v in m.get("frame_ms", [])]
+        said = [m["_at"] for m in child.lines if m.get("t") == "status"]
+        inside = [at for at in said if start <= at <= end + 1.1]
+        before = [at for at in said if at < start]
+        if inside and before:  # the frames of the window's status lines were analysed since the line before
+            rate += len(frames) / (inside[-1] - before[-1])
         errors += sum(1 for m in window if m.get("kind") == "camera.error")
         everything += frames
         per_camera.append({"camera": child.role.removeprefix("camera:"), **latency_ms(frames),
@@ -336,7 +342,7 @@ def measure(work: Path, video: Path, key: Path, n: int, layout: str, warmup: flo
             "pss_mb_total": round(sum(p for _, p in last.values()) / 1024, 1),
             "peak_pss_mb_total": round(max(sum(p for _, p in s.values()) for s in samples) / 1024, 1),
             "services": services, "per_camera": per_camera, "latency": latency_ms(everything),
-            "analysed_per_s": round(len(everything) / (end - start), 2), "asked_per_s": round(n * setup.fps, 2),
+            "analysed_per_s": round(rate, 2), "asked_per_s": round(n * setup.fps, 2),
             "cpu_cores_used": round((cpu1 - cpu0) / (end - start), 2),
             "camera_errors": errors}
 
