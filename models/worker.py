@@ -115,6 +115,9 @@ class CameraLoop:
         self._wall0: float | None = None
         self._mono0 = 0.0
         self._file_times: FileTimes | None = None
+        self._played = float("-inf")
+        """When a file played in real time had its last frame due: it keeps its own rate, the analysis and the
+        reopening of a looping file included; one that fell behind by more than a frame does not rush."""
 
     def status(self, now: float, **extra: Any) -> None:
         if now - self._status_at < STATUS_EVERY:
@@ -177,9 +180,6 @@ class CameraLoop:
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
             self._file_times = FileTimes(fps, count / fps if fps > 0 and math.isfinite(count) else None)
         pace = 1.0 / fps if file and self.camera.realtime and fps > 0 else 0.0
-        played = float("-inf")
-        """When the file's last frame was due (realtime): it plays at its own rate, the time spent analysing
-        included; one that fell behind by more than a frame does not rush to catch up."""
         due = float("-inf")
         last = time.monotonic()
         while True:
@@ -192,8 +192,8 @@ class CameraLoop:
             self.counts["frames"] += 1
             self.status(now)
             if pace:
-                played = max(played + pace, now - pace)
-                time.sleep(max(0.0, played - now))
+                self._played = max(self._played + pace, now - pace)
+                time.sleep(max(0.0, self._played - now))
             if t < due - self.period * 0.25:  # a frame a little early still counts (stream jitter)
                 continue
             due = max(due + self.period, t)
