@@ -24,7 +24,7 @@ landmarks up to 2 frame periods after the last upright ones, which must be withi
 Point = tuple[float, float]
 
 PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
-"""Mirrors models.plates.PROVINCES (the 31 mainland abbreviations)."""
+"""Mirrors models.plate_text.PROVINCES (the 31 mainland abbreviations)."""
 _PLATE_CHARS = re.compile(r"^[\u4e00-\u9fffA-Z0-9]{7,8}$")
 
 

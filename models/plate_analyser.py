@@ -2,8 +2,10 @@
 
 The analyser takes the full-resolution frame (``full_resolution``): the reader detects on a downscale and
 reads from the full frame, so a distant plate is read from all its pixels. Per camera it keeps the votes and
-the passage (see :class:`models.plates.PlateVoter`); a passage that never gives a confident, valid plate
-gives one ``plate.unreadable`` with a crop kept on this box (file name in the event, never the image).
+the passage (see :class:`models.plate_votes.PlateVoter`); a passage that ends without a confident, valid plate
+gives one ``plate.unreadable`` when it ends, with the crop of its widest read kept on this box (file name in the
+event, never the image). While a passage could still end unsaid, the analyser is ``busy`` (the motion gate must
+not skip the frames that show the plate gone).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from gateway.core.data import Event
 from models.config import SnapshotConfig, VisionConfig
 from models.faces import Image
 from models.hosting import open_models
-from models.plates import PlateRead, PlateReader, PlateVoter, Verdict, plate_event, unreadable_event
+from models.plate_text import PlateRead
+from models.plate_votes import PlateVoter, Verdict, plate_event, unreadable_event
+from models.plates import PlateReader
 from models.snapshots import Snapshots
 
 DEFAULT_FIT_WIDTH = 1280
@@ -34,7 +38,6 @@ def review_crop(frame: Image, read: PlateRead, margin: float = 0.25) -> Image:
 
 class PlateAnalyser:
     name = "plates"
-    busy = False
     full_resolution = True
 
     def __init__(self, camera: str, vision: VisionConfig, data_dir: Path, *,
@@ -52,6 +55,9 @@ class PlateAnalyser:
                                SnapshotConfig(enabled=True, retention=cfg.unreadable_retention,
                                               max_mb=cfg.unreadable_max_mb)) if cfg.keep_unreadable else None
         self.found: list[tuple[str, tuple[float, float, float, float], str]] = []
+        self.busy = False
+        self._crop: tuple[PlateRead, Image] | None = None
+        """The open passage's widest read and its crop, kept until the passage ends."""
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
         reads = self.reader.read(frame, min_conf=self.cfg.min_char_conf, local_provinces=self.cfg.local_provinces,
@@ -61,19 +67,31 @@ class PlateAnalyser:
                        r.text if r.published else "?") for r in reads]
         # One plate a camera is followed: the widest (the nearest, the best read).
         best = max(reads, key=lambda r: r.width_px, default=None)
-        verdict = self.voter.observe(self.camera, best, now)
-        if verdict is None:
-            return []
-        if verdict.kind == "plate.read":
-            return [plate_event(self.camera, verdict.text, verdict.score, allowlist=self.allow,
-                                blocklist=self.block)]
-        return [self.unreadable(frame, verdict, now)]
+        verdicts = self.voter.observe(self.camera, best, now)
+        events = [self.event(v, now) for v in verdicts]
+        passage_best = self.voter.best(self.camera)
+        if passage_best is not None and passage_best is best and self.crops is not None:
+            self._crop = (best, review_crop(frame, best))
+        self.busy = self.voter.wants_frames(self.camera, now)
+        return events
 
-    def unreadable(self, frame: Image, verdict: Verdict, now: float) -> Event:
+    def tick(self, now: float) -> list[Event]:
+        """Time passing without a frame (a stalled stream): a passage that has ended says so."""
+        verdict = self.voter.close(self.camera, now)
+        self.busy = self.voter.wants_frames(self.camera, now)
+        return [] if verdict is None else [self.event(verdict, now)]
+
+    def event(self, verdict: Verdict, now: float) -> Event:
+        if verdict.kind == "plate.read":
+            return plate_event(self.camera, verdict.text, verdict.score, allowlist=self.allow,
+                               blocklist=self.block)
+        return self.unreadable(verdict, now)
+
+    def unreadable(self, verdict: Verdict, now: float) -> Event:
         read = verdict.read
         name = None
-        if self.crops is not None and read is not None:
-            crop = review_crop(frame, read)
+        if self._crop is not None and self.crops is not None and self._crop[0] is read:
+            crop = self._crop[1]
             if crop.size:
                 name = self.crops.save(crop, "plate.unreadable", now)
         return unreadable_event(self.camera, verdict, read.width_px if read else 0.0, name)

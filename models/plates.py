@@ -1,4 +1,5 @@
-"""Plates: detect (4 corners), rectify, read (CTC), validate the Chinese format, vote across frames.
+"""Plates: detect (4 corners), rectify and read (CTC) each plate of a frame; the text rules are in
+models/plate_text.py, the votes across frames in models/plate_votes.py.
 
 Both networks run on ONNX Runtime with our own pre- and post-processing:
 
@@ -15,21 +16,30 @@ Frames are hostile: anything :func:`models.faces.as_bgr` rejects yields no plate
 
 from __future__ import annotations
 
-import re
-import time
-from collections import Counter, deque
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.core.data import Event
-from models.events import vision_event
 from models.faces import Image, _session, as_bgr
 from models.fetch import model_path
+from models.plate_text import (
+    DEFAULT_MIN_CHAR_CONF,
+    DEFAULT_PROVINCE_WEIGHT,
+    EMPTY,
+    PlateBox,
+    PlateRead,
+    TextRead,
+    ctc_decode,
+    ctc_greedy,
+    fits_colour,
+    judge,
+    overlap,
+    province_prior,
+    valid_plate,
+)
 
 DET_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 DET_MIN_SIZES = ((24, 48), (96, 192), (384, 768))
@@ -74,75 +84,6 @@ vertical margin (measured on the 134 single-row plates >= 120 px of the set: 88 
 unchanged at 3; a horizontal margin as well gave 93 but 4 wrong)."""
 """Measured on rendered plates (40, see tests): width 100 (the plate's own aspect) reads 20/40, 160 reads 34,
 200 reads 37, 240 reads 34; RGB beats BGR at every width."""
-
-# Mainland province abbreviations (31).
-PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
-_LETTER = "A-HJ-NP-Z"  # I and O are never used
-_SERIAL = f"[{_LETTER}0-9]"
-PLATE_RE = re.compile(
-    f"[{PROVINCES}][{_LETTER}]"
-    "(?:"
-    f"{_SERIAL}{{5}}"  # ordinary: 京A12345, 京AB1234
-    f"|[DF]{_SERIAL}[0-9]{{4}}"  # new energy, small car: 粤BD12345
-    f"|[0-9]{{5}}[DF]"  # new energy, large vehicle: 粤B12345D
-    f"|{_SERIAL}{{4}}[警学挂港澳]"  # police, driving school, trailer, Hong Kong / Macau crossing
-    ")"
-)
-_SEPARATORS = str.maketrans("", "", " ·•.-\u00b7\u2022\u30fb")
-
-
-def normalise_plate(text: str) -> str:
-    """Upper case, separators (the dot after the second character, spaces, dashes) removed."""
-    return text.translate(_SEPARATORS).upper()
-
-
-def valid_plate(text: object) -> bool:
-    """True if ``text`` (after :func:`normalise_plate`) is a mainland Chinese plate. Pure; never raises."""
-    if not isinstance(text, str):
-        return False
-    return PLATE_RE.fullmatch(normalise_plate(text)) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class PlateBox:
-    """A detected plate: corners (4x2, top-left, top-right, bottom-right, bottom-left, frame pixels), score."""
-
-    corners: NDArray[np.float32]
-    score: float
-
-    @property
-    def box(self) -> tuple[float, float, float, float]:
-        x0, y0 = self.corners.min(axis=0)
-        x1, y1 = self.corners.max(axis=0)
-        return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
-
-
-@dataclass(frozen=True, slots=True)
-class PlateRead:
-    """One plate in one frame: the text read, its score (the weakest character's confidence), each
-    character's confidence and distribution, 1 or 2 rows, and ``reason`` None if it may be published
-    (else no_text, invalid_format or low_confidence)."""
-
-    text: str
-    score: float
-    detection: PlateBox
-    valid: bool
-    confs: tuple[float, ...] = ()
-    probs: NDArray[np.float32] | None = None
-    rows: int = 1
-    reason: str | None = None
-    colour: str | None = None
-    """blue, green or yellow when the plate's colour is clear (see :func:`plate_colour`), else None."""
-
-    @property
-    def published(self) -> bool:
-        return self.reason is None and self.valid
-
-    @property
-    def width_px(self) -> float:
-        q = self.detection.corners
-        return float((np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])) / 2)
-
 
 def order_corners(points: NDArray[np.float32]) -> NDArray[np.float32]:
     """Four points as top-left, top-right, bottom-right, bottom-left (by x+y and y-x extremes)."""
@@ -248,7 +189,7 @@ class PlateDetector:
         doubtful = [p for p in found if p.score < self.score_threshold][:self.second_looks]
         for cand in doubtful:
             x, y, bw, bh = cand.box
-            if bw > SECOND_MAX_WIDTH or any(_overlap(cand.box, p.box) > 0.3 for p in sure):
+            if bw > SECOND_MAX_WIDTH or any(overlap(cand.box, p.box) > 0.3 for p in sure):
                 continue  # a large candidate was seen well enough on the copy: no plate there
             zoom = max(1.0, SECOND_WIDTH / max(bw, 1.0))
             rw, rh = max(bw * SECOND_REGION[0], SECOND_MIN / zoom), max(bh * SECOND_REGION[1], SECOND_MIN / zoom)
@@ -259,19 +200,10 @@ class PlateDetector:
             b2, c2, s2 = self._run(np.ascontiguousarray(bgr[y0:y1, x0:x1]), zoom, self.score_threshold,
                                    (float(x0), float(y0)))
             for p in self._nms(b2, c2, s2, self.score_threshold, w, h):
-                if not any(_overlap(p.box, q.box) > 0.3 for q in sure):
+                if not any(overlap(p.box, q.box) > 0.3 for q in sure):
                     sure.append(p)
         sure.sort(key=lambda p: p.score, reverse=True)
         return sure
-
-
-def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 def rectify(frame: Image, corners: NDArray[np.float32], *, size: tuple[int, int] = (REC_WIDTH, REC_HEIGHT),
@@ -285,115 +217,6 @@ def rectify(frame: Image, corners: NDArray[np.float32], *, size: tuple[int, int]
     m = cv2.getPerspectiveTransform(np.asarray(corners, dtype=np.float32).reshape(4, 2), dst)
     out = cv2.warpPerspective(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.asarray(out, dtype=np.uint8)
-
-
-def ctc_greedy(probs: NDArray[np.float32], charset: str, blank: int = 0) -> tuple[str, float]:
-    """Best class per time step, repeats collapsed, blanks dropped; score = mean probability of kept steps."""
-    if probs.ndim != 2 or probs.shape[0] == 0:
-        return "", 0.0
-    best = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    prev = np.concatenate([[-1], best[:-1]])
-    keep = (best != prev) & (best != blank) & (best - 1 < len(charset))
-    text = "".join(charset[int(i) - 1] for i in best[keep])
-    score = float(conf[keep].mean()) if keep.any() else 0.0
-    return text, score if np.isfinite(score) else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TextRead:
-    """What the recogniser read: the text, each character's confidence, and each character's distribution.
-
-    ``probs[i]`` is the output at the time step where character i peaked, without the blank and renormalised
-    (length = the charset), so ``confs[i] == probs[i][charset.index(text[i])]``: how sure the step was of this
-    character against every other one.
-    """
-
-    text: str
-    confs: tuple[float, ...]
-    probs: NDArray[np.float32]
-
-    @property
-    def score(self) -> float:
-        """The weakest character's confidence (0 for no text): a read is as good as its worst character."""
-        return min(self.confs, default=0.0)
-
-
-EMPTY = TextRead("", (), np.zeros((0, 0), np.float32))
-
-
-def ctc_decode(probs: NDArray[np.float32], charset: str, blank: int = 0) -> TextRead:
-    """Greedy CTC with per-character evidence: each emitted character is a run of steps whose best class is
-    that character; its confidence is the largest probability the run gave it (the step that produced it)."""
-    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] < len(charset) + 1:
-        return EMPTY
-    probs = np.nan_to_num(probs.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    best = probs.argmax(axis=1)
-    chars: list[str] = []
-    confs: list[float] = []
-    rows: list[NDArray[np.float32]] = []
-    t, n = 0, len(best)
-    while t < n:
-        c = int(best[t])
-        end = t + 1
-        while end < n and best[end] == c:
-            end += 1
-        if c != blank and 1 <= c <= len(charset):
-            peak = t + int(probs[t:end, c].argmax())
-            row = probs[peak, 1:len(charset) + 1]
-            row = row / max(float(row.sum()), 1e-6)  # the choice between characters, not when to emit
-            chars.append(charset[c - 1])
-            confs.append(float(np.clip(row[c - 1], 0.0, 1.0)))
-            rows.append(row)
-        t = end
-    if not chars:
-        return EMPTY
-    return TextRead("".join(chars), tuple(confs), np.stack(rows).astype(np.float32))
-
-
-DEFAULT_MIN_CHAR_CONF = 0.85
-"""A read is published only if every character has at least this confidence (see models/README.md)."""
-DEFAULT_PROVINCE_WEIGHT = 30.0
-"""How much likelier a local province is than another before the frame is seen (``local_provinces``)."""
-
-
-def province_prior(read: TextRead, charset: str, local: Collection[str], *,
-                   weight: float = DEFAULT_PROVINCE_WEIGHT, confident: float = DEFAULT_MIN_CHAR_CONF) -> TextRead:
-    """The first character's distribution reweighted by a prior that favours the site's ``local`` provinces.
-
-    Bayes-like: posterior(c) ~ p(c) * (weight if c is local else 1), over the province classes only,
-    renormalised to the mass the first character had on provinces. Never applied when the first character
-    already is a province read with ``confident`` confidence (a confident other province stays)."""
-    if not local or not read.text or read.probs.shape[0] != len(read.text):
-        return read
-    if read.text[0] in PROVINCES and read.confs[0] >= confident:
-        return read
-    index = [i for i, ch in enumerate(charset) if ch in PROVINCES]
-    p = read.probs[0].astype(np.float64)
-    mass = float(p[index].sum())
-    if mass <= 0:
-        return read
-    w = np.ones(len(index))
-    w[[k for k, i in enumerate(index) if charset[i] in local]] = weight
-    post = p[index] * w
-    post *= mass / post.sum()
-    first = p.copy()
-    first[index] = post
-    top = int(first.argmax())
-    probs = read.probs.copy()
-    probs[0] = first.astype(np.float32)
-    return TextRead(charset[top] + read.text[1:], (float(first[top]), *read.confs[1:]), probs)
-
-
-def judge(read: TextRead, min_conf: float = DEFAULT_MIN_CHAR_CONF) -> str | None:
-    """None if ``read`` may be published as a plate; else why not: no_text, invalid_format, low_confidence."""
-    if not read.text:
-        return "no_text"
-    if not valid_plate(read.text):
-        return "invalid_format"
-    if read.score < min_conf:
-        return "low_confidence"
-    return None
 
 
 class PlateRecogniser:
@@ -492,8 +315,6 @@ def join_rows(plate: Image) -> Image:
 COLOUR_HUES = {"yellow": (12, 35), "green": (40, 90), "blue": (95, 130)}
 """OpenCV hue ranges (0-180) of plate backgrounds."""
 COLOUR_SHARE = 0.4
-LENGTHS = {"green": 8, "blue": 7}
-"""Green (new energy) plates carry 8 characters, blue ones 7; yellow ones either (7, or 8 on rare kinds)."""
 
 
 def plate_colour(crop: Image) -> str | None:
@@ -505,12 +326,6 @@ def plate_colour(crop: Image) -> str | None:
         if np.count_nonzero(vivid & (h >= lo) & (h <= hi)) >= COLOUR_SHARE * h.size:
             return name
     return None
-
-
-def fits_colour(text: str, colour: str | None) -> bool:
-    """False if the plate's colour says it carries another number of characters (a green plate read as 7)."""
-    need = LENGTHS.get(colour or "")
-    return need is None or len(text) == need
 
 
 class PlateReader:
@@ -566,13 +381,16 @@ class PlateReader:
             reason = judge(read, min_conf)
             return "invalid_format" if reason is None and not fits_colour(read.text, colour) else reason
 
+        def decide(read: TextRead) -> str | None:  # the prior used once, on this frame's raw read
+            return why(province_prior(read, self.charset, local_provinces, weight=province_weight,
+                                      confident=min_conf))
+
         def settle(rows: int, read: TextRead) -> bool:
-            read = province_prior(read, self.charset, local_provinces, weight=province_weight, confident=min_conf)
             tries.append((rows, read))
-            return why(read) is None
+            return decide(read) is None
 
         def rank(t: tuple[int, TextRead]) -> tuple[bool, bool, float]:
-            return why(t[1]) is None, valid_plate(t[1].text), t[1].score
+            return decide(t[1]) is None, valid_plate(t[1].text), t[1].score
 
         done = False
         if aspect < DOUBLE_ROW_ASPECT[1]:
@@ -592,180 +410,4 @@ class PlateReader:
                     break
         rows, best = max(tries, key=rank)
         return PlateRead(best.text, best.score, det, valid_plate(best.text), confs=best.confs, probs=best.probs,
-                         rows=rows, reason=why(best), colour=colour)
-
-
-@dataclass(slots=True)
-class _Passage:
-    """One plate passing a camera: detections with gaps shorter than ``passage_gap`` between them."""
-
-    last_seen: float = float("-inf")
-    frames: int = 0
-    settled: bool = False
-    """A plate was published (or held) in it, or its unreadable event went out: nothing more to say."""
-
-
-@dataclass(slots=True)
-class _CameraVotes:
-    window: deque[PlateRead | None]
-    emitted: dict[str, float] = field(default_factory=dict)
-    passage: _Passage = field(default_factory=_Passage)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the voter says after a frame: a plate to publish, or a passage that stayed unreadable."""
-
-    kind: str
-    """plate.read or plate.unreadable"""
-    text: str
-    score: float
-    confs: tuple[float, ...]
-    reason: str | None
-    read: PlateRead | None
-    """The frame's read that settled it (its box and crop), None for a bare text vote."""
-
-
-def combine(reads: list[PlateRead], charset: str, length: int | None = None) -> TextRead:
-    """Per-character evidence of several frames: the reads of the most common length, position by position,
-    combined as a tempered product: the sum of the log-probabilities over n frames divided by sqrt(n), then
-    renormalised. Frames that agree make a character surer, frames that disagree make it doubtful. A plain
-    mean ignores agreement; a full product would count frames of one car as independent evidence, which they
-    are not (the same glare, the same angle). Measured on 150 passages of 5 frames: mean 85 of 113 plates
-    >= 120 px published exactly, 0 wrong of 150; tempered product 97 of 113, 2 wrong of 150."""
-    if not reads:
-        return EMPTY
-    lengths: dict[int, list[PlateRead]] = {}
-    for r in reads:
-        if r.probs is not None and len(r.text) and r.probs.shape == (len(r.text), len(charset)):
-            lengths.setdefault(len(r.text), []).append(r)
-    if not lengths:
-        return EMPTY
-    group = lengths[length] if length in lengths else max(lengths.values(), key=len)
-    stack = np.stack([r.probs for r in group if r.probs is not None])
-    logp = np.log(np.clip(stack, 1e-6, 1.0)).sum(axis=0) / len(stack) ** 0.5
-    logp -= logp.max(axis=1, keepdims=True)
-    post = np.exp(logp)
-    post = (post / post.sum(axis=1, keepdims=True)).astype(np.float32)
-    best = post.argmax(axis=1)
-    return TextRead("".join(charset[int(i)] for i in best), tuple(float(post[k, i]) for k, i in enumerate(best)),
-                    post)
-
-
-def lost_province(read: str, plate: str) -> bool:
-    """True if ``read`` is ``plate`` without its province character: a frame that agrees on every other one.
-
-    On small plates the province glyph (the first and most intricate, ~9 px wide on a 90 px plate) is the one a
-    frame loses, read as nothing when the quadrilateral clips it. Such a frame counts towards the frames that
-    must agree, but gives no evidence about the province: that comes from the frames that read one."""
-    return bool(read) and len(plate) == len(read) + 1 and plate[0] in PROVINCES and plate[1:] == read
-
-
-class PlateVoter:
-    """Per camera: combine the last ``window`` frames' per-character evidence; publish a plate once ``need``
-    frames of one length agree on a confident, valid text; then hold it for ``hold`` seconds.
-
-    A passage (detections less than ``passage_gap`` s apart) that has been seen for ``unreadable_after`` frames
-    without a plate published gives one plate.unreadable, never one per frame. Feed one read per frame (None
-    when no plate was found, so gaps count against a plate).
-    """
-
-    def __init__(self, *, need: int = 3, window: int = 5, hold: float = 30.0,
-                 min_conf: float = DEFAULT_MIN_CHAR_CONF, charset: str = "", local_provinces: Collection[str] = (),
-                 province_weight: float = DEFAULT_PROVINCE_WEIGHT, passage_gap: float = 3.0,
-                 unreadable_after: int | None = None) -> None:
-        if not 1 <= need <= window:
-            raise ValueError("need 1 <= need <= window")
-        self.need = need
-        self.window = window
-        self.hold = hold
-        self.min_conf = min_conf
-        self.charset = charset
-        self.local = tuple(local_provinces)
-        self.province_weight = province_weight
-        self.passage_gap = passage_gap
-        self.unreadable_after = unreadable_after if unreadable_after is not None else 2 * window
-        self._cameras: dict[str, _CameraVotes] = {}
-
-    def observe(self, camera: str, read: PlateRead | None, now: float) -> Verdict | None:
-        """The frame's read of the plate (None: none seen) in; a verdict out when there is one."""
-        cam = self._cameras.get(camera)
-        if cam is None:
-            cam = self._cameras[camera] = _CameraVotes(deque(maxlen=self.window))
-        cam.emitted = {p: until for p, until in cam.emitted.items() if until > now}
-        if read is not None and now - cam.passage.last_seen > self.passage_gap:
-            cam.passage = _Passage()  # a new plate: the last one's frames are no evidence for it
-            cam.window.clear()
-        cam.window.append(read)
-        if read is None:
-            return None
-        passage = cam.passage
-        passage.last_seen = now
-        passage.frames += 1
-        reads = [r for r in cam.window if r is not None]
-        colours = Counter(r.colour for r in reads if r.colour is not None).most_common(1)
-        colour = colours[0][0] if colours and colours[0][1] * 2 > len(reads) else None
-        together = combine(reads, self.charset, LENGTHS.get(colour or "")) if self.charset else EMPTY
-        together = province_prior(together, self.charset, self.local, weight=self.province_weight,
-                                  confident=self.min_conf)
-        agreeing = sum(1 for r in reads if len(r.text) == len(together.text) or lost_province(r.text, together.text))
-        reason = judge(together, self.min_conf) if together.text else (read.reason or "no_text")
-        if reason is None and not fits_colour(together.text, colour):
-            reason = "invalid_format"
-        if together.text and reason is None and agreeing >= self.need:
-            plate = normalise_plate(together.text)
-            passage.settled = True
-            if plate in cam.emitted:
-                return None
-            cam.emitted[plate] = now + self.hold
-            return Verdict("plate.read", plate, together.score, together.confs, None, read)
-        if passage.settled or passage.frames < self.unreadable_after:
-            return None
-        passage.settled = True
-        text, score, confs = (together.text, together.score, together.confs) if together.text else (
-            read.text, read.score, read.confs)
-        return Verdict("plate.unreadable", text, score, confs, reason or "low_confidence", read)
-
-    def vote(self, camera: str, plate: str | None, score: float = 1.0,
-             now: float | None = None) -> tuple[str, float] | None:
-        """A bare text vote (no per-character evidence): (plate, mean score of its winning reads) the first time
-        it wins ``need`` of the last ``window`` frames, else None. For reads from elsewhere (tests, tools)."""
-        t = time.monotonic() if now is None else now
-        cam = self._cameras.get(camera)
-        if cam is None:
-            cam = self._cameras[camera] = _CameraVotes(deque(maxlen=self.window))
-        text = normalise_plate(plate) if plate is not None and valid_plate(plate) else None
-        cam.window.append(None if text is None else PlateRead(text, score, _NO_BOX, True))
-        cam.emitted = {p: until for p, until in cam.emitted.items() if until > t}
-        if text is None or text in cam.emitted:
-            return None
-        scores = [r.score for r in cam.window if r is not None and r.text == text]
-        if len(scores) < self.need:
-            return None
-        cam.emitted[text] = t + self.hold
-        return text, float(np.mean(scores))
-
-
-_NO_BOX = PlateBox(np.zeros((4, 2), np.float32), 0.0)
-
-
-def unreadable_event(camera: str, verdict: Verdict, width_px: float, crop: str | None) -> Event:
-    """``plate.unreadable``: camera, score, width, reason and the crop's file name on this box (never the image)."""
-    payload: dict[str, object] = {"camera": camera, "score": round(float(verdict.score), 3),
-                                  "width_px": round(float(width_px), 1), "reason": verdict.reason or "low_confidence"}
-    if crop:
-        payload["crop"] = crop
-    return vision_event("plate.unreadable", camera, payload)
-
-
-def plate_event(camera: str, plate: str, score: float, *, allowlist: Collection[str] = (),
-                blocklist: Collection[str] = ()) -> Event:
-    """``plate.read``: plate, camera, score and which list it is on (blocklist wins); no image bytes."""
-    key = normalise_plate(plate)
-    listed: str | None = None
-    if key in {normalise_plate(p) for p in blocklist}:
-        listed = "blocklist"
-    elif key in {normalise_plate(p) for p in allowlist}:
-        listed = "allowlist"
-    return vision_event("plate.read", camera,
-                        {"plate": key, "camera": camera, "score": round(float(score), 3), "list": listed})
+                         rows=rows, reason=decide(best), colour=colour)

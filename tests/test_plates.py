@@ -13,20 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from models.plates import (
-    REC_HEIGHT,
-    REC_WIDTH,
-    PlateReader,
-    PlateVoter,
-    TextRead,
-    ctc_decode,
-    ctc_greedy,
-    judge,
-    lost_province,
-    plate_event,
-    province_prior,
-    valid_plate,
-)
+from models.plate_text import TextRead, ctc_decode, ctc_greedy, judge, province_prior, valid_plate
+from models.plate_votes import PlateVoter, lost_province, plate_event
+from models.plates import REC_HEIGHT, REC_WIDTH, PlateReader
 from simulators.plate_scenes import (
     RenderError,
     load_backgrounds,
@@ -219,17 +208,54 @@ def _text_read(text: str, first: dict[str, float], rest: float = 0.99) -> TextRe
     return TextRead(text, tuple(float(probs[k, CHARSET.index(ch)]) for k, ch in enumerate(text)), probs)
 
 
-def test_the_province_prior_flips_only_an_uncertain_province() -> None:
-    uncertain = _text_read("京B12345", {"京": 0.55, "粤": 0.35, "沪": 0.10})
-    assert judge(uncertain) == "low_confidence"
-    flipped = province_prior(uncertain, CHARSET, ["粤"])
-    assert flipped.text == "粤B12345" and flipped.confs[0] > 0.9 and judge(flipped) is None
-    assert flipped.confs[1:] == uncertain.confs[1:]
+def test_the_province_prior_only_firms_up_a_local_province_the_evidence_ranks_first() -> None:
+    doubtful_local = _text_read("粤B12345", {"粤": 0.55, "京": 0.35, "沪": 0.10})
+    assert judge(doubtful_local) == "low_confidence"
+    firmed = province_prior(doubtful_local, CHARSET, ["粤"])
+    assert firmed.text == "粤B12345" and firmed.confs[0] > 0.9 and judge(firmed) is None
+    assert firmed.confs[1:] == doubtful_local.confs[1:]
+    # Another province ranked first: the prior never publishes the local one, however close.
+    near_tie = _text_read("京B12345", {"京": 0.55, "粤": 0.35, "沪": 0.10})
+    named = province_prior(near_tie, CHARSET, ["粤"])
+    assert named.text == "粤B12345" and named.confs[0] == pytest.approx(0.35) and judge(named) == "low_confidence"
+    far = _text_read("京B12345", {"京": 0.6, "粤": 0.25, "沪": 0.15})
+    assert province_prior(far, CHARSET, ["粤"]) == far  # not a near tie: untouched
     confident = _text_read("京B12345", {"京": 0.93, "粤": 0.07})
     assert province_prior(confident, CHARSET, ["粤"]) == confident  # a confident other province stays
-    assert province_prior(uncertain, CHARSET, []) == uncertain  # no local provinces, no prior
-    hopeless = _text_read("京B12345", {"京": 0.98, "粤": 0.0001})
-    assert province_prior(hopeless, CHARSET, ["粤"]).text == "京B12345"
+    assert province_prior(doubtful_local, CHARSET, []) == doubtful_local  # no local provinces, no prior
+
+
+def test_a_car_from_elsewhere_is_never_published_as_local(reader: PlateReader) -> None:
+    """The reviewer's cases, local_provinces ["粤"]: a 苏 car read 苏 0.80 / 粤 0.05 on 5 frames is 苏A12345 (the
+    frames agree), one read 苏 0.6 / 粤 0.3 on one frame is unreadable; never 粤A12345 (the prior once, on the
+    combined evidence, never lifts a province the evidence did not rank first)."""
+    charset = reader.charset
+
+    def frame_read(first: dict[str, float]) -> Any:
+        from models.plate_text import PlateBox, PlateRead
+
+        text = "苏A12345"
+        probs = np.full((len(text), len(charset)), 0.0005, np.float32)
+        for ch, p in first.items():
+            probs[0, charset.index(ch)] = p
+        for k, ch in enumerate(text[1:], 1):
+            probs[k, charset.index(ch)] = 0.99
+        probs /= probs.sum(axis=1, keepdims=True)
+        confs = tuple(float(probs[k, charset.index(ch)]) for k, ch in enumerate(text))
+        box = PlateBox(np.array([[0, 0], [150, 0], [150, 48], [0, 48]], np.float32), 0.9)
+        return PlateRead(text, min(confs), box, valid_plate(text), confs=confs, probs=probs)
+
+    for frames in ([{"苏": 0.80, "粤": 0.05}] * 5, [{"苏": 0.6, "粤": 0.3}]):
+        voter = PlateVoter(need=1, window=5, hold=30, min_conf=0.85, charset=charset, local_provinces=["粤"])
+        out = [v for t, f in enumerate(frames) for v in voter.observe("gate", frame_read(f), t * 0.2)]
+        out += voter.observe("gate", None, 10.0) + voter.observe("gate", None, 20.0)
+        assert len(out) == 1 and all(v.text == "苏A12345" for v in out if v.kind == "plate.read"), out
+    assert out[0].kind == "plate.unreadable"  # one frame at 苏 0.6 / 粤 0.3: doubtful, so silent
+    # A local car read 粤 0.6 / 苏 0.3 on 3 frames: 粤 ranked first by the evidence, published with the prior only.
+    for local_provinces, published in (([], []), (["粤"], ["粤A12345"])):
+        voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, local_provinces=local_provinces)
+        out = [v for t in range(3) for v in voter.observe("gate", frame_read({"粤": 0.6, "苏": 0.3}), t * 0.2)]
+        assert [v.text for v in out if v.kind == "plate.read"] == published
 
 
 @pytest.mark.parametrize("seed,kind", [(4, "yellow2"), (4, "trailer")])
@@ -263,7 +289,7 @@ def test_votes_combine_per_character_evidence_across_frames(reader: PlateReader)
         for k, (ch, p) in enumerate(zip(text, confs, strict=True)):
             probs[k, charset.index(ch)] = p
             probs[k, charset.index("8" if ch != "8" else "6")] = 1 - p
-        from models.plates import PlateBox, PlateRead
+        from models.plate_text import PlateBox, PlateRead
 
         box = PlateBox(np.array([[0, 0], [150, 0], [150, 48], [0, 48]], np.float32), 0.9)
         return PlateRead(text, min(confs), box, valid_plate(text), confs=tuple(confs), probs=probs)
@@ -277,18 +303,64 @@ def test_votes_combine_per_character_evidence_across_frames(reader: PlateReader)
         frames.append(frame_read("京A12345", confs))
     assert all(f.score < 0.85 for f in frames)
     verdicts = [voter.observe("gate", f, float(t)) for t, f in enumerate(frames)]
-    assert verdicts[:2] == [None, None]
-    assert verdicts[2] is not None and verdicts[2].kind == "plate.read" and verdicts[2].text == "京A12345"
-    assert verdicts[2].score >= 0.85
-    # A plate never read with confidence: one plate.unreadable for the passage, not one per frame.
+    assert verdicts[:2] == [[], []]
+    assert [(v.kind, v.text) for v in verdicts[2]] == [("plate.read", "京A12345")] and verdicts[2][0].score >= 0.85
+    # A plate never read with confidence: one plate.unreadable when its passage ends (3 s without it), not
+    # after some number of frames, and with its widest read.
     voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, passage_gap=3.0)
     doubt = frame_read("京A12345", [0.99, 0.55, 0.99, 0.99, 0.99, 0.99, 0.99])
     out = [voter.observe("gate", doubt, t * 0.2) for t in range(40)]
-    unreadable = [v for v in out if v is not None]
-    assert [v.kind for v in unreadable] == ["plate.unreadable"] and unreadable[0].reason == "low_confidence"
-    assert out.index(unreadable[0]) == voter.unreadable_after - 1
-    later = [voter.observe("gate", doubt, 100 + t * 0.2) for t in range(12)]  # a new passage, after the gap
-    assert [v.kind for v in later if v is not None] == ["plate.unreadable"]
+    assert not any(out) and voter.wants_frames("gate", 8.0) is False  # standing still: the gate may skip
+    gone = [voter.observe("gate", None, 8.0 + t * 0.2) for t in range(20)]
+    said = [(k, v) for k, vs in enumerate(gone) for v in vs]
+    assert [v.kind for _, v in said] == ["plate.unreadable"] and said[0][1].reason == "low_confidence"
+    assert said[0][0] == 15 and said[0][1].read is doubt  # 3 s after the first frame without it
+    later = [v for t in range(12) for v in voter.observe("gate", doubt, 100 + t * 0.2)]  # a new passage
+    assert later == [] and [v.kind for v in voter.observe("gate", None, 103.0) + voter.observe("gate", None, 106.1)
+                            ] == ["plate.unreadable"]
+    assert voter.close("gate", 200.0) is None  # said once
+
+
+def test_a_waiting_car_read_when_it_nears_is_never_called_unreadable(reader: PlateReader) -> None:
+    """A car waiting at a barrier, far (its plate doubtful for 10 s), then near and read: one plate.read and
+    no plate.unreadable, however many doubtful frames came first."""
+    from models.plate_text import PlateBox, PlateRead
+
+    charset = reader.charset
+
+    def frame_read(conf: float, x: float, width: float) -> PlateRead:
+        text = "京A12345"
+        probs = np.full((len(text), len(charset)), 0.0, np.float32)
+        for k, ch in enumerate(text):
+            probs[k, charset.index(ch)] = conf if k == 1 else 0.99
+            probs[k, charset.index("8")] += 1 - probs[k, charset.index(ch)]
+        box = PlateBox(np.array([[x, 300], [x + width, 300], [x + width, 300 + width / 3], [x, 300 + width / 3]],
+                                np.float32), 0.9)
+        confs = tuple(float(probs[k, charset.index(ch)]) for k, ch in enumerate(text))
+        return PlateRead(text, min(confs), box, valid_plate(text), confs=confs, probs=probs)
+
+    voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, passage_gap=3.0)
+    waiting = [v for t in range(50) for v in voter.observe("gate", frame_read(0.5, 600, 80), t * 0.2)]
+    nearing = [v for t in range(10) for v in voter.observe("gate", frame_read(0.99, 600 - 10 * t, 80 + 10 * t),
+                                                             10 + t * 0.2)]
+    after = [v for t in range(30) for v in voter.observe("gate", None, 12 + t * 0.2)]
+    assert waiting == [] and [(v.kind, v.text) for v in nearing + after] == [("plate.read", "京A12345")]
+
+    # A parked unreadable car: the motion gate skips its frames for minutes at a time; each time motion resumes
+    # the plate is seen where it was: still one passage, one plate.unreadable, said when it has gone.
+    voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, passage_gap=3.0)
+    parked = frame_read(0.5, 600, 90)
+    out = []
+    for start in (0.0, 60.0, 65.0, 400.0):  # bursts of motion: 1 s of frames each
+        out += [v for t in range(5) for v in voter.observe("gate", parked, start + t * 0.2)]
+    assert out == []
+    out += [v for t in range(20) for v in voter.observe("gate", None, 500 + t * 0.2)]  # it has left
+    assert [v.kind for v in out] == ["plate.unreadable"]
+    # A plate seen elsewhere after a gap is another car: the parked one's passage ends there.
+    voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, passage_gap=3.0)
+    out = [v for t in range(5) for v in voter.observe("gate", parked, t * 0.2)]
+    out += voter.observe("gate", frame_read(0.5, 100, 90), 30.0)
+    assert [v.kind for v in out] == ["plate.unreadable"] and out[0].read is parked
 
 
 def test_the_analyser_reads_full_resolution_and_keeps_unreadable_crops(vision_dir: Path, tmp_path: Path,
@@ -308,8 +380,14 @@ def test_the_analyser_reads_full_resolution_and_keeps_unreadable_crops(vision_di
     assert label == "粤B12345"
     assert abs(x - corners[:, 0].min() * 1280 / 1920) < 10 and abs(w - 160 * 1280 / 1920) < 15
     blurred = motion_blur(paste(background, render("京A12345"), 110, random.Random(1), size=(1280, 720))[0], 9)
-    events = [e for t in range(12) for e in analyser.analyse(blurred, 2000.0 + t * 0.2)]
-    assert [e.kind for e in events] == ["plate.unreadable"]
+    events = [e for t in range(5) for e in analyser.analyse(blurred, 2000.0 + t * 0.2)]
+    empty = np.ascontiguousarray(cv2.resize(background, (1280, 720)), dtype=np.uint8)
+    events += analyser.analyse(empty, 2001.0)
+    busy = [analyser.busy]  # gone for 0.2 s: the gate must let the frames through
+    assert events == []
+    events = analyser.tick(2003.9) + analyser.tick(2004.1)  # the passage ends 3 s after it was last seen
+    busy.append(analyser.busy)
+    assert [e.kind for e in events] == ["plate.unreadable"] and busy == [True, False]
     payload = events[0].payload
     assert payload["camera"] == "gate" and payload["reason"] in ("low_confidence", "invalid_format")
     assert 80 < payload["width_px"] < 140 and not any(isinstance(v, bytes) for v in payload.values())
@@ -359,7 +437,8 @@ def test_vision_plates_takes_any_file(reader: PlateReader, tmp_path: Path, data:
 
 
 def test_a_plate_colour_fixes_its_length() -> None:
-    from models.plates import fits_colour, plate_colour
+    from models.plate_text import fits_colour
+    from models.plates import plate_colour
 
     assert plate_colour(render("京A12345", "blue")) == "blue"
     assert plate_colour(render("粤BD12345", "green")) == "green"
@@ -394,7 +473,7 @@ def test_small_plates_missed_on_the_downscale_are_found_by_a_second_look(reader:
 
 
 def test_a_frame_that_lost_the_province_agrees_but_never_names_it(reader: PlateReader) -> None:
-    from models.plates import PlateBox, PlateRead
+    from models.plate_text import PlateBox, PlateRead
 
     charset = reader.charset
     assert lost_province("B12345", "粤B12345") and not lost_province("B12346", "粤B12345")
@@ -413,13 +492,14 @@ def test_a_frame_that_lost_the_province_agrees_but_never_names_it(reader: PlateR
     voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset)
     frames = [frame_read(t) for t in ("粤B12345", "B12345", "粤B12345", "B12345")]
     verdicts = [voter.observe("gate", f, t * 0.2) for t, f in enumerate(frames)]
-    assert verdicts[:2] == [None, None]
-    assert verdicts[2] is not None and verdicts[2].kind == "plate.read" and verdicts[2].text == "粤B12345"
+    assert verdicts[:2] == [[], []]
+    assert [(v.kind, v.text) for v in verdicts[2]] == [("plate.read", "粤B12345")]
     # Frames that never saw a province give none: nothing published, however many agree.
     voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset)
-    out = [voter.observe("gate", frame_read("B12345"), t * 0.2) for t in range(10)]
-    assert [v.kind for v in out if v is not None] == ["plate.unreadable"]
+    out = [v for t in range(10) for v in voter.observe("gate", frame_read("B12345"), t * 0.2)]
+    out += voter.observe("gate", None, 3.0) + voter.observe("gate", None, 6.1)
+    assert [v.kind for v in out] == ["plate.unreadable"]
     # A frame without the province agrees only if every other character is the same.
     voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset)
     mixed = [frame_read(t) for t in ("粤B12345", "B12346", "B12347")]
-    assert all(voter.observe("gate", f, t * 0.2) is None for t, f in enumerate(mixed))
+    assert all(voter.observe("gate", f, t * 0.2) == [] for t, f in enumerate(mixed))
