@@ -26,6 +26,7 @@ that frame; the next call connects again (the daemon restarts a service that exi
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import mmap
@@ -58,11 +59,12 @@ kill the service with SIGBUS, so the service maps only memory sealed so."""
 HEAD = struct.Struct("!II")
 SLOT = struct.Struct("!QQ")
 
-_SAFE_MODULES = ("numpy", "models.")
 _SAFE_BUILTINS = frozenset({"tuple", "list", "dict", "set", "frozenset", "complex", "slice", "bytearray", "bytes",
                             "str", "int", "float", "bool", "range"})
-
-
+_NUMPY = {"numpy": {"ndarray", "dtype"},
+          "numpy.core.multiarray": {"_reconstruct", "scalar"}, "numpy._core.multiarray": {"_reconstruct", "scalar"},
+          "numpy.core.numeric": {"_frombuffer"}, "numpy._core.numeric": {"_frombuffer"}}
+"""Exactly what pickling an array or a NumPy scalar names (NumPy 1 and 2 spellings); nothing that calls out."""
 class ServiceUnavailable(ConnectionError):
     """The family's service did not answer (gone, hung or restarting); the next call tries again."""
 
@@ -79,12 +81,25 @@ class _Unpickler(pickle.Unpickler):
     """Only what a frame, its arguments and a model's answer are made of; no other class can be named."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return super().find_class(module, name)
-        if module in ("copyreg", "collections") and name in ("_reconstructor", "OrderedDict"):
-            return super().find_class(module, name)
-        if module.startswith(_SAFE_MODULES) or module == "numpy":
-            return super().find_class(module, name)
+        """Plain names only (a dotted name would walk attributes: ``models.remote`` + ``os.system``): builtins
+        that hold data, the pieces of a NumPy array, NumPy scalar types, and dataclasses of ``models``."""
+        if "." not in name:
+            if module == "builtins" and name in _SAFE_BUILTINS:
+                return super().find_class(module, name)
+            if (module, name) in (("copyreg", "_reconstructor"), ("collections", "OrderedDict")):
+                return super().find_class(module, name)
+            if name in _NUMPY.get(module, ()):
+                return super().find_class(module, name)
+            found = None
+            if module == "numpy" or module.startswith("models."):
+                try:
+                    found = super().find_class(module, name)
+                except (ImportError, AttributeError):
+                    found = None
+            if module == "numpy" and isinstance(found, type) and issubclass(found, np.generic):
+                return found  # numpy.float32 and the like: types of values, nothing runs
+            if module.startswith("models.") and isinstance(found, type) and dataclasses.is_dataclass(found):
+                return found  # Face, PlateBox, Roi, Pose ...: fields only
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed here")
 
 
@@ -178,6 +193,11 @@ class Connection:
         except OSError:
             sock.close()
             raise
+        peer_uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))[1]
+        if peer_uid != os.getuid():  # a socket planted by another user would be sent our frames
+            sock.close()
+            raise PermissionError(f"{self.path} is served by uid {peer_uid}, not by us: not sending it frames")
         self.sock = sock
         self.sent_fd = False
         reply = self._exchange(("hello",))

@@ -346,6 +346,33 @@ def _pid_of(sock: Path) -> int:
     return int(pid)
 
 
+def _dotted_global_call(module: str, name: str, arg: str) -> bytes:
+    """A pickle that names ``module`` + a dotted ``name`` (an attribute walk, e.g. to ``os.system``) and calls it."""
+    def text(t: str) -> bytes:
+        raw = t.encode()
+        return b"\x8c" + bytes([len(raw)]) + raw + b"\x94"  # SHORT_BINUNICODE, MEMOIZE
+
+    return b"\x80\x04" + text(module) + text(name) + b"\x93\x94" + text(arg) + b"\x85R."  # STACK_GLOBAL, TUPLE1, REDUCE
+
+
+def test_the_unpickler_names_data_only(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    refused = [("models.remote", "os.system"), ("numpy", "load"), ("models.service", "main"), ("posix", "system"),
+               ("builtins", "eval"), ("numpy.core.multiarray", "fromstring"), ("models.nowhere", "X")]
+    for module, name in refused:
+        with pytest.raises(pickle.UnpicklingError):
+            remote.loads(_dotted_global_call(module, name, f"touch {marker}"))
+    assert not marker.exists()
+    from models.faces import Face
+
+    buffers: list[pickle.PickleBuffer] = []
+    value = {"frame": np.zeros((4, 5, 3), np.uint8), "score": np.float32(0.5),
+             "face": Face((1.0, 2.0, 3.0, 4.0), np.ones((5, 2), np.float32), 0.9, None)}
+    back = remote.loads(remote.dumps(value, buffers), [b.raw() for b in buffers])
+    assert back["frame"].shape == (4, 5, 3) and float(back["score"]) == 0.5
+    assert isinstance(back["face"], Face) and back["face"].box == (1.0, 2.0, 3.0, 4.0)
+
+
 def test_hostile_bytes_on_the_socket_never_stop_the_service(vision_dir: Path,
                                                             faces_service: Callable[..., Path]) -> None:
     sock_path = faces_service()
@@ -358,6 +385,7 @@ def test_hostile_bytes_on_the_socket_never_stop_the_service(vision_dir: Path,
         remote.pack(b"not a pickle at all", []),
         remote.pack(pickle.dumps(("call", "detector", "detect", (), {}))[:-3], []),  # cut short
         remote.pack(pickle.dumps(os.system), []),  # a class the unpickler must refuse
+        remote.pack(_dotted_global_call("models.remote", "os.system", f"touch {sock_path.parent}/ran"), []),
         remote.pack(pickle.dumps(("call", "detector", "__init__", (), {})), []),
         remote.pack(pickle.dumps(("call", "detector", "detect", (), {})), [(0, 1 << 40)]),  # outside the memory
     ]
@@ -375,6 +403,7 @@ def test_hostile_bytes_on_the_socket_never_stop_the_service(vision_dir: Path,
                 body = reply[remote.HEAD.size:]
                 answer = remote.loads(body)
                 assert answer[0] == "error", (attack[:40], answer)
+    assert not (sock_path.parent / "ran").exists()  # the dotted-name pickle ran nothing
     # A frame memory not sealed against resizing, shrunk once sent: mapped, reading it would be SIGBUS.
     fd = os.memfd_create("hostile")
     os.ftruncate(fd, 1 << 20)
