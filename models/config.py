@@ -83,10 +83,15 @@ class PlatesConfig(StrictModel):
         default=0.85, ge=0.0, le=1.0,
         description="A plate is published only if every character was read with at least this confidence; "
                     "otherwise plate.unreadable (0.85 measured: no wrong plate published on the rendered set).")
+    min_province_conf: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="The probability the province character (the first) needs on the average of the frames "
+                    "voted (one frame's for a single image), besides min_char_conf; 0 = off (models/README.md: "
+                    "measured, not adopted by default).")
     local_provinces: list[str] = Field(
         default_factory=list,
-        description="Province characters most plates here carry, e.g. [\"粤\"]: a prior used only when the "
-                    "province character is uncertain; a confidently read other province is kept.")
+        description="Province characters most plates here carry, e.g. [\"粤\"]: a prior that firms up a local "
+                    "province the evidence ranks first; never publishes a province the model ranked second.")
     province_weight: float = Field(default=30.0, ge=1.0, le=1000.0,
                                    description="How much likelier a local province is than another one, a priori.")
     passage_gap: Duration = Field(default=3.0, description="A plate unseen this long has left: the next one "

@@ -205,13 +205,14 @@ def overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     return inter / union if union > 0 else 0.0
 
 
-def judge(read: TextRead, min_conf: float = DEFAULT_MIN_CHAR_CONF) -> str | None:
-    """None if ``read`` may be published as a plate; else why not: no_text, invalid_format, low_confidence."""
+def judge(read: TextRead, min_conf: float = DEFAULT_MIN_CHAR_CONF, province_conf: float = 0.0) -> str | None:
+    """None if ``read`` may be published as a plate; else why not: no_text, invalid_format, low_confidence
+    (a character under ``min_conf``, or the province character under ``province_conf``: one frame's read)."""
     if not read.text:
         return "no_text"
     if not valid_plate(read.text):
         return "invalid_format"
-    if read.score < min_conf:
+    if read.score < min_conf or (read.confs and read.confs[0] < province_conf):
         return "low_confidence"
     return None
 

@@ -140,7 +140,8 @@ class PlateVoter:
 
     def __init__(self, *, need: int = 3, window: int = 5, hold: float = 30.0,
                  min_conf: float = DEFAULT_MIN_CHAR_CONF, charset: str = "", local_provinces: Collection[str] = (),
-                 province_weight: float = DEFAULT_PROVINCE_WEIGHT, passage_gap: float = 3.0) -> None:
+                 province_weight: float = DEFAULT_PROVINCE_WEIGHT, passage_gap: float = 3.0,
+                 province_conf: float = 0.0) -> None:
         if not 1 <= need <= window:
             raise ValueError("need 1 <= need <= window")
         self.need = need
@@ -151,6 +152,7 @@ class PlateVoter:
         self.local = tuple(local_provinces)
         self.province_weight = province_weight
         self.passage_gap = passage_gap
+        self.province_conf = province_conf
         self._cameras: dict[str, _CameraVotes] = {}
 
     def _camera(self, camera: str) -> _CameraVotes:
@@ -223,6 +225,8 @@ class PlateVoter:
         reason = judge(together, self.min_conf) if together.text else (read.reason or "no_text")
         if reason is None and not fits_colour(together.text, colour):
             reason = "invalid_format"
+        if reason is None and self.province_support(reads, together.text) < self.province_conf:
+            reason = "low_confidence"
         passage.evidence = (together, reason or "low_confidence")
         if together.text and reason is None and agreeing >= self.need:
             plate = normalise_plate(together.text)
@@ -231,6 +235,19 @@ class PlateVoter:
                 cam.emitted[plate] = now + self.hold
                 out.append(Verdict("plate.read", plate, together.score, together.confs, None, read))
         return out
+
+    def province_support(self, reads: list[PlateRead], text: str) -> float:
+        """The province of ``text`` on the frames' average (not their combined product, which five frames of
+        one glare make sure of a wrong glyph), the local-province prior applied to it: what
+        ``province_conf`` asks of it. 1.0 when no frame read a province to average."""
+        firsts = [r.probs[0] for r in reads if r.probs is not None and len(r.text) == len(text) and len(text)
+                  and r.probs.shape[1] == len(self.charset)]
+        if not firsts or not self.charset or text[0] not in self.charset:
+            return 1.0
+        mean = np.mean(np.stack(firsts), axis=0).astype(np.float32)
+        first = TextRead(text[0], (float(mean[self.charset.index(text[0])]),), mean[None])
+        first = province_prior(first, self.charset, self.local, weight=self.province_weight, confident=self.min_conf)
+        return first.confs[0] if first.text == text[0] else 0.0
 
     def _together(self, reads: list[PlateRead]) -> tuple[TextRead, str | None]:
         """The reads' combined evidence with the local-province prior (once), and their colour if most agree."""

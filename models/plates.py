@@ -362,23 +362,28 @@ class PlateReader:
         return self.recogniser.recognise(crop)
 
     def read(self, frame: object, *, min_conf: float = DEFAULT_MIN_CHAR_CONF, local_provinces: Collection[str] = (),
-             province_weight: float = DEFAULT_PROVINCE_WEIGHT) -> list[PlateRead]:
+             province_weight: float = DEFAULT_PROVINCE_WEIGHT, province_conf: float = 0.0) -> list[PlateRead]:
         """Every plate found, each with its decision: ``reason`` None = publishable, else why not."""
         bgr = as_bgr(frame)
         if bgr is None:
             return []
         return [self.read_plate(bgr, det, min_conf=min_conf, local_provinces=local_provinces,
-                                province_weight=province_weight) for det in self.detector.detect(bgr)]
+                                province_weight=province_weight, province_conf=province_conf)
+                for det in self.detector.detect(bgr)]
 
     def read_plate(self, bgr: Image, det: PlateBox, *, min_conf: float = DEFAULT_MIN_CHAR_CONF,
                    local_provinces: Collection[str] = (),
-                   province_weight: float = DEFAULT_PROVINCE_WEIGHT) -> PlateRead:
+                   province_weight: float = DEFAULT_PROVINCE_WEIGHT, province_conf: float = 0.0) -> PlateRead:
+        """One plate's read. Its text, confidences and probabilities are the model's own (the local-province
+        prior is applied once, by whoever decides: here only ``reason``, whether this one frame could be
+        published; the voter applies it to a passage's combined frames). ``province_conf``: the confidence the
+        province character needs (besides ``min_conf``)."""
         aspect = quad_aspect(det.corners)
         colour = plate_colour(rectify(bgr, det.corners, size=(48, 16)))
         tries: list[tuple[int, TextRead]] = []
 
         def why(read: TextRead) -> str | None:
-            reason = judge(read, min_conf)
+            reason = judge(read, min_conf, province_conf)
             return "invalid_format" if reason is None and not fits_colour(read.text, colour) else reason
 
         def decide(read: TextRead) -> str | None:  # the prior used once, on this frame's raw read

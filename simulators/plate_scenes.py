@@ -243,11 +243,16 @@ Passage = list[Scene]
 
 
 def build_passages(testdata: Path, n: int = 100, *, seed: int = 17, frames: int = 5,
-                   size: tuple[int, int] = (1280, 720), widths: tuple[float, float] = (60.0, 300.0)) -> list[Passage]:
+                   size: tuple[int, int] = (1280, 720), widths: tuple[float, float] = (60.0, 300.0),
+                   local: tuple[str, float] | None = None) -> list[Passage]:
     """``n`` plates each seen on ``frames`` frames, as a camera sees a car pass: the same plate, background and
     conditions, the plate a little nearer each frame (widths 0.94x to 1.06x of its own), placed, warped and
-    noised afresh each frame. Kinds, widths and conditions are spread as in :func:`build_set`."""
+    noised afresh each frame. Kinds, widths and conditions are spread as in :func:`build_set`.
+
+    ``local`` = (province, share): a site's traffic, that share of the plates from the province and the rest
+    from any other (drawn apart, so the set is otherwise the same as without it)."""
     rng = random.Random(seed)
+    site = random.Random(seed + 7)
     backgrounds = load_backgrounds(testdata)
     names = sorted(backgrounds)
     lo, hi = widths
@@ -259,6 +264,10 @@ def build_passages(testdata: Path, n: int = 100, *, seed: int = 17, frames: int 
         conditions = CONDITIONS[(i // len(KINDS)) % len(CONDITIONS)]
         name = rng.choice(names)
         text = random_plate(rng, kind)
+        if local is not None:
+            province, share = local
+            head = province if site.random() < share else site.choice(PROVINCES.replace(province, ""))
+            text = head + text[1:]
         steps = [0.94 + 0.12 * k / max(1, frames - 1) for k in range(frames)]
         passages.append([make_scene(backgrounds[name], text, kind, spread[i] * s, rng, conditions=conditions,
                                     size=size, name=name) for s in steps])

@@ -251,6 +251,12 @@ def test_a_car_from_elsewhere_is_never_published_as_local(reader: PlateReader) -
         out += voter.observe("gate", None, 10.0) + voter.observe("gate", None, 20.0)
         assert len(out) == 1 and all(v.text == "苏A12345" for v in out if v.kind == "plate.read"), out
     assert out[0].kind == "plate.unreadable"  # one frame at 苏 0.6 / 粤 0.3: doubtful, so silent
+    # min_province_conf asks the province of the frames' average, not of their product (which 5 frames at
+    # 0.9 make 0.99+): 苏 at 0.9 a frame passes 0.85, not 0.95.
+    for province_conf, published in ((0.85, ["苏A12345"]), (0.95, [])):
+        voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, province_conf=province_conf)
+        out = [v for t in range(5) for v in voter.observe("gate", frame_read({"苏": 0.9, "皖": 0.09}), t * 0.2)]
+        assert [v.text for v in out if v.kind == "plate.read"] == published
     # A local car read 粤 0.6 / 苏 0.3 on 3 frames: 粤 ranked first by the evidence, published with the prior only.
     for local_provinces, published in (([], []), (["粤"], ["粤A12345"])):
         voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, local_provinces=local_provinces)

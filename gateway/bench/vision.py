@@ -35,6 +35,7 @@ def add_command(bench: Any) -> None:
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--idle", type=float, default=15.0, metavar="SECONDS",
                    help="also measure a real camera worker on a still scene this long, gated and not (0 = skip)")
+    vision_plates.add_arguments(p)
     add_json(p)
     p.set_defaults(fn=bench_vision)
 
@@ -84,8 +85,10 @@ def bench_vision(args: argparse.Namespace) -> int:
         return bad_args("--repeat must be positive and --idle not negative")
     if image_path is not None and not image_path.is_file():
         return bad_args(f"cannot read {image_path}")
+    vision_plates.configure(args)
     params = {"data_dir": str(data_dir), "image": None if image_path is None else str(image_path), "repeat": repeat,
-              "idle": idle, "resolutions": [f"{w}x{h}" for w, h in RESOLUTIONS]}
+              "idle": idle, "resolutions": [f"{w}x{h}" for w, h in RESOLUTIONS],
+              "plate_seeds": list(vision_plates.OPTIONS["seeds"])}
     report = Report.of("vision", params, args)
     return run(report, lambda report: _bench(report, data_dir, image_path, repeat, idle))
 
