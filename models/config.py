@@ -88,14 +88,21 @@ class PlatesConfig(StrictModel):
         description="The probability the province character (the first) needs on the average of the frames "
                     "voted (one frame's for a single image), besides min_char_conf; 0 = off (models/README.md: "
                     "measured, not adopted by default).")
+    strict_provinces: dict[str, float] = Field(
+        default_factory=lambda: {"皖": 0.9},
+        description="Provinces the recogniser names when unsure of the glyph, each with the probability it needs "
+                    "on the voted frames' average (皖: most wrong plates measured were another province read as 皖; "
+                    "models/README.md). A local province is firmed up by the prior first.")
     local_provinces: list[str] = Field(
         default_factory=list,
         description="Province characters most plates here carry, e.g. [\"粤\"]: a prior that firms up a local "
                     "province the evidence ranks first; never publishes a province the model ranked second.")
     province_weight: float = Field(default=30.0, ge=1.0, le=1000.0,
                                    description="How much likelier a local province is than another one, a priori.")
-    passage_gap: Duration = Field(default=3.0, description="A plate unseen this long has left: the next one "
-                                                           "is a new passage (one plate.unreadable per passage).")
+    passage_gap: Duration = Field(default=3.0, description="A plate unseen this long on the analysed frames has "
+                                                           "left: its passage ends (one plate.unreadable, if "
+                                                           "nothing was read); one seen again where it was, after "
+                                                           "frames the motion gate skipped, is the same passage.")
     keep_unreadable: bool = Field(default=True, description="Keep a JPEG crop of each unreadable plate on this box "
                                                             "(<data_dir>/plates/unreadable/<camera>/) for review.")
     unreadable_retention: Duration = Field(default=7 * 86400.0, description="Unreadable crops older than this go.")
@@ -107,6 +114,16 @@ class PlatesConfig(StrictModel):
         for p in value:
             if len(p) != 1 or p not in PROVINCES:
                 raise ValueError(f"{p!r} is not a province character: one of {PROVINCES}")
+        return value
+
+    @field_validator("strict_provinces")
+    @classmethod
+    def _strict(cls, value: dict[str, float]) -> dict[str, float]:
+        for p, need in value.items():
+            if len(p) != 1 or p not in PROVINCES:
+                raise ValueError(f"{p!r} is not a province character: one of {PROVINCES}")
+            if not 0.0 <= need <= 1.0:
+                raise ValueError(f"{p}: {need} is not a probability (0-1)")
         return value
 
     @field_validator("allowlist", "blocklist")

@@ -51,7 +51,7 @@ class PlateAnalyser:
         self.voter = PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold, min_conf=cfg.min_char_conf,
                                 charset=self.reader.charset, local_provinces=cfg.local_provinces,
                                 province_weight=cfg.province_weight, passage_gap=cfg.passage_gap,
-                                province_conf=cfg.min_province_conf)
+                                province_conf=cfg.min_province_conf, strict_provinces=cfg.strict_provinces)
         self.crops = Snapshots(data_dir / "plates" / "unreadable" / camera,
                                SnapshotConfig(enabled=True, retention=cfg.unreadable_retention,
                                               max_mb=cfg.unreadable_max_mb)) if cfg.keep_unreadable else None
@@ -62,7 +62,8 @@ class PlateAnalyser:
 
     def analyse(self, frame: Image, now: float) -> list[Event]:
         reads = self.reader.read(frame, min_conf=self.cfg.min_char_conf, local_provinces=self.cfg.local_provinces,
-                                 province_weight=self.cfg.province_weight, province_conf=self.cfg.min_province_conf)
+                                 province_weight=self.cfg.province_weight, province_conf=self.cfg.min_province_conf,
+                                 strict_provinces=self.cfg.strict_provinces)
         k = min(1.0, self.max_width / frame.shape[1]) if frame.ndim >= 2 and frame.shape[1] else 1.0
         self.found = [("plate", tuple(v * k for v in r.detection.box),  # type: ignore[misc]
                        r.text if r.published else "?") for r in reads]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,7 @@ from models.plate_text import (
     EMPTY,
     LENGTHS,
     PROVINCES,
+    STRICT_PROVINCES,
     PlateBox,
     PlateRead,
     TextRead,
@@ -27,6 +28,7 @@ from models.plate_text import (
     judge,
     normalise_plate,
     overlap,
+    province_need,
     province_prior,
     valid_plate,
 )
@@ -141,7 +143,7 @@ class PlateVoter:
     def __init__(self, *, need: int = 3, window: int = 5, hold: float = 30.0,
                  min_conf: float = DEFAULT_MIN_CHAR_CONF, charset: str = "", local_provinces: Collection[str] = (),
                  province_weight: float = DEFAULT_PROVINCE_WEIGHT, passage_gap: float = 3.0,
-                 province_conf: float = 0.0) -> None:
+                 province_conf: float = 0.0, strict_provinces: Mapping[str, float] = STRICT_PROVINCES) -> None:
         if not 1 <= need <= window:
             raise ValueError("need 1 <= need <= window")
         self.need = need
@@ -153,6 +155,7 @@ class PlateVoter:
         self.province_weight = province_weight
         self.passage_gap = passage_gap
         self.province_conf = province_conf
+        self.strict = dict(strict_provinces)
         self._cameras: dict[str, _CameraVotes] = {}
 
     def _camera(self, camera: str) -> _CameraVotes:
@@ -225,7 +228,8 @@ class PlateVoter:
         reason = judge(together, self.min_conf) if together.text else (read.reason or "no_text")
         if reason is None and not fits_colour(together.text, colour):
             reason = "invalid_format"
-        if reason is None and self.province_support(reads, together.text) < self.province_conf:
+        need = province_need(together.text, self.province_conf, self.strict)
+        if reason is None and need > 0 and self.province_support(reads, together.text) < need:
             reason = "low_confidence"
         passage.evidence = (together, reason or "low_confidence")
         if together.text and reason is None and agreeing >= self.need:

@@ -16,7 +16,7 @@ Frames are hostile: anything :func:`models.faces.as_bgr` rejects yields no plate
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import cv2
@@ -29,6 +29,7 @@ from models.plate_text import (
     DEFAULT_MIN_CHAR_CONF,
     DEFAULT_PROVINCE_WEIGHT,
     EMPTY,
+    STRICT_PROVINCES,
     PlateBox,
     PlateRead,
     TextRead,
@@ -37,6 +38,7 @@ from models.plate_text import (
     fits_colour,
     judge,
     overlap,
+    province_need,
     province_prior,
     valid_plate,
 )
@@ -362,28 +364,31 @@ class PlateReader:
         return self.recogniser.recognise(crop)
 
     def read(self, frame: object, *, min_conf: float = DEFAULT_MIN_CHAR_CONF, local_provinces: Collection[str] = (),
-             province_weight: float = DEFAULT_PROVINCE_WEIGHT, province_conf: float = 0.0) -> list[PlateRead]:
+             province_weight: float = DEFAULT_PROVINCE_WEIGHT, province_conf: float = 0.0,
+             strict_provinces: Mapping[str, float] = STRICT_PROVINCES) -> list[PlateRead]:
         """Every plate found, each with its decision: ``reason`` None = publishable, else why not."""
         bgr = as_bgr(frame)
         if bgr is None:
             return []
         return [self.read_plate(bgr, det, min_conf=min_conf, local_provinces=local_provinces,
-                                province_weight=province_weight, province_conf=province_conf)
+                                province_weight=province_weight, province_conf=province_conf,
+                                strict_provinces=strict_provinces)
                 for det in self.detector.detect(bgr)]
 
     def read_plate(self, bgr: Image, det: PlateBox, *, min_conf: float = DEFAULT_MIN_CHAR_CONF,
                    local_provinces: Collection[str] = (),
-                   province_weight: float = DEFAULT_PROVINCE_WEIGHT, province_conf: float = 0.0) -> PlateRead:
+                   province_weight: float = DEFAULT_PROVINCE_WEIGHT, province_conf: float = 0.0,
+                   strict_provinces: Mapping[str, float] = STRICT_PROVINCES) -> PlateRead:
         """One plate's read. Its text, confidences and probabilities are the model's own (the local-province
         prior is applied once, by whoever decides: here only ``reason``, whether this one frame could be
         published; the voter applies it to a passage's combined frames). ``province_conf``: the confidence the
-        province character needs (besides ``min_conf``)."""
+        province character needs (besides ``min_conf``), more for ``strict_provinces``."""
         aspect = quad_aspect(det.corners)
         colour = plate_colour(rectify(bgr, det.corners, size=(48, 16)))
         tries: list[tuple[int, TextRead]] = []
 
         def why(read: TextRead) -> str | None:
-            reason = judge(read, min_conf, province_conf)
+            reason = judge(read, min_conf, province_need(read.text, province_conf, strict_provinces))
             return "invalid_format" if reason is None and not fits_colour(read.text, colour) else reason
 
         def decide(read: TextRead) -> str | None:  # the prior used once, on this frame's raw read

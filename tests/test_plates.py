@@ -257,6 +257,11 @@ def test_a_car_from_elsewhere_is_never_published_as_local(reader: PlateReader) -
         voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, province_conf=province_conf)
         out = [v for t in range(5) for v in voter.observe("gate", frame_read({"苏": 0.9, "皖": 0.09}), t * 0.2)]
         assert [v.text for v in out if v.kind == "plate.read"] == published
+    # 皖 is where the recogniser goes when unsure of a province: by default it needs 0.9 on the frames' average.
+    for strict, published in (({}, ["皖A12345"]), ({"皖": 0.9}, [])):
+        voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, strict_provinces=strict)
+        out = [v for t in range(5) for v in voter.observe("gate", frame_read({"皖": 0.8, "琼": 0.19}), t * 0.2)]
+        assert [v.text for v in out if v.kind == "plate.read"] == published
     # A local car read 粤 0.6 / 苏 0.3 on 3 frames: 粤 ranked first by the evidence, published with the prior only.
     for local_provinces, published in (([], []), (["粤"], ["粤A12345"])):
         voter = PlateVoter(need=3, window=5, hold=30, min_conf=0.85, charset=charset, local_provinces=local_provinces)

@@ -206,7 +206,7 @@ def voter_for(reader: Any, **overrides: Any) -> Any:
     return PlateVoter(need=cfg.votes, window=cfg.window, hold=cfg.hold, min_conf=cfg.min_char_conf,
                       charset=reader.charset, local_provinces=cfg.local_provinces,
                       province_weight=cfg.province_weight, passage_gap=cfg.passage_gap,
-                      province_conf=cfg.min_province_conf)
+                      province_conf=cfg.min_province_conf, strict_provinces=cfg.strict_provinces)
 
 
 def passages(reader: Any, testdata: Path, n: int, seeds: tuple[int, ...], frames: int = 5) -> dict[str, Any]:

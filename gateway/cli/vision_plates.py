@@ -47,7 +47,8 @@ def read_image(reader: Any, cfg: Any, path: Path) -> dict[str, Any]:
         return {"image": str(path), "error": why or "not an image these tools take (smaller than 16 px, or too large)"}
     plates = []
     for r in reader.read(bgr, min_conf=cfg.min_char_conf, local_provinces=cfg.local_provinces,
-                         province_weight=cfg.province_weight, province_conf=cfg.min_province_conf):
+                         province_weight=cfg.province_weight, province_conf=cfg.min_province_conf,
+                         strict_provinces=cfg.strict_provinces):
         plates.append({
             "text": r.text, "chars": [{"char": c, "conf": round(p, 3)} for c, p in zip(r.text, r.confs, strict=False)],
             "score": round(r.score, 3), "rows": r.rows, "valid_format": r.valid,
