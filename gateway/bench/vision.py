@@ -87,8 +87,7 @@ def bench_vision(args: argparse.Namespace) -> int:
         return bad_args(f"cannot read {image_path}")
     vision_plates.configure(args)
     params = {"data_dir": str(data_dir), "image": None if image_path is None else str(image_path), "repeat": repeat,
-              "idle": idle, "resolutions": [f"{w}x{h}" for w, h in RESOLUTIONS],
-              "plate_seeds": list(vision_plates.OPTIONS["seeds"])}
+              "idle": idle, "resolutions": [f"{w}x{h}" for w, h in RESOLUTIONS]}
     report = Report.of("vision", params, args)
     return run(report, lambda report: _bench(report, data_dir, image_path, repeat, idle))
 
