@@ -19,7 +19,7 @@ from drivers.registry import driver_class
 from gateway import __version__, systemd
 from gateway.automation import Automation
 from gateway.bus import LocalBus, Sink
-from gateway.cameras import CameraWorker, VisionServices
+from gateway.cameras import CameraWorker
 from gateway.commands import CommandHandler
 from gateway.config.schema import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
@@ -42,6 +42,7 @@ from gateway.reporting import Privacy, UplinkFeed
 from gateway.store import MAIN_UPLINK, Store
 from gateway.supervisor import Supervisor
 from gateway.uplink import Uplink
+from gateway.vision_services import VisionServices
 from gateway.web.server import serve
 
 log = structlog.get_logger("gateway.daemon")

@@ -229,7 +229,7 @@ def _claiming(kind: str, w: int, h: int) -> bytes:
 @given(kind=st.sampled_from(["jpeg", "png"]), w=st.integers(1, 65535), h=st.integers(1, 65535),
        tail=st.binary(max_size=64))
 def test_a_header_claiming_a_huge_image_is_refused_before_decoding(kind: str, w: int, h: int, tail: bytes) -> None:
-    from gateway.cli.vision import MAX_DECODE_PIXELS, decode_image, header_size
+    from gateway.cli.images import MAX_DECODE_PIXELS, decode_image, header_size
 
     data = _claiming(kind, w, h)
     assert header_size(data) == (w, h)
@@ -247,7 +247,7 @@ def test_a_header_claiming_a_huge_image_is_refused_before_decoding(kind: str, w:
                         for p in (b"\xff\xd8", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"GIF89a", b"BM",
                                   b"RIFF\x00\x00\x00\x00WEBPVP8X", b"RIFF\x00\x00\x00\x00WEBPVP8L"))))
 def test_header_size_takes_any_bytes(data: bytes) -> None:
-    from gateway.cli.vision import header_size
+    from gateway.cli.images import header_size
 
     size = header_size(data)
     assert size is None or (isinstance(size[0], int) and isinstance(size[1], int) and min(size) >= 0)

@@ -156,11 +156,12 @@ async def test_a_hung_service_is_killed_and_restarted_and_the_cameras_carry_on(
     """A stopped (SIGSTOP) pose service: not dead, so nothing exits, and every fall frame would time out for ever.
     The daemon's ping goes unanswered, the service is killed and restarted, the camera analyses again. The
     ping interval, its timeout and the restart backoff run on a manual clock: no waiting on them."""
-    from gateway import cameras as cams
+    from gateway import vision_services as cams
     from gateway.bus import LocalBus
-    from gateway.cameras import CameraWorker, VisionServices
+    from gateway.cameras import CameraWorker
     from gateway.core.timing import ManualClock
     from gateway.supervisor import Supervisor
+    from gateway.vision_services import VisionServices
 
     portrait = _image(vision_dir)
     async with MjpegCamera([scene(portrait)], fps=5) as cam:

@@ -203,8 +203,9 @@ def clip(path: Path, testdata: Path) -> Path:
 @contextlib.contextmanager
 def cameras(work: Path, video: Path, key: Path, n: int, layout: str, setup: Setup) -> Iterator[list[Child]]:
     """The services (for the shared layout) and ``n`` camera workers, started and ready; stopped after."""
-    from gateway.cameras import CameraWorker, VisionServices
+    from gateway.cameras import CameraWorker
     from gateway.supervisor import Supervisor
+    from gateway.vision_services import VisionServices
     from models.config import CameraConfig, VisionConfig
 
     class Quiet:
@@ -292,7 +293,7 @@ def _where(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 def measure(work: Path, video: Path, key: Path, n: int, layout: str, warmup: float, seconds: float,
             setup: Setup) -> dict[str, Any]:
-    from gateway.cameras import service_dir
+    from gateway.vision_services import service_dir
 
     socks = {f: service_dir(work) / f"{f}.sock" for f in setup.families} if layout == "shared" else {}
     with cameras(work, video, key, n, layout, setup) as children:

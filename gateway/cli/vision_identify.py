@@ -68,7 +68,7 @@ def identify(pipeline: Any, gallery: Any, names: dict[str, str], cfg: Any, path:
              max_width: int = MAX_WIDTH) -> dict[str, Any]:
     """One image's row: its faces (in the pixels of the frame a camera would analyse), or an error a person
     can act on."""
-    from gateway.cli.vision import read_image
+    from gateway.cli.images import read_image
     from models.faces import as_bgr
 
     frame, why = read_image(path)
@@ -113,7 +113,8 @@ def _say(row: dict[str, Any], cfg: Any) -> None:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from gateway.cli.vision import _data_dir, faces_config, faces_key, limit_decoding
+    from gateway.cli.images import limit_decoding
+    from gateway.cli.vision import _data_dir, faces_config, faces_key
 
     limit_decoding()  # before cv2 is imported
     from models.faces import FacePipeline

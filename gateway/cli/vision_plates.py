@@ -38,7 +38,7 @@ def plates_config(args: argparse.Namespace) -> Any:
 
 def read_image(reader: Any, cfg: Any, path: Path) -> dict[str, Any]:
     """One image's row: its plates, or an error a person can act on."""
-    from gateway.cli.vision import read_image as load
+    from gateway.cli.images import read_image as load
     from models.faces import as_bgr
 
     frame, why = load(path)
@@ -76,7 +76,8 @@ def _say(row: dict[str, Any], min_conf: float) -> None:
 
 
 def cmd_plates(args: argparse.Namespace) -> int:
-    from gateway.cli.vision import _data_dir, limit_decoding
+    from gateway.cli.images import limit_decoding
+    from gateway.cli.vision import _data_dir
 
     limit_decoding()  # before cv2 is imported
     from models.fetch import FetchError
