@@ -195,6 +195,17 @@ class ModelService:
         self.sink.meta(f"vision:{self.family}", {**self.status, "ts": self.clock.time()})
 
 
+SERVICE_SETTINGS = {"faces": ("embedder",), "plates": ("detect_max_side",), "pose": ()}
+"""The ``[vision.<family>]`` settings a family's models are built with (``models.hosting``): a change to anything
+else (an allowlist, a cooldown, a hold) restarts the cameras' workers but not the services, so editing the plate
+allowlist never reloads the pose models a fall alarm depends on."""
+
+
+def service_key(family: str, vision: VisionConfig) -> str:
+    section = getattr(vision, family, None)
+    return json.dumps({name: getattr(section, name) for name in SERVICE_SETTINGS[family]}, sort_keys=True)
+
+
 class VisionServices:
     """The services the enabled cameras need, one per model family, kept right as cameras come and go."""
 
@@ -226,8 +237,7 @@ class VisionServices:
     async def sync(self, cameras: list[CameraConfig], vision: VisionConfig) -> None:
         """Start the services now needed, stop those no longer needed, restart those whose ``[vision]`` changed."""
         want = self.families(cameras, vision)
-        key = json.dumps(vision.model_dump(mode="json"), sort_keys=True)
-        stale = sorted(f for f, (k, _) in self.running.items() if f not in want or k != key)
+        stale = sorted(f for f, (k, _) in self.running.items() if f not in want or k != service_key(f, vision))
         if stale:
             late = await self.supervisor.end([f"vision:{f}" for f in stale], within=SERVICE_STOP)
             if late:
@@ -238,5 +248,5 @@ class VisionServices:
         for family in sorted(want - set(self.running)):
             service = ModelService(family, vision, self.data_dir, self.dir / f"{family}.sock", self.sink,
                                    clock=self.clock)
-            self.running[family] = (key, service)
+            self.running[family] = (service_key(family, vision), service)
             self.supervisor.spawn(f"vision:{family}", service.run)

