@@ -168,7 +168,8 @@ class Gallery:
         self.aead = AESGCM(key)
         self.path = data_dir / DB_NAME
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        # One user at a time, maybe not the thread that opened it: a camera's faces analyser runs on its own lane.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         os.chmod(self.path, 0o600)
         # The wait for a lock first: two camera workers starting together create and open the file at once.
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +44,10 @@ from models.motion import MotionGate
 from models.snapshots import Snapshots
 
 STATUS_EVERY = 1.0
+LANE_WAIT = 1.0
+"""Seconds a frame waits for a family's answer before the next frame goes on without that family: well over a
+frame's model time on a loaded Pi, far under a hung service's 10 s call timeout, so a stuck plates or faces
+service never holds the pose lane (falls) back."""
 NICE = 5
 
 
@@ -91,13 +96,17 @@ class CameraLoop:
         self.analysers = analysers
         self.lanes: dict[str, ThreadPoolExecutor] = {}
         """With ``parallel`` (models in the shared services, one per family): each analyser but one runs on
-        a thread of its own, so a frame waits for the slowest family, not for the sum of them. The faces analyser
-        (else the first) stays on the loop's thread: its gallery's SQLite connection belongs to the thread that
-        opened it; each other analyser always runs on the same thread, its state touched by one thread only."""
+        a thread of its own, so a frame waits for the slowest family, not for the sum of them, and at most
+        LANE_WAIT for any; each analyser always runs on the same thread, its state touched by one thread only
+        (the faces analyser's gallery connection is opened for use from another thread)."""
         if parallel and len(analysers) > 1:
-            home = next((a.name for a in analysers if a.name == "faces"), analysers[0].name)
-            self.lanes = {a.name: ThreadPoolExecutor(1, thread_name_prefix=f"lane-{a.name}")
-                          for a in analysers if a.name != home}
+            self.lanes = {a.name: ThreadPoolExecutor(1, thread_name_prefix=f"lane-{a.name}") for a in analysers}
+        self.pending: dict[str, tuple[futures.Future[tuple[list[Event] | Exception, float]], np.ndarray[Any, Any],
+                                      float]] = {}
+        """Each lane's frame under way: a family slower than LANE_WAIT (its service hung, restarting) is left to
+        finish while the next frames go on without it; the others, falls among them, never wait for it."""
+        self.exhaustive = is_file(camera) and not camera.realtime
+        """A file read once as fast as it goes (commissioning): every analyser sees every frame, as offline."""
         self.out = out
         self.snapshots = snapshots
         self.live = live
@@ -106,7 +115,8 @@ class CameraLoop:
         self._live_paused_until = float("-inf")
         self.gate = MotionGate(camera.motion)
         self.period = 1.0 / camera.fps
-        self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0, "live_errors": 0}
+        self.counts = {"frames": 0, "analysed": 0, "gated": 0, "bad": 0, "errors": 0, "live_errors": 0,
+                       "lane_skipped": 0}
         self.ms: dict[str, float] = {}
         self.frame_ms: list[float] = []
         """Each analysed frame's time in the models since the last status line (the bench's latency figures)."""
@@ -245,7 +255,6 @@ class CameraLoop:
             self.offer_live(frame, None, faces_looked=False)
             return
         self.counts["analysed"] += 1
-        looked: list[Analyser] = []
         started = time.perf_counter()
 
         def one(analyser: Analyser) -> tuple[list[Event] | Exception, float]:
@@ -257,10 +266,22 @@ class CameraLoop:
                 result = exc
             return result, (time.perf_counter() - t0) * 1000
 
-        lanes = {a.name: self.lanes[a.name].submit(one, a) for a in self.analysers if a.name in self.lanes}
-        here = {a.name: one(a) for a in self.analysers if a.name not in lanes}
-        for analyser in self.analysers:  # events in the analysers' order, as when they ran one after another
-            events, ms = lanes[analyser.name].result() if analyser.name in lanes else here[analyser.name]
+        if not self.lanes:  # one after another, as with models in the worker
+            done = [(a, *one(a), frame, now) for a in self.analysers]
+        else:
+            done = self._harvest()  # what a slow lane finished since the last frame
+            submitted = []
+            for a in self.analysers:
+                if a.name in self.pending:  # still on an earlier frame: this one goes on without it
+                    self.counts["lane_skipped"] += 1
+                    continue
+                future = self.lanes[a.name].submit(one, a)
+                self.pending[a.name] = (future, frame, now)
+                submitted.append(future)
+            futures.wait(submitted, timeout=None if self.exhaustive else LANE_WAIT)
+            done += self._harvest()
+        looked: list[Analyser] = []
+        for analyser, events, ms, seen_on, t in done:
             if isinstance(events, Exception):
                 self.counts["errors"] += 1
                 self.out.event("camera.error", {"stage": analyser.name, "error": f"{type(events).__name__}: {events}"})
@@ -268,10 +289,21 @@ class CameraLoop:
             looked.append(analyser)
             self.ms[analyser.name] = ms if analyser.name not in self.ms else 0.9 * self.ms[analyser.name] + 0.1 * ms
             for event in events:
-                self.emit(event, frame, now, seen=getattr(analyser, "seen_frame", None))
+                self.emit(event, seen_on, t, seen=getattr(analyser, "seen_frame", None))
         self.frame_ms.append((time.perf_counter() - started) * 1000)
         self.offer_live(frame, [f for a in looked for f in a.found],
                         faces_looked=any(a.name == "faces" for a in looked))
+
+    def _harvest(self) -> list[tuple[Analyser, list[Event] | Exception, float, np.ndarray[Any, Any], float]]:
+        """The lanes that have finished, in the analysers' order, each with the frame and time it analysed."""
+        out = []
+        for a in self.analysers:
+            entry = self.pending.get(a.name)
+            if entry is not None and entry[0].done():
+                del self.pending[a.name]
+                events, ms = entry[0].result()
+                out.append((a, events, ms, entry[1], entry[2]))
+        return out
 
     def offer_live(self, frame: np.ndarray[Any, Any], found: list[Found] | None, *, faces_looked: bool) -> None:
         """The frame to the status page, which may fail (a full disk, OpenCV refusing a frame): then the page goes

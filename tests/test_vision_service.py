@@ -214,6 +214,47 @@ async def test_a_hung_service_is_killed_and_restarted_and_the_cameras_carry_on(
             await supervisor.stop()
 
 
+async def test_a_hung_plates_service_never_holds_the_falls_lane_back(tmp_path: Path, vision_dir: Path) -> None:
+    """A gate camera with plates and falls, its plates service stopped (SIGSTOP) and not yet found out by the
+    daemon (the ping's clock is not stepped): each plates call would wait its 10 s timeout, but the frames go on
+    without plates after LANE_WAIT and the pose lane sees every one of them."""
+    from gateway.bus import LocalBus
+    from gateway.cameras import CameraWorker
+    from gateway.core.timing import ManualClock
+    from gateway.supervisor import Supervisor
+    from gateway.vision_services import VisionServices
+
+    portrait = _image(vision_dir)
+    async with MjpegCamera([scene(portrait)], fps=5) as cam:
+        cfg = load_config(_config(tmp_path, vision_dir, {"gate": (cam.url, ["plates", "falls"])}))
+        clock = ManualClock(start=1000.0)
+        bus = LocalBus(clock)
+        supervisor = Supervisor(bus, clock=clock, min_backoff=1.0)
+        services = VisionServices(cfg.store.data_dir, bus, supervisor, clock=clock)
+        worker = CameraWorker(cfg.cameras[0], cfg.vision, cfg.store.data_dir, bus, clock=clock, services=services)
+        try:
+            await services.sync(cfg.cameras, cfg.vision)
+            supervisor.spawn("camera:gate", worker.run)
+            plates = services.running["plates"][1]
+            await _until(lambda: plates.status.get("state") == "serving" and _camera_analysed(worker) > 0, 60,
+                         "analysing")
+            hung = plates.pid
+            assert hung
+            os.kill(hung, signal.SIGSTOP)
+            try:
+                await _until(lambda: _stopped(hung), 10, "every thread of the service stopped")
+                count = _camera_analysed(worker)
+                # 40 frames (8 s at 5 fps): held back by the 10 s plates calls, 40 s gives a handful at most.
+                await _until(lambda: _camera_analysed(worker) > count + 40, 40, "frames analysed without plates")
+                await _until(lambda: int(worker.status.get("lane_skipped", 0) or 0) > 5, 20, "plates skipped")
+                assert "falls" in (worker.status.get("ms") or {})
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(hung, signal.SIGCONT)
+        finally:
+            await supervisor.stop()
+
+
 def _answered(service: Any, n: int) -> bool:
     return bool(service.pongs == n and not service.pinging)
 
