@@ -187,12 +187,35 @@ def fake_clock(work: Path, _disk: str) -> Iterator[Setup | str]:
                      "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
 
 
-def _skew(world: World, after_row: int = 0) -> float | None:
-    """The newest stored reading's time minus true time: what the daemon's clock says now."""
+IN_FLIGHT = 60.0
+"""Seconds before a clock change within which a reading's time may be that of a poll begun on the old clock and
+stored after the change (a loaded daemon's poll can take seconds): such a reading says nothing of the new clock."""
+
+
+def _on_new_clock(changed: tuple[float, float]) -> tuple[str, tuple[float, float]]:
+    """SQL condition (and its arguments) for readings not begun on the old clock: ``changed`` is the true time of
+    the change and the old clock's offset. The jumps are far longer than IN_FLIGHT, so the two cannot be confused."""
+    at, old = changed
+    return "NOT (ts BETWEEN ? AND ?)", (at + old - IN_FLIGHT, at + old)
+
+
+def _skew(world: World, after_row: int, changed: tuple[float, float]) -> float | None:
+    """The newest reading stored after ``after_row`` and polled on the new clock: its time minus true time, what the
+    daemon's clock said when it began that poll."""
+    new, args = _on_new_clock(changed)
     with contextlib.suppress(Exception):
-        [(ts,)] = world.query("SELECT ts FROM samples WHERE rowid > ? ORDER BY rowid DESC LIMIT 1", after_row)
+        [(ts,)] = world.query(f"SELECT ts FROM samples WHERE rowid > ? AND {new} ORDER BY rowid DESC LIMIT 1",
+                              after_row, *args)
         return float(ts) - time.time()
     return None
+
+
+def _new_rows(world: World, after_row: int, changed: tuple[float, float]) -> int:
+    new, args = _on_new_clock(changed)
+    with contextlib.suppress(Exception):
+        [(n,)] = world.query(f"SELECT COUNT(*) FROM samples WHERE rowid > ? AND {new}", after_row, *args)
+        return int(n)
+    return 0
 
 
 def _newest_row(world: World) -> int:
@@ -202,13 +225,15 @@ def _newest_row(world: World) -> int:
     return 0
 
 
-async def _skew_of_next_poll(world: World, after_row: int, within: float = 10.0) -> float | None:
-    """The skew of the newest reading once a few more are stored after ``after_row`` (polls begun on true time):
-    a loaded machine may take a while to poll."""
+async def _skew_of_next_poll(world: World, after_row: int, changed: tuple[float, float],
+                             within: float = 10.0) -> float | None:
+    """The skew of the newest reading once a few more polled on the new clock are stored after ``after_row``: a
+    loaded machine may take a while to poll, and polls begun before the change are stored after it with the old
+    clock's time (a reading's time is when its poll began)."""
     deadline = time.monotonic() + within
-    while _newest_row(world) < after_row + 3 and time.monotonic() < deadline:  # noqa: ASYNC110 (another process writes)
+    while _new_rows(world, after_row, changed) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110 (another process writes)
         await asyncio.sleep(0.1)
-    return _skew(world, after_row)
+    return _skew(world, after_row, changed)
 
 
 async def clock_jumps(world: World, plan: Plan) -> list[dict[str, Any]]:
@@ -219,12 +244,14 @@ async def clock_jumps(world: World, plan: Plan) -> list[dict[str, Any]]:
         jump = CLOCK_JUMPS[i % len(CLOCK_JUMPS)]
         started = time.monotonic()
         await asyncio.to_thread(offset.write_text, f"{jump:+d}\n")
+        jumped = time.time()  # every poll begun on true time began before this
         await asyncio.sleep(plan.hold)
-        seen = await _skew_of_next_poll(world, _newest_row(world))  # readings polled while the jump holds
+        seen = await _skew_of_next_poll(world, _newest_row(world), (jumped, 0.0))  # polled while the jump holds
         await asyncio.to_thread(offset.write_text, "+0\n")
+        back = time.time()
         world.cleared = time.monotonic()
         await asyncio.sleep(0.5)  # a poll or two on true time again before the fault counts as over
-        after = await _skew_of_next_poll(world, _newest_row(world))
+        after = await _skew_of_next_poll(world, _newest_row(world), (back, float(jump)))
         faults.append({"fault": f"wall clock jumps {jump:+d} s, then back", "jump_s": jump,
                        "skew_seen_s": None if seen is None else round(seen, 1),
                        "skew_after_s": None if after is None else round(after, 1),
