@@ -21,6 +21,7 @@ import pytest
 from conftest import Broker, Collector, running, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vision_data import site_data
 
 from gateway.cameras import CameraWorker, safe_payload
 from gateway.config import load_config
@@ -33,14 +34,7 @@ from simulators.camera import MjpegCamera, scene
 
 def camera_config(tmp: Path, vision_dir: Path, mqtt_port: int, url: str, *, detect: str = '["faces"]',
                   extra: str = "") -> Path:
-    data = tmp / "data"
-    data.mkdir(exist_ok=True)
-    if not (data / "models").exists():
-        (data / "models").symlink_to(vision_dir / "models")
-    key = tmp / "faces.key"
-    if not key.exists():
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+    data, key = site_data(tmp, vision_dir)
     text = (f'[vision.faces]\nkey_file = "{key}"\ncooldown = "1s"\n\n'
             f'[[cameras]]\nid = "lobby"\nurl = "{url}"\nfps = 5\ndetect = {detect}\nstall_timeout = "2s"\n'
             f'reconnect_max = "2s"\n{extra}')

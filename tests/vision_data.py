@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -42,3 +44,16 @@ AUGMENTATIONS: dict[str, Aug] = {
     "noise": lambda img: np.clip(img.astype(np.int16) + np.random.default_rng(1).normal(0, 8, img.shape),
                                  0, 255).astype(np.uint8),
 }
+
+
+def site_data(tmp: Path, vision_dir: Path) -> tuple[Path, Path]:
+    """A site's data dir sharing the fetched models, and a gallery key of its own (0600); made once per ``tmp``."""
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    if not (data / "models").exists():
+        (data / "models").symlink_to(vision_dir / "models")
+    key = tmp / "faces.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+    return data, key
